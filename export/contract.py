@@ -1,0 +1,38 @@
+"""The served model's contract: tensor names, datatypes and file names, defined once.
+
+The exporter writes ``config.pbtxt`` from this object, the python-backend ``model.py`` reads the
+names back from the model config Triton hands it, and the clients (``serving.client``, the router,
+the load tests) import the same object. Change a name here and every stage follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Names shared by the exporter, the Triton model and every client."""
+
+    input_text: str = "TEXT"
+    """Raw UTF-8 text, one element per example (BYTES, shape [-1] with a batch dimension)."""
+    output_probabilities: str = "PROBABILITIES"
+    """Softmax over the labels (FP32, one value per label)."""
+    output_label: str = "LABEL"
+    """The predicted label's name (BYTES, one per example)."""
+    onnx_file: str = "model.onnx"
+    """The fp32 ONNX file inside ``runs/NAME/onnx/`` and inside each published version."""
+    onnx_int8_file: str = "model.int8.onnx"
+    """The dynamically quantized int8 ONNX file inside ``runs/NAME/onnx/``."""
+    label_map_file: str = "label_map.json"
+    """``{"labels": [...]}``: index -> label name, written by training and carried forward."""
+    parity_file: str = "parity.json"
+    """The parity report written next to the ONNX files."""
+    default_model_name: str = "sentiment"
+    """The Triton model name used when none is given."""
+
+
+CONTRACT = ModelContract()
+
+VARIANT_FILES = {"fp32": CONTRACT.onnx_file, "int8": CONTRACT.onnx_int8_file}
+"""Export variant name -> ONNX file name inside ``runs/NAME/onnx/``."""
