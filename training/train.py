@@ -1,0 +1,159 @@
+"""The training loop: LoRA fine-tuning with periodic evaluation, early stopping and a time budget."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup, set_seed
+
+from training.config import TrainConfig
+from training.data import Example, Splits, load_splits, write_jsonl
+from training.errors import ConfigError
+from training.metrics import classification_metrics, encode, torch_logits
+from training.model import add_lora, load_classifier, load_tokenizer, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: where the adapter is and how well it does."""
+
+    adapter_dir: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def _evaluate(model, tokenizer, examples: list[Example], label_ids: dict[str, int], cfg: TrainConfig) -> dict:
+    texts = [ex.text for ex in examples]
+    logits = torch_logits(model, tokenizer, texts, cfg.max_length, cfg.eval_batch_size)
+    return classification_metrics([label_ids[ex.label] for ex in examples], logits.argmax(-1).tolist(), len(label_ids))
+
+
+def _batches(examples: list[Example], batch_size: int, seed: int):
+    """Endless shuffled batches, reshuffled every epoch from the seed."""
+    epoch = 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed + epoch).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield epoch, [examples[i] for i in order[start : start + batch_size]]
+        epoch += 1
+
+
+def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict) -> Path:
+    """Write the adapter folder atomically: build it next to the target, then rename."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=cfg.run_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "label_map.json").write_text(json.dumps({"labels": splits.labels}, indent=2))
+        resolved = cfg.to_dict() | {"model": str(model_dir.resolve()), "labels": splits.labels}
+        (tmp / "training_config.json").write_text(json.dumps(resolved, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_jsonl(tmp / "heldout.jsonl", splits.test)
+        if cfg.adapter_dir.exists():
+            shutil.rmtree(cfg.adapter_dir)
+        tmp.rename(cfg.adapter_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return cfg.adapter_dir
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune ``cfg.model`` with LoRA on ``cfg.data``; write ``runs/NAME/adapter/``."""
+    if cfg.adapter_dir.exists() and not cfg.overwrite:
+        raise ConfigError(f"{cfg.adapter_dir} already exists; pass --overwrite to replace it, or choose another --name")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    splits = load_splits(cfg)
+    log.info("data: %s", splits.summary())
+    model_dir = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(model_dir)
+    label_ids = {label: i for i, label in enumerate(splits.labels)}
+    model = add_lora(load_classifier(model_dir, splits.labels, tokenizer.pad_token_id), model_dir, cfg)
+    validation = splits.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else splits.validation
+
+    log.info("evaluating the untuned model on %d test examples", len(splits.test))
+    before = _evaluate(model, tokenizer, splits.test, label_ids, cfg)
+    steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+
+    best = {"accuracy": -1.0, "step": 0}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
+    history: list[dict] = []
+    stale, seen, stop_reason = 0, 0, "completed"
+    started = time.monotonic()
+    model.train()
+    bar = tqdm(total=total_steps, unit="step", desc="train", mininterval=1.0 if sys.stderr.isatty() else 10.0)
+    batches = _batches(splits.train, cfg.batch_size, cfg.seed)
+    step = 0
+    for step in range(1, total_steps + 1):
+        epoch, batch = next(batches)
+        enc = encode(tokenizer, [ex.text for ex in batch], cfg.max_length)
+        inputs = {k: torch.from_numpy(v) for k, v in enc.items()}
+        labels = torch.tensor([label_ids[ex.label] for ex in batch])
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += len(batch)
+        elapsed = time.monotonic() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch)
+        out_of_time = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+        if step % cfg.eval_every == 0 or step == total_steps or out_of_time:
+            val = _evaluate(model, tokenizer, validation, label_ids, cfg)
+            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "elapsed_s": round(elapsed, 1), **val})
+            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f", step, loss.item(), val["accuracy"], val["macro_f1"])
+            if val["accuracy"] > best["accuracy"]:
+                best = {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "step": step}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in best_state}
+                model.save_pretrained(cfg.run_dir / "checkpoints" / "best")
+                stale = 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    stop_reason = f"early stopping: no better validation accuracy in {cfg.patience} evaluations"
+                    break
+        if out_of_time:
+            stop_reason = f"time budget of {cfg.time_budget_s:.0f} s reached"
+            break
+    bar.close()
+    train_seconds = time.monotonic() - started
+    model.load_state_dict(best_state, strict=False)
+    log.info("restored the best checkpoint (step %d); evaluating on %d test examples", best["step"], len(splits.test))
+    after = _evaluate(model, tokenizer, splits.test, label_ids, cfg)
+    metrics = {
+        "test_before": before,
+        "test_after": after,
+        "best_validation": best,
+        "steps": step,
+        "stop_reason": stop_reason,
+        "train_seconds": round(train_seconds, 1),
+        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
+        "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        "splits": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "history": history,
+    }
+    adapter_dir = _write_adapter(model, tokenizer, splits, cfg, model_dir, metrics)
+    return TrainResult(adapter_dir, metrics, history)
