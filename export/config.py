@@ -27,6 +27,8 @@ class ExportConfig:
     """Variants to export and gate: fp32 and/or int8 (dynamic quantization)."""
     opset: int | None = None
     """ONNX opset; None lets Optimum choose."""
+    int8_per_channel: bool = True
+    """Quantize int8 weights per output channel (per-tensor loses ~1.5 accuracy points on MiniLM)."""
     parity_data: Path | None = None
     """JSONL of held-out examples ({"text", "label"}); defaults to the adapter's heldout.jsonl."""
     parity_max_examples: int | None = None

@@ -27,7 +27,12 @@ def export_onnx(merged_dir: Path, onnx_dir: Path, cfg: ExportConfig) -> Path:
     weights = merged_dir / "model.safetensors"
     if not weights.is_file():
         raise InputError(f"merged dir {merged_dir} has no model.safetensors; run the merge step first")
-    source = {"merged_dir": str(merged_dir.resolve()), "merged_sha256": sha256(weights), "opset": cfg.opset}
+    source = {
+        "merged_dir": str(merged_dir.resolve()),
+        "merged_sha256": sha256(weights),
+        "opset": cfg.opset,
+        "int8_per_channel": cfg.int8_per_channel,
+    }
     marker = onnx_dir / SOURCE_FILE
     wanted = [CONTRACT.onnx_file] + ([CONTRACT.onnx_int8_file] if "int8" in cfg.variants else [])
     same = marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items() if k != "merged_dir"} == {
@@ -51,15 +56,16 @@ def export_onnx(merged_dir: Path, onnx_dir: Path, cfg: ExportConfig) -> Path:
         if (tmp / "model.onnx").name != CONTRACT.onnx_file:
             (tmp / "model.onnx").rename(tmp / CONTRACT.onnx_file)
         if "int8" in cfg.variants:
-            log.info("quantizing to int8 (dynamic, per-tensor weights)")
+            log.info("quantizing to int8 (dynamic, %s weights)", "per-channel" if cfg.int8_per_channel else "per-tensor")
             root = logging.getLogger()
             level = root.level
-            root.setLevel(logging.WARNING)  # the quantizer logs one INFO line per tensor on the root logger
+            root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor (and a pre-processing hint) on the root logger
             try:
                 quantize_dynamic(
                     tmp / CONTRACT.onnx_file,
                     tmp / CONTRACT.onnx_int8_file,
                     weight_type=QuantType.QInt8,
+                    per_channel=cfg.int8_per_channel,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
             finally:

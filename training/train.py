@@ -119,7 +119,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         seen += len(batch)
         elapsed = time.monotonic() - started
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch)
+        bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch, refresh=False)
         out_of_time = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
         if step % cfg.eval_every == 0 or step == total_steps or out_of_time:
             val = _evaluate(model, tokenizer, validation, label_ids, cfg)
