@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmerged model: {result.merged_dir}")
     print(f"onnx:         {result.onnx_dir}  (parity.json, export_config.json)")
     for variant, version_dir in result.published.items():
-        print(f"published:    {variant} -> {version_dir}")
+        note = "  (already published: this exact file)" if variant in result.already_published else ""
+        print(f"published:    {variant} -> {version_dir}{note}")
     if not result.passed:
         print("\nerror: the gate failed for a requested variant; nothing was published", file=sys.stderr)
         return 1

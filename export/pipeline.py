@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.config import ExportConfig
+from export.contract import VARIANT_FILES
 from export.errors import InputError
-from export.merge import check_adapter_dir, merge
+from export.merge import check_adapter_dir, merge, sha256
 from export.onnx import export_onnx
 from export.parity import check_parity
 
@@ -24,7 +25,9 @@ class ExportResult:
     onnx_dir: Path
     parity: dict
     published: dict[str, Path] = field(default_factory=dict)
-    """variant -> new version folder in the model repository."""
+    """variant -> version folder in the model repository (new, or the one already serving it)."""
+    already_published: list[str] = field(default_factory=list)
+    """Variants whose exact ONNX file an existing version already serves (nothing new published)."""
 
     @property
     def passed(self) -> bool:
@@ -50,5 +53,23 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         from export.publish import publish  # the publish step writes the Triton model repository
 
         for variant in cfg.variants:
+            existing = find_published(cfg.repository / cfg.model_name, onnx_dir / VARIANT_FILES[variant], variant)
+            if existing is not None:
+                log.info("already published: %s of %s is %s", variant, onnx_dir, existing)
+                result.published[variant] = existing
+                result.already_published.append(variant)
+                continue
             result.published[variant] = publish(onnx_dir, variant, cfg)
     return result
+
+
+def find_published(model_dir: Path, onnx_file: Path, variant: str) -> Path | None:
+    """The version folder that already serves this exact ONNX file as ``variant``, if any."""
+    if not model_dir.is_dir():
+        return None
+    digest = sha256(onnx_file)
+    for provenance in sorted(model_dir.glob("[0-9]*/provenance.json"), key=lambda p: int(p.parent.name)):
+        data = json.loads(provenance.read_text())
+        if data.get("onnx_sha256") == digest and data.get("variant") == variant:
+            return provenance.parent
+    return None

@@ -158,3 +158,15 @@ def test_parity_reports_onnx_equal_to_torch_on_real_text(tiny_onnx_dir):
         ref = model(**tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits.numpy()
     got = onnx_logits(onnx_session(tiny_onnx_dir / "model.onnx"), tok, texts, 32, 8)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_publishing_the_same_export_twice_adds_no_version(tiny_onnx_dir, tmp_path):
+    runs = tiny_onnx_dir.parent.parent
+    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, repository=tmp_path / "repo",
+                       int8_max_accuracy_drop=100.0)
+    first = run_export(cfg)
+    assert {v: p.name for v, p in first.published.items()} == {"fp32": "1", "int8": "2"}
+    assert first.already_published == []
+    second = run_export(cfg)
+    assert second.published == first.published and sorted(second.already_published) == ["fp32", "int8"]
+    assert sorted(p.name for p in (tmp_path / "repo" / "sentiment").iterdir()) == ["1", "2", "config.pbtxt"]
