@@ -16,13 +16,16 @@ TIME_BUDGET ?= 180
 MODEL ?= sentiment
 REPOSITORY ?= model_repository
 PYTEST_ARGS ?=
+NPROC ?= 1
+# NPROC > 1: data-parallel training under torchrun (gloo on CPU, NCCL on GPUs)
+TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install test test-fast train export bench-export serve router lint clean
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
 	@echo "make test           the test suite (unit + end-to-end with real servers)"
-	@echo "make train          LoRA fine-tuning -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s)"
+	@echo "make train          LoRA fine-tuning -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export.json"
 	@echo "make serve          Triton Inference Server on $(REPOSITORY)"
@@ -48,10 +51,10 @@ lint: install
 	$(PY) -m ruff check training export serving loadtests tests
 
 runs/$(NAME)/adapter/adapter_config.json: | install
-	$(PY) -m training --name $(NAME) --time-budget-s $(TIME_BUDGET)
+	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET)
 
 train: install
-	$(PY) -m training --name $(NAME) --time-budget-s $(TIME_BUDGET)
+	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET) $(TRAIN_ARGS)
 
 # Without ADAPTER, train runs/$(NAME)/adapter first (once), then export it.
 export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
