@@ -1,0 +1,223 @@
+"""The load test's settings: one dataclass, read from ``[tool.locust]`` / a conf file, overridden by the CLI.
+
+Every field whose name has a Locust option (``users`` -> ``--users``, ``arrival_rate`` ->
+``--arrival-rate``) is passed to Locust by ``loadtests.run``; the locustfile registers the custom ones
+(``add_locust_arguments``), so the same keys work in ``[tool.locust]``, ``locust.conf`` and on a plain
+``locust -f loadtests/locustfile.py`` command line. The fields after ``workers`` are the runner's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from export.contract import CONTRACT
+
+TARGETS = ("router", "triton")
+SHAPES = ("none", "steps", "spike")
+DEFAULT_HOSTS = {"router": "http://127.0.0.1:8080", "triton": "http://127.0.0.1:8000"}
+
+
+class LoadTestError(Exception):
+    """A load test could not be configured, started or reported; the message says what and why."""
+
+
+def _f(default: Any, help: str, *, locust: bool = True, custom: bool = True) -> Any:
+    """A field with its help text; ``locust``: Locust knows it; ``custom``: the locustfile registers it."""
+    kwargs = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, "locust": locust, "custom": custom and locust}, **kwargs)
+
+
+@dataclass
+class LoadTestConfig:
+    """One load test: who sends what, how fast, for how long, and where the report goes."""
+
+    # -- Locust's own options --------------------------------------------------------------------
+    host: str = _f("", "base URL of the target; default http://127.0.0.1:8080 (router) or :8000 (triton)",
+                   custom=False)
+    users: int = _f(10, "closed loop: concurrent users; open loop: arrival generators the rate is split over",
+                    custom=False)
+    spawn_rate: float = _f(0.0, "users started per second (0: all at once)", custom=False)
+    run_time: str = _f("30s", "how long to run: 30s, 2m, 1h30m (Locust's --run-time)", custom=False)
+    # -- the locustfile's options (also valid in [tool.locust]) -----------------------------------
+    target: str = _f("router", "router: the A/B router's experiment route; triton: Triton's model route")
+    experiment: str = _f("sentiment-ab", "experiment name (target router): POST /v2/models/EXPERIMENT/infer")
+    model: str = _f(CONTRACT.default_model_name, "Triton model name (target triton)")
+    versions: str = _f("", "target triton: comma-separated versions users are spread over (sticky by user id); "
+                       "empty: Triton's default version")
+    texts: str = _f("runs/demo/merged/heldout.jsonl", "held-out reviews, JSONL {\"text\", \"label\"}")
+    batch_size: int = _f(1, "texts per request")
+    arrival_rate: float = _f(0.0, "open loop: requests per second in total, Poisson arrivals; 0: closed loop")
+    think_time: float = _f(0.0, "closed loop: seconds a user waits after each answer")
+    user_population: int = _f(1000, "open loop: distinct user ids the arrivals are drawn from (sticky keys)")
+    max_in_flight: int = _f(256, "open loop: requests in flight per Locust process; arrivals beyond are dropped "
+                            "and counted as failures")
+    feedback_fraction: float = _f(0.2, "target router: fraction of answers followed by feedback (the true label)")
+    request_timeout: float = _f(10.0, "seconds before a request counts as failed")
+    shape: str = _f("none", "load shape: none (constant), steps (users rise in equal steps), spike")
+    steps: int = _f(4, "shape steps: number of equal steps up to --users over the run time")
+    spike_multiplier: float = _f(4.0, "shape spike: users during the spike, as a multiple of --users")
+    spike_start: float = _f(0.4, "shape spike: when the spike starts, as a fraction of the run time")
+    spike_length: float = _f(0.2, "shape spike: how long the spike lasts, as a fraction of the run time")
+    # -- the runner's own settings ---------------------------------------------------------------
+    workers: int = _f(1, "1: one Locust process; N > 1: a master and N worker processes", locust=False)
+    out_dir: str = _f("reports", "reports go to OUT_DIR/loadtest-TIMESTAMP/", locust=False)
+    triton_metrics_url: str = _f("", "Triton's Prometheus endpoint; default http://127.0.0.1:8002/metrics, "
+                                 "'none' to skip", locust=False)
+    saturation_cpu: float = _f(90.0, "warn when a Locust process used at least this %% of a core ...",
+                               locust=False)
+    saturation_fraction: float = _f(0.25, "... for at least this fraction of the run", locust=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.target not in TARGETS:
+            problems.append(f"unknown target {self.target!r}; expected one of: {', '.join(TARGETS)}")
+        if self.shape not in SHAPES:
+            problems.append(f"unknown shape {self.shape!r}; expected one of: {', '.join(SHAPES)}")
+        for name in ("users", "batch_size", "user_population", "max_in_flight", "steps", "workers"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("spawn_rate", "arrival_rate", "think_time"):
+            if float(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.request_timeout <= 0:
+            problems.append(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        if not 0 <= self.feedback_fraction <= 1:
+            problems.append(f"feedback_fraction must lie in [0, 1], got {self.feedback_fraction}")
+        if self.spike_multiplier < 1:
+            problems.append(f"spike_multiplier must be >= 1, got {self.spike_multiplier}")
+        if not (0 <= self.spike_start < 1 and 0 < self.spike_length <= 1 - self.spike_start):
+            problems.append(f"spike_start {self.spike_start} and spike_length {self.spike_length} must fit in the run "
+                            "(0 <= start < 1, 0 < length <= 1 - start)")
+        if self.host and not re.match(r"^https?://[^/]+", self.host):
+            problems.append(f"host must be a URL like {DEFAULT_HOSTS[TARGETS[0]]}, got {self.host!r}")
+        try:
+            seconds = parse_timespan(self.run_time)
+            if seconds <= 0:
+                problems.append(f"run_time must be > 0, got {self.run_time!r}")
+        except ValueError as e:
+            problems.append(str(e))
+        if self.versions and not all(v.strip().isdigit() for v in self.versions.split(",")):
+            problems.append(f"versions must be comma-separated version numbers like 1,2, got {self.versions!r}")
+        if not 0 < self.saturation_fraction <= 1 or not 0 < self.saturation_cpu <= 100:
+            problems.append("saturation_cpu must lie in (0, 100] and saturation_fraction in (0, 1]")
+        if problems:
+            raise LoadTestError("invalid load test config:\n  - " + "\n  - ".join(problems))
+
+    # -- derived values --------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return (self.host or DEFAULT_HOSTS[self.target]).rstrip("/")
+
+    @property
+    def run_time_s(self) -> float:
+        return parse_timespan(self.run_time)
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrival_rate > 0
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Triton's metrics URL, or None when scraping is switched off."""
+        if self.triton_metrics_url == "none":
+            return None
+        return self.triton_metrics_url or "http://127.0.0.1:8002/metrics"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # -- Locust ----------------------------------------------------------------------------------
+    def locust_args(self) -> list[str]:
+        """Every Locust option of this config, spelled out, so nothing depends on Locust's defaults."""
+        args = []
+        for f in fields(self):
+            if not f.metadata["locust"]:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "host":
+                value = self.base_url
+            elif f.name == "spawn_rate" and not value:
+                value = max(self.users, 1)
+            args += [f"--{f.name.replace('_', '-')}", str(value)]
+        return args
+
+    @classmethod
+    def from_settings(cls, *sources: dict[str, Any]) -> LoadTestConfig:
+        """Merge settings dicts (later ones win; keys as in [tool.locust], dashes or underscores)."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        problems = []
+        for source in sources:
+            for key, value in source.items():
+                name = key.replace("-", "_")
+                if name == "spawn_rate" and value is None:
+                    continue
+                if name not in known:
+                    problems.append(f"unknown setting {key!r}; expected one of: {', '.join(sorted(known))}")
+                    continue
+                if value is not None:
+                    values[name] = _coerce(known[name], value)
+        if problems:
+            raise LoadTestError("invalid load test settings:\n  - " + "\n  - ".join(problems))
+        return cls(**values)
+
+
+def _coerce(f, value: Any) -> Any:
+    kind = type(f.default) if f.default is not MISSING else str
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise LoadTestError(f"setting {f.name!r} must be a {kind.__name__}, got {value!r}") from None
+
+
+def parse_timespan(value: str | int | float) -> float:
+    """``"90"``, ``"30s"``, ``"2m"``, ``"1h30m"`` -> seconds (Locust's --run-time syntax)."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    match = re.fullmatch(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+    if not text or not match:
+        raise ValueError(f"run_time {value!r} is not a time span; expected e.g. 30s, 2m, 1h30m or seconds")
+    h, m, s = (int(g or 0) for g in match.groups())
+    return float(h * 3600 + m * 60 + s)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """``[tool.locust]`` of a pyproject.toml, or the ``key = value`` lines of a locust.conf."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadTestError(f"settings file {path} does not exist")
+    if path.suffix == ".toml":
+        return tomllib.loads(path.read_text()).get("tool", {}).get("locust", {})
+    settings = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("["):
+            continue
+        if "=" not in line:
+            raise LoadTestError(f"{path}:{number}: expected 'key = value', got {line!r}")
+        key, value = (part.strip() for part in line.split("=", 1))
+        settings[key] = value.strip("\"'")
+    return settings
+
+
+def add_locust_arguments(parser) -> None:
+    """Register the locustfile's custom options on Locust's parser (``events.init_command_line_parser``)."""
+    defaults = LoadTestConfig.__dataclass_fields__
+    for name, f in defaults.items():
+        if not f.metadata.get("custom"):
+            continue
+        kind = type(f.default)
+        choices = {"target": TARGETS, "shape": SHAPES}.get(name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, choices=choices,
+                            help=f.metadata["help"].replace("%%", "%"), include_in_web_ui=False)

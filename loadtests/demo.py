@@ -1,0 +1,191 @@
+"""``make demo``: the whole pipeline on the bundled model and data, then an A/B load test.
+
+train (once) -> merge -> ONNX fp32 + int8 -> parity gate -> publish both as versions of one model
+-> tritonserver + the A/B router (control fp32, treatment int8, 50/50, sticky by user)
+-> a short Locust run that also sends the true labels as feedback -> load-test and A/B reports
+-> every process stopped -> a short summary. A second run reuses the adapter, the export and the
+published versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from export.config import ExportConfig
+from export.pipeline import run_export
+from loadtests.config import LoadTestConfig
+from loadtests.run import run_loadtest
+from serving.router.config import load_experiment
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from training.config import TrainConfig
+from training.train import train
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "sentiment-ab"
+
+
+@dataclass
+class DemoConfig:
+    """The demo's knobs; every default runs on a 2-core machine in well under 15 minutes."""
+
+    name: str = "demo"
+    """Run name: runs/NAME/{adapter,merged,onnx}."""
+    runs_dir: Path = Path("runs")
+    """Folder holding the runs."""
+    repository: Path = Path("model_repository")
+    """The Triton model repository the variants are published to."""
+    model_name: str = "sentiment"
+    """Triton model name; fp32 and int8 become two of its versions."""
+    time_budget_s: float = 180.0
+    """Training wall-clock budget when the adapter does not exist yet."""
+    users: int = 8
+    """Concurrent Locust users (closed loop), each with a stable user id."""
+    run_time: str = "45s"
+    """How long the load test runs."""
+    feedback_fraction: float = 1.0
+    """Fraction of answers followed by the true label as feedback (accuracy per arm)."""
+    out_dir: Path = Path("reports")
+    """The demo's folder is OUT_DIR/demo-TIMESTAMP/ (the load-test report inside it)."""
+
+
+def experiment_spec(control_version: str, treatment_version: str, model_name: str) -> dict:
+    """The demo's experiment: fp32 control against int8 treatment, 50/50, sticky by X-User-Id."""
+    return {
+        "name": EXPERIMENT,
+        "timeout_s": 2.0,
+        "sticky": {"header": "X-User-Id"},
+        "arms": [
+            {"name": "control", "model": model_name, "version": control_version, "weight": 50},
+            {"name": "treatment", "model": model_name, "version": treatment_version, "weight": 50},
+        ],
+        "fallback": "control",
+    }
+
+
+def _step(n: int, text: str) -> None:
+    log.info("[%d/5] %s", n, text)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the demo; return the summary (also written to the demo folder as summary.json)."""
+    started = time.monotonic()
+    train_cfg = TrainConfig(name=cfg.name, runs_dir=cfg.runs_dir, time_budget_s=cfg.time_budget_s)
+    if (train_cfg.adapter_dir / "adapter_config.json").is_file():
+        _step(1, f"training: reusing {train_cfg.adapter_dir}")
+    else:
+        _step(1, f"training: LoRA on the bundled MiniLM, budget {cfg.time_budget_s:.0f} s")
+        train(train_cfg)
+    training_metrics = json.loads((train_cfg.adapter_dir / "metrics.json").read_text())
+
+    _step(2, "export: merge -> ONNX fp32 + int8 -> parity gate -> publish")
+    export_cfg = ExportConfig(adapter=train_cfg.adapter_dir, runs_dir=cfg.runs_dir, repository=cfg.repository,
+                              model_name=cfg.model_name)
+    export = run_export(export_cfg)
+    if not export.passed:
+        raise RuntimeError(f"the parity gate failed; see {export.onnx_dir / 'parity.json'}")
+    versions = {variant: path.name for variant, path in export.published.items()}
+
+    folder = Path(cfg.out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    experiment_file = folder / "experiment.yaml"
+    experiment_file.write_text(yaml.safe_dump(experiment_spec(versions["fp32"], versions["int8"], cfg.model_name),
+                                              sort_keys=False))
+    load_experiment(experiment_file)  # validate before starting anything
+
+    _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
+    with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
+            RouterProcess(experiment_file, triton_url=triton.http_url, log_file=folder / "router.log") as router:
+        _step(4, f"load: Locust, {cfg.users} users for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
+        load_cfg = LoadTestConfig(
+            host=router.url, target="router", experiment=EXPERIMENT, users=cfg.users, run_time=cfg.run_time,
+            texts=str(export.merged_dir / "heldout.jsonl"), feedback_fraction=cfg.feedback_fraction,
+            out_dir=str(folder), triton_metrics_url=triton.metrics_url,
+        )
+        result = run_loadtest(load_cfg)
+    _step(5, "reports written; every process stopped")
+    summary = summarize(folder, result.folder, training_metrics, export.parity, versions, time.monotonic() - started)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    return summary
+
+
+def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict, versions: dict, seconds: float) -> dict:
+    load = json.loads((loadtest_folder / "summary.json").read_text())
+    ab_path = loadtest_folder / "router_report.json"
+    ab = json.loads(ab_path.read_text()) if ab_path.is_file() else {}
+    arms = {}
+    variant_of = {"control": "fp32", "treatment": "int8"}
+    for arm, data in ab.get("arms", {}).items():
+        lat = load.get("variants", {}).get(arm, {})
+        acc = data.get("accuracy") or {}
+        arms[arm] = {
+            "variant": variant_of.get(arm, arm),
+            "version": versions.get(variant_of.get(arm, ""), "?"),
+            "requests": data.get("requests"),
+            "accuracy": acc.get("estimate"),
+            "accuracy_ci": [acc.get("low"), acc.get("high")] if acc else None,
+            "offline_accuracy": parity["variants"].get(variant_of.get(arm, ""), {}).get("accuracy"),
+            "p50_ms": lat.get("p50_ms"),
+            "p99_ms": lat.get("p99_ms"),
+            "throughput_rps": lat.get("throughput_rps"),
+            "failures": lat.get("failures"),
+        }
+    verdicts = {metric: value.get("verdict") for comp in ab.get("comparisons", {}).values() for metric, value in comp.items()}
+    return {
+        "folder": str(folder),
+        "loadtest_report": str(loadtest_folder / "report.md"),
+        "ab_report": str(loadtest_folder / "router_report.md"),
+        "training": {"test_accuracy_before": training["test_before"]["accuracy"],
+                     "test_accuracy_after": training["test_after"]["accuracy"]},
+        "arms": arms,
+        "verdicts_treatment_vs_control": verdicts,
+        "warnings": load.get("warnings", []),
+        "seconds": round(seconds, 1),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"training: test accuracy {summary['training']['test_accuracy_before']:.3f} -> "
+        f"{summary['training']['test_accuracy_after']:.3f}",
+        "",
+        "| arm | variant (version) | requests | accuracy (feedback, 95% CI) | offline acc | P50 ms | P99 ms | failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, a in summary["arms"].items():
+        ci = a["accuracy_ci"]
+        acc = f"{a['accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if a["accuracy"] is not None and ci else "n/a"
+        offline = f"{a['offline_accuracy']:.3f}" if a["offline_accuracy"] is not None else "n/a"
+        p50 = f"{a['p50_ms']:.1f}" if a["p50_ms"] is not None else "n/a"
+        p99 = f"{a['p99_ms']:.1f}" if a["p99_ms"] is not None else "n/a"
+        lines.append(f"| {arm} | {a['variant']} (v{a['version']}) | {a['requests']} | {acc} | {offline} | {p50} | {p99} | {a['failures']} |")
+    lines.append("")
+    lines.append("verdict, treatment (int8) vs control (fp32): " + ", ".join(
+        f"{metric}: {verdict}" for metric, verdict in summary["verdicts_treatment_vs_control"].items()))
+    for warning in summary["warnings"]:
+        lines.append(f"warning: {warning}")
+    lines += ["", f"load-test report: {summary['loadtest_report']}", f"A/B report:       {summary['ab_report']}",
+              f"finished in {summary['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.cli import parse_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(DemoConfig, argv, "python -m loadtests.demo", __doc__.split("\n\n")[0])
+    summary = run_demo(cfg)
+    print("\n" + format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Experiment endpoints: the spec, weight changes and reloads (admin, bearer token), feedback, the
+report, and Prometheus ``/metrics``.
+
+    GET  /v2/experiments                      -> {"experiments": [name]}
+    GET  /v2/experiments/{name}               -> the running spec, with normalised shares
+    PUT  /v2/experiments/{name}/weights       {"weights": {"control": 70, "treatment": 30}}   (admin)
+    POST /v2/experiments/{name}/reload        re-read the experiment file, as SIGHUP does        (admin)
+    POST /v2/experiments/{name}/feedback      {"id": REQUEST_ID, "label": TRUE_LABEL}
+    GET  /v2/experiments/{name}/report        ?alpha=0.05&resamples=2000&format=json|markdown
+    GET  /metrics
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import anyio
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from serving.router.errors import BadRequest, Conflict, ExperimentError, NotFound, RouterError
+from serving.router.report import build_report, render_markdown
+from serving.router.state import RouterState, get_state
+
+log = logging.getLogger(__name__)
+
+MAX_ADMIN_BODY = 64 * 1024
+
+
+async def _json_body(request: Request) -> object:
+    body = await request.body()
+    if len(body) > MAX_ADMIN_BODY:
+        raise BadRequest(f"body of {len(body)} bytes is over the admin limit of {MAX_ADMIN_BODY}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"malformed JSON in the request body: {e}") from None
+
+
+async def reload_logged(state: RouterState, why: str) -> None:
+    """Reload for SIGHUP: a bad file is logged and the running experiment kept."""
+    try:
+        await state.reload(why)
+    except (ExperimentError, RouterError) as e:
+        log.error("reload (%s) refused; keeping the running experiment: %s", why, e)
+
+
+async def list_experiments(request: Request) -> Response:
+    return JSONResponse({"experiments": [get_state(request).experiment.name]})
+
+
+async def experiment_spec(request: Request) -> Response:
+    state = get_state(request)
+    return JSONResponse(state.check_experiment(request.path_params["name"]).to_dict())
+
+
+async def set_weights(request: Request) -> Response:
+    state = get_state(request)
+    state.require_admin(request)
+    exp = state.check_experiment(request.path_params["name"])
+    payload = await _json_body(request)
+    if not isinstance(payload, dict) or "weights" not in payload:
+        raise BadRequest(f"expected {{\"weights\": {{arm: weight, ...}}}} with every arm of {list(exp.arm_names)}")
+    try:
+        new = exp.with_weights(payload["weights"])
+    except ExperimentError as e:
+        raise BadRequest(str(e)) from None
+    state.set_experiment(new, "admin API")
+    return JSONResponse(new.to_dict())
+
+
+async def reload(request: Request) -> Response:
+    state = get_state(request)
+    state.require_admin(request)
+    state.check_experiment(request.path_params["name"])
+    try:
+        exp = await state.reload("admin API")
+    except ExperimentError as e:
+        raise BadRequest(f"reload refused, the running experiment is unchanged: {e}") from None
+    return JSONResponse(exp.to_dict())
+
+
+async def feedback(request: Request) -> Response:
+    """Record the true label of a served request: ``{"id": ..., "label": ...}`` (or ``"labels": [...]``)."""
+    state = get_state(request)
+    state.check_experiment(request.path_params["name"])
+    payload = await _json_body(request)
+    items = payload.get("feedback") if isinstance(payload, dict) and "feedback" in payload else [payload]
+    if not isinstance(items, list) or not items:
+        raise BadRequest("expected {\"id\": REQUEST_ID, \"label\": TRUE_LABEL} or {\"feedback\": [...]}")
+    parsed = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise BadRequest(f"feedback[{i}] needs a string \"id\" (the X-Request-Id of the answer), got {item!r:.100}")
+        labels = item.get("labels", [item["label"]] if "label" in item else None)
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
+            raise BadRequest(f"feedback[{i}] needs \"label\": TRUE_LABEL (or \"labels\": [...]), got {item!r:.100}")
+        parsed.append((item["id"], tuple(str(x) for x in labels)))
+    results = []
+    for request_id, labels in parsed:
+        try:
+            found = state.recorder.feedback(request_id, labels)
+        except KeyError:
+            raise Conflict(f"request {request_id!r} already has feedback") from None
+        if found is None:
+            raise NotFound(f"unknown request id {request_id!r}: never served by this router, or too old "
+                           f"(the last {state.config.request_log_size} are kept)")
+        results.append({"id": request_id, "arm": found[0], "correct": found[1]})
+    return JSONResponse(results[0] if len(results) == 1 and "feedback" not in payload else {"feedback": results})
+
+
+def _query_float(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+async def report(request: Request) -> Response:
+    state = get_state(request)
+    exp = state.check_experiment(request.path_params["name"])
+    alpha = _query_float(request, "alpha", 0.05, 1e-6, 0.5)
+    resamples = int(_query_float(request, "resamples", 2000, 100, 100_000))
+    fmt = request.query_params.get("format", "json")
+    if fmt not in {"json", "markdown"}:
+        raise BadRequest(f"format must be json or markdown, got {fmt!r}")
+    seed = int(_query_float(request, "seed", 0, 0, 2**32 - 1))
+
+    def work() -> dict:
+        return build_report(exp, state.recorder.snapshot(), alpha, resamples, np.random.default_rng(seed))
+
+    result = await anyio.to_thread.run_sync(work)
+    if fmt == "markdown":
+        return PlainTextResponse(render_markdown(result), media_type="text/markdown")
+    return JSONResponse(result)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(get_state(request).recorder.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/v2/experiments", list_experiments),
+    Route("/v2/experiments/{name}", experiment_spec),
+    Route("/v2/experiments/{name}/weights", set_weights, methods=["PUT", "POST"]),
+    Route("/v2/experiments/{name}/reload", reload, methods=["POST"]),
+    Route("/v2/experiments/{name}/feedback", feedback, methods=["POST"]),
+    Route("/v2/experiments/{name}/report", report),
+    Route("/metrics", metrics),
+]

@@ -1,0 +1,270 @@
+"""The router's HTTP service: KServe v2 in front, Triton behind, one experiment in between.
+
+``create_app`` builds a Starlette app. Callers treat the experiment as a model:
+``POST /v2/models/{experiment}/infer`` is assigned to an arm (sticky by key, see ``assignment.py``),
+forwarded to that arm's Triton model version over pooled connections, and answered with
+``X-Variant`` / ``parameters.variant`` naming the arm that served it. The admin, feedback and report
+endpoints live in ``serving.router.admin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from export.contract import CONTRACT
+from serving.router import admin
+from serving.router.config import Experiment, RouterConfig
+from serving.router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, UpstreamError
+from serving.router.protocol import (
+    InferRequest,
+    check_inputs,
+    decode_body,
+    labels_of,
+    parse_request,
+    tag_answer,
+)
+from serving.router.state import RouterState, get_state
+from serving.router.upstream import Answer
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID = 256
+UNASSIGNED = "unassigned"  # the arm label of requests refused before an arm was chosen
+
+
+def error_response(exc: RouterError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sticky_key(exp: Experiment, request: Request, req: InferRequest) -> str | None:
+    if exp.sticky.source == "header":
+        return request.headers.get(exp.sticky.key) or None
+    if exp.sticky.source == "parameter":
+        value = req.parameters.get(exp.sticky.key)
+        return None if value is None or value == "" else str(value)
+    return None
+
+
+async def forward(state: RouterState, exp: Experiment, arm: str, req: InferRequest) -> tuple[Answer, str]:
+    """Send ``req`` to ``arm``; on an upstream failure try the fallback arm. Returns (answer, arm served)."""
+    upstream = state.upstream
+    target = state.target(exp, arm)
+    check_inputs(req, upstream.cached_metadata(target))
+    try:
+        return await upstream.infer(target, req.body, req.header_length, exp.timeout_s), arm
+    except UpstreamError as e:
+        state.recorder.error(arm, e.status_code)
+        if exp.fallback is None or exp.fallback == arm:
+            raise
+        first = e
+    state.recorder.fallback(arm, exp.fallback)
+    log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
+    target = state.target(exp, exp.fallback)
+    try:
+        return await upstream.infer(target, req.body, req.header_length, exp.timeout_s), exp.fallback
+    except UpstreamError as e:
+        state.recorder.error(exp.fallback, e.status_code)
+        raise type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})") from None
+
+
+async def run_shadow(state: RouterState, exp: Experiment, req: InferRequest, primary_arm: str,
+                     primary_labels: tuple[str, ...]) -> None:
+    """Send the copy to the shadow and record latency and agreement; never raises."""
+    assert exp.shadow is not None
+    start = time.perf_counter()
+    try:
+        answer = await state.upstream.infer(state.target(exp, exp.shadow.name), req.body, req.header_length,
+                                            exp.timeout_s)
+        labels = labels_of(answer, CONTRACT.output_label)
+    except Exception as e:  # the shadow's failures are recorded, never raised
+        log.debug("shadow %s failed: %s", exp.shadow.name, e)
+        state.recorder.shadow_result(exp.shadow.name, primary_arm, None, primary_labels, None)
+        return
+    state.recorder.shadow_result(exp.shadow.name, primary_arm, time.perf_counter() - start, primary_labels, labels)
+
+
+async def spawn_shadow(state: RouterState, exp: Experiment, req: InferRequest, primary_arm: str,
+                       primary_labels: tuple[str, ...]) -> None:
+    """Runs after the primary answer is sent: starts the shadow copy as its own task, or drops it."""
+    assert exp.shadow is not None
+    if len(state.shadow_tasks) >= state.config.max_shadow_in_flight:
+        state.recorder.shadow_dropped(exp.shadow.name)
+        return
+    task = asyncio.get_running_loop().create_task(run_shadow(state, exp, req, primary_arm, primary_labels))
+    state.shadow_tasks.add(task)
+    task.add_done_callback(state.shadow_tasks.discard)
+
+
+async def infer(request: Request) -> Response:
+    start = time.perf_counter()
+    state = get_state(request)
+    exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
+    request_id = request.headers.get("x-request-id") or None
+    arm = None
+    inflight = state.recorder.m_inflight.labels(exp.name)
+    inflight.inc()
+    try:
+        state.check_experiment(request.path_params["name"])
+        if request_id is not None and len(request_id) > MAX_REQUEST_ID:
+            raise BadRequest(f"X-Request-Id is {len(request_id)} characters; at most {MAX_REQUEST_ID} allowed")
+        body = await read_body(request, state.config.max_body_bytes)
+        req = parse_request(decode_body(body, request.headers.get("content-encoding")),
+                            request.headers.get("inference-header-content-length"))
+        if request_id is None and req.header.get("id"):
+            request_id = str(req.header["id"])[:MAX_REQUEST_ID]
+        key = sticky_key(exp, request, req)
+        if key is None and exp.sticky.source:
+            state.recorder.unkeyed()
+        arm = assigner.assign(key, state.rng)
+        answer, served = await forward(state, exp, arm, req)
+        content, header_length, labels = tag_answer(answer, served, CONTRACT.output_label)
+    except RouterError as e:
+        if not isinstance(e, UpstreamError):  # upstream failures were counted per arm in forward()
+            state.recorder.error(arm or UNASSIGNED, e.status_code)
+        headers = {"X-Request-Id": request_id or uuid.uuid4().hex}
+        if arm:
+            headers["X-Variant"] = arm
+        return error_response(e, headers)
+    finally:
+        inflight.dec()
+    request_id = request_id or uuid.uuid4().hex
+    state.recorder.served(request_id, served, time.perf_counter() - start, labels)
+    headers = {"X-Variant": served, "X-Request-Id": request_id}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    background = None
+    if exp.shadow is not None and state.rng.random() < exp.shadow.fraction:
+        background = BackgroundTask(spawn_shadow, state, exp, req, served, labels)
+    media_type = "application/json" if header_length is None else "application/octet-stream"
+    return Response(content, headers=headers, media_type=media_type, background=background)
+
+
+async def infer_version(request: Request) -> Response:
+    name = request.path_params["name"]
+    raise BadRequest(f"the router chooses the arm and its version; send requests to /v2/models/{name}/infer "
+                     "(tritonclient: model_version=\"\")")
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    """Ready only while every arm with traffic has a ready upstream model version."""
+    state = get_state(request)
+    exp = state.experiment
+    if "name" in request.path_params:
+        state.check_experiment(request.path_params["name"])
+    arms = [a.name for a in exp.arms if exp.shares[a.name] > 0]
+    targets = [state.target(exp, a) for a in arms]
+    ok = await asyncio.gather(*(state.upstream.ready(t, min(1.0, exp.timeout_s)) for t in targets))
+    down = [f"{a} ({t})" for a, t, good in zip(arms, targets, ok, strict=True) if not good]
+    if down:
+        raise UpstreamError(f"not ready: upstream not ready for arm(s) {', '.join(down)}")
+    await asyncio.gather(*(state.upstream.metadata(t) for t in targets), return_exceptions=True)
+    return JSONResponse({"ready": True})
+
+
+async def model_metadata(request: Request) -> Response:
+    """The experiment as a model: the control arm's v2 metadata, renamed, plus the arm names."""
+    state = get_state(request)
+    exp = state.check_experiment(request.path_params["name"])
+    meta = dict(await state.upstream.metadata(state.target(exp, exp.arms[0].name)))
+    meta.update(name=exp.name, versions=[], arms=list(exp.arm_names))
+    return JSONResponse(meta)
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse({"name": "tunestack-router", "version": "0.1.0", "extensions": ["binary_tensor_data"],
+                         "experiment": get_state(request).experiment.name})
+
+
+async def _router_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RouterError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no such endpoint: {request.method} {request.url.path}"))
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal router error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | None = None,
+               handle_sighup: bool = False) -> Starlette:
+    """The router app for one experiment. ``handle_sighup`` re-reads the experiment file on SIGHUP."""
+    state = RouterState.create(config, experiment, admin_token)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        loop = asyncio.get_running_loop()
+        if handle_sighup:
+            def on_sighup() -> None:
+                task = loop.create_task(admin.reload_logged(state, "SIGHUP"))
+                state.background.add(task)
+                task.add_done_callback(state.background.discard)
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        exp = state.experiment
+        warm = [state.target(exp, a) for a in exp.arm_names]
+        prefetch = asyncio.ensure_future(asyncio.gather(*(state.upstream.metadata(t) for t in warm),
+                                                        return_exceptions=True))
+        try:
+            yield
+        finally:
+            if handle_sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            prefetch.cancel()
+            if state.shadow_tasks:
+                await asyncio.wait(list(state.shadow_tasks), timeout=2.0)
+            for task in list(state.shadow_tasks) + list(state.background):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await state.upstream.aclose()
+
+    routes = [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2/models/{name}", model_metadata),
+        Route("/v2/models/{name}/ready", ready),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer_version, methods=["POST"]),
+        *admin.routes,
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        RouterError: _router_error, HTTPException: _http_error, Exception: _internal_error})
+    app.state.router = state
+    return app

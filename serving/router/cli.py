@@ -1,0 +1,123 @@
+"""``python -m serving router ...`` runs the A/B router; ``python -m serving report ...`` prints a report.
+
+The ``router`` options mirror ``RouterConfig`` one to one. The admin token comes from
+``--admin-token-file`` or the environment variable ``TUNESTACK_ROUTER_ADMIN_TOKEN``, read once here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from serving.router.config import RouterConfig, load_experiment
+from serving.router.errors import ExperimentError
+from serving.router.state import TOKEN_ENV
+
+
+def _field_help(name: str) -> str:
+    import ast
+    import inspect
+
+    # the attribute docstrings of RouterConfig are the CLI's help texts
+    tree = ast.parse(inspect.getsource(RouterConfig))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                return str(nxt.value.value)
+    return ""
+
+
+def router_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving router", description="Run the A/B router in front of Triton.")
+    for f in fields(RouterConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.name != "experiment" else None
+        kind = {"int": int, "str": str, "str | None": str}.get(str(f.type), str)
+        p.add_argument(flag, type=kind, default=default, required=f.name == "experiment",
+                       help=f"{_field_help(f.name)} (default: {default})")
+    return p
+
+
+def read_token(token_file: str | None) -> str | None:
+    if token_file:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise SystemExit(f"error: admin token file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def run_router(argv: list[str]) -> int:
+    import uvicorn
+
+    from serving.router.app import create_app
+
+    args = router_parser().parse_args(argv)
+    try:
+        config = RouterConfig(**vars(args))
+        experiment = load_experiment(config.experiment, config.triton_url)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = read_token(config.admin_token_file)
+    if token is None:
+        logging.getLogger(__name__).warning("no admin token (--admin-token-file or $%s): admin API disabled", TOKEN_ENV)
+    app = create_app(config, experiment, token, handle_sighup=True)
+    print(f"router for experiment {experiment.name!r} on http://{config.host}:{config.port} "
+          f"(arms: {', '.join(f'{a}={s:.3f}' for a, s in experiment.shares.items())})", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def run_report(argv: list[str]) -> int:
+    import httpx
+
+    from serving.router.report import plot_latency_cdf, render_markdown
+
+    p = argparse.ArgumentParser(prog="python -m serving report", description="Print an experiment's report from a running router.")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the router's base URL")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the router's only experiment)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the quantile intervals")
+    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
+    p.add_argument("--out", default=None, help="also write the report to this file (e.g. reports/ab.md), "
+                   "with the latency CDF per arm next to it (reports/ab-latency-cdf.png)")
+    args = p.parse_args(argv)
+    try:
+        with httpx.Client(base_url=args.url, timeout=60, trust_env=False) as client:
+            name = args.experiment or client.get("/v2/experiments").raise_for_status().json()["experiments"][0]
+            resp = client.get(f"/v2/experiments/{name}/report", params={"alpha": args.alpha, "resamples": args.resamples})
+    except httpx.HTTPError as e:
+        print(f"error: cannot reach the router at {args.url}: {e}", file=sys.stderr)
+        return 1
+    if resp.status_code != 200:
+        print(f"error: {resp.status_code}: {resp.text}", file=sys.stderr)
+        return 1
+    report = resp.json()
+    text = json.dumps(report, indent=2) if args.format == "json" else render_markdown(report)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        plot_latency_cdf(report, str(out.with_name(out.stem + "-latency-cdf.png")))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``argv[0]`` is the subcommand: ``router`` or ``report``."""
+    command, rest = argv[0], argv[1:]
+    if command == "router":
+        return run_router(rest)
+    if command == "report":
+        return run_report(rest)
+    print(f"error: unknown command {command!r}; expected router or report", file=sys.stderr)
+    return 2

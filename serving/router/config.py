@@ -1,0 +1,327 @@
+"""The experiment spec (what to split, how) and the router's own settings, validated up front.
+
+An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the keys of ``Experiment``::
+
+    name: sentiment-ab            # the model name callers use: POST /v2/models/sentiment-ab/infer
+    upstream: http://127.0.0.1:8000
+    timeout_s: 2.0
+    sticky: {header: X-User-Id}   # or {parameter: user_id}, or "random"
+    arms:                         # the first arm is the control; the order fixes the buckets
+      - {name: control,   model: sentiment, version: "1", weight: 50}
+      - {name: treatment, model: sentiment, version: "2", weight: 50}
+    fallback: control             # optional: where a request goes when its arm's upstream fails
+    shadow: {name: shadow, model: sentiment, version: "2", fraction: 1.0}   # optional
+
+``load_experiment`` checks every field, collects every problem and raises one ``ExperimentError``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.router.errors import ExperimentError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STICKY_SOURCES = ("header", "parameter")
+DEFAULT_UPSTREAM = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One variant of the experiment: a Triton model version and its share of the traffic."""
+
+    name: str
+    """Variant name, reported in ``X-Variant``, ``parameters.variant``, metrics and the report."""
+    model: str
+    """Triton model name."""
+    version: str = ""
+    """Triton model version ("" = the version Triton's policy serves by default)."""
+    weight: float = 1.0
+    """Relative share of the traffic (any non-negative scale: 70/30 or 0.7/0.3)."""
+    upstream: str | None = None
+    """Triton HTTP base URL for this arm; None = the experiment's ``upstream``."""
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A model that gets a copy of (a sample of) the traffic; its answers are only recorded."""
+
+    model: str
+    """Triton model name."""
+    version: str = ""
+    """Triton model version ("" = default)."""
+    fraction: float = 1.0
+    """Fraction of primary requests copied to the shadow, in (0, 1]."""
+    name: str = "shadow"
+    """Name used in metrics and the report."""
+    upstream: str | None = None
+    """Triton HTTP base URL; None = the experiment's ``upstream``."""
+
+
+@dataclass(frozen=True)
+class Sticky:
+    """Where the assignment key comes from; ``source=None`` assigns every request at random."""
+
+    source: str | None = None
+    """"header", "parameter" (a key in the v2 request's ``parameters``), or None for random."""
+    key: str = ""
+    """The header name (e.g. ``X-User-Id``) or parameter name (e.g. ``user_id``)."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An A/B(/n) experiment: arms with weights, sticky key, optional shadow and fallback."""
+
+    name: str
+    """Experiment name: the model name callers send requests to, and part of the assignment hash."""
+    arms: tuple[Arm, ...]
+    """The variants; the first is the control. Their order fixes the hash buckets: do not reorder."""
+    sticky: Sticky = field(default_factory=Sticky)
+    """Where the assignment key comes from."""
+    shadow: Shadow | None = None
+    """Optional shadow model."""
+    fallback: str | None = None
+    """Optional arm name that serves a request when its own arm's upstream is down or times out."""
+    timeout_s: float = 2.0
+    """Per-request timeout to Triton, in seconds (connect + answer)."""
+    upstream: str = DEFAULT_UPSTREAM
+    """Default Triton HTTP base URL for the arms and the shadow."""
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arms)
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """Weights normalised to sum to 1."""
+        total = sum(a.weight for a in self.arms)
+        return {a.name: a.weight / total for a in self.arms}
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def upstream_of(self, arm: Arm | Shadow) -> str:
+        return (arm.upstream or self.upstream).rstrip("/")
+
+    def with_weights(self, weights: dict[str, Any]) -> Experiment:
+        """A copy with new weights for every arm; raises ``ExperimentError`` listing every problem."""
+        problems = []
+        if not isinstance(weights, dict):
+            raise ExperimentError([f"weights must be a mapping arm -> weight, got {weights!r}"], "weights")
+        unknown = sorted(set(weights) - set(self.arm_names))
+        missing = [n for n in self.arm_names if n not in weights]
+        if unknown:
+            problems.append(f"unknown arm(s) {unknown}; expected: {list(self.arm_names)}")
+        if missing:
+            problems.append(f"missing weight for arm(s) {missing}; give a weight for every arm")
+        if problems:
+            raise ExperimentError(problems, "weights")
+        arms = tuple(replace(a, weight=weights[a.name]) for a in self.arms)
+        return validate(replace(self, arms=arms), "weights")
+
+    def to_dict(self) -> dict[str, Any]:
+        sticky = {self.sticky.source: self.sticky.key} if self.sticky.source else "random"
+        out: dict[str, Any] = {
+            "name": self.name,
+            "upstream": self.upstream,
+            "timeout_s": self.timeout_s,
+            "sticky": sticky,
+            "arms": [
+                {k: v for k, v in vars(a).items() if v is not None} | {"share": self.shares[a.name]}
+                for a in self.arms
+            ],
+            "fallback": self.fallback,
+            "shadow": {k: v for k, v in vars(self.shadow).items() if v is not None} if self.shadow else None,
+        }
+        return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def validate(exp: Experiment, source: str = "experiment") -> Experiment:
+    """Check an ``Experiment``; return it unchanged or raise one ``ExperimentError`` with every problem."""
+    problems: list[str] = []
+    if not isinstance(exp.name, str) or not NAME_RE.match(exp.name):
+        problems.append(f"name {exp.name!r} must match {NAME_RE.pattern} (it is used in URLs)")
+    if len(exp.arms) < 2:
+        problems.append(f"an experiment needs at least 2 arms, got {len(exp.arms)}")
+    names = [a.name for a in exp.arms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"arm names must be unique; duplicated: {dupes}")
+    for i, a in enumerate(exp.arms):
+        where = f"arms[{i}] ({a.name!r})"
+        if not isinstance(a.name, str) or not NAME_RE.match(a.name):
+            problems.append(f"{where}: name must match {NAME_RE.pattern}")
+        if not isinstance(a.model, str) or not a.model:
+            problems.append(f"{where}: model must be a non-empty Triton model name, got {a.model!r}")
+        if not isinstance(a.version, str) or not (a.version == "" or a.version.isdigit()):
+            problems.append(f"{where}: version must be a string of digits or \"\", got {a.version!r}")
+        if not _is_number(a.weight) or a.weight < 0 or a.weight != a.weight:
+            problems.append(f"{where}: weight must be a number >= 0, got {a.weight!r}")
+    weights_ok = all(_is_number(a.weight) and a.weight >= 0 for a in exp.arms)
+    if weights_ok and exp.arms and sum(a.weight for a in exp.arms) <= 0:
+        problems.append("the weights sum to 0; at least one arm needs a positive weight")
+    elif weights_ok and len(exp.arms) > 2 and not dupes:
+        # Each treatment grows inside its own lane of width 1/(number of treatments); see assignment.py.
+        lane = 1.0 / (len(exp.arms) - 1)
+        for name, share in list(exp.shares.items())[1:]:
+            if share > lane + 1e-12:
+                problems.append(
+                    f"treatment {name!r} has share {share:.3f}, over its lane of {lane:.3f} "
+                    f"(1 / number of treatments); with {len(exp.arms)} arms no treatment may exceed {lane:.3f}"
+                )
+    if exp.sticky.source not in (None, *STICKY_SOURCES):
+        problems.append(f"sticky source {exp.sticky.source!r} is unknown; expected one of {STICKY_SOURCES} or random")
+    elif exp.sticky.source and not (isinstance(exp.sticky.key, str) and exp.sticky.key):
+        problems.append(f"sticky {exp.sticky.source} needs a non-empty name, e.g. X-User-Id")
+    if exp.fallback is not None and exp.fallback not in names:
+        problems.append(f"fallback {exp.fallback!r} is not an arm; expected one of {names}")
+    if exp.shadow is not None:
+        s = exp.shadow
+        if not isinstance(s.model, str) or not s.model:
+            problems.append(f"shadow: model must be a non-empty Triton model name, got {s.model!r}")
+        if not isinstance(s.version, str) or not (s.version == "" or s.version.isdigit()):
+            problems.append(f"shadow: version must be a string of digits or \"\", got {s.version!r}")
+        if not _is_number(s.fraction) or not 0 < s.fraction <= 1:
+            problems.append(f"shadow: fraction must be in (0, 1], got {s.fraction!r}")
+        if s.name in names:
+            problems.append(f"shadow: name {s.name!r} clashes with an arm name")
+    if not _is_number(exp.timeout_s) or not 0 < exp.timeout_s <= 300:
+        problems.append(f"timeout_s must be a number in (0, 300] seconds, got {exp.timeout_s!r}")
+    for label, url in [("upstream", exp.upstream)] + [(f"arm {a.name!r} upstream", a.upstream) for a in exp.arms]:
+        if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/]+", url)):
+            problems.append(f"{label} must be an http(s) URL like {DEFAULT_UPSTREAM}, got {url!r}")
+    if problems:
+        raise ExperimentError(problems, source)
+    return exp
+
+
+def _version(v: Any) -> Any:
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else ("" if v is None else v)
+
+
+def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
+    """Build and validate an ``Experiment`` from parsed YAML/TOML; every problem is reported at once."""
+    if not isinstance(data, dict):
+        raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
+    problems: list[str] = []
+    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")
+    if "name" not in data:
+        problems.append("missing required key 'name'")
+    arms: list[Arm] = []
+    raw_arms = data.get("arms")
+    if not isinstance(raw_arms, list):
+        problems.append(f"'arms' must be a list of {{name, model, version, weight}}, got {raw_arms!r}")
+        raw_arms = []
+    arm_keys = {"name", "model", "version", "weight", "upstream"}
+    for i, a in enumerate(raw_arms):
+        if not isinstance(a, dict):
+            problems.append(f"arms[{i}] must be a mapping, got {a!r}")
+            continue
+        if set(a) - arm_keys:
+            problems.append(f"arms[{i}]: unknown key(s) {sorted(set(a) - arm_keys)}; expected some of {sorted(arm_keys)}")
+        if "name" not in a or "model" not in a:
+            problems.append(f"arms[{i}]: 'name' and 'model' are required")
+        arms.append(Arm(name=a.get("name", f"arm{i}"), model=a.get("model", ""), version=_version(a.get("version", "")),
+                        weight=a.get("weight", 1.0), upstream=a.get("upstream")))
+    sticky = Sticky()
+    raw_sticky = data.get("sticky", "random")
+    if isinstance(raw_sticky, dict) and len(raw_sticky) == 1:
+        (src, key), = raw_sticky.items()
+        sticky = Sticky(source=src, key=key)
+    elif raw_sticky not in (None, "random", "none"):
+        problems.append(f"sticky must be {{header: NAME}}, {{parameter: NAME}} or \"random\", got {raw_sticky!r}")
+    shadow = None
+    raw_shadow = data.get("shadow")
+    shadow_keys = {"name", "model", "version", "fraction", "upstream"}
+    if isinstance(raw_shadow, dict):
+        if set(raw_shadow) - shadow_keys:
+            problems.append(f"shadow: unknown key(s) {sorted(set(raw_shadow) - shadow_keys)}; expected some of {sorted(shadow_keys)}")
+        shadow = Shadow(model=raw_shadow.get("model", ""), version=_version(raw_shadow.get("version", "")),
+                        fraction=raw_shadow.get("fraction", 1.0), name=raw_shadow.get("name", "shadow"),
+                        upstream=raw_shadow.get("upstream"))
+    elif raw_shadow is not None:
+        problems.append(f"shadow must be a mapping {{model, version, fraction}}, got {raw_shadow!r}")
+    exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow,
+                     fallback=data.get("fallback"), timeout_s=data.get("timeout_s", 2.0),
+                     upstream=data.get("upstream", DEFAULT_UPSTREAM))
+    try:
+        validate(exp, source)
+    except ExperimentError as e:
+        problems.extend(e.problems)
+    if problems:
+        raise ExperimentError(problems, source)
+    return exp
+
+
+def load_experiment(path: str | Path, upstream: str | None = None) -> Experiment:
+    """Read a YAML or TOML experiment file; ``upstream`` overrides the file's default Triton URL."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError([f"file not found: {path}"], str(path))
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        else:
+            raise ExperimentError([f"unknown file type {path.suffix!r}; expected .yaml, .yml or .toml"], str(path))
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ExperimentError([f"cannot parse: {e}"], str(path)) from e
+    if upstream and isinstance(data, dict):
+        data = {**data, "upstream": upstream}
+    return experiment_from_dict(data, str(path))
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The router process's settings; ``python -m serving router`` mirrors these one to one."""
+
+    experiment: str
+    """Path of the experiment file (YAML or TOML); re-read on SIGHUP or POST .../reload."""
+    host: str = "127.0.0.1"
+    """Address to bind; loopback unless told otherwise."""
+    port: int = 8080
+    """Port to bind."""
+    triton_url: str | None = None
+    """Override of the experiment file's ``upstream`` (Triton HTTP base URL)."""
+    admin_token_file: str | None = None
+    """File holding the admin bearer token (else env TUNESTACK_ROUTER_ADMIN_TOKEN; else admin API off)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted; larger bodies get 413."""
+    max_connections: int = 64
+    """Pooled keep-alive connections per Triton upstream."""
+    max_shadow_in_flight: int = 32
+    """Shadow copies in flight at most; beyond it copies are dropped (and counted), never queued."""
+    request_log_size: int = 200_000
+    """How many recent request ids are remembered for feedback."""
+    latency_window: int = 50_000
+    """How many recent latencies per arm the report's statistics use."""
+    log_level: str = "info"
+    """Logging level."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port must be in 1..65535, got {self.port}")
+        for name in ("max_body_bytes", "max_connections", "max_shadow_in_flight", "request_log_size", "latency_window"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problems:
+            raise ExperimentError(problems, "router config")

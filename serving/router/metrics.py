@@ -1,0 +1,185 @@
+"""What the router records: Prometheus metrics for dashboards, and recent samples for the report.
+
+``Recorder`` owns a per-app ``CollectorRegistry`` (no module-level state, so several apps can live
+in one process, as the tests do) plus bounded in-memory windows the report's statistics read:
+recent latencies per arm, predicted-label counts, shadow agreement, feedback outcomes, and the recent
+request ids that feedback refers to.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PCounter
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                   0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Window:
+    """The last ``capacity`` float samples, in a ring buffer."""
+
+    def __init__(self, capacity: int):
+        self._buf = np.empty(capacity, dtype=np.float64)
+        self._n = 0
+
+    def add(self, value: float) -> None:
+        self._buf[self._n % len(self._buf)] = value
+        self._n += 1
+
+    def values(self) -> np.ndarray:
+        return self._buf[: min(self._n, len(self._buf))].copy()
+
+
+@dataclass
+class ArmRecord:
+    """Everything the report needs about one arm (or the shadow)."""
+
+    latency: Window | np.ndarray
+    """Recent latencies in seconds (a ``Window`` while recording, an array in a snapshot)."""
+    requests: int = 0
+    errors: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    fallbacks_in: int = 0
+    feedback_correct: int = 0
+    feedback_total: int = 0
+    shadow_agree: int = 0
+    shadow_compared: int = 0
+    shadow_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the router remembers of a served request, for feedback."""
+
+    arm: str
+    labels: tuple[str, ...]
+
+
+class Recorder:
+    """Records every request into Prometheus metrics and the report's windows."""
+
+    def __init__(self, experiment: str, latency_window: int = 50_000, request_log_size: int = 200_000):
+        self.experiment = experiment
+        self.registry = CollectorRegistry()
+        self._window = latency_window
+        self._log_size = request_log_size
+        self._lock = threading.Lock()  # the report reads from a worker thread
+        self.arms: dict[str, ArmRecord] = {}
+        self.shadow: dict[str, ArmRecord] = {}
+        self._served: OrderedDict[str, Served] = OrderedDict()
+        self._feedback_seen: set[str] = set()
+        labels = ["experiment", "arm"]
+        r = self.registry
+        self.m_requests = PCounter("router_requests", "Requests answered, by the arm that served them", labels, registry=r)
+        self.m_errors = PCounter("router_errors", "Failed requests by arm and code (HTTP status)", labels + ["code"], registry=r)
+        self.m_latency = Histogram("router_request_latency_seconds", "Router-side latency of answered requests",
+                                   labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.m_labels = PCounter("router_predicted_labels", "Predicted labels by arm", labels + ["label"], registry=r)
+        self.m_fallbacks = PCounter("router_fallbacks", "Requests moved to the fallback arm", ["experiment", "from_arm", "to_arm"], registry=r)
+        self.m_unkeyed = PCounter("router_unkeyed_requests", "Requests without a sticky key (assigned at random)", ["experiment"], registry=r)
+        self.m_weight = Gauge("router_arm_share", "Current traffic share of each arm", labels, registry=r)
+        self.m_shadow = PCounter("router_shadow_requests", "Shadow copies by outcome (ok, error, dropped)", labels + ["outcome"], registry=r)
+        self.m_shadow_latency = Histogram("router_shadow_latency_seconds", "Latency of shadow requests", labels,
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.m_agreement = PCounter("router_shadow_agreement", "Shadow label vs primary label", labels + ["primary_arm", "agree"], registry=r)
+        self.m_feedback = PCounter("router_feedback", "Feedback received, by arm and whether the prediction was right",
+                                   labels + ["correct"], registry=r)
+        self.m_inflight = Gauge("router_inflight_requests", "Inference requests in flight", ["experiment"], registry=r)
+
+    def _arm(self, name: str, table: dict[str, ArmRecord] | None = None) -> ArmRecord:
+        table = self.arms if table is None else table
+        if name not in table:
+            table[name] = ArmRecord(latency=Window(self._window))
+        return table[name]
+
+    def set_shares(self, shares: dict[str, float]) -> None:
+        for arm, share in shares.items():
+            self._arm(arm)
+            self.m_weight.labels(self.experiment, arm).set(share)
+
+    def unkeyed(self) -> None:
+        self.m_unkeyed.labels(self.experiment).inc()
+
+    def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            rec = self._arm(arm)
+            rec.requests += 1
+            rec.latency.add(latency_s)
+            rec.labels.update(labels)
+            self._served[request_id] = Served(arm, labels)
+            self._served.move_to_end(request_id)
+            while len(self._served) > self._log_size:
+                old, _ = self._served.popitem(last=False)
+                self._feedback_seen.discard(old)
+        self.m_requests.labels(self.experiment, arm).inc()
+        self.m_latency.labels(self.experiment, arm).observe(latency_s)
+        for label in labels:
+            self.m_labels.labels(self.experiment, arm, label).inc()
+
+    def error(self, arm: str, code: int | str) -> None:
+        with self._lock:
+            self._arm(arm).errors[str(code)] += 1
+        self.m_errors.labels(self.experiment, arm, str(code)).inc()
+
+    def fallback(self, from_arm: str, to_arm: str) -> None:
+        with self._lock:
+            self._arm(to_arm).fallbacks_in += 1
+        self.m_fallbacks.labels(self.experiment, from_arm, to_arm).inc()
+
+    def shadow_result(self, shadow: str, primary_arm: str, latency_s: float | None,
+                      primary: tuple[str, ...], labels: tuple[str, ...] | None) -> None:
+        """A finished shadow copy: ``labels`` None means it failed."""
+        outcome = "error" if labels is None else "ok"
+        with self._lock:
+            rec = self._arm(shadow, self.shadow)
+            if labels is None:
+                rec.errors["error"] += 1
+            else:
+                rec.requests += 1
+                rec.latency.add(latency_s)
+                rec.labels.update(labels)
+                if primary and len(primary) == len(labels):
+                    agree = primary == labels
+                    rec.shadow_compared += 1
+                    rec.shadow_agree += agree
+                    self.m_agreement.labels(self.experiment, shadow, primary_arm, str(agree).lower()).inc()
+        self.m_shadow.labels(self.experiment, shadow, outcome).inc()
+        if latency_s is not None and labels is not None:
+            self.m_shadow_latency.labels(self.experiment, shadow).observe(latency_s)
+
+    def shadow_dropped(self, shadow: str) -> None:
+        with self._lock:
+            self._arm(shadow, self.shadow).shadow_dropped += 1
+        self.m_shadow.labels(self.experiment, shadow, "dropped").inc()
+
+    def feedback(self, request_id: str, labels: tuple[str, ...]) -> tuple[str, bool] | None:
+        """Record the true label(s) of a served request: (arm, correct), or None if the id is unknown.
+
+        Raises ``KeyError`` when the request already has feedback.
+        """
+        with self._lock:
+            served = self._served.get(request_id)
+            if served is None:
+                return None
+            if request_id in self._feedback_seen:
+                raise KeyError(request_id)
+            self._feedback_seen.add(request_id)
+            correct = served.labels[: len(labels)] == labels
+            rec = self._arm(served.arm)
+            rec.feedback_total += 1
+            rec.feedback_correct += correct
+        self.m_feedback.labels(self.experiment, served.arm, str(correct).lower()).inc()
+        return served.arm, correct
+
+    def snapshot(self) -> dict[str, dict[str, ArmRecord]]:
+        """A consistent copy of the report's data; in it ``latency`` is a plain array of the window."""
+        with self._lock:
+            def copy(table: dict[str, ArmRecord]) -> dict[str, ArmRecord]:
+                return {name: replace(rec, latency=rec.latency.values(), errors=Counter(rec.errors),
+                                      labels=Counter(rec.labels)) for name, rec in table.items()}
+            return {"arms": copy(self.arms), "shadow": copy(self.shadow)}

@@ -1,0 +1,181 @@
+"""The experiment report: per arm counts, latency quantiles, label mix, shadow agreement, accuracy,
+and each treatment compared with the control, with a plain verdict per metric.
+
+With more than one treatment each comparison uses ``alpha / number of treatments`` (Bonferroni), so
+the chance of any false "better"/"worse" across the experiment stays at most ``alpha`` per metric.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+
+from serving.router import stats
+from serving.router.config import Experiment
+from serving.router.metrics import ArmRecord
+
+QUANTILES = (0.5, 0.95, 0.99)
+MIN_SAMPLES = 20
+NOT_ENOUGH = "not enough data"
+
+
+def _ms(iv: stats.Interval) -> dict[str, float]:
+    return {k: round(v * 1000, 4) for k, v in iv.to_dict().items()}
+
+
+def _latency(lat: np.ndarray, alpha: float, resamples: int, rng: np.random.Generator) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": int(len(lat))}
+    if len(lat) == 0:
+        return out
+    out["mean"] = round(float(lat.mean()) * 1000, 4)
+    for q in QUANTILES:
+        out[f"p{round(q * 100)}"] = _ms(stats.quantile_ci(lat, q, alpha, resamples, rng))
+    # the empirical CDF at every percent (0, 1, ..., 100), for plots
+    out["cdf_ms"] = [round(float(v) * 1000, 4) for v in np.quantile(lat, np.linspace(0, 1, 101))]
+    return out
+
+
+def _proportion(k: int, n: int, alpha: float) -> dict[str, Any] | None:
+    if n == 0:
+        return None
+    return {"n": n, "successes": k, **stats.wilson_ci(k, n, alpha).to_dict()}
+
+
+def _arm(rec: ArmRecord, share: float | None, alpha: float, resamples: int, rng: np.random.Generator) -> dict:
+    out = {
+        "requests": rec.requests,
+        "errors": dict(rec.errors),
+        "fallbacks_in": rec.fallbacks_in,
+        "latency_ms": _latency(np.asarray(rec.latency), alpha, resamples, rng),
+        "labels": dict(sorted(rec.labels.items())),
+        "accuracy": _proportion(rec.feedback_correct, rec.feedback_total, alpha),
+    }
+    if share is not None:
+        out["share"] = round(share, 6)
+    return out
+
+
+def _compare(c: ArmRecord, t: ArmRecord, alpha: float) -> dict[str, Any]:
+    lc, lt = np.asarray(c.latency), np.asarray(t.latency)
+    out: dict[str, Any] = {}
+    if min(len(lc), len(lt)) >= MIN_SAMPLES:
+        p99 = stats.quantile_diff_ci(lc, lt, 0.99, alpha)
+        mean = stats.mean_diff_ci(lc, lt, alpha)
+        out["latency_p99_diff_ms"] = {**_ms(p99), "verdict": stats.verdict_from_interval(p99, higher_is_better=False)}
+        out["latency_mean_diff_ms"] = {**_ms(mean), "verdict": stats.verdict_from_interval(mean, higher_is_better=False)}
+    else:
+        out["latency_p99_diff_ms"] = out["latency_mean_diff_ms"] = {"verdict": NOT_ENOUGH}
+    if min(sum(c.labels.values()), sum(t.labels.values())) >= MIN_SAMPLES:
+        chi = stats.label_chi_square(c.labels, t.labels)
+        out["label_distribution"] = {**chi.to_dict(), "verdict": stats.verdict_from_p(chi.p_value, alpha)}
+    else:
+        out["label_distribution"] = {"verdict": NOT_ENOUGH}
+    if min(c.feedback_total, t.feedback_total) >= MIN_SAMPLES:
+        acc = stats.proportion_diff_ci(c.feedback_correct, c.feedback_total, t.feedback_correct, t.feedback_total, alpha)
+        out["accuracy_diff"] = {**acc.to_dict(), "verdict": stats.verdict_from_interval(acc, higher_is_better=True)}
+    else:
+        out["accuracy_diff"] = {"verdict": NOT_ENOUGH if c.feedback_total + t.feedback_total else "no feedback"}
+    return out
+
+
+def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alpha: float = 0.05,
+                 resamples: int = 2000, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The report as a JSON-able dict, from a ``Recorder.snapshot()``."""
+    rng = rng or np.random.default_rng(0)
+    arms, shadows = snapshot["arms"], snapshot["shadow"]
+    empty = ArmRecord(latency=np.empty(0))
+    control = exp.arms[0].name
+    treatments = [a.name for a in exp.arms[1:]]
+    alpha_each = alpha / max(1, len(treatments))
+    report: dict[str, Any] = {
+        "experiment": exp.name,
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "alpha": alpha,
+        "alpha_per_comparison": alpha_each,
+        "control": control,
+        "arms": {a: _arm(arms.get(a, empty), exp.shares.get(a), alpha, resamples, rng)
+                 for a in [*exp.arm_names, *[x for x in arms if x not in exp.arm_names]]},
+        "shadow": {},
+        "comparisons": {t: _compare(arms.get(control, empty), arms.get(t, empty), alpha_each) for t in treatments},
+    }
+    for name, rec in shadows.items():
+        report["shadow"][name] = {
+            "requests": rec.requests,
+            "errors": sum(rec.errors.values()),
+            "dropped": rec.shadow_dropped,
+            "latency_ms": _latency(np.asarray(rec.latency), alpha, resamples, rng),
+            "labels": dict(sorted(rec.labels.items())),
+            "agreement": _proportion(rec.shadow_agree, rec.shadow_compared, alpha),
+        }
+    return report
+
+
+def plot_latency_cdf(r: dict[str, Any], path: str) -> None:
+    """A PNG of the latency CDF per arm (and shadow), from the report's ``cdf_ms``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = [(name, a["latency_ms"]) for name, a in r["arms"].items()]
+    series += [(f"{name} (shadow)", s["latency_ms"]) for name, s in r["shadow"].items()]
+    for name, lat in series:
+        if "cdf_ms" in lat:
+            ax.plot(lat["cdf_ms"], np.linspace(0, 1, len(lat["cdf_ms"])), label=f"{name} (n={lat['n']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, router side)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"experiment {r['experiment']}: latency CDF per arm")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _iv(d: dict | None, unit: str = "") -> str:
+    if not d or "estimate" not in d:
+        return "-"
+    return f"{d['estimate']:.3f}{unit} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The report for a person: Markdown tables and one verdict line per metric."""
+    level = round((1 - r["alpha"]) * 100, 2)
+    lines = [f"# Experiment `{r['experiment']}`", "",
+             f"Generated {r['generated_at']}; {level:g} % confidence intervals; control: `{r['control']}`.", "",
+             "## Arms", "",
+             "| arm | share | requests | errors | fallbacks in | mean ms | p50 ms | p95 ms | p99 ms | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in r["arms"].items():
+        lat = a["latency_ms"]
+        errors = ", ".join(f"{k}: {v}" for k, v in a["errors"].items()) or "0"
+        share = f"{a['share']:.3f}" if "share" in a else "-"
+        mean = f"{lat['mean']:.3f}" if "mean" in lat else "-"
+        lines.append(f"| {name} | {share} | {a['requests']} | {errors} | {a['fallbacks_in']} | {mean} | "
+                     f"{_iv(lat.get('p50'))} | {_iv(lat.get('p95'))} | {_iv(lat.get('p99'))} | {_iv(a['accuracy'])} |")
+    lines += ["", "Predicted labels: " + "; ".join(
+        f"{name}: " + (", ".join(f"{k} {v}" for k, v in a["labels"].items()) or "none") for name, a in r["arms"].items())]
+    if r["shadow"]:
+        lines += ["", "## Shadow", "", "| shadow | requests | errors | dropped | p50 ms | p99 ms | agreement |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, s in r["shadow"].items():
+            lat = s["latency_ms"]
+            lines.append(f"| {name} | {s['requests']} | {s['errors']} | {s['dropped']} | {_iv(lat.get('p50'))} | "
+                         f"{_iv(lat.get('p99'))} | {_iv(s['agreement'])} |")
+    lines += ["", f"## Verdicts (each treatment vs `{r['control']}`, alpha {r['alpha_per_comparison']:g} per comparison)", ""]
+    for t, c in r["comparisons"].items():
+        lines.append(f"### `{t}`")
+        lines.append(f"- p99 latency: **{c['latency_p99_diff_ms']['verdict']}** "
+                     f"(difference {_iv(c['latency_p99_diff_ms'], ' ms')})")
+        lines.append(f"- mean latency: **{c['latency_mean_diff_ms']['verdict']}** "
+                     f"(difference {_iv(c['latency_mean_diff_ms'], ' ms')})")
+        ld = c["label_distribution"]
+        chi = f"chi2 {ld['statistic']:.2f}, dof {ld['dof']}, p {ld['p_value']:.4f}" if "p_value" in ld else "-"
+        lines.append(f"- predicted-label distribution: **{ld['verdict']}** ({chi})")
+        lines.append(f"- accuracy: **{c['accuracy_diff']['verdict']}** (difference {_iv(c['accuracy_diff'])})")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Locust, headless for a few seconds, against the real stack: tritonserver + the A/B router on a published tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from export.config import ExportConfig
+from export.contract import CONTRACT
+from export.publish import publish
+from loadtests.config import LoadTestConfig
+from loadtests.run import run_loadtest
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+
+pytestmark = pytest.mark.e2e
+
+MODEL = CONTRACT.default_model_name
+
+
+def stats(folder: Path) -> dict[str, dict[str, str]]:
+    with open(folder / "locust_stats.csv", newline="") as f:
+        return {r["Name"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_onnx_dir, tmp_path_factory):
+    """Triton serving fp32 (v1) and int8 (v2) of the tiny export, and the router splitting 50/50 between them."""
+    tmp = tmp_path_factory.mktemp("loadtest-stack")
+    cfg = ExportConfig(repository=tmp / "repository", model_name=MODEL, name="tiny")
+    publish(tiny_onnx_dir, "fp32", cfg)
+    publish(tiny_onnx_dir, "int8", cfg)
+    experiment = tmp / "ab.yaml"  # JSON is YAML
+    experiment.write_text(json.dumps({
+        "name": "sentiment-ab", "sticky": {"header": "X-User-Id"}, "fallback": "control",
+        "arms": [{"name": "control", "model": MODEL, "version": "1", "weight": 50},
+                 {"name": "treatment", "model": MODEL, "version": "2", "weight": 50}]}))
+    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
+                 if p.is_file())
+    with TritonServer(cfg.repository, models=[MODEL]) as triton, \
+            RouterProcess(experiment, triton_url=triton.http_url) as router:
+        yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
+
+
+def assert_no_locust_left() -> None:
+    me = psutil.Process()
+    left = [p for p in me.children(recursive=True) if "locust" in " ".join(p.cmdline())]
+    assert not left, f"locust processes left running: {[p.pid for p in left]}"
+
+
+def test_closed_loop_through_the_router(stack):
+    cfg = LoadTestConfig(target="router", host=stack["router"].url, texts=stack["texts"], users=8, run_time="5s",
+                         feedback_fraction=0.5, triton_metrics_url=stack["triton"].metrics_url,
+                         out_dir=str(stack["reports"]))
+    result = run_loadtest(cfg)
+    rows = stats(result.folder)
+    variants = {name for name, r in rows.items() if r["Type"] == "infer"}
+    assert variants == {"control", "treatment"}, rows.keys()
+    for name, r in rows.items():
+        assert int(r["Request Count"]) > 0 and r["Failure Count"] == "0", (name, r)
+    assert int(rows["feedback"]["Request Count"]) > 0
+    # Triton saw, per version, exactly the requests Locust counted per arm
+    triton = {m["version"]: m["requests"] for m in json.loads((result.folder / "triton_metrics.json").read_text())["models"]}
+    assert triton == {"1": int(rows["control"]["Request Count"]), "2": int(rows["treatment"]["Request Count"])}
+    # the router's statistical report agrees on the counts and has the feedback's accuracy
+    arms = json.loads((result.folder / "router_report.json").read_text())
+    assert "control" in json.dumps(arms) and "treatment" in json.dumps(arms)
+    report = result.report.read_text()
+    assert "| control |" in report and "### Experiment `sentiment-ab`" in report
+    assert (result.folder / "latency_cdf.png").stat().st_size > 10_000
+    assert result.exit_code == 0
+    assert_no_locust_left()
+
+
+def test_open_loop_distributed_against_triton(stack):
+    cfg = LoadTestConfig(target="triton", host=stack["triton"].http_url, versions="1,2", texts=stack["texts"],
+                         users=2, arrival_rate=40, user_population=50, run_time="4s", workers=2,
+                         triton_metrics_url=stack["triton"].metrics_url, out_dir=str(stack["reports"]))
+    result = run_loadtest(cfg)
+    rows = stats(result.folder)
+    assert {n for n, r in rows.items() if r["Type"] == "infer"} == {f"{MODEL} v1", f"{MODEL} v2"}
+    assert all(r["Failure Count"] == "0" for r in rows.values()), rows
+    total = int(rows["Aggregated"]["Request Count"])
+    assert 40 <= total <= 320, total  # ~40/s Poisson for ~4 s: far from a closed loop's thousands
+    cpu_roles = {r["role"] for r in csv.DictReader(open(result.folder / "client_cpu.csv"))}
+    assert {"master", "worker-1", "worker-2", "machine"} <= cpu_roles
+    assert_no_locust_left()
