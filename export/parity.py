@@ -20,10 +20,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import InputError
+from export.merge import sha256
 from training.data import read_jsonl
 from training.metrics import classification_metrics, encode, torch_logits
 
 log = logging.getLogger(__name__)
+
+GATE_SETTINGS = ("parity_max_examples", "fp32_max_abs_diff", "fp32_min_agreement", "int8_max_accuracy_drop")
+"""The settings a parity report depends on, besides the files: a change re-runs the check."""
 
 
 @dataclass
@@ -66,6 +70,20 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     heldout = cfg.parity_data or merged_dir / "heldout.jsonl"
     if not heldout.is_file():
         raise InputError(f"no held-out data for the parity check: {heldout} does not exist (pass --parity-data FILE.jsonl)")
+    needed = ["fp32"] + [v for v in cfg.variants if v != "fp32"]  # int8 is judged against fp32
+    source = {
+        "heldout_sha256": sha256(heldout),
+        "files_sha256": {v: sha256(onnx_dir / VARIANT_FILES[v]) for v in needed if (onnx_dir / VARIANT_FILES[v]).is_file()},
+        "merged_sha256": sha256(merged_dir / "model.safetensors"),
+        "settings": {k: getattr(cfg, k) for k in GATE_SETTINGS},
+        "requested": list(cfg.variants),
+    }
+    previous = onnx_dir / CONTRACT.parity_file
+    if previous.is_file():
+        report = json.loads(previous.read_text())
+        if report.get("source") == source:
+            log.info("parity already checked for these exact files: %s", previous)
+            return report
     examples = read_jsonl(heldout)[: cfg.parity_max_examples]
     labels = json.loads((merged_dir / CONTRACT.label_map_file).read_text())["labels"]
     max_length = json.loads((merged_dir / "training_config.json").read_text())["max_length"]
@@ -80,7 +98,6 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     reference = torch_logits(model, tokenizer, texts, max_length, cfg.parity_batch_size)
     ref_labels = reference.argmax(-1)
 
-    needed = ["fp32"] + [v for v in cfg.variants if v != "fp32"]  # int8 is judged against fp32
     results: dict[str, VariantParity] = {}
     for variant in needed:
         path = onnx_dir / VARIANT_FILES[variant]
@@ -123,6 +140,7 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
         "requested": list(cfg.variants),
         "variants": {name: asdict(result) for name, result in results.items()},
         "passed": all(results[v].publishable for v in cfg.variants),
+        "source": source,
     }
     (onnx_dir / CONTRACT.parity_file).write_text(json.dumps(report, indent=2))
     return report

@@ -5,8 +5,8 @@
 Each version folder is self-contained (``model.onnx``, the tokenizer files, ``label_map.json``,
 ``serving.json``, ``model.py``, ``parity.json`` and ``provenance.json``), so versions of different
 variants (fp32, int8) or runs coexist under one ``config.pbtxt``. Versions only go up and an existing
-version is never touched. Everything is built in ``REPOSITORY/.tmp-publish-*`` (same filesystem) and
-moved in with ``os.rename`` / ``os.replace``; a failure on the way undoes what was moved, so a failed
+version is never touched. Everything is built in ``.REPOSITORY.tmp-publish-*`` beside the repository
+(same filesystem, invisible to Triton) and moved in with ``os.rename`` / ``os.replace``; a failure on the way undoes what was moved, so a failed
 or refused publish leaves the repository as it was. A variant whose ``parity.json`` entry is not
 publishable is refused before the repository is touched.
 """
@@ -138,7 +138,7 @@ def _stage_files(src: Source, cfg: ExportConfig, dest: Path, version: int, *, ro
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": {"run": src.onnx_dir.resolve().parent.name, "onnx_dir": str(src.onnx_dir.resolve()),
                        "onnx_file": src.onnx_file.name},
-            "onnx_sha256": sha256(src.onnx_file), "parity": src.parity, "labels": src.labels,
+            "onnx_sha256": sha256(dest / CONTRACT.onnx_file if role != "ensemble" else src.onnx_file), "parity": src.parity, "labels": src.labels,
             "max_length": src.max_length, "export_config": cfg.to_dict(),
             "training_config": src.training_config,
         })
@@ -188,6 +188,18 @@ def _install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str]], v
         raise
 
 
+def _staging_dir(repository: Path) -> Path:
+    """A temporary folder on the repository's filesystem, beside it so Triton never sees it.
+
+    (Triton treats every folder in the repository as a model: a half-built ``.tmp`` folder inside would
+    fail a ``--load-model=*`` start-up.) Inside the repository only if the parent is another filesystem.
+    """
+    parent = repository.resolve().parent
+    if os.stat(parent).st_dev == os.stat(repository).st_dev and os.access(parent, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=f".{repository.name}{TMP_PREFIX}", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=repository))
+
+
 def publish(onnx_dir: Path, variant: str, cfg: ExportConfig) -> Path:
     """Publish ``variant`` of ``onnx_dir`` as version N+1 of ``cfg.model_name``; return the version folder.
 
@@ -201,7 +213,7 @@ def publish(onnx_dir: Path, variant: str, cfg: ExportConfig) -> Path:
     _check_compatible(repository / cfg.model_name, cfg.layout, src.labels)
     created_repository = not repository.exists()
     repository.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=repository))
+    tmp = _staging_dir(repository)
     try:
         version = 1 + max((v for m in models for v in existing_versions(repository / m)), default=0)
         staged: dict[str, tuple[Path, str]] = {}

@@ -31,6 +31,7 @@ import psutil
 
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig, LoadTestError
+from loadtests.report import format_ms
 from loadtests.run import run_loadtest
 from loadtests.services import Service
 from serving.router.process import RouterProcess
@@ -122,7 +123,8 @@ def measure(base: LoadTestConfig, cfg: BenchConfig, out: Path) -> dict:
     summary = json.loads((fixed.folder / "summary.json").read_text())
     agg = summary["aggregated"]
     result = {"fixed_rate": {"rate": cfg.rate, "p50_ms": agg["p50_ms"], "p99_ms": agg["p99_ms"],
-                             "error_rate": agg["error_rate"], "warnings": summary["warnings"],
+                             "error_rate": agg["error_rate"], "client_saturated": summary["client_saturated"],
+                             "machine_busy": summary["machine_busy"],
                              "report": str(fixed.report)}, "levels": []}
     for users in (int(u) for u in cfg.users.split(",")):
         level = run_loadtest(LoadTestConfig(**{**asdict(base), "users": users, "run_time": cfg.level_time,
@@ -131,7 +133,8 @@ def measure(base: LoadTestConfig, cfg: BenchConfig, out: Path) -> dict:
         a = s["aggregated"]
         result["levels"].append({"users": users, "throughput_rps": a["throughput_rps"], "p50_ms": a["p50_ms"],
                                  "p99_ms": a["p99_ms"], "error_rate": a["error_rate"],
-                                 "client_saturated": bool(s["warnings"]), "report": str(level.report)})
+                                 "client_saturated": s["client_saturated"], "machine_busy": s["machine_busy"],
+                                 "report": str(level.report)})
         if a["error_rate"] > 0.01 or (a["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
             break
     ok = [lv for lv in result["levels"] if lv["error_rate"] <= 0.01 and (lv["p99_ms"] or 0) <= cfg.p99_bound_ms]
@@ -200,17 +203,19 @@ def render(data: dict) -> str:
                   "Ratios are against the baseline (transformers pipeline): latency = baseline / option, "
                   "throughput = option / baseline.", "",
                   f"| option | P50 ms | P99 ms | latency ratio (P50) | max req/s (P99 <= {bound:g} ms) | at users "
-                  "| throughput ratio | client saturated |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| throughput ratio | warnings |", "|---|---:|---:|---:|---:|---:|---:|---|"]
         for name, r in served.items():
             fr, mx = r["fixed_rate"], r["max_throughput"]
-            saturated = any(lv["client_saturated"] for lv in r["levels"]) or bool(fr["warnings"])
+            runs = [fr, *r["levels"]]
+            flags = [f for f, key in (("client saturated", "client_saturated"), ("machine busy", "machine_busy"))
+                     if any(run[key] for run in runs)]
             tput = "n/a" if mx["throughput_rps"] is None else f"{mx['throughput_rps']:.1f}"
-            lines.append(f"| {name} | {fr['p50_ms']} | {fr['p99_ms']} | {ratio(ref_p50, fr['p50_ms'])} | {tput} "
-                         f"| {mx['users'] or 'n/a'} | {ratio(mx['throughput_rps'], ref_max)} | {'yes' if saturated else 'no'} |")
+            lines.append(f"| {name} | {format_ms(fr['p50_ms'])} | {format_ms(fr['p99_ms'])} | {ratio(ref_p50, fr['p50_ms'])} | {tput} "
+                         f"| {mx['users'] or 'n/a'} | {ratio(mx['throughput_rps'], ref_max)} | {', '.join(flags) or 'no'} |")
         lines += ["", "Per level (closed loop):", "", "| option | users | req/s | P50 ms | P99 ms | errors |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, r in served.items():
-            lines += [f"| {name} | {lv['users']} | {lv['throughput_rps']:.1f} | {lv['p50_ms']} | {lv['p99_ms']} "
+            lines += [f"| {name} | {lv['users']} | {lv['throughput_rps']:.1f} | {format_ms(lv['p50_ms'])} | {format_ms(lv['p99_ms'])} "
                       f"| {lv['error_rate']:.2%} |" for lv in r["levels"]]
         lines += ["", "Triton's dynamic batcher waits up to max_queue_delay (2 ms by default) for a batch: it is "
                   "part of every Triton and router latency above."]

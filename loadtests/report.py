@@ -204,12 +204,15 @@ def summarize(prefix: Path) -> dict:
                       "occurrences": int(f["Occurrences"])} for f in failures],
         "client_cpu": cpu,
         "warnings": saturation_warnings(cpu, cfg.saturation_cpu, cfg.saturation_fraction, locust_log),
+        "client_saturated": any(role != "machine" and s["share_saturated"] >= cfg.saturation_fraction
+                                for role, s in cpu.items()) or any(w in locust_log for w in LOCUST_CPU_WARNINGS),
+        "machine_busy": cpu.get("machine", {}).get("share_saturated", 0.0) >= cfg.saturation_fraction,
         "triton": read_json(folder / "triton_metrics.json"),
         "router_report": read_json(folder / "router_report.json"),
     }
 
 
-def _ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
@@ -224,7 +227,7 @@ def _variant_table(summary: dict) -> list[str]:
         rows.append((label, summary["aggregated"]))
     for name, s in rows:
         lines.append(f"| {name} | {s['requests']} | {s['failures']} | {s['error_rate']:.2%} | {s['throughput_rps']:.1f} "
-                     f"| {_ms(s['p50_ms'])} | {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | {_ms(s['max_ms'])} |")
+                     f"| {format_ms(s['p50_ms'])} | {format_ms(s['p95_ms'])} | {format_ms(s['p99_ms'])} | {format_ms(s['max_ms'])} |")
     return lines
 
 
@@ -273,7 +276,7 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
             "and last request.", ""] + _variant_table(summary) + [""]
     if summary["other_requests"]:
         out += ["Other requests:", "", "| request | count | failures | P50 ms | P99 ms |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {n} | {s['requests']} | {s['failures']} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} |"
+        out += [f"| {n} | {s['requests']} | {s['failures']} | {format_ms(s['p50_ms'])} | {format_ms(s['p99_ms'])} |"
                 for n, s in summary["other_requests"].items()] + [""]
     if summary["failures"]:
         out += ["Failures (most frequent first):", "", "| type | name | error | count |", "|---|---|---|---:|"]

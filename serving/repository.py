@@ -72,7 +72,7 @@ class ModelRepository:
         except InferenceServerException as e:
             raise ModelControlError(f"cannot read the repository index from {self.url}: {e.message()}") from e
         rows = [ModelVersion(r["name"], str(r.get("version", "")), r.get("state", ""), r.get("reason", ""))
-                for r in index]
+                for r in index if not r["name"].startswith(".")]  # hidden folders are not models
         return sorted(rows, key=lambda r: (r.name, int(r.version) if r.version.isdigit() else -1))
 
     def ready_versions(self, model: str) -> list[int]:

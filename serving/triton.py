@@ -108,12 +108,19 @@ def server_environment(lib_dirs: Sequence[Path] = ()) -> dict[str, str]:
     return env
 
 
+def repository_models(repository: Path) -> list[str]:
+    """The model folders of a repository: those with a config.pbtxt, hidden folders left out."""
+    return sorted(p.name for p in Path(repository).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
+
+
 class TritonServer:
     """One ``tritonserver`` process on 127.0.0.1: ``start()``, ``wait_ready()``, ``stop()`` or ``with``.
 
     Args:
         repository: the model repository folder.
-        models: models to load at start-up (explicit model control); ``None`` loads every model.
+        models: models to load at start-up (explicit model control); ``None``: every model folder
+            with a config.pbtxt (``repository_models``), ``[]``: none.
         tritonserver: path of a ``tritonserver`` binary; default the one in ``nvidia-pytriton``.
         http_port / grpc_port / metrics_port: 0 (default) picks a free port.
         log_file: where the server's stdout/stderr go; default a temporary file.
@@ -172,6 +179,12 @@ class TritonServer:
         """``http://127.0.0.1:PORT/metrics``: Prometheus metrics."""
         return f"http://{HOST}:{self.metrics_port}/metrics"
 
+    def startup_models(self) -> list[str]:
+        """The models loaded at start-up: ``models``, or every model folder of the repository."""
+        if self.models is not None:
+            return list(self.models)
+        return repository_models(self.repository) if self.repository.is_dir() else []
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
@@ -199,7 +212,7 @@ class TritonServer:
                f"--exit-timeout-secs={self.exit_timeout}"]
         if (root / "caches").is_dir():
             cmd.append(f"--cache-directory={root / 'caches'}")
-        cmd += [f"--load-model={m}" for m in (self.models if self.models is not None else ["*"])]
+        cmd += [f"--load-model={m}" for m in self.startup_models()]
         return cmd + self.extra_args, server_environment(lib_dirs)
 
     def start(self, wait: bool = True, attempts: int = 3) -> TritonServer:
@@ -249,7 +262,7 @@ class TritonServer:
     def wait_ready(self, timeout: float | None = None, models: Sequence[str] | None = None) -> None:
         """Block until ready; raise TritonStartError with the log's tail if it exits or times out."""
         timeout = self.startup_timeout if timeout is None else timeout
-        models = [m for m in (self.models or []) if m != "*"] if models is None else list(models)
+        models = self.startup_models() if models is None else list(models)
         deadline = time.monotonic() + timeout
         while True:
             if self.process is None or self.process.poll() is not None:

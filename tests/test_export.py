@@ -131,6 +131,7 @@ def test_export_is_safe_to_run_twice(tiny_onnx_dir, caplog):
     with caplog.at_level("INFO"):
         result = run_export(cfg)
     assert "already merged" in caplog.text and "already exported" in caplog.text
+    assert "parity already checked" in caplog.text
     assert result.passed
 
 

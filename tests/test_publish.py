@@ -58,6 +58,7 @@ def test_versions_are_numbered_self_contained_and_carry_provenance(tiny_onnx_dir
 
     assert (v1.name, v2.name) == ("1", "2")
     assert sorted(p.name for p in cfg.repository.iterdir()) == [cfg.model_name]  # no temporary folder left
+    assert sorted(p.name for p in cfg.repository.parent.iterdir()) == [cfg.repository.name]
     for version_dir, variant in ((v1, "fp32"), (v2, "int8")):
         files = {p.name for p in version_dir.iterdir()}
         assert {"model.py", CONTRACT.onnx_file, "tokenizer.json", "vocab.txt", CONTRACT.label_map_file,
@@ -134,6 +135,7 @@ def test_an_interrupted_publish_leaves_the_repository_as_it_was(tiny_onnx_dir, c
         publish(tiny_onnx_dir, "int8", ExportConfig(repository=cfg.repository, max_batch_size=4))
 
     assert snapshot(cfg.repository) == before
+    assert not [p.name for p in cfg.repository.parent.iterdir() if "tmp-publish" in p.name]
 
 
 def test_refuses_an_incomplete_export_folder_and_a_different_layout(tiny_onnx_dir, cfg, tmp_path):

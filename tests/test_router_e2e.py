@@ -282,6 +282,20 @@ def test_bad_input_gets_clear_4xx(router):
         assert c.get("/v2/health/live").status_code == 200  # still up
 
 
+def test_sticky_by_request_parameter(triton, tmp_path):
+    exp = spec(triton.http_url, (50, 50))
+    exp["sticky"] = {"parameter": "user_id"}
+    expected = Assigner(experiment_from_dict(exp))
+    with running(tmp_path, exp) as router:
+        rc = httpclient.InferenceServerClient(router.address)
+        try:
+            for user in [f"param-{i}" for i in range(30)]:
+                result = rc.infer("sentiment-ab", [text_input(httpclient, TEXTS[:1])], parameters={"user_id": user})
+                assert result.get_response()["parameters"]["variant"] == expected.assign(user, None)
+        finally:
+            rc.close()
+
+
 # -- faults -----------------------------------------------------------------------------------------------
 
 def test_dead_arm_goes_to_fallback(triton, tmp_path):
