@@ -50,7 +50,6 @@ COMPLETE_MARKER = ".tunestack-complete"
 """Written after every file of a version; its JSON body is the version's manifest."""
 CLAIM_MARKER = ".tunestack-publishing"
 """Created with ``If-None-Match: *`` before the first file of a version; deleted once published."""
-MARKERS = (COMPLETE_MARKER, CLAIM_MARKER)
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 """Where the endpoint of an S3-compatible server is read from, most specific first (as boto3 does)."""
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -315,14 +314,8 @@ class S3Repository:
         try:
             for model in models:  # claim version N of every model before writing anything
                 key = self.location.key(model, version, CLAIM_MARKER)
-                try:
-                    self.client.put_object(Bucket=bucket, Key=key, Body=b"{}", IfNoneMatch="*")
-                except ClientError as e:
-                    if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                        raise PublishError(f"version {version} of {model} in {self.location} is being published by "
-                                           "another process; run again to publish the next version") from e
-                    raise
-                written.append(key)
+                self._claim(key, model, version)
+                written.append(key)  # only once it is ours: a competitor's claim is never undone
             for model in models:
                 version_dir = mirror / model / str(version)
                 manifest = {"model": model, "version": version, "files": {}}
@@ -359,6 +352,24 @@ class S3Repository:
                 self.client.delete_object(Bucket=bucket, Key=self.location.key(model, version, CLAIM_MARKER))
             except (ClientError, BotoCoreError) as e:  # harmless: readers ignore it
                 log.warning("could not delete the claim marker of %s/%s/%s: %s", self.location, model, version, e)
+
+    def _claim(self, key: str, model: str, version: int) -> None:
+        """Create ``key`` only if it does not exist (``If-None-Match: *``): one publisher per version."""
+        from botocore.exceptions import ClientError
+
+        body = json.dumps({"host": os.uname().nodename, "pid": os.getpid()}).encode()
+        try:
+            self.client.put_object(Bucket=self.location.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise PublishError(f"version {version} of {model} in {self.location} is being published by "
+                                   "another process; run again to publish the next version") from e
+            if code != "NotImplemented":
+                raise
+            log.warning("%s does not support conditional writes; publishing %s/%s without a claim",
+                        self.endpoint_url or "S3", model, version)
+            self.client.put_object(Bucket=self.location.bucket, Key=key, Body=body)
 
     def _undo(self, written: list[str], replaced: dict[str, str | None]) -> None:
         """Put back replaced configs, then delete the uploaded objects; log what could not be undone."""

@@ -137,7 +137,8 @@ class _ReviewUser(FastHttpUser):
         w = self.workload
         if response.status_code != 200:
             response.request_meta["name"] = self._variant_name(response, None, version) or NO_VARIANT
-            response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+            detail = (response.text or "")[:200] if response.status_code else repr(response.error)
+            response.failure(f"HTTP {response.status_code}: {detail}")
             return None
         try:
             payload = response.json()
@@ -158,12 +159,12 @@ class _ReviewUser(FastHttpUser):
             response.failure(problem)
             return None
         response.success()
-        return response.headers.get("X-Request-Id")
+        return (response.headers or {}).get("X-Request-Id")
 
     def _variant_name(self, response, payload: dict | None, version: str) -> str | None:
         if self.workload.target == "router":
             params = (payload or {}).get("parameters") or {}
-            return response.headers.get("X-Variant") or params.get("variant")
+            return (response.headers or {}).get("X-Variant") or params.get("variant")
         served = (payload or {}).get("model_version") or version
         return f"{self.workload.model} v{served}" if served else None
 

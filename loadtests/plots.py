@@ -37,8 +37,8 @@ def over_time(series: dict[str, dict[str, list[float]]], users: tuple[list[float
     """``series``: variant -> {"t", "rps", "p99"}; ``users``: (t, user count). Two panels sharing the time axis."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for name, s in series.items():
-        top.plot(s["t"], s["rps"], label=name, linewidth=1.2)
-        bottom.plot(s["t"], s["p99"], label=name, linewidth=1.2)
+        top.plot(s["t"], s["rps"], label=name, linewidth=1.2, marker=".")
+        bottom.plot(s["t"], s["p99"], label=name, linewidth=1.2, marker=".")
     top.set_ylabel("throughput (req/s)")
     top.set_title(title)
     if users[0]:

@@ -148,15 +148,22 @@ def cdf_from_histogram(histogram: dict[str, int]) -> tuple[list[float], list[flo
     return ms, fractions
 
 
-def history_series(history: list[dict[str, str]], names: list[str]) -> tuple[dict, tuple[list, list]]:
-    """Per name: time (s), throughput (from request-count differences) and P99; plus the user count over time."""
+def history_series(history: list[dict[str, str]], names: list[str],
+                   min_span: float = 1.0) -> tuple[dict, tuple[list, list]]:
+    """Per name: time (s), throughput and P99; plus the user count over time.
+
+    Throughput is the request-count difference over spans of at least ``min_span`` seconds: with
+    workers, the master's counts only move when a worker reports (every 3 s), so per-second
+    differences would alternate between 0 and three times the rate. P99 is Locust's current value;
+    0 (no request in its window) is left out.
+    """
     if not history:
         return {}, ([], [])
     t0 = min(float(r["Timestamp"]) for r in history)
     series, users = {}, ([], [])
     last: dict[str, tuple[float, int]] = {name: (0.0, 0) for name in names}  # every count starts at 0
     for r in history:
-        name = "Aggregated" if r["Name"] == "Aggregated" else r["Name"]
+        name = r["Name"]
         t = float(r["Timestamp"]) - t0
         if name == "Aggregated":
             users[0].append(t)
@@ -165,14 +172,14 @@ def history_series(history: list[dict[str, str]], names: list[str]) -> tuple[dic
             continue
         count = int(r["Total Request Count"])
         prev_t, prev_count = last[name]
-        last[name] = (t, count)
-        if t <= prev_t:
+        if t - prev_t < min_span - 1e-9:
             continue
+        last[name] = (t, count)
         s = series.setdefault(name, {"t": [], "rps": [], "p99": []})
         s["t"].append(t)
         s["rps"].append((count - prev_count) / (t - prev_t))
         p99 = _number(r.get("99%", ""))
-        s["p99"].append(p99 if p99 is not None else float("nan"))
+        s["p99"].append(p99 if p99 else float("nan"))
     return series, users
 
 
@@ -202,6 +209,8 @@ def summarize(prefix: Path) -> dict:
                            if not r.is_variant and r.name != "Aggregated"},
         "failures": [{"type": f["Method"], "name": f["Name"], "error": f["Error"],
                       "occurrences": int(f["Occurrences"])} for f in failures],
+        "exceptions": [{"count": int(e["Count"]), "message": e["Message"]}
+                       for e in read_csv(Path(f"{prefix}_exceptions.csv"))],
         "client_cpu": cpu,
         "warnings": saturation_warnings(cpu, cfg.saturation_cpu, cfg.saturation_fraction, locust_log),
         "client_saturated": any(role != "machine" and s["share_saturated"] >= cfg.saturation_fraction
@@ -282,6 +291,9 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
         out += ["Failures (most frequent first):", "", "| type | name | error | count |", "|---|---|---|---:|"]
         out += [f"| {f['type']} | {f['name']} | {f['error'][:200].replace('|', '/')} | {f['occurrences']} |"
                 for f in summary["failures"][:10]] + [""]
+    if summary["exceptions"]:
+        out += ["Exceptions raised in the load generator itself (a bug in the locustfile, not a failed request):", ""]
+        out += [f"- {e['count']}x `{e['message'][:200]}`" for e in summary["exceptions"][:5]] + [""]
     out += ["## Plots", ""] + [f"![{title}]({file})" for title, file in images.items()] + [""]
     out += ["## Triton (server side, from its metrics)", ""] + _triton_section(summary["triton"]) + [""]
     out += ["## The router's statistical report", ""] + _router_section(folder, summary["router_report"]) + [""]
@@ -309,7 +321,9 @@ def build_report(prefix: Path, out_dir: Path | None = None) -> Path:
     if curves:
         plots.latency_cdf(curves, out_dir / "latency_cdf.png", "Latency CDF per variant (client side)")
         images["latency CDF per variant"] = "latency_cdf.png"
-    series, users = history_series(read_csv(Path(f"{prefix}_stats_history.csv")), [r.name for r in rows])
+    workers = (summary["config"] or {}).get("workers", 1)
+    series, users = history_series(read_csv(Path(f"{prefix}_stats_history.csv")), [r.name for r in rows],
+                                   min_span=3.0 if workers > 1 else 1.0)
     if series:
         plots.over_time(series, users, out_dir / "over_time.png", "Throughput and P99 over time, per variant")
         images["throughput and P99 over time"] = "over_time.png"

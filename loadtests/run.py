@@ -1,6 +1,7 @@
 """Run Locust headless (one process, or a master and N workers), watch it, and write the report.
 
-``run_loadtest(cfg)`` does, in ``OUT_DIR/loadtest-TIMESTAMP/``:
+``run_loadtest(cfg)`` checks that the target answers ``/v2/health/ready``, then, in
+``OUT_DIR/loadtest-TIMESTAMP/``:
 
 1. ``config.json`` (the resolved settings); a scrape of Triton's ``/metrics``;
 2. Locust as subprocesses in their own process groups, with ``--csv locust --csv-full-history --html
@@ -82,9 +83,10 @@ def locust_commands(cfg: LoadTestConfig, folder: Path) -> list[tuple[str, list[s
     port = free_port()
     master = main[:-1] + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
                           "--expect-workers", str(cfg.workers), "--expect-workers-max-wait", "60", user_class]
-    custom = [a for a in cfg.locust_args()]  # workers get the same options; Locust ignores -u/-t there
+    # Workers get the same options: the locustfile reads --users (open loop: the rate per generator) and
+    # its own options there; Locust itself takes -u/-t from the master.
     worker = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1",
-              "--master-port", str(port), *custom, user_class]
+              "--master-port", str(port), *cfg.locust_args(), user_class]
     return [("master", master)] + [(f"worker-{i}", worker) for i in range(1, cfg.workers + 1)]
 
 
@@ -165,11 +167,26 @@ def fetch_router_report(cfg: LoadTestConfig, folder: Path) -> None:
             return
 
 
+def check_target(cfg: LoadTestConfig) -> None:
+    """Fail fast, with the command that starts it, when the target does not answer ``/v2/health/ready``."""
+    url = f"{cfg.base_url}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return
+    except urllib.error.HTTPError as e:
+        raise LoadTestError(f"the {cfg.target} at {cfg.base_url} is not ready ({url} answered {e.code})") from None
+    except (urllib.error.URLError, OSError) as e:
+        start = "make router" if cfg.target == "router" else "make serve"
+        raise LoadTestError(f"the {cfg.target} at {cfg.base_url} does not answer ({e}); start it (`{start}`) "
+                            "or pass --host URL") from None
+
+
 def run_loadtest(cfg: LoadTestConfig) -> RunResult:
     """Run the load test described by ``cfg`` and write its report; see the module docstring."""
     if not Path(cfg.texts).is_file():
         raise LoadTestError(f"texts file {cfg.texts} does not exist; run `make export` (it writes "
                             "runs/NAME/merged/heldout.jsonl) or pass --texts FILE")
+    check_target(cfg)
     folder = report_folder(Path(cfg.out_dir))
     cfg.save(folder / "config.json")
     before, error = triton_metrics.try_scrape(cfg.metrics_url)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import threading
 import time
@@ -140,7 +141,7 @@ def run(repository: Path, model: str, version: int | None, requests: int, concur
     report: dict = {"model": model, "version": version, "variant": provenance.get("variant"),
                     "source_run": provenance.get("source", {}).get("run"), "intra_op_threads": threads,
                     "instance_count": config.instance_group[0].count if config.instance_group else 1,
-                    "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                     "texts": len(texts), "batch1": {}, "throughput": {}}
     classifier = TextClassifier(version_dir, intra_op_threads=threads)
     with TritonServer(repository, models=[], startup_timeout=120, tritonserver=tritonserver) as server:

@@ -117,12 +117,15 @@ def test_cdf_agrees_with_the_csv_percentiles(tmp_path):
 def test_throughput_over_time_adds_up_to_the_request_count(tmp_path):
     prefix = fixture_prefix(tmp_path, "router-closed-loop")
     history = read_csv(Path(f"{prefix}_stats_history.csv"))
-    series, users = history_series(history, ["control", "treatment"])
+    t0 = min(float(r["Timestamp"]) for r in history)
+    series, users = history_series(history, ["control", "treatment"], min_span=3.0)  # 2 workers: reports every 3 s
     for name, s in series.items():
         previous = [0.0] + s["t"][:-1]
         total = sum(rps * (t - p) for rps, t, p in zip(s["rps"], s["t"], previous, strict=True))
-        last = max(int(r["Total Request Count"]) for r in history if r["Name"] == name)
-        assert total == pytest.approx(last, abs=1)
+        counted = max(int(r["Total Request Count"]) for r in history
+                      if r["Name"] == name and float(r["Timestamp"]) - t0 <= s["t"][-1])
+        assert total == pytest.approx(counted, abs=1)
+        assert all(t2 - t1 >= 3.0 for t1, t2 in zip(s["t"], s["t"][1:], strict=False))
     assert max(users[1]) == 6
 
 

@@ -266,3 +266,33 @@ def test_bundled_triton_serves_the_bucket_and_never_sees_an_unfinished_version(r
             assert np.allclose(result.as_numpy(CONTRACT.output_probabilities).sum(axis=1), 1.0, atol=1e-4)
         finally:
             client.close()
+
+
+@pytest.mark.e2e
+def test_a_version_claimed_by_another_publisher_is_refused_and_left_alone(repo, tiny_onnx_dir):
+    """Two publishers pick the same number: the second's conditional write of the claim fails."""
+    from export.errors import PublishError
+
+    class RacingRepository(S3Repository):
+        def _mirror(self, mirror, models):
+            version = super()._mirror(mirror, models)  # chosen; now another publisher claims it first
+            self.client.put_object(Bucket=self.location.bucket, Body=b"{}",
+                                   Key=self.location.key(MODEL, version, CLAIM_MARKER))
+            return version
+
+    publish_s3(tiny_onnx_dir, "fp32", cfg(), repo.location, repository=repo)
+    racing = RacingRepository(repo.location, repo.client, repo.endpoint_url)
+    before = snapshot(repo)
+    with pytest.raises(PublishError, match="version 2 of sentiment .* is being published by another process"):
+        racing.publish(tiny_onnx_dir, "int8", cfg())
+    after = snapshot(repo)
+    assert repo.location.key(MODEL, 2, CLAIM_MARKER) in after  # the other publisher's claim is untouched
+    assert {k: v for k, v in after.items() if not k.endswith(CLAIM_MARKER)} == before
+    assert repo.list_versions(MODEL) == [1]
+
+
+@pytest.mark.e2e
+def test_missing_bucket_is_reported(repo, tiny_onnx_dir):
+    missing = S3Repository(S3Location.parse("s3://no-such-bucket-here/repo"), repo.client, repo.endpoint_url)
+    with pytest.raises(InputError, match="bucket 'no-such-bucket-here' does not exist"):
+        missing.publish(tiny_onnx_dir, "fp32", cfg())
