@@ -20,7 +20,8 @@ NPROC ?= 1
 # NPROC > 1: data-parallel training under torchrun (gloo on CPU, NCCL on GPUs)
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
-.PHONY: help install test test-fast train export bench-export serve router lint clean
+.PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
+	rollout-drill fault-drill lint clean
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
@@ -30,6 +31,10 @@ help:
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export.json"
 	@echo "make serve          Triton Inference Server on $(REPOSITORY)"
 	@echo "make router         the A/B router (EXPERIMENT=serving/experiments/sentiment-ab.yaml)"
+	@echo "make bench-serving  in-process ORT vs Triton HTTP vs gRPC, dynamic batching -> reports/bench-serving.json"
+	@echo "make bench-router   router overhead: through the router minus direct to Triton"
+	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
+	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -62,6 +67,23 @@ export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
 
 bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
 	$(PY) -m export.bench --run runs/$(or $(if $(ADAPTER),$(notdir $(patsubst %/,%,$(dir $(ADAPTER))))),$(NAME))
+
+demo: install
+	$(PY) -m loadtests.demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
+
+rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
+	$(PY) -m loadtests.drills rollout --run runs/$(NAME)
+
+fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
+	$(PY) -m loadtests.drills fault --run runs/$(NAME)
+
+bench-serving: install
+	$(PY) -m serving.bench --repository $(REPOSITORY) --model $(MODEL)
+
+bench-router: install
+	$(PY) -m serving.router_bench --repository $(REPOSITORY)
 
 serve: install
 	$(PY) -m serving triton --repository $(REPOSITORY)

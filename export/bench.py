@@ -91,7 +91,7 @@ def run(run_dir: Path, tokens: int, iterations: int, warmup: int, threads: int, 
 
 
 def format_table(report: dict) -> str:
-    lines = [f"| backend | batch | median ms | p99 ms | speed-up vs torch |", "|---|---|---|---|---|"]
+    lines = ["| backend | batch | median ms | p99 ms | speed-up vs torch |", "|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['backend']} | {r['batch_size']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['speedup_vs_torch']:.2f}x |")
     return "\n".join(lines)

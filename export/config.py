@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from export.contract import VARIANT_FILES
 from export.errors import ConfigError
+from training.cli import config_from_dict, config_to_dict
 
 LAYOUTS = ("python", "onnxruntime")
 
@@ -119,12 +119,8 @@ class ExportConfig:
         return self.runs_dir / self.run_name / "onnx"
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown export config key(s) {unknown}; expected some of: {', '.join(sorted(known))}")
-        return cls(**data)
+        return config_from_dict(cls, data, ConfigError, "export")

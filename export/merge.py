@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel
 
 from export.contract import CONTRACT
 from export.errors import InputError
+from training.files import atomic_folder, sha256
 from training.model import load_classifier, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -20,14 +19,6 @@ log = logging.getLogger(__name__)
 CARRIED_FILES = (CONTRACT.label_map_file, "training_config.json", "heldout.jsonl", "metrics.json")
 """Files of the training run that travel with the model through merge and export."""
 SOURCE_FILE = "merge_source.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
@@ -64,19 +55,16 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
     log.info("merging %s into %s", adapter_dir, base_dir)
     model = PeftModel.from_pretrained(load_classifier(base_dir, labels, tokenizer.pad_token_id), adapter_dir)
     merged = model.merge_and_unload()
-    merged_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=merged_dir.parent))
-    try:
+    with atomic_folder(merged_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name in CARRIED_FILES:
-            if (adapter_dir / name).is_file():
-                shutil.copy2(adapter_dir / name, tmp / name)
+        copy_carried(adapter_dir, tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-        if merged_dir.exists():
-            shutil.rmtree(merged_dir)
-        tmp.rename(merged_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return merged_dir
+
+
+def copy_carried(src: Path, dest: Path) -> None:
+    """Copy the training run's files that travel with the model (labels, config, held-out data)."""
+    for name in CARRIED_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)

@@ -191,8 +191,8 @@ class S3Repository:
                 raise InputError(f"bucket {self.location.bucket!r} does not exist at "
                                  f"{self.endpoint_url or 'AWS'} (create it first)") from e
             raise
-        except BotoCoreError as e:
-            raise InputError(f"cannot reach S3 at {self.endpoint_url or 'AWS'} to {what} {self.location}: {e}") from e
+        except BotoCoreError as e:  # no endpoint, no credentials, ...
+            raise InputError(f"cannot {what} {self.location} at {self.endpoint_url or 'AWS S3'}: {e}") from e
 
     def _keys(self, prefix: str) -> dict[str, int]:
         """Every key under ``prefix`` with its size."""
@@ -307,10 +307,14 @@ class S3Repository:
 
     def _upload_version(self, mirror: Path, models: list[str], version: int, on_uploaded: Uploaded | None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
+        from tqdm.auto import tqdm
 
         bucket = self.location.bucket
         written: list[str] = []  # keys to delete if anything fails
         replaced: dict[str, str | None] = {}  # config key -> previous text (None: there was none)
+        files = {m: sorted(p for p in (mirror / m / str(version)).rglob("*") if p.is_file()) for m in models}
+        bar = tqdm(total=sum(p.stat().st_size for ps in files.values() for p in ps), unit="B", unit_scale=True,
+                   desc=f"upload v{version}", mininterval=1.0, disable=None)
         try:
             for model in models:  # claim version N of every model before writing anything
                 key = self.location.key(model, version, CLAIM_MARKER)
@@ -319,11 +323,11 @@ class S3Repository:
             for model in models:
                 version_dir = mirror / model / str(version)
                 manifest = {"model": model, "version": version, "files": {}}
-                for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+                for path in files[model]:
                     rel = path.relative_to(version_dir).as_posix()
                     key = self.location.key(model, version, rel)
                     written.append(key)
-                    self.client.upload_file(str(path), bucket, key)
+                    self.client.upload_file(str(path), bucket, key, Callback=bar.update)
                     size = path.stat().st_size
                     manifest["files"][rel] = {"size": size, "sha256": _sha256_file(path)}
                     if on_uploaded:
@@ -347,6 +351,8 @@ class S3Repository:
                 raise PublishError(f"publishing version {version} to {self.location} failed; "
                                    f"repository unchanged: {e}") from e
             raise
+        finally:
+            bar.close()
         for model in models:
             try:
                 self.client.delete_object(Bucket=bucket, Key=self.location.key(model, version, CLAIM_MARKER))

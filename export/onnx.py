@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -15,7 +13,8 @@ from optimum.exporters.onnx import main_export
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.errors import InputError
-from export.merge import CARRIED_FILES, sha256
+from export.merge import copy_carried
+from training.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,7 @@ def export_onnx(merged_dir: Path, onnx_dir: Path, cfg: ExportConfig) -> Path:
     if same and all((onnx_dir / f).is_file() for f in wanted):
         log.info("already exported: %s", onnx_dir)
         return onnx_dir
-    onnx_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=onnx_dir.parent))
-    try:
+    with atomic_folder(onnx_dir) as tmp:
         log.info("exporting %s to ONNX with Optimum", merged_dir)
         main_export(
             str(merged_dir),
@@ -70,14 +67,6 @@ def export_onnx(merged_dir: Path, onnx_dir: Path, cfg: ExportConfig) -> Path:
                 )
             finally:
                 root.setLevel(level)
-        for name in CARRIED_FILES:
-            if (merged_dir / name).is_file():
-                shutil.copy2(merged_dir / name, tmp / name)
+        copy_carried(merged_dir, tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
-        if onnx_dir.exists():
-            shutil.rmtree(onnx_dir)
-        tmp.rename(onnx_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return onnx_dir

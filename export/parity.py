@@ -20,8 +20,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import InputError
-from export.merge import sha256
 from training.data import read_jsonl
+from training.files import sha256
 from training.metrics import classification_metrics, encode, torch_logits
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from pathlib import Path
 from export.config import ExportConfig
 from export.contract import VARIANT_FILES
 from export.errors import InputError
-from export.merge import check_adapter_dir, merge, sha256
+from export.merge import check_adapter_dir, merge
 from export.onnx import export_onnx
 from export.parity import check_parity
+from training.files import sha256
 
 log = logging.getLogger(__name__)
 

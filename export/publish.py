@@ -14,7 +14,6 @@ publishable is refused before the repository is touched.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from export import triton_config
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import GateError, InputError, PublishError
+from training.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,6 @@ def read_source(onnx_dir: Path, variant: str) -> Source:
     if not isinstance(max_length, int) or max_length < 1:
         raise InputError(f"{onnx_dir / 'training_config.json'} needs an int max_length >= 1, got {max_length!r}")
     return Source(onnx_dir, variant, onnx_dir / VARIANT_FILES[variant], labels, max_length, entry, training)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def existing_versions(model_dir: Path) -> list[int]:

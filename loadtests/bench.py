@@ -137,11 +137,17 @@ def measure(base: LoadTestConfig, cfg: BenchConfig, out: Path) -> dict:
                                  "report": str(level.report)})
         if a["error_rate"] > 0.01 or (a["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
             break
-    ok = [lv for lv in result["levels"] if lv["error_rate"] <= 0.01 and (lv["p99_ms"] or 0) <= cfg.p99_bound_ms]
-    best = max(ok, key=lambda lv: lv["throughput_rps"], default=None)
-    result["max_throughput"] = {"bound_ms": cfg.p99_bound_ms, "throughput_rps": best["throughput_rps"] if best else None,
-                                "users": best["users"] if best else None, "p99_ms": best["p99_ms"] if best else None}
+    result["max_throughput"] = max_throughput(result["levels"], cfg.p99_bound_ms)
     return result
+
+
+def max_throughput(levels: list[dict], bound_ms: float, max_error_rate: float = 0.01) -> dict:
+    """The level with the highest throughput among those with P99 <= ``bound_ms`` and few errors."""
+    ok = [lv for lv in levels if lv["error_rate"] <= max_error_rate and lv["p99_ms"] is not None
+          and lv["p99_ms"] <= bound_ms]
+    best = max(ok, key=lambda lv: lv["throughput_rps"], default=None)
+    return {"bound_ms": bound_ms, "throughput_rps": best["throughput_rps"] if best else None,
+            "users": best["users"] if best else None, "p99_ms": best["p99_ms"] if best else None}
 
 
 def run_served(cfg: BenchConfig, out: Path) -> dict:

@@ -150,10 +150,17 @@ def _experiment(folder: Path, arms: list[tuple[str, str, float]], model: str, ti
     return path
 
 
-def _folder(cfg: DrillConfig, kind: str) -> Path:
+def _prepare(cfg: DrillConfig, kind: str) -> tuple[Path, ExportConfig]:
+    """The drill's folder, and the export settings that publish into its own fresh model repository."""
+    onnx_dir = cfg.run / "onnx"
+    if not (onnx_dir / CONTRACT.parity_file).is_file():
+        raise FileNotFoundError(f"{onnx_dir / CONTRACT.parity_file} does not exist; run `make export` (or "
+                                f"`python -m export --adapter {cfg.run / 'adapter'} --no-publish`) first")
     folder = Path(cfg.out_dir) / f"{kind}-drill-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True)
-    return folder
+    export_cfg = ExportConfig(adapter=cfg.run / "adapter", runs_dir=cfg.run.parent,
+                              repository=folder / "model_repository", model_name=cfg.model_name)
+    return folder, export_cfg
 
 
 def _run_steps(plan: list[tuple[str, Callable[[], dict | None]]], step_s: float) -> list[Step]:
@@ -171,10 +178,8 @@ def _run_steps(plan: list[tuple[str, Callable[[], dict | None]]], step_s: float)
 
 def rollout_drill(cfg: DrillConfig) -> dict:
     """v1 serves; publish v2, load it, ramp it 0 -> 10 -> 50 -> 100 %, unload v1; all under load."""
-    folder = _folder(cfg, "rollout")
-    repository = folder / "model_repository"
-    export_cfg = ExportConfig(adapter=cfg.run / "adapter", runs_dir=cfg.run.parent, repository=repository,
-                              model_name=cfg.model_name)
+    folder, export_cfg = _prepare(cfg, "rollout")
+    repository = export_cfg.repository
     old = publish(cfg.run / "onnx", "fp32", export_cfg).name
     experiment = _experiment(folder, [("stable", old, 100), ("canary", str(int(old) + 1), 0)], cfg.model_name,
                              cfg.timeout_s, fallback=None)
@@ -306,10 +311,8 @@ def router_counts(url: str) -> dict[str, float]:
 
 def fault_drill(cfg: DrillConfig) -> dict:
     """Kill tritonserver under load, restart it, then send malformed requests under load."""
-    folder = _folder(cfg, "fault")
-    repository = folder / "model_repository"
-    export_cfg = ExportConfig(adapter=cfg.run / "adapter", runs_dir=cfg.run.parent, repository=repository,
-                              model_name=cfg.model_name)
+    folder, export_cfg = _prepare(cfg, "fault")
+    repository = export_cfg.repository
     version = publish(cfg.run / "onnx", "fp32", export_cfg).name
     experiment = _experiment(folder, [("control", version, 50), ("treatment", version, 50)], cfg.model_name,
                              cfg.timeout_s, fallback="control")

@@ -109,3 +109,14 @@ def test_triton_metric_deltas_per_version():
     assert row["mean_batch_size"] == pytest.approx(200 / 50)
     assert row["queue_ms"] == pytest.approx(400_000 / 200 / 1000)
     assert row["compute_infer_ms"] == pytest.approx(1_000_000 / 200 / 1000)
+
+
+def test_max_throughput_respects_the_p99_bound_and_errors():
+    from loadtests.bench import max_throughput
+
+    levels = [{"users": 1, "throughput_rps": 40.0, "p99_ms": 30.0, "error_rate": 0.0},
+              {"users": 2, "throughput_rps": 70.0, "p99_ms": 60.0, "error_rate": 0.0},
+              {"users": 4, "throughput_rps": 90.0, "p99_ms": 140.0, "error_rate": 0.0},  # over the bound
+              {"users": 8, "throughput_rps": 95.0, "p99_ms": 90.0, "error_rate": 0.05}]  # too many errors
+    assert max_throughput(levels, 100.0) == {"bound_ms": 100.0, "throughput_rps": 70.0, "users": 2, "p99_ms": 60.0}
+    assert max_throughput(levels, 10.0)["throughput_rps"] is None

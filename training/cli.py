@@ -114,3 +114,17 @@ def parse_config(cls: type, argv: list[str] | None, prog: str, description: str)
     if hasattr(cls, "from_dict"):
         return cls.from_dict(values)
     return cls(**values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (paths as strings), for the resolved config file."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_dict(cls: type, data: dict[str, Any], error: type[Exception], stage: str) -> Any:
+    """``cls(**data)``, refusing unknown keys with the list of the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {stage} config key(s) {unknown}; expected some of: {', '.join(sorted(known))}")
+    return cls(**data)

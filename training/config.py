@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.cli import config_from_dict, config_to_dict
 from training.errors import ConfigError
 
 
@@ -123,12 +123,8 @@ class TrainConfig:
         return self.run_dir / "adapter"
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config key(s) {unknown}; expected some of: {', '.join(sorted(known))}")
-        return cls(**data)
+        return config_from_dict(cls, data, ConfigError, "training")

@@ -7,9 +7,7 @@ import logging
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from training.config import TrainConfig
 from training.data import Example, Splits, load_splits, write_jsonl
 from training.distributed import Dist
 from training.errors import ConfigError
+from training.files import atomic_folder
 from training.metrics import classification_metrics, encode, torch_logits
 from training.model import add_lora, load_classifier, load_tokenizer, resolve_model_dir
 
@@ -59,9 +58,7 @@ def _batches(examples: list[Example], batch_size: int, seed: int, dist: Dist):
 
 def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict) -> Path:
     """Write the adapter folder atomically: build it next to the target, then rename."""
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=cfg.run_dir))
-    try:
+    with atomic_folder(cfg.adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "label_map.json").write_text(json.dumps({"labels": splits.labels}, indent=2))
@@ -69,12 +66,6 @@ def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir
         (tmp / "training_config.json").write_text(json.dumps(resolved, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_jsonl(tmp / "heldout.jsonl", splits.test)
-        if cfg.adapter_dir.exists():
-            shutil.rmtree(cfg.adapter_dir)
-        tmp.rename(cfg.adapter_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return cfg.adapter_dir
 
 

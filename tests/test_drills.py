@@ -1,0 +1,37 @@
+"""The rollout and fault drills, run for real on the tiny exported model (tritonserver, router, Locust)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.drills import DrillConfig, fault_drill, rollout_drill
+
+
+@pytest.mark.e2e
+def test_rollout_drill_has_no_failed_requests(tiny_onnx_dir, tmp_path):
+    summary = rollout_drill(DrillConfig(run=tiny_onnx_dir.parent, out_dir=tmp_path, rate=15, step_s=10))
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == ["v1 only (canary 0 %)", "publish + load the new version", "canary 10 %",
+                           "canary 50 %", "canary 100 %", "unload v1"]
+    assert summary["failed_requests"] == 0, summary["steps"]
+    assert all(s["requests"] > 50 for s in summary["steps"]), "the load ran through every step"
+    assert steps["publish + load the new version"]["notes"]["ready_versions"] == [1, 2]
+    assert steps["unload v1"]["notes"]["ready_versions"] == [2]
+    assert all(s["p99_ms"] is not None and s["p99_ms"] > 0 for s in summary["steps"])
+    assert (tmp_path / summary["folder"].split("/")[-1] / "drill.md").is_file()
+
+
+@pytest.mark.e2e
+def test_fault_drill_fast_503s_recovery_and_malformed_corpus(tiny_onnx_dir, tmp_path):
+    summary = fault_drill(DrillConfig(run=tiny_onnx_dir.parent, out_dir=tmp_path, rate=15, step_s=10, outage_s=4))
+    assert summary["first_503_after_kill_s"] is not None and summary["first_503_after_kill_s"] < 1.0
+    assert summary["no_request_hung"] and summary["slowest_outage_request_s"] <= summary["router_timeout_s"]
+    assert set(summary["outage_statuses"]) <= {503, 504, 200}
+    assert summary["serving_again_after_restart_s"] is not None and summary["serving_again_after_restart_s"] < 30
+    failures = summary["failed_requests_by_step"]
+    assert failures["steady"] == 0 and failures["recovered"] == 0
+    assert failures["tritonserver killed, then restarted"] > 0, "the outage must show in the load test"
+    assert summary["malformed_all_4xx"], summary["malformed"]
+    assert summary["malformed"]["oversize body"]["statuses"][0] == 413
+    assert summary["malformed"]["unknown model"]["statuses"][0] == 404
+    assert summary["good_traffic_failures_during_malformed"] == 0
