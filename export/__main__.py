@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant, version_dir in result.published.items():
         note = "  (already published: this exact file)" if variant in result.already_published else ""
         print(f"published:    {variant} -> {version_dir}{note}")
+    if result.triton_repository:
+        print(f"serve it:     tritonserver --model-repository={result.triton_repository} "
+              "(AWS_* credentials in the environment)")
     if not result.passed:
         print("\nerror: the gate failed for a requested variant; nothing was published", file=sys.stderr)
         return 1

@@ -43,8 +43,9 @@ class ExportConfig:
     """Gate: the accuracy points int8 may lose against fp32 (1.0 = one percentage point)."""
     publish: bool = True
     """Publish the requested variants that pass the gate to the model repository."""
-    repository: Path = Path("model_repository")
-    """The Triton model repository to publish into."""
+    repository: str | Path = Path("model_repository")
+    """The Triton model repository to publish into: a folder, or s3://BUCKET/PREFIX (credentials and
+    endpoint from the standard AWS environment variables)."""
     model_name: str = "sentiment"
     """The Triton model name; each published variant becomes a new numbered version of it."""
     layout: str = "python"
@@ -71,7 +72,8 @@ class ExportConfig:
         if self.adapter is not None:
             self.adapter = Path(self.adapter)
         self.runs_dir = Path(self.runs_dir)
-        self.repository = Path(self.repository)
+        if not str(self.repository).startswith("s3://"):  # an S3 URI stays a string: Path would eat a slash
+            self.repository = Path(self.repository)
         if self.parity_data is not None:
             self.parity_data = Path(self.parity_data)
         if isinstance(self.variants, str):

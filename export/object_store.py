@@ -27,12 +27,10 @@ once, where the client is built (``S3Repository.from_env``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from urllib.parse import urlsplit
 from export import triton_config
 from export.config import ExportConfig
 from export.errors import ConfigError, InputError, PublishError
+from training.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +126,6 @@ def make_client(endpoint_url: str | None = None):
     config = Config(retries={"max_attempts": 3, "mode": "standard"},
                     s3={"addressing_style": "path"} if endpoint_url else {})
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pinned_policy(config, complete: list[int]) -> None:
@@ -329,7 +320,7 @@ class S3Repository:
                     written.append(key)
                     self.client.upload_file(str(path), bucket, key, Callback=bar.update)
                     size = path.stat().st_size
-                    manifest["files"][rel] = {"size": size, "sha256": _sha256_file(path)}
+                    manifest["files"][rel] = {"size": size, "sha256": sha256(path)}
                     if on_uploaded:
                         on_uploaded(key, size)
                 key = self.location.key(model, version, COMPLETE_MARKER)
@@ -404,9 +395,7 @@ class S3Repository:
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()):
             raise InputError(f"{dest} exists and is not empty; download into a new folder")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-download-", dir=dest.parent))
-        try:
+        with atomic_folder(dest) as staging:
             for model in models if models is not None else self.models():
                 _, complete, has_config = self.versions(model)
                 if not has_config:
@@ -420,14 +409,9 @@ class S3Repository:
                         target = staging / model / str(version) / rel
                         target.parent.mkdir(parents=True, exist_ok=True)
                         self.client.download_file(self.location.bucket, self.location.key(model, version, rel), str(target))
-                        if target.stat().st_size != meta["size"] or _sha256_file(target) != meta["sha256"]:
+                        if target.stat().st_size != meta["size"] or sha256(target) != meta["sha256"]:
                             raise InputError(f"{self.location}/{model}/{version}/{rel} does not match its manifest "
                                              f"(size {target.stat().st_size}, expected {meta['size']})")
-            if dest.exists():
-                dest.rmdir()
-            os.rename(staging, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         log.info("downloaded %s to %s", self.location, dest)
         return dest
 

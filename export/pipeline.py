@@ -25,9 +25,11 @@ class ExportResult:
     merged_dir: Path
     onnx_dir: Path
     parity: dict
-    published: dict[str, Path] = field(default_factory=dict)
+    published: dict[str, Path | str] = field(default_factory=dict)
     """variant -> version folder in the model repository (new, or the one already serving it)."""
     already_published: list[str] = field(default_factory=list)
+    triton_repository: str | None = None
+    """For an s3:// repository: the URI to pass to ``tritonserver --model-repository``."""
     """Variants whose exact ONNX file an existing version already serves (nothing new published)."""
 
     @property
@@ -51,16 +53,24 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         log.error("gate failed for %s: nothing published", ", ".join(failed))
         return result
     if cfg.publish:
+        from export.object_store import S3Repository, is_s3_uri
         from export.publish import publish  # the publish step writes the Triton model repository
 
+        bucket = S3Repository.from_env(cfg.repository) if is_s3_uri(cfg.repository) else None
         for variant in cfg.variants:
-            existing = find_published(cfg.repository / cfg.model_name, onnx_dir / VARIANT_FILES[variant], variant)
+            onnx_file = onnx_dir / VARIANT_FILES[variant]
+            if bucket is not None:
+                existing = bucket.find_published(cfg.model_name, sha256(onnx_file), variant)
+            else:
+                existing = find_published(cfg.repository / cfg.model_name, onnx_file, variant)
             if existing is not None:
                 log.info("already published: %s of %s is %s", variant, onnx_dir, existing)
                 result.published[variant] = existing
                 result.already_published.append(variant)
                 continue
-            result.published[variant] = publish(onnx_dir, variant, cfg)
+            result.published[variant] = bucket.publish(onnx_dir, variant, cfg) if bucket else publish(onnx_dir, variant, cfg)
+        if bucket is not None:
+            result.triton_repository = bucket.triton_uri
     return result
 
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from loadtests.config import SHAPES, TARGETS, LoadTestConfig, LoadTestError, read_settings_file
+from loadtests.config import SHAPES, STICKY_CHECKS, TARGETS, LoadTestConfig, LoadTestError, read_settings_file
 
 DEFAULT_SETTINGS = Path("pyproject.toml")
 
@@ -27,7 +27,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(LoadTestConfig):
         kind = type(f.default)
         help_ = f"{f.metadata['help']} (default: {f.default!r})"
-        choices = {"target": TARGETS, "shape": SHAPES}.get(f.name)
+        choices = {"target": TARGETS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(f.name)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, choices=choices, help=help_)
 
 

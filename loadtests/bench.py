@@ -189,8 +189,11 @@ def ratio(a: float | None, b: float | None) -> str:
 def render(data: dict) -> str:
     cfg = data["config"]
     lines = [f"# Benchmarks: {Path(cfg['run']).name}", "",
-             f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; threads {cfg['threads']}. "
-             "Figures, not pass/fail: the load generator runs on the same machine as the servers.", ""]
+             f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; threads {cfg['threads']}; "
+             f"load average (1 min) {data['machine']['load_average_at_start'][0]:.1f} at the start, "
+             f"{data['machine'].get('load_average_at_end', [float('nan')])[0]:.1f} at the end. Figures, not pass/fail: "
+             "the load generator runs on the same machine as the servers, and a load average above the CPU "
+             "count means other work competed for the cores.", ""]
     if data.get("in_process"):
         rows = data["in_process"]["results"]
         lines += ["## In-process (64-token sequences)", "", "| backend | batch | median ms | p99 ms | speed-up vs torch |",
@@ -236,7 +239,8 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
             raise LoadTestError(f"{needed} is missing; run `make export NAME={run.name}` first")
     out = Path(cfg.out_dir) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
-    data = {"config": asdict(cfg), "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
+    data = {"config": asdict(cfg), "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(),
+                                               "load_average_at_start": psutil.getloadavg()},
             "in_process": None, "served": None}
     if cfg.in_process:
         from export import bench as export_bench
@@ -245,6 +249,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         data["in_process"] = export_bench.run(run, 64, cfg.iterations, max(5, cfg.iterations // 10), cfg.threads, (1, 16))
     if cfg.option_list:
         data["served"] = run_served(cfg, out)
+    data["machine"]["load_average_at_end"] = psutil.getloadavg()
     (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (out / "bench.md").write_text(render(data))
     return BenchResult(out / "bench.json", out / "bench.md", data)

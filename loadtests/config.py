@@ -19,6 +19,7 @@ from export.contract import CONTRACT
 
 TARGETS = ("router", "triton")
 SHAPES = ("none", "steps", "spike")
+STICKY_CHECKS = ("count", "fail")
 DEFAULT_HOSTS = {"router": "http://127.0.0.1:8080", "triton": "http://127.0.0.1:8000"}
 
 
@@ -57,6 +58,8 @@ class LoadTestConfig:
     max_in_flight: int = _f(256, "open loop: requests in flight per Locust process; arrivals beyond are dropped "
                             "and counted as failures")
     feedback_fraction: float = _f(0.2, "target router: fraction of answers followed by feedback (the true label)")
+    sticky_check: str = _f("count", "a user served by another variant than before: count it (a 'variant switch' "
+                           "row; expected after a weight change) or fail the request (fixed weights)")
     request_timeout: float = _f(10.0, "seconds before a request counts as failed")
     shape: str = _f("none", "load shape: none (constant), steps (users rise in equal steps), spike")
     steps: int = _f(4, "shape steps: number of equal steps up to --users over the run time")
@@ -76,6 +79,8 @@ class LoadTestConfig:
         problems = []
         if self.target not in TARGETS:
             problems.append(f"unknown target {self.target!r}; expected one of: {', '.join(TARGETS)}")
+        if self.sticky_check not in STICKY_CHECKS:
+            problems.append(f"unknown sticky_check {self.sticky_check!r}; expected one of: {', '.join(STICKY_CHECKS)}")
         if self.shape not in SHAPES:
             problems.append(f"unknown shape {self.shape!r}; expected one of: {', '.join(SHAPES)}")
         for name in ("users", "batch_size", "user_population", "max_in_flight", "steps", "workers"):
@@ -218,6 +223,6 @@ def add_locust_arguments(parser) -> None:
         if not f.metadata.get("custom"):
             continue
         kind = type(f.default)
-        choices = {"target": TARGETS, "shape": SHAPES}.get(name)
+        choices = {"target": TARGETS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, choices=choices,
                             help=f.metadata["help"].replace("%%", "%"), include_in_web_ui=False)

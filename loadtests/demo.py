@@ -46,8 +46,8 @@ class DemoConfig:
     """Triton model name; fp32 and int8 become two of its versions."""
     time_budget_s: float = 180.0
     """Training wall-clock budget when the adapter does not exist yet."""
-    users: int = 8
-    """Concurrent Locust users (closed loop), each with a stable user id."""
+    rate: float = 25.0
+    """Open-loop load: requests per second, Poisson arrivals from 1,000 distinct user ids (sticky keys)."""
     run_time: str = "45s"
     """How long the load test runs."""
     feedback_fraction: float = 1.0
@@ -103,9 +103,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
     with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment_file, triton_url=triton.http_url, log_file=folder / "router.log") as router:
-        _step(4, f"load: Locust, {cfg.users} users for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
+        _step(4, f"load: Locust, {cfg.rate:g} requests/s for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
         load_cfg = LoadTestConfig(
-            host=router.url, target="router", experiment=EXPERIMENT, users=cfg.users, run_time=cfg.run_time,
+            host=router.url, target="router", experiment=EXPERIMENT, users=4, arrival_rate=cfg.rate,
+            user_population=1000, run_time=cfg.run_time,
             texts=str(export.merged_dir / "heldout.jsonl"), feedback_fraction=cfg.feedback_fraction,
             out_dir=str(folder), triton_metrics_url=triton.metrics_url,
         )

@@ -4,8 +4,10 @@ Each request is a KServe v2 ``infer`` call with held-out review text(s) and a st
 ``X-User-Id`` (so the router's sticky assignment is exercised). Its row in Locust's statistics is named
 after the variant that served it (the router's ``X-Variant`` header, or ``MODEL vVERSION`` when Triton
 is hit directly), with type ``infer``. A response counts as a failure unless it is a valid prediction:
-HTTP 200, one probability row per text (finite, in [0, 1], summing to 1), one known label per text, a
-variant, and the same variant as this user's earlier answers.
+HTTP 200, one probability row per text (finite, in [0, 1], summing to 1), one known label per text and
+a variant. A user served by another variant than before is counted in a ``sticky`` / ``variant switch``
+row (expected after a weight change, a broken sticky assignment otherwise), or with
+``--sticky-check fail`` fails that request.
 
 Two user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
 
@@ -37,6 +39,7 @@ from loadtests.protocol import check_prediction, infer_body
 INFER = "infer"
 FEEDBACK = "feedback"
 NO_VARIANT = "(no variant)"
+STICKY, VARIANT_SWITCH = "sticky", "variant switch"
 
 
 @events.init_command_line_parser.add_listener
@@ -68,6 +71,7 @@ class Workload:
     batch_size: int
     feedback_path: str | None
     feedback_fraction: float
+    sticky_check: str
 
     @classmethod
     def from_options(cls, opts) -> Workload:
@@ -92,6 +96,7 @@ class Workload:
             batch_size=opts.batch_size,
             feedback_path=f"/v2/experiments/{opts.experiment}/feedback" if router else None,
             feedback_fraction=opts.feedback_fraction if router else 0.0,
+            sticky_check=opts.sticky_check,
         )
 
 
@@ -151,10 +156,15 @@ class _ReviewUser(FastHttpUser):
             return None
         response.request_meta["name"] = variant
         problem = check_prediction(payload, count, w.label_set)
-        if problem is None:
-            first = self.variant_of.setdefault(user_id, variant)
-            if first != variant:
-                problem = f"sticky assignment broken: user {user_id} was served by {first}, now by {variant}"
+        before = self.variant_of.setdefault(user_id, variant)
+        if problem is None and before != variant:
+            self.variant_of[user_id] = variant
+            switch = f"user {user_id} was served by {before}, now by {variant}"
+            if w.sticky_check == "fail":
+                problem = f"sticky assignment broken: {switch}"
+            else:  # counted: expected after a weight change (a canary ramp), a broken assignment otherwise
+                self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
+                                                     response_length=0, context={}, exception=None)
         if problem:
             response.failure(problem)
             return None

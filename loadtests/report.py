@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")
 VARIANT_TYPE = "infer"
+STICKY_TYPE = "sticky"
 LOCUST_CPU_WARNINGS = ("CPU usage above", "exceeded cpu threshold")
 
 
@@ -209,6 +210,7 @@ def summarize(prefix: Path) -> dict:
                            if not r.is_variant and r.name != "Aggregated"},
         "failures": [{"type": f["Method"], "name": f["Name"], "error": f["Error"],
                       "occurrences": int(f["Occurrences"])} for f in failures],
+        "variant_switches": sum(r.requests for r in rows if r.type == STICKY_TYPE),
         "exceptions": [{"count": int(e["Count"]), "message": e["Message"]}
                        for e in read_csv(Path(f"{prefix}_exceptions.csv"))],
         "client_cpu": cpu,
@@ -287,6 +289,10 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
         out += ["Other requests:", "", "| request | count | failures | P50 ms | P99 ms |", "|---|---:|---:|---:|---:|"]
         out += [f"| {n} | {s['requests']} | {s['failures']} | {format_ms(s['p50_ms'])} | {format_ms(s['p99_ms'])} |"
                 for n, s in summary["other_requests"].items()] + [""]
+    if summary.get("variant_switches"):
+        out += [f"> **Note:** {summary['variant_switches']} time(s) a user was served by another variant than "
+                "before (the `sticky` row). Expected after a weight change (a canary ramp); with fixed weights "
+                "the sticky assignment is broken.", ""]
     if summary["failures"]:
         out += ["Failures (most frequent first):", "", "| type | name | error | count |", "|---|---|---|---:|"]
         out += [f"| {f['type']} | {f['name']} | {f['error'][:200].replace('|', '/')} | {f['occurrences']} |"

@@ -74,9 +74,9 @@ class K8sConfig:
     """Namespace of every object."""
     name: str | None = None
     """Prefix of every object's name; default: the experiment's name."""
-    triton_image: str = "tunestack-triton:latest"
+    image_triton: str = "tunestack-triton:latest"
     """Triton image with the python backend's packages (onnxruntime, tokenizers); see docs/scale-out.md."""
-    app_image: str = "tunestack:latest"
+    image_app: str = "tunestack:latest"
     """This project's image, for the router and Locust (working directory = the repository root)."""
     s3_endpoint: str | None = None
     """Endpoint of an S3-compatible server (MinIO...); None: AWS S3."""
@@ -196,7 +196,7 @@ def triton_manifests(cfg: K8sConfig, base: str) -> tuple[list[dict[str, Any]], s
                 "maxReplicas": cfg.triton_max_replicas,
                 "model": {
                     "modelFormat": {"name": "triton"}, "runtime": "kserve-tritonserver", "protocolVersion": "v2",
-                    "storageUri": location.uri, "image": cfg.triton_image,
+                    "storageUri": location.uri, "image": cfg.image_triton,
                     "resources": _resources(cfg.triton_cpu, cfg.triton_memory),
                 },
             }},
@@ -206,7 +206,7 @@ def triton_manifests(cfg: K8sConfig, base: str) -> tuple[list[dict[str, Any]], s
         url = f"http://{name}-predictor.{cfg.namespace}.svc.cluster.local:{KSERVE_PREDICTOR_PORT}"
         return [sa, isvc], url
     container = {
-        "name": "triton", "image": cfg.triton_image, "command": ["tritonserver"],
+        "name": "triton", "image": cfg.image_triton, "command": ["tritonserver"],
         "args": [f"--model-repository={location.triton_uri(cfg.s3_endpoint)}", "--disable-auto-complete-config",
                  *(f"--{n}-port={p}" for n, p in ports.items())],
         "ports": [{"name": n, "containerPort": p} for n, p in ports.items()],
@@ -246,7 +246,7 @@ def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[l
     configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(config_name, cfg, "router"),
                  "data": {experiment_file: body}}
     container = {
-        "name": "router", "image": cfg.app_image,
+        "name": "router", "image": cfg.image_app,
         "command": ["python", "-m", "serving", "router"],
         "args": ["--experiment", f"{EXPERIMENT_MOUNT}/{experiment_file}", "--host", "0.0.0.0", "--port", str(port)],
         "ports": [{"name": "http", "containerPort": port}],
@@ -277,14 +277,13 @@ def locust_manifests(cfg: K8sConfig, base: str, experiment_name: str, router_url
     locustfile = (Path(loadtests.__file__).parent / "locustfile.py").relative_to(Path(loadtests.__file__).parent.parent)
     load = LoadTestConfig(target="router", experiment=experiment_name, host=router_url)
     args = load.locust_args()
-    for flag in ("--run-time",):  # set in the web UI: Locust refuses it without --headless, and on workers
-        i = args.index(flag)
-        del args[i:i + 2]
+    i = args.index("--run-time")  # set in the web UI: Locust refuses it without --headless, and on workers
+    del args[i:i + 2]
     user_class = "OpenLoopUser" if load.open_loop else "ClosedLoopUser"
     master, worker = f"{base}-locust-master", f"{base}-locust-worker"
     resources = _resources(cfg.locust_cpu, cfg.locust_memory)
     master_container = {
-        "name": "locust", "image": cfg.app_image, "command": ["locust"],
+        "name": "locust", "image": cfg.image_app, "command": ["locust"],
         "args": ["-f", str(locustfile), "--master", "--master-bind-port", str(LOCUST_MASTER_PORT),
                  "--web-port", str(LOCUST_WEB_PORT), *args, user_class],
         "ports": [{"name": "web", "containerPort": LOCUST_WEB_PORT}, {"name": "master", "containerPort": LOCUST_MASTER_PORT}],
@@ -292,7 +291,7 @@ def locust_manifests(cfg: K8sConfig, base: str, experiment_name: str, router_url
         "readinessProbe": _probe("/", "web"),
     }
     worker_container = {
-        "name": "locust", "image": cfg.app_image, "command": ["locust"],
+        "name": "locust", "image": cfg.image_app, "command": ["locust"],
         "args": ["-f", str(locustfile), "--worker", "--master-host", master, "--master-port", str(LOCUST_MASTER_PORT),
                  *args, user_class],
         "resources": resources,
@@ -399,9 +398,11 @@ def main(argv: list[str]) -> int:
     """``argv``: ``["k8s", "render", ...]`` or ``["k8s", "validate", DIR]``."""
     rest = argv[1:] if argv and argv[0] == "k8s" else argv
     if not rest or rest[0] not in ("render", "validate"):
+        asked = bool(rest) and rest[0] in ("-h", "--help")
         print("usage: python -m serving k8s render --experiment FILE --repository s3://BUCKET/PREFIX [--out DIR] ...\n"
-              "       python -m serving k8s validate DIR [--kubernetes-version 1.31]", file=sys.stderr)
-        return 2
+              "       python -m serving k8s validate DIR [--kubernetes-version 1.31]\n"
+              "Run `python -m serving k8s render --help` for every option.", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     try:
         if rest[0] == "validate":
             p = argparse.ArgumentParser(prog="python -m serving k8s validate")

@@ -135,7 +135,8 @@ class TritonServer:
                  tritonserver: str | Path | None = None, http_port: int = 0, grpc_port: int = 0,
                  metrics_port: int = 0, log_file: str | Path | None = None, log_verbose: int = 0,
                  startup_timeout: float = 60.0, exit_timeout: int = 5, extra_args: Sequence[str] = ()):
-        self.repository = Path(repository).resolve()
+        # a folder, or an s3:// URI that tritonserver reads itself (S3Repository.triton_uri)
+        self.repository: Path | str = repository if str(repository).startswith("s3://") else Path(repository).resolve()
         self.models = list(models) if models is not None else None
         self.tritonserver = Path(tritonserver) if tritonserver else None
         self._requested_ports = (http_port, grpc_port, metrics_port)
@@ -183,6 +184,8 @@ class TritonServer:
         """The models loaded at start-up: ``models``, or every model folder of the repository."""
         if self.models is not None:
             return list(self.models)
+        if isinstance(self.repository, str):
+            return ["*"]  # an s3:// repository: every model in it
         return repository_models(self.repository) if self.repository.is_dir() else []
 
     @property
@@ -201,7 +204,7 @@ class TritonServer:
             source, lib_dirs = self.tritonserver.resolve().parent.parent, []
         root = prepared_install(source)
         binary = root / "bin" / "tritonserver" if self.tritonserver is None else self.tritonserver.resolve()
-        if not self.repository.is_dir():
+        if isinstance(self.repository, Path) and not self.repository.is_dir():
             raise TritonStartError(f"model repository {self.repository} does not exist; run `make export` first")
         cmd = [str(binary), f"--model-repository={self.repository}", f"--backend-directory={root / 'backends'}",
                f"--http-address={HOST}", f"--grpc-address={HOST}", f"--metrics-address={HOST}",
@@ -262,7 +265,7 @@ class TritonServer:
     def wait_ready(self, timeout: float | None = None, models: Sequence[str] | None = None) -> None:
         """Block until ready; raise TritonStartError with the log's tail if it exits or times out."""
         timeout = self.startup_timeout if timeout is None else timeout
-        models = self.startup_models() if models is None else list(models)
+        models = [m for m in self.startup_models() if m != "*"] if models is None else list(models)
         deadline = time.monotonic() + timeout
         while True:
             if self.process is None or self.process.poll() is not None:

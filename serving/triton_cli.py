@@ -27,7 +27,8 @@ def triton_parser() -> argparse.ArgumentParser:
         prog="python -m serving triton", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Start the Triton Inference Server from the pinned nvidia-pytriton wheel on 127.0.0.1 with "
                     "explicit model control, wait until the models are ready, and serve until Ctrl-C / SIGTERM.")
-    p.add_argument("--repository", default=DEFAULT_REPOSITORY, help="model repository folder")
+    p.add_argument("--repository", default=DEFAULT_REPOSITORY,
+                   help="model repository: a folder, or s3://BUCKET/PREFIX (AWS_* credentials and endpoint from the environment)")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="model to load at start-up (repeatable); default: every model in the repository")
     p.add_argument("--tritonserver", metavar="PATH", help="a tritonserver binary to use instead of nvidia-pytriton's")
@@ -63,7 +64,12 @@ def models_parser() -> argparse.ArgumentParser:
 
 
 def run_triton(args: argparse.Namespace) -> int:
-    server = TritonServer(args.repository, models=args.models, tritonserver=args.tritonserver,
+    repository = args.repository
+    if repository.startswith("s3://"):  # tritonserver reads the bucket itself (endpoint from AWS_ENDPOINT_URL)
+        from export.object_store import S3Repository
+
+        repository = S3Repository.from_env(repository).triton_uri
+    server = TritonServer(repository, models=args.models, tritonserver=args.tritonserver,
                           http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           log_file=args.log_file, log_verbose=args.log_verbose, startup_timeout=args.timeout)
 

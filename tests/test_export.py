@@ -105,7 +105,7 @@ def test_int8_gate_fails_on_an_accuracy_drop(tiny_onnx_dir, tmp_path):
     labels = json.loads((merged / "label_map.json").read_text())["labels"]
     tok = AutoTokenizer.from_pretrained(merged)
     preds = onnx_logits(onnx_session(runs / "tiny" / "onnx" / "model.onnx"), tok, [e["text"] for e in examples], 32, 32).argmax(-1)
-    (merged / "heldout.jsonl").write_text("".join(json.dumps({"text": e["text"], "label": labels[p]}) + "\n" for e, p in zip(examples, preds)))
+    (merged / "heldout.jsonl").write_text("".join(json.dumps({"text": e["text"], "label": labels[p]}) + "\n" for e, p in zip(examples, preds, strict=True)))
     rare = int(np.argmin(np.bincount(preds, minlength=len(labels))))
     _shift_bias(runs / "tiny" / "onnx" / "model.int8.onnx", rare, 50.0)
 

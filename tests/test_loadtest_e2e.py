@@ -47,9 +47,14 @@ def stack(tiny_onnx_dir, tmp_path_factory):
 
 
 def assert_no_locust_left() -> None:
-    me = psutil.Process()
-    left = [p for p in me.children(recursive=True) if "locust" in " ".join(p.cmdline())]
-    assert not left, f"locust processes left running: {[p.pid for p in left]}"
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "locust" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                left.append(child.pid)
+        except psutil.Error:  # exited while we looked
+            continue
+    assert not left, f"locust processes left running: {left}"
 
 
 def test_closed_loop_through_the_router(stack):
@@ -60,6 +65,7 @@ def test_closed_loop_through_the_router(stack):
     rows = stats(result.folder)
     variants = {name for name, r in rows.items() if r["Type"] == "infer"}
     assert variants == {"control", "treatment"}, rows.keys()
+    assert "variant switch" not in rows  # every user kept its arm: the router's assignment is sticky
     for name, r in rows.items():
         assert int(r["Request Count"]) > 0 and r["Failure Count"] == "0", (name, r)
     assert int(rows["feedback"]["Request Count"]) > 0
@@ -88,4 +94,17 @@ def test_open_loop_distributed_against_triton(stack):
     assert 40 <= total <= 320, total  # ~40/s Poisson for ~4 s: far from a closed loop's thousands
     cpu_roles = {r["role"] for r in csv.DictReader(open(result.folder / "client_cpu.csv"))}
     assert {"master", "worker-1", "worker-2", "machine"} <= cpu_roles
+    assert_no_locust_left()
+
+
+def test_steps_shape_raises_the_users(stack):
+    cfg = LoadTestConfig(target="triton", host=stack["triton"].http_url, texts=stack["texts"], users=4, steps=2,
+                         shape="steps", think_time=0.05, run_time="4s", triton_metrics_url="none",
+                         out_dir=str(stack["reports"]))
+    result = run_loadtest(cfg)
+    history = list(csv.DictReader(open(result.folder / "locust_stats_history.csv")))
+    users = [int(r["User Count"]) for r in history if r["Name"] == "Aggregated"]
+    assert 2 in users and max(users) == 4, users  # 2 users for the first half, 4 for the second
+    assert users.index(2) < users.index(4)
+    assert all(r["Failure Count"] == "0" for r in stats(result.folder).values())
     assert_no_locust_left()

@@ -224,7 +224,7 @@ def test_download_round_trip(repo, tiny_onnx_dir, tmp_path):
     with pytest.raises(InputError, match="does not match its manifest"):
         download_repository(repo.location, tmp_path / "tampered")
     assert not (tmp_path / "tampered").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
 @pytest.mark.e2e
