@@ -75,7 +75,7 @@ class K8sConfig:
     name: str | None = None
     """Prefix of every object's name; default: the experiment's name."""
     image_triton: str = "tunestack-triton:latest"
-    """Triton image with the python backend's packages (onnxruntime, tokenizers); see docs/scale-out.md."""
+    """Triton image with the python backend's packages (onnxruntime, tokenizers); see serving/scale-out.md."""
     image_app: str = "tunestack:latest"
     """This project's image, for the router and Locust (working directory = the repository root)."""
     s3_endpoint: str | None = None
@@ -427,5 +427,5 @@ def main(argv: list[str]) -> int:
         print(f"Triton reads the repository itself: --model-repository={location.triton_uri(cfg.s3_endpoint)} "
               f"(credentials from Secret {cfg.s3_secret}); the image's Triton must be built with S3 support, as "
               "NGC images and the nvidia-pytriton wheel's 2.51 are.")
-    print(f"Next: kubectl apply -f {cfg.out}  (see docs/scale-out.md for the Secrets)")
+    print(f"Next: kubectl apply -f {cfg.out}  (see serving/scale-out.md for the Secrets)")
     return 0

@@ -296,3 +296,21 @@ def test_missing_bucket_is_reported(repo, tiny_onnx_dir):
     missing = S3Repository(S3Location.parse("s3://no-such-bucket-here/repo"), repo.client, repo.endpoint_url)
     with pytest.raises(InputError, match="bucket 'no-such-bucket-here' does not exist"):
         missing.publish(tiny_onnx_dir, "fp32", cfg())
+
+
+@pytest.mark.e2e
+def test_export_cli_publishes_to_the_bucket_once(repo, tiny_onnx_dir, capsys):
+    """``python -m export --repository s3://...``: versions 1 and 2, then 'already published' on a re-run."""
+    from export.__main__ import main as export_main
+
+    runs = tiny_onnx_dir.parent.parent
+    argv = ["--adapter", str(runs / "tiny" / "adapter"), "--runs-dir", str(runs), "--repository", repo.location.uri,
+            "--model-name", MODEL, "--int8-max-accuracy-drop", "100"]
+    assert export_main(argv) == 0
+    first = capsys.readouterr().out
+    assert "published:    fp32 -> " in first and repo.triton_uri in first
+    assert repo.list_versions(MODEL) == [1, 2]
+    before = snapshot(repo)
+    assert export_main(argv) == 0
+    assert first.count("already published") == 0 and capsys.readouterr().out.count("already published") == 2
+    assert snapshot(repo) == before
