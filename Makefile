@@ -21,7 +21,7 @@ NPROC ?= 1
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
-	rollout-drill fault-drill lint clean
+	rollout-drill fault-drill loadtest bench lint clean
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
@@ -33,6 +33,8 @@ help:
 	@echo "make router         the A/B router (EXPERIMENT=serving/experiments/sentiment-ab.yaml)"
 	@echo "make bench-serving  in-process ORT vs Triton HTTP vs gRPC, dynamic batching -> reports/bench-serving.json"
 	@echo "make bench-router   router overhead: through the router minus direct to Triton"
+	@echo "make loadtest       Locust headless -> reports/loadtest-TIMESTAMP/ (TARGET USERS RATE DURATION WORKERS SHAPE)"
+	@echo "make bench          in-process vs served (Triton, router, transformers baseline) -> reports/bench-TIMESTAMP/"
 	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 
@@ -78,6 +80,29 @@ rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json
 fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 	$(PY) -m loadtests.drills fault --run runs/$(NAME)
+
+# Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
+#   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2
+TARGET ?=
+USERS ?=
+RATE ?=
+DURATION ?=
+WORKERS ?=
+SHAPE ?=
+VERSIONS ?=
+LOADTEST_HOST ?=
+LOADTEST_ARGS ?=
+BENCH_ARGS ?=
+
+loadtest: install
+	$(PY) -m loadtests run --texts runs/$(NAME)/merged/heldout.jsonl \
+		$(if $(TARGET),--target $(TARGET)) $(if $(USERS),--users $(USERS)) $(if $(RATE),--arrival-rate $(RATE)) \
+		$(if $(DURATION),--run-time $(DURATION)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SHAPE),--shape $(SHAPE)) \
+		$(if $(VERSIONS),--versions $(VERSIONS)) $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST)) $(LOADTEST_ARGS)
+
+bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
+	$(PY) -m loadtests bench --run runs/$(NAME) $(BENCH_ARGS)
 
 bench-serving: install
 	$(PY) -m serving.bench --repository $(REPOSITORY) --model $(MODEL)

@@ -188,12 +188,12 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def render(data: dict) -> str:
     cfg = data["config"]
+    load = data["machine"]["load_average_at_start"][0]
+    quiet = "a quiet machine" if load < 0.75 * data["machine"]["cpus"] else "other work competed for the cores"
     lines = [f"# Benchmarks: {Path(cfg['run']).name}", "",
              f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; threads {cfg['threads']}; "
-             f"load average (1 min) {data['machine']['load_average_at_start'][0]:.1f} at the start, "
-             f"{data['machine'].get('load_average_at_end', [float('nan')])[0]:.1f} at the end. Figures, not pass/fail: "
-             "the load generator runs on the same machine as the servers, and a load average above the CPU "
-             "count means other work competed for the cores.", ""]
+             f"load average (1 min) before the benchmark {load:.1f} ({quiet}). Figures, not pass/fail: the "
+             "load generator runs on the same machine as the servers.", ""]
     if data.get("in_process"):
         rows = data["in_process"]["results"]
         lines += ["## In-process (64-token sequences)", "", "| backend | batch | median ms | p99 ms | speed-up vs torch |",
@@ -249,7 +249,6 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
         data["in_process"] = export_bench.run(run, 64, cfg.iterations, max(5, cfg.iterations // 10), cfg.threads, (1, 16))
     if cfg.option_list:
         data["served"] = run_served(cfg, out)
-    data["machine"]["load_average_at_end"] = psutil.getloadavg()
     (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (out / "bench.md").write_text(render(data))
     return BenchResult(out / "bench.json", out / "bench.md", data)

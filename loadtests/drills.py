@@ -118,10 +118,16 @@ def history(folder: Path) -> list[dict]:
 
 
 def fill_steps(steps: list[Step], rows: list[dict]) -> None:
-    """Requests and failures per step from the running totals; P99 from the last row of each step."""
+    """Requests and failures per step from the running totals; P99 from the last row of each step.
+
+    Locust stamps its per-second rows with whole seconds, so a step's boundaries are good to about a
+    second: steps should last several seconds.
+    """
 
     def at(t: float) -> dict:
-        before = [r for r in rows if r["t"] <= t]
+        # a row is stamped with the whole second it was written in and counts everything up to then:
+        # take the last row of an earlier second, so events just after a boundary land in the next step
+        before = [r for r in rows if r["t"] <= t - 1.0]
         return before[-1] if before else {"requests": 0, "failures": 0, "p99_ms": None}
 
     for step in steps:
