@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from loadtests.config import LoadTestError
+from serving.processes import http_ok, log_tail, stop_process_group
 from serving.triton import free_port
 
 log = logging.getLogger(__name__)
@@ -65,37 +63,15 @@ class Service:
         return self
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(self.url + self.ready_path)
 
     def stop(self, timeout: float = 15.0) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        try:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-        except ProcessLookupError:
-            pass
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
+        if process is not None:
+            stop_process_group(process, timeout, self.name)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> Service:
         return self.start()

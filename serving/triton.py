@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serving.errors import TritonNotFound, TritonStartError
+from serving.processes import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -286,20 +286,7 @@ class TritonServer:
         if process is None:
             return None
         timeout = self.exit_timeout + 10 if timeout is None else timeout
-        try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning("tritonserver did not stop within %.0f s; killing its process group", timeout)
-        finally:
-            try:  # the server and any python stub it left behind
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
-        return process.returncode
+        return stop_process_group(process, timeout, "tritonserver")  # the server and any stub it left behind
 
     def log_tail(self, lines: int = 25) -> str:
         """The log's error lines (``E1123 ...``), then its last ``lines`` lines, without the option tables."""

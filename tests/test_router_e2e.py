@@ -51,12 +51,8 @@ def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(repository) -> Iterator[TritonServer]:
-    server = TritonServer(repository, models=[MODEL], startup_timeout=90)
-    try:
-        server.start()
+    with TritonServer(repository, models=[MODEL], startup_timeout=90) as server:  # stopped on exit
         yield server
-    finally:
-        server.stop()
 
 
 def spec(upstream: str, weights=(70, 30), **extra) -> dict:

@@ -62,12 +62,8 @@ def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository):
-    server = TritonServer(repository, models=[MODEL], startup_timeout=90)
-    try:
-        server.start()
+    with TritonServer(repository, models=[MODEL], startup_timeout=90) as server:  # stopped on exit
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

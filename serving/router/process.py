@@ -10,16 +10,14 @@ The router gets its own process group, listens on 127.0.0.1 on a free port unles
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from serving.processes import http_ok, log_tail, stop_process_group
 from serving.router.state import TOKEN_ENV
 from serving.triton import free_port
 
@@ -64,12 +62,8 @@ class RouterProcess:
                 code = self.process.returncode
                 self.process = None
                 raise RuntimeError(f"router exited with code {code}; log {self.log_path}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v2/health/live", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
+            if http_ok(self.url + "/v2/health/live", timeout=1):
+                return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"router not live after {self.startup_timeout:.0f} s; log:\n{self.log_tail()}")
@@ -86,26 +80,10 @@ class RouterProcess:
         process, self.process = self.process, None
         if process is None:
             return None
-        try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
-        return process.returncode
+        return stop_process_group(process, timeout, "router")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> RouterProcess:
         return self.start() if self.process is None else self
