@@ -169,11 +169,14 @@ def format_summary(summary: dict) -> str:
         p99 = f"{a['p99_ms']:.1f}" if a["p99_ms"] is not None else "n/a"
         lines.append(f"| {arm} | {a['variant']} (v{a['version']}) | {a['requests']} | {acc} | {offline} | {p50} | {p99} | {a['failures']} |")
     lines.append("")
-    lines.append("verdict, treatment (int8) vs control (fp32): " + ", ".join(
-        f"{metric}: {verdict}" for metric, verdict in summary["verdicts_treatment_vs_control"].items()))
+    names = {"latency_p99_diff_ms": "P99 latency", "latency_mean_diff_ms": "mean latency",
+             "label_distribution": "predicted labels", "accuracy_diff": "accuracy"}
+    lines.append("verdict, treatment (int8) vs control (fp32): " + "; ".join(
+        f"{names.get(metric, metric)}: {verdict}" for metric, verdict in summary["verdicts_treatment_vs_control"].items()))
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines += ["", f"load-test report: {summary['loadtest_report']}", f"A/B report:       {summary['ab_report']}",
+              f"summary:          {summary['folder']}/summary.json",
               f"finished in {summary['seconds']:.0f} s"]
     return "\n".join(lines)
 
