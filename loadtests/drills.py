@@ -117,6 +117,13 @@ def history(folder: Path) -> list[dict]:
     return rows
 
 
+def final_ok(folder: Path) -> int:
+    """Successful requests in Locust's final totals (``locust_stats.csv``, Aggregated row)."""
+    with open(folder / "locust_stats.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    return int(row["Request Count"]) - int(row["Failure Count"])
+
+
 def fill_steps(steps: list[Step], rows: list[dict]) -> None:
     """Requests and failures per step from the running totals; P99 from the last row of each step.
 
@@ -378,10 +385,31 @@ def fault_drill(cfg: DrillConfig) -> dict:
         "malformed_all_4xx": all(400 <= c < 500 for codes in malformed.values() for c in codes),
         "good_traffic_failures_during_malformed": steps[-1].failures,
         "router_counts_after": counts_after,
+        "metrics": metrics_consistency(steps[-1].notes["router_counts_before"], counts_after, malformed,
+                                       final_ok(result.folder), records),
         "steps": [asdict(s) for s in steps],
     }
     _write(folder, summary, fault_markdown(summary))
     return summary
+
+
+def metrics_consistency(before: dict, after: dict, malformed: dict[str, list[int]], locust_ok: int,
+                        probes: list[Probe]) -> dict:
+    """Do the router's own counters agree with what the clients saw?
+
+    - every answer the router counted is one the clients received: answered == Locust's successful
+      requests + the probe's 200s (Locust sends no feedback in a drill, so its totals are all inferences);
+    - the errors by code the router counted while the malformed corpus was sent are exactly that corpus.
+    """
+    client_ok = locust_ok + sum(p.status == 200 for p in probes)
+    sent = Counter(code for codes in malformed.values() for code in codes)
+    counted = {code: after.get(f"errors_{code}", 0) - before.get(f"errors_{code}", 0) for code in sent}
+    return {
+        "router_answered": after.get("answered", 0), "clients_received_ok": client_ok,
+        "answered_match": after.get("answered", 0) == client_ok,
+        "malformed_sent_by_code": dict(sent), "router_errors_by_code_during_malformed": counted,
+        "errors_match": counted == dict(sent),
+    }
 
 
 def fault_markdown(s: dict) -> str:
@@ -403,6 +431,11 @@ def fault_markdown(s: dict) -> str:
     for name, m in s["malformed"].items():
         lines.append(f"| {name} | {m['statuses']} | {m['all_4xx']} |")
     lines.append(f"\nGood traffic failures while they were sent: {s['good_traffic_failures_during_malformed']}.")
+    m = s["metrics"]
+    lines.append(f"\nRouter metrics: {m['router_answered']:.0f} answers counted, {m['clients_received_ok']} received by "
+                 f"the clients (match: {m['answered_match']}); errors counted during the corpus "
+                 f"{m['router_errors_by_code_during_malformed']} for {m['malformed_sent_by_code']} sent "
+                 f"(match: {m['errors_match']}).")
     lines.append(f"\nLoad-test report: {s['loadtest_report']}")
     return "\n".join(lines) + "\n"
 
@@ -423,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     print((Path(summary["folder"]) / "drill.md").read_text())
     if known.drill == "rollout":
         return 0 if summary["failed_requests"] == 0 else 1
-    return 0 if summary["malformed_all_4xx"] and summary["no_request_hung"] else 1
+    ok = summary["malformed_all_4xx"] and summary["no_request_hung"] and summary["metrics"]["errors_match"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

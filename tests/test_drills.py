@@ -35,3 +35,7 @@ def test_fault_drill_fast_503s_recovery_and_malformed_corpus(tiny_onnx_dir, tmp_
     assert summary["malformed"]["oversize body"]["statuses"][0] == 413
     assert summary["malformed"]["unknown model"]["statuses"][0] == 404
     assert summary["good_traffic_failures_during_malformed"] == 0
+    metrics = summary["metrics"]
+    assert metrics["errors_match"], metrics  # the router counted exactly the malformed corpus: 25x 400, 5x 413, 5x 404
+    assert metrics["malformed_sent_by_code"] == {400: 25, 413: 5, 404: 5}
+    assert metrics["answered_match"], metrics
