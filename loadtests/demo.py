@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.cli import parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     cfg = parse_config(DemoConfig, argv, "python -m loadtests.demo", __doc__.split("\n\n")[0])
     summary = run_demo(cfg)
     print("\n" + format_summary(summary))

@@ -446,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.cli import build_parser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     parser = argparse.ArgumentParser(prog="python -m loadtests.drills", description=__doc__.split("\n\n")[0])
     parser.add_argument("drill", choices=["rollout", "fault"], help="which drill to run")
     known, rest = parser.parse_known_args(argv)
