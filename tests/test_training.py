@@ -138,3 +138,25 @@ def test_config_collects_every_problem():
     assert "lora_r" in str(e.value) and "batch_size" in str(e.value) and "learning_rate" in str(e.value)
     with pytest.raises(ConfigError, match=r"unknown training config key\(s\) \['lora_rank'\]"):
         TrainConfig.from_dict({"lora_rank": 4})
+
+
+def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
+    from training.cli import parse_config
+
+    (tmp_path / "train.yaml").write_text("name: fromfile\nlora_r: 16\ntarget-modules: query,key\ntime_budget_s: 60\n")
+    (tmp_path / "train.toml").write_text('name = "toml"\nlora_alpha = 8\n')
+    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "train.yaml"), "--lora-r", "4"], "t", "d")
+    assert (cfg.name, cfg.lora_r, cfg.target_modules, cfg.time_budget_s) == ("fromfile", 4, ("query", "key"), 60.0)
+    assert parse_config(TrainConfig, ["--config", str(tmp_path / "train.toml")], "t", "d").lora_alpha == 8
+    assert parse_config(TrainConfig, ["--max-steps", "none", "--no-overwrite"], "t", "d").max_steps is None
+    (tmp_path / "bad.yaml").write_text("lora_rank: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown training config key\(s\) \['lora_rank'\]"):
+        parse_config(TrainConfig, ["--config", str(tmp_path / "bad.yaml")], "t", "d")
+
+
+def test_training_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    from training.__main__ import main
+
+    code = main(["--runs-dir", str(tmp_path), "--data", str(tmp_path / "missing.csv")])
+    assert code == 2
+    assert "error: data file" in capsys.readouterr().err
