@@ -1,0 +1,174 @@
+"""What both drills share: settings, timed steps, Locust in the background, its per-second totals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from export.config import ExportConfig
+from export.contract import CONTRACT
+from loadtests.config import LoadTestConfig
+from loadtests.run import RunResult, run_loadtest
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "drill"
+
+
+@dataclass
+class DrillConfig:
+    """Settings shared by the drills."""
+
+    run: Path = Path("runs/demo")
+    """The run whose onnx/ folder (fp32 + int8, gated) is published during the drill."""
+    out_dir: Path = Path("reports")
+    """The drill's folder is OUT_DIR/DRILL-TIMESTAMP/."""
+    model_name: str = "sentiment"
+    """Triton model name in the drill's own, fresh model repository."""
+    rate: float = 20.0
+    """Open-loop load: requests per second (Poisson arrivals over 500 user ids)."""
+    step_s: float = 12.0
+    """Seconds each drill step lasts (>= 10 s: a step's P99 is Locust's 10-second window)."""
+    outage_s: float = 6.0
+    """Fault drill: seconds tritonserver stays down."""
+    timeout_s: float = 2.0
+    """The router's per-request timeout to Triton."""
+
+
+@dataclass
+class Step:
+    """One phase of a drill, between two wall-clock instants."""
+
+    name: str
+    start: float
+    end: float = 0.0
+    requests: int = 0
+    failures: int = 0
+    p99_ms: float | None = None
+    notes: dict = field(default_factory=dict)
+
+
+class Background:
+    """``run_loadtest`` in a thread, so the drill acts while the load runs."""
+
+    def __init__(self, cfg: LoadTestConfig):
+        self.cfg, self.result, self.error = cfg, None, None
+        self.thread = threading.Thread(target=self._run, name="locust", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = run_loadtest(self.cfg)
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def join(self) -> RunResult:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join()
+
+
+def history(folder: Path) -> list[dict]:
+    """Locust's per-second Aggregated rows: timestamp, total requests/failures, current-window P99."""
+    rows = []
+    with open(folder / "locust_stats_history.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["Name"] == "Aggregated":
+                rows.append({"t": float(r["Timestamp"]), "requests": int(r["Total Request Count"]),
+                             "failures": int(r["Total Failure Count"]),
+                             "p99_ms": None if r["99%"] in ("N/A", "") else float(r["99%"])})
+    return rows
+
+
+def final_ok(folder: Path) -> int:
+    """Successful requests in Locust's final totals (``locust_stats.csv``, Aggregated row)."""
+    with open(folder / "locust_stats.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    return int(row["Request Count"]) - int(row["Failure Count"])
+
+
+def fill_steps(steps: list[Step], rows: list[dict]) -> None:
+    """Requests and failures per step from the running totals; P99 from the last row of each step.
+
+    Locust stamps its per-second rows with whole seconds, so a step's boundaries are good to about a
+    second: steps should last several seconds.
+    """
+
+    def at(t: float) -> dict:
+        # a row is stamped with the whole second it was written in and counts everything up to then:
+        # take the last row of an earlier second, so events just after a boundary land in the next step
+        before = [r for r in rows if r["t"] <= t - 1.0]
+        return before[-1] if before else {"requests": 0, "failures": 0, "p99_ms": None}
+
+    for step in steps:
+        first, last = at(step.start), at(step.end)
+        step.requests = last["requests"] - first["requests"]
+        step.failures = last["failures"] - first["failures"]
+        step.p99_ms = last["p99_ms"]
+
+
+def load_config(cfg: DrillConfig, router: RouterProcess, triton: TritonServer, folder: Path, seconds: float) -> LoadTestConfig:
+    return LoadTestConfig(
+        host=router.url, target="router", experiment=EXPERIMENT, users=4, arrival_rate=cfg.rate,
+        user_population=500, run_time=f"{int(seconds)}s", texts=str(cfg.run / "merged" / "heldout.jsonl"),
+        feedback_fraction=0.0, request_timeout=cfg.timeout_s * 3, out_dir=str(folder),
+        triton_metrics_url=triton.metrics_url,
+    )
+
+
+def write_experiment(folder: Path, arms: list[tuple[str, str, float]], model: str, timeout_s: float, fallback: str | None) -> Path:
+    spec = {"name": EXPERIMENT, "timeout_s": timeout_s, "sticky": {"header": "X-User-Id"},
+            "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
+    if fallback:
+        spec["fallback"] = fallback
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def prepare(cfg: DrillConfig, kind: str) -> tuple[Path, ExportConfig]:
+    """The drill's folder, and the export settings that publish into its own fresh model repository."""
+    onnx_dir = cfg.run / "onnx"
+    if not (onnx_dir / CONTRACT.parity_file).is_file():
+        raise FileNotFoundError(f"{onnx_dir / CONTRACT.parity_file} does not exist; run `make export` (or "
+                                f"`python -m export --adapter {cfg.run / 'adapter'} --no-publish`) first")
+    folder = Path(cfg.out_dir) / f"{kind}-drill-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True)
+    export_cfg = ExportConfig(adapter=cfg.run / "adapter", runs_dir=cfg.run.parent,
+                              repository=folder / "model_repository", model_name=cfg.model_name)
+    return folder, export_cfg
+
+
+def run_steps(plan: list[tuple[str, Callable[[], dict | None]]], step_s: float) -> list[Step]:
+    """Do each step's action, then hold the load steady for ``step_s``; time every step."""
+    steps = []
+    for name, action in plan:
+        step = Step(name, time.time())
+        log.info("drill step: %s", name)
+        step.notes = action() or {}
+        time.sleep(max(0.0, step_s - (time.time() - step.start)))
+        step.end = time.time()
+        steps.append(step)
+    return steps
+
+
+def write_report(folder: Path, summary: dict, markdown: str) -> None:
+    (folder / "drill.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / "drill.md").write_text(markdown)
