@@ -51,7 +51,7 @@ class ProbeLoop:
         self.thread = threading.Thread(target=self._loop, name="probe", daemon=True)
 
     def _loop(self) -> None:
-        body = {"inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [1, 1], "data": [self.text]}]}
+        body = _infer_body(self.text)
         with httpx.Client(timeout=self.timeout) as client:
             n = 0
             while not self._stop.is_set():
@@ -84,6 +84,17 @@ MALFORMED: dict[str, tuple[str, bytes, dict]] = {
     "unknown model": ("no-such-experiment", json.dumps({"inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [1, 1], "data": ["ok"]}]}).encode(), {}),
 }
 """Name -> (route model name, body, headers): the corpus the fault drill sends during load."""
+
+
+def _infer_body(text: str) -> dict:
+    return {"inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [1, 1], "data": [text]}]}
+
+
+def _router_serves(url: str, text: str) -> bool:
+    try:
+        return httpx.post(f"{url}/v2/models/{EXPERIMENT}/infer", json=_infer_body(text), timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def router_counts(url: str) -> dict[str, float]:
@@ -122,7 +133,15 @@ def fault_drill(cfg: DrillConfig) -> dict:
             timeline["restart"] = time.time()
             triton.start()
             timeline["ready"] = time.time()
-            return {"outage_s": cfg.outage_s, "restart_to_ready_s": round(timeline["ready"] - timeline["restart"], 2)}
+            # the step lasts until the router answers again (it retries a downed upstream after a short
+            # back-off), plus a second, so the failures of the outage all belong to this step
+            deadline = time.time() + 30
+            while time.time() < deadline and not _router_serves(router.url, text):
+                time.sleep(0.05)
+            timeline["router_serving"] = time.time()
+            time.sleep(1.0)
+            return {"outage_s": cfg.outage_s, "restart_to_ready_s": round(timeline["ready"] - timeline["restart"], 2),
+                    "restart_to_router_serving_s": round(timeline["router_serving"] - timeline["restart"], 2)}
 
         def send_malformed() -> dict:
             timeline["malformed_before"] = time.time()
@@ -185,6 +204,7 @@ def metrics_consistency(before: dict, after: dict, malformed: dict[str, list[int
     return {
         "router_answered": after.get("answered", 0), "clients_received_ok": client_ok,
         "answered_match": after.get("answered", 0) == client_ok,
+        "answered_minus_received": after.get("answered", 0) - client_ok,
         "malformed_sent_by_code": dict(sent), "router_errors_by_code_during_malformed": counted,
         "errors_match": counted == dict(sent),
     }
