@@ -56,6 +56,46 @@ def _batches(examples: list[Example], batch_size: int, seed: int, dist: Dist):
         epoch += 1
 
 
+class _Progress:
+    """Validation history, the best weights so far (LoRA and head only), and evaluations since the best."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.best = {"accuracy": -1.0, "step": 0}
+        self.best_state = self._trainable(model)
+        self.history: list[dict] = []
+        self.stale = 0
+
+    @staticmethod
+    def _trainable(model: torch.nn.Module) -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
+
+    def record(self, model: torch.nn.Module, entry: dict) -> bool:
+        """Add an evaluation; keep the weights if it is the best so far. True when it improved."""
+        self.history.append(entry)
+        if entry["accuracy"] > self.best["accuracy"]:
+            self.best = {"accuracy": entry["accuracy"], "macro_f1": entry["macro_f1"], "step": entry["step"]}
+            self.best_state = self._trainable(model)
+            self.stale = 0
+            return True
+        self.stale += 1
+        return False
+
+
+def _step(forward, tokenizer, batch: list[Example], label_ids: dict[str, int], cfg: TrainConfig, params, optimizer,
+          scheduler, dist: Dist) -> float:
+    """One optimizer step on ``batch``; the loss averaged over all processes."""
+    enc = encode(tokenizer, [ex.text for ex in batch], cfg.max_length)
+    inputs = {k: torch.from_numpy(v) for k, v in enc.items()}
+    labels = torch.tensor([label_ids[ex.label] for ex in batch])
+    loss = forward(**inputs, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return dist.mean(loss.item())
+
+
 def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict) -> Path:
     """Write the adapter folder atomically: build it next to the target, then rename."""
     with atomic_folder(cfg.adapter_dir) as tmp:
@@ -100,11 +140,9 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
 
-    best = {"accuracy": -1.0, "step": 0}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
-    history: list[dict] = []
+    progress = _Progress(model)
     losses: list[float] = []
-    stale, seen, stop_reason = 0, 0, "completed"
+    seen, stop_reason = 0, "completed"
     started = time.monotonic()
     model.train()
     bar = tqdm(total=total_steps, unit="step", desc="train", mininterval=1.0 if sys.stderr.isatty() else 10.0, disable=not dist.is_main)
@@ -112,50 +150,34 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     step = 0
     for step in range(1, total_steps + 1):
         epoch, batch = next(batches)
-        enc = encode(tokenizer, [ex.text for ex in batch], cfg.max_length)
-        inputs = {k: torch.from_numpy(v) for k, v in enc.items()}
-        labels = torch.tensor([label_ids[ex.label] for ex in batch])
-        loss = forward(**inputs, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses.append(_step(forward, tokenizer, batch, label_ids, cfg, params, optimizer, scheduler, dist))
         seen += len(batch) * dist.world_size
-        step_loss = dist.mean(loss.item())
-        losses.append(step_loss)
         elapsed = time.monotonic() - started
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch, refresh=False)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch, refresh=False)
         out_of_time = dist.any(cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s)
         if step % cfg.eval_every == 0 or step == total_steps or out_of_time:
             val = _evaluate(model, tokenizer, validation, label_ids, cfg, dist)
-            history.append({"step": step, "epoch": epoch, "loss": step_loss, "elapsed_s": round(elapsed, 1), **val})
-            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f", step, step_loss, val["accuracy"], val["macro_f1"])
-            if val["accuracy"] > best["accuracy"]:
-                best = {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "step": step}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in best_state}
-                if dist.is_main:
-                    model.save_pretrained(cfg.run_dir / "checkpoints" / "best")
-                stale = 0
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    stop_reason = f"early stopping: no better validation accuracy in {cfg.patience} evaluations"
-                    break
+            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f", step, losses[-1], val["accuracy"], val["macro_f1"])
+            improved = progress.record(model, {"step": step, "epoch": epoch, "loss": losses[-1], "elapsed_s": round(elapsed, 1), **val})
+            if improved and dist.is_main:
+                model.save_pretrained(cfg.run_dir / "checkpoints" / "best")
+            if progress.stale >= cfg.patience:
+                stop_reason = f"early stopping: no better validation accuracy in {cfg.patience} evaluations"
+                break
         if out_of_time:
             stop_reason = f"time budget of {cfg.time_budget_s:.0f} s reached"
             break
     bar.close()
     train_seconds = time.monotonic() - started
-    model.load_state_dict(best_state, strict=False)
-    log.info("restored the best checkpoint (step %d); evaluating on %d test examples", best["step"], len(splits.test))
+    model.load_state_dict(progress.best_state, strict=False)
+    log.info("restored the best checkpoint (step %d); evaluating on %d test examples", progress.best["step"], len(splits.test))
     after = _evaluate(model, tokenizer, splits.test, label_ids, cfg, dist)
     window = max(1, min(20, len(losses) // 4))
     metrics = {
         "test_before": before,
         "test_after": after,
-        "best_validation": best,
+        "best_validation": progress.best,
         "steps": step,
         "stop_reason": stop_reason,
         "train_seconds": round(train_seconds, 1),
@@ -165,9 +187,9 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
         "train_loss_first": sum(losses[:window]) / window,
         "train_loss_last": sum(losses[-window:]) / window,
         "splits": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
-        "history": history,
+        "history": progress.history,
     }
     if dist.is_main:
         _write_adapter(model, tokenizer, splits, cfg, model_dir, metrics)
     dist.close()
-    return TrainResult(cfg.adapter_dir, metrics, history)
+    return TrainResult(cfg.adapter_dir, metrics, progress.history)
