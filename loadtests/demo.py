@@ -15,13 +15,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from export.config import ExportConfig
 from export.pipeline import run_export
 from loadtests.config import LoadTestConfig
 from loadtests.run import run_loadtest
-from serving.router.config import load_experiment
+from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.config import TrainConfig
@@ -56,20 +54,6 @@ class DemoConfig:
     """The demo's folder is OUT_DIR/demo-TIMESTAMP/ (the load-test report inside it)."""
 
 
-def experiment_spec(control_version: str, treatment_version: str, model_name: str) -> dict:
-    """The demo's experiment: fp32 control against int8 treatment, 50/50, sticky by X-User-Id."""
-    return {
-        "name": EXPERIMENT,
-        "timeout_s": 2.0,
-        "sticky": {"header": "X-User-Id"},
-        "arms": [
-            {"name": "control", "model": model_name, "version": control_version, "weight": 50},
-            {"name": "treatment", "model": model_name, "version": treatment_version, "weight": 50},
-        ],
-        "fallback": "control",
-    }
-
-
 def _step(n: int, text: str) -> None:
     log.info("[%d/5] %s", n, text)
 
@@ -95,10 +79,10 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     folder = Path(cfg.out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
-    experiment_file = folder / "experiment.yaml"
-    experiment_file.write_text(yaml.safe_dump(experiment_spec(versions["fp32"], versions["int8"], cfg.model_name),
-                                              sort_keys=False))
-    load_experiment(experiment_file)  # validate before starting anything
+    # control fp32, treatment int8, 50/50; validated before anything starts
+    experiment_file = write_experiment(folder / "experiment.yaml", EXPERIMENT,
+                                       [("control", versions["fp32"], 50), ("treatment", versions["int8"], 50)],
+                                       cfg.model_name, fallback="control")
 
     _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
     with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \

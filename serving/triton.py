@@ -30,13 +30,11 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from serving.errors import TritonNotFound, TritonStartError
-from serving.processes import stop_process_group
+from serving.processes import http_ok, stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +251,7 @@ class TritonServer:
     def is_ready(self, models: Sequence[str] = ()) -> bool:
         """The server (and each of ``models``) answers ready on HTTP."""
         paths = ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]
-        try:
-            for path in paths:
-                with urllib.request.urlopen(self.http_url + path, timeout=2) as response:
-                    if response.status != 200:
-                        return False
-        except (urllib.error.URLError, OSError):
-            return False
-        return True
+        return all(http_ok(self.http_url + path) for path in paths)
 
     def wait_ready(self, timeout: float | None = None, models: Sequence[str] | None = None) -> None:
         """Block until ready; raise TritonStartError with the log's tail if it exits or times out."""

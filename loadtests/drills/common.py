@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig
@@ -131,16 +129,6 @@ def load_config(cfg: DrillConfig, router: RouterProcess, triton: TritonServer, f
         feedback_fraction=0.0, request_timeout=cfg.timeout_s * 3, out_dir=str(folder),
         triton_metrics_url=triton.metrics_url,
     )
-
-
-def write_experiment(folder: Path, arms: list[tuple[str, str, float]], model: str, timeout_s: float, fallback: str | None) -> Path:
-    spec = {"name": EXPERIMENT, "timeout_s": timeout_s, "sticky": {"header": "X-User-Id"},
-            "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
-    if fallback:
-        spec["fallback"] = fallback
-    path = folder / "experiment.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 def prepare(cfg: DrillConfig, kind: str) -> tuple[Path, ExportConfig]:

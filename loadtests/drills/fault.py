@@ -25,9 +25,9 @@ from loadtests.drills.common import (
     load_config,
     prepare,
     run_steps,
-    write_experiment,
     write_report,
 )
+from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer, free_port
 
@@ -116,8 +116,8 @@ def fault_drill(cfg: DrillConfig) -> dict:
     folder, export_cfg = prepare(cfg, "fault")
     repository = export_cfg.repository
     version = publish(cfg.run / "onnx", "fp32", export_cfg).name
-    experiment = write_experiment(folder, [("control", version, 50), ("treatment", version, 50)], cfg.model_name,
-                             cfg.timeout_s, fallback="control")
+    experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("control", version, 50), ("treatment", version, 50)],
+                                  cfg.model_name, cfg.timeout_s, fallback="control")
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     text = "a fine, warm and funny film"
     timeline: dict[str, float] = {}

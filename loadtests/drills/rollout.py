@@ -20,10 +20,10 @@ from loadtests.drills.common import (
     load_config,
     prepare,
     run_steps,
-    write_experiment,
     write_report,
 )
 from serving.repository import ModelRepository
+from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 
@@ -33,8 +33,8 @@ def rollout_drill(cfg: DrillConfig) -> dict:
     folder, export_cfg = prepare(cfg, "rollout")
     repository = export_cfg.repository
     old = publish(cfg.run / "onnx", "fp32", export_cfg).name
-    experiment = write_experiment(folder, [("stable", old, 100), ("canary", str(int(old) + 1), 0)], cfg.model_name,
-                             cfg.timeout_s, fallback=None)
+    experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("stable", old, 100), ("canary", str(int(old) + 1), 0)],
+                                  cfg.model_name, cfg.timeout_s)
     token = secrets.token_urlsafe(16)
     (folder / "admin-token").write_text(token)
     n_steps = 6

@@ -325,3 +325,17 @@ class RouterConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
             raise ExperimentError(problems, "router config")
+
+
+def write_experiment(path: str | Path, name: str, arms: list[tuple[str, str, float]], model: str,
+                     timeout_s: float = 2.0, fallback: str | None = None, sticky_header: str = "X-User-Id") -> Path:
+    """Write a YAML experiment file, sticky by ``sticky_header``; ``arms`` are (arm name, model version,
+    weight) of ``model``, the first one the control. The file is read back, so an invalid spec raises here."""
+    spec: dict[str, Any] = {"name": name, "timeout_s": timeout_s, "sticky": {"header": sticky_header},
+                            "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
+    if fallback:
+        spec["fallback"] = fallback
+    path = Path(path)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    load_experiment(path)
+    return path
