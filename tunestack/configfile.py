@@ -1,0 +1,54 @@
+"""One loader for config files: YAML, TOML or JSON by the file's suffix, into a plain dict.
+
+    from tunestack.configfile import load_config_file
+
+    values = load_config_file("recipes/exp1.yaml")          # {"name": "exp1", "time_budget_s": 300, ...}
+
+Every error is a ``ConfigFileError`` (a ``ValueError``) that names the file and says what was wrong:
+a missing file, a syntax error (with the parser's line), or a top level that is not a mapping.
+``normalize_keys=True`` turns ``time-budget-s`` into ``time_budget_s`` so a file may spell keys as the
+flags do.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUFFIXES = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".json": "JSON"}
+"""File suffix -> format; any other suffix is read as YAML (which also reads JSON)."""
+
+
+class ConfigFileError(ValueError):
+    """A config file is missing, does not parse, or does not hold a mapping; the message names the file."""
+
+
+def parse_text(text: str, fmt: str, source: str) -> Any:
+    """``text`` parsed as ``fmt`` (YAML, TOML or JSON); ``source`` names it in errors."""
+    try:
+        if fmt == "TOML":
+            return tomllib.loads(text)
+        if fmt == "JSON":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigFileError(f"config file {source} is not valid {fmt}: {e}") from None
+
+
+def load_config_file(path: str | Path, *, normalize_keys: bool = False) -> dict[str, Any]:
+    """The mapping a YAML/TOML/JSON file holds (an empty file: ``{}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigFileError(f"config file {path} does not exist (expected a .yaml, .toml or .json file)")
+    data = parse_text(path.read_text(), SUFFIXES.get(path.suffix.lower(), "YAML"), str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    if normalize_keys:
+        data = {str(key).replace("-", "_"): value for key, value in data.items()}
+    return data
