@@ -10,7 +10,7 @@ COMMANDS = {
     "models": ("serving.triton_cli", "list / load / unload / rollback model versions on a running Triton"),
     "router": ("serving.router.cli", "run the A/B router in front of Triton"),
     "report": ("serving.router.cli", "print an experiment's statistical report from a running router"),
-    "k8s": ("serving.k8s", "render Kubernetes manifests (KServe/Triton, router + HPA, Locust) from the configs"),
+    "tune": ("serving.tune.cli", "search serving configs on the real tritonserver; publish the winner as a new version"),
 }
 
 

@@ -1,4 +1,4 @@
-"""``python -m serving k8s render``: manifests that validate offline and carry the configs' names, ports, weights."""
+"""``python -m deploy k8s render``: manifests that validate offline and carry the configs' names, ports, weights."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.k8s import KSERVE_SCHEMA, LIVE, READY, K8sError, kserve_validator, main, validate_manifest
+from deploy.cli import main
+from deploy.config import K8sError
+from deploy.validate import KSERVE_SCHEMA, LIVE, READY, kserve_validator, validate_manifest
 from serving.router.config import RouterConfig, experiment_from_dict, load_experiment
 from serving.router.state import TOKEN_ENV
 from serving.triton_cli import triton_parser
