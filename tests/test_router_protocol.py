@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.router.errors import BadRequest
-from serving.router.protocol import check_inputs, decode_body, labels_of, parse_request, tag_answer
+from serving.router.protocol import decode_body, labels_of, parse_request, tag_answer, validate
 from serving.router.upstream import Answer
 
 
@@ -57,9 +57,11 @@ def test_tritonclient_binary_request_parses():
     req = parse_request(body, str(json_size))
     assert req.input_names == [CONTRACT.input_text] and req.parameters["user_id"] == "u7"
     assert req.body == body and req.header_length == json_size
-    check_inputs(req, {"inputs": [{"name": CONTRACT.input_text}]})
+    assert req.tensors[0].count == 2 and req.tensors[0].shape == (2, 1)
+    text_meta = {"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [-1, 1]}
+    validate(req, {"inputs": [text_meta]})
     with pytest.raises(BadRequest, match=r"missing input\(s\) \['OTHER'\]"):
-        check_inputs(req, {"inputs": [{"name": CONTRACT.input_text}, {"name": "OTHER"}]})
+        validate(req, {"inputs": [text_meta, {"name": "OTHER", "datatype": "FP32", "shape": [-1]}]})
 
 
 @pytest.mark.parametrize("body, header_length, message", [
@@ -69,6 +71,17 @@ def test_tritonclient_binary_request_parses():
     (b'{"inputs": []}', None, "missing inputs"),
     (b'{"inputs": [{"name": "TEXT"}]}', None, "needs \\\"datatype\\\" and \\\"shape\\\""),
     (b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1]}]}', None, "has no \\\"data\\\""),
+    (b"[" * 100_000, None, "malformed JSON in the request body: depth limit exceeded"),
+    (b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": null}]}', None, "got null"),
+    (b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [-1], "data": ["x"]}]}', None, "shape[0] is -1"),
+    (b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [5]}]}', None, "takes strings"),
+    (b'{"id": 5, "inputs": []}', None, "id\\\" must be a string"),
+    (b'{"inputs": [{"name": "T", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "outputs": "L"}', None,
+     "must be a list of"),
+    (b'{"inputs": [{"name": "T", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4}}]}AB',
+     "101", "runs past the end of the body"),
+    (b'{"inputs": [{"name": "T", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}ABCDEFGH',
+     "100", "add up to 4"),
     (b'{"inputs": []}', "abc", "must be an integer"),
     (b'{"inputs": []}', "999", "outside the body"),
 ])

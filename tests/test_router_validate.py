@@ -19,7 +19,7 @@ def text(shape=(2, 1), count=2, name="TEXT", datatype="BYTES") -> TensorIn:
 
 
 def test_a_valid_request_passes_with_and_without_metadata():
-    check_request([text()], ["LABEL"], {"user_id": "u1", "n": 3, "f": 0.5, "b": True}, META)
+    check_request([text()], ["LABEL"], {"user_id": "u1", "n": 3, "b": True}, META)
     check_request([text(shape=(0, 1), count=0)], [], {}, META)
     check_request([text(name="ANYTHING")], ["WHATEVER"], {}, None)
 
@@ -39,6 +39,7 @@ def test_a_valid_request_passes_with_and_without_metadata():
     ([text()], ["LOGITS"], {}, "unknown requested output(s) ['LOGITS']"),
     ([text()], [], {"user_id": None}, "parameters['user_id'] is null"),
     ([text()], [], {"x": [1]}, "parameters['x'] is a JSON array"),
+    ([text()], [], {"x": 0.5}, "parameters['x'] is float 0.5; a parameter is a string, integer or boolean"),
     ([text()], [], [1, 2], "\"parameters\" must be a JSON object"),
 ])
 def test_invalid_requests_name_the_field(inputs, outputs, parameters, message):

@@ -12,8 +12,10 @@ The ``role`` parameter in ``config.pbtxt`` picks what an instance does:
 - ``postprocess`` (last step of that ensemble): logits -> PROBABILITIES, LABEL.
 
 Bad input (an empty text, bytes that are not UTF-8, a tensor that cannot be read) fails that request
-only, with ``pb_utils.TritonError``; the other requests of the batch are answered and the instance keeps
-running. A text longer than the trained ``max_length`` tokens is truncated, as in training.
+only, with ``pb_utils.TritonError(message, TritonError.INVALID_ARG)``, which Triton (2.51 included)
+answers as HTTP 400 / gRPC INVALID_ARGUMENT; the other requests of the batch are answered and the
+instance keeps running. Only a failed forward pass is INTERNAL (500). A text longer than the trained
+``max_length`` tokens is truncated, as in training.
 Outside Triton (tests, ``serving.bench``) ``TextClassifier`` runs the same code in-process.
 """
 
@@ -63,8 +65,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+MAX_PADDING = 0.25
+"""Length buckets: a bucket's padded tokens may exceed its real tokens by at most this fraction."""
+
+
+def length_buckets(lengths: list[int], max_padding: float | None = MAX_PADDING) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into buckets of similar length, shortest first.
+
+    Sorted by length, a bucket takes the next (longer) sequence while padding every member to it keeps
+    the padded tokens within ``(1 + max_padding)`` x the real ones, so a batch costs about what its
+    texts cost one by one, less the per-call overhead. ``None``: one bucket (pad to the longest).
+    """
+    if max_padding is None:
+        return [list(range(len(lengths)))] if lengths else []
+    buckets: list[list[int]] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        length = lengths[index]
+        if buckets and (len(buckets[-1]) + 1) * length <= (1.0 + max_padding) * (real + length):
+            buckets[-1].append(index)
+            real += length
+        else:
+            buckets.append([index])
+            real = length
+    return buckets
+
+
 class Tokenizer:
-    """The training tokenizer (``tokenizer.json``), truncating to the trained max length."""
+    """The training tokenizer (``tokenizer.json``, run by ``tokenizers`` directly), truncating to the
+    trained max length; padding is done per bucket by ``pad``."""
 
     def __init__(self, folder: Path, max_length: int):
         from tokenizers import Tokenizer as HFTokenizer
@@ -76,16 +105,29 @@ class Tokenizer:
         if config_file.exists():
             pad_token = json.loads(config_file.read_text()).get("pad_token") or pad_token
         pad_id = self.tokenizer.token_to_id(pad_token)
+        self.pad_id = 0 if pad_id is None else pad_id
         self.tokenizer.enable_truncation(max_length=int(max_length))
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad_token)
+        self.tokenizer.no_padding()
+
+    def encode(self, texts: list[str]) -> list:
+        """Unpadded encodings (``tokenizers.Encoding``), one per text."""
+        return self.tokenizer.encode_batch(texts)
+
+    def pad(self, encodings: list) -> dict[str, np.ndarray]:
+        """The model inputs of ``encodings``, right-padded to the longest of them."""
+        width = max(len(e.ids) for e in encodings)
+        features = {"input_ids": np.full((len(encodings), width), self.pad_id, dtype=np.int64),
+                    "attention_mask": np.zeros((len(encodings), width), dtype=np.int64),
+                    "token_type_ids": np.zeros((len(encodings), width), dtype=np.int64)}
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            features["input_ids"][row, :n] = encoding.ids
+            features["attention_mask"][row, :n] = encoding.attention_mask
+            features["token_type_ids"][row, :n] = encoding.type_ids
+        return features
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+        return self.pad(self.encode(texts))
 
 
 def read_settings(folder: Path) -> tuple[dict, list[str]]:
@@ -96,9 +138,13 @@ def read_settings(folder: Path) -> tuple[dict, list[str]]:
 
 
 class TextClassifier:
-    """Tokenizer + ONNX Runtime + softmax over one published version folder (in-process)."""
+    """Tokenizer + ONNX Runtime + softmax over one published version folder (in-process).
 
-    def __init__(self, folder: Path, intra_op_threads: int = 1):
+    A batch is ordered by length and run in length buckets (``length_buckets``), so padding never
+    makes a batch slower per text than its texts one by one; answers come back in request order.
+    """
+
+    def __init__(self, folder: Path, intra_op_threads: int = 1, max_padding: float | None = MAX_PADDING):
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -111,10 +157,16 @@ class TextClassifier:
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        self.max_padding = max_padding
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        features = self.tokenizer(texts)
-        return self.session.run([self.output_name], {n: features[n] for n in self.input_names})[0]
+        """Logits ``[len(texts), len(labels)]`` in the order of ``texts``, computed bucket by bucket."""
+        encodings = self.tokenizer.encode(texts)
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for bucket in length_buckets([len(e.ids) for e in encodings], self.max_padding):
+            features = self.tokenizer.pad([encodings[i] for i in bucket])
+            out[bucket] = self.session.run([self.output_name], {n: features[n] for n in self.input_names})[0]
+        return out
 
     def predict(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
         """Probabilities ``[len(texts), len(labels)]`` and the predicted label names."""
@@ -160,8 +212,8 @@ class TritonPythonModel:
             except RequestError as e:
                 responses[index] = self._error(str(e))
                 continue
-            except Exception as e:  # noqa: BLE001 - an unreadable request fails alone
-                responses[index] = self._error(f"cannot read the request: {type(e).__name__}: {e}", internal=True)
+            except Exception as e:  # noqa: BLE001 - an unreadable request fails alone, as the caller's error
+                responses[index] = self._error(f"cannot read the request: {type(e).__name__}: {e}")
                 continue
             batch.append((index, len(items), len(items) + len(values)))
             items.extend(values)

@@ -28,14 +28,7 @@ from export.contract import CONTRACT
 from serving.router import admin
 from serving.router.config import Experiment, RouterConfig
 from serving.router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, UpstreamError
-from serving.router.protocol import (
-    InferRequest,
-    check_inputs,
-    decode_body,
-    labels_of,
-    parse_request,
-    tag_answer,
-)
+from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
 from serving.router.state import RouterState, get_state
 from serving.router.upstream import Answer
 
@@ -43,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_ID = 256
 UNASSIGNED = "unassigned"  # the arm label of requests refused before an arm was chosen
+DRAIN_LIMIT = 64 << 20
+"""An oversize body is read and dropped up to this many bytes before the 413, so the client gets the answer
+instead of a connection reset (closing a socket with unread data makes the kernel send RST)."""
 
 
 def error_response(exc: RouterError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -50,16 +46,22 @@ def error_response(exc: RouterError, headers: dict[str, str] | None = None) -> J
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing anything over ``limit`` bytes without reading it all."""
+    """The request body; over ``limit`` bytes it is drained (not kept) and refused with a 413."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    too_large = declared.isdigit() and int(declared) > limit
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            too_large = True
+        if too_large:
+            if size > DRAIN_LIMIT:
+                break  # not worth reading on: answer, and let the connection close
+            continue
         chunks.append(chunk)
+    if too_large:
+        what = f"of {int(declared)} bytes " if declared.isdigit() else ""
+        raise PayloadTooLarge(f"request body {what}is over the limit of {limit} bytes (--max-body-bytes)")
     return b"".join(chunks)
 
 
@@ -76,7 +78,6 @@ async def forward(state: RouterState, exp: Experiment, arm: str, req: InferReque
     """Send ``req`` to ``arm``; on an upstream failure try the fallback arm. Returns (answer, arm served)."""
     upstream = state.upstream
     target = state.target(exp, arm)
-    check_inputs(req, upstream.cached_metadata(target))
     try:
         return await upstream.infer(target, req.body, req.header_length, exp.timeout_s), arm
     except UpstreamError as e:
@@ -143,10 +144,13 @@ async def infer(request: Request) -> Response:
         if key is None and exp.sticky.source:
             state.recorder.unkeyed()
         arm = assigner.assign(key, state.rng)
+        validate(req, await state.upstream.metadata_for_checks(state.target(exp, arm), min(1.0, exp.timeout_s)))
         answer, served = await forward(state, exp, arm, req)
         content, header_length, labels = tag_answer(answer, served, CONTRACT.output_label)
     except RouterError as e:
-        if not isinstance(e, UpstreamError):  # upstream failures were counted per arm in forward()
+        if e.status_code < 500:  # the caller's mistake: recorded apart, never against the arm
+            state.recorder.client_error(arm or UNASSIGNED, e.status_code)
+        elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in forward()
             state.recorder.error(arm or UNASSIGNED, e.status_code)
         headers = {"X-Request-Id": request_id or uuid.uuid4().hex}
         if arm:

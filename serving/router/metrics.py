@@ -43,6 +43,9 @@ class ArmRecord:
     """Recent latencies in seconds (a ``Window`` while recording, an array in a snapshot)."""
     requests: int = 0
     errors: Counter = field(default_factory=Counter)
+    """Server-side failures by code (503, 504, 500): what counts against the arm."""
+    client_errors: Counter = field(default_factory=Counter)
+    """The callers' mistakes by code (400, 413, ...): refused by the router or by Triton, not the arm's fault."""
     labels: Counter = field(default_factory=Counter)
     fallbacks_in: int = 0
     feedback_correct: int = 0
@@ -76,7 +79,9 @@ class Recorder:
         labels = ["experiment", "arm"]
         r = self.registry
         self.m_requests = PCounter("router_requests", "Requests answered, by the arm that served them", labels, registry=r)
-        self.m_errors = PCounter("router_errors", "Failed requests by arm and code (HTTP status)", labels + ["code"], registry=r)
+        self.m_errors = PCounter("router_errors", "Failed requests by arm, code (HTTP status) and kind: 'client' for "
+                                 "the caller's mistakes (4xx), 'server' for upstream failures (5xx)",
+                                 labels + ["code", "kind"], registry=r)
         self.m_latency = Histogram("router_request_latency_seconds", "Router-side latency of answered requests",
                                    labels, buckets=LATENCY_BUCKETS, registry=r)
         self.m_labels = PCounter("router_predicted_labels", "Predicted labels by arm", labels + ["label"], registry=r)
@@ -90,6 +95,14 @@ class Recorder:
         self.m_feedback = PCounter("router_feedback", "Feedback received, by arm and whether the prediction was right",
                                    labels + ["correct"], registry=r)
         self.m_inflight = Gauge("router_inflight_requests", "Inference requests in flight", ["experiment"], registry=r)
+        self.m_store_dropped = PCounter("router_store_dropped_records", "Records (answers, errors, shadow copies) "
+                                        "dropped because the store's buffer was full", ["experiment"], registry=r)
+        self.m_store_up = Gauge("router_store_up", "1 while the experiment store accepts this pod's writes",
+                                ["experiment"], registry=r)
+        self.m_store_buffered = Gauge("router_store_buffered_records", "Records waiting for the store's writer",
+                                      ["experiment"], registry=r)
+        self.sink = None
+        """The experiment store's ``RecordSink`` (``serving.router.store.sink``), or None: no store."""
 
     def _arm(self, name: str, table: dict[str, ArmRecord] | None = None) -> ArmRecord:
         table = self.arms if table is None else table
@@ -105,7 +118,12 @@ class Recorder:
     def unkeyed(self) -> None:
         self.m_unkeyed.labels(self.experiment).inc()
 
-    def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...]) -> None:
+    def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None = None,
+               assigned: str | None = None) -> None:
+        """An answered request; ``key`` (the sticky key) and ``assigned`` (its arm before any fallback) go
+        to the store only."""
+        if self.sink is not None:
+            self.sink.served(request_id, arm, latency_s, labels, key, assigned)
         with self._lock:
             rec = self._arm(arm)
             rec.requests += 1
@@ -122,9 +140,20 @@ class Recorder:
             self.m_labels.labels(self.experiment, arm, label).inc()
 
     def error(self, arm: str, code: int | str) -> None:
+        """A server-side failure (the upstream's or the router's): it counts against ``arm``."""
+        if self.sink is not None:
+            self.sink.error(arm, code)
         with self._lock:
             self._arm(arm).errors[str(code)] += 1
-        self.m_errors.labels(self.experiment, arm, str(code)).inc()
+        self.m_errors.labels(self.experiment, arm, str(code), "server").inc()
+
+    def client_error(self, arm: str, code: int | str) -> None:
+        """A request refused for the caller's mistake: recorded apart, never against ``arm``."""
+        if self.sink is not None:
+            self.sink.error(arm, code)
+        with self._lock:
+            self._arm(arm).client_errors[str(code)] += 1
+        self.m_errors.labels(self.experiment, arm, str(code), "client").inc()
 
     def fallback(self, from_arm: str, to_arm: str) -> None:
         with self._lock:
@@ -135,6 +164,10 @@ class Recorder:
                       primary: tuple[str, ...], labels: tuple[str, ...] | None) -> None:
         """A finished shadow copy: ``labels`` None means it failed."""
         outcome = "error" if labels is None else "ok"
+        if self.sink is not None:
+            agree = primary == labels if labels is not None and primary and len(primary) == len(labels) else None
+            self.sink.shadow(shadow, primary_arm, outcome, latency_s if labels is not None else None,
+                             labels or (), agree)
         with self._lock:
             rec = self._arm(shadow, self.shadow)
             if labels is None:
@@ -152,7 +185,9 @@ class Recorder:
         if latency_s is not None and labels is not None:
             self.m_shadow_latency.labels(self.experiment, shadow).observe(latency_s)
 
-    def shadow_dropped(self, shadow: str) -> None:
+    def shadow_dropped(self, shadow: str, primary_arm: str = "") -> None:
+        if self.sink is not None:
+            self.sink.shadow(shadow, primary_arm, "dropped", None, (), None)
         with self._lock:
             self._arm(shadow, self.shadow).shadow_dropped += 1
         self.m_shadow.labels(self.experiment, shadow, "dropped").inc()
@@ -176,10 +211,24 @@ class Recorder:
         self.m_feedback.labels(self.experiment, served.arm, str(correct).lower()).inc()
         return served.arm, correct
 
+    def lookup(self, request_id: str) -> Served | None:
+        """What this replica remembers of a request it served, or None."""
+        with self._lock:
+            return self._served.get(request_id)
+
+    def count_feedback(self, arm: str, correct: bool) -> None:
+        """Feedback the store accepted (for an answer of any replica): this pod's metric and window."""
+        with self._lock:
+            rec = self._arm(arm)
+            rec.feedback_total += 1
+            rec.feedback_correct += correct
+        self.m_feedback.labels(self.experiment, arm, str(correct).lower()).inc()
+
     def snapshot(self) -> dict[str, dict[str, ArmRecord]]:
         """A consistent copy of the report's data; in it ``latency`` is a plain array of the window."""
         with self._lock:
             def copy(table: dict[str, ArmRecord]) -> dict[str, ArmRecord]:
                 return {name: replace(rec, latency=rec.latency.values(), errors=Counter(rec.errors),
+                                      client_errors=Counter(rec.client_errors),
                                       labels=Counter(rec.labels)) for name, rec in table.items()}
             return {"arms": copy(self.arms), "shadow": copy(self.shadow)}

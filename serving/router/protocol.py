@@ -2,30 +2,36 @@
 
 Requests and answers are JSON, or a JSON header followed by raw tensor bytes (Triton's binary tensor
 extension, announced by the ``Inference-Header-Content-Length`` header; ``tritonclient.http`` uses it
-by default). The router forwards request bytes unchanged and only rewrites the answer's JSON header to
-add ``parameters.variant``; binary tensor data passes through untouched.
+by default). The router parses the JSON header with ``orjson`` (bounded nesting: deeper than 1024 levels
+is a 400), checks every input's structure, element types and binary lengths, then forwards the request
+bytes unchanged; it only rewrites the answer's JSON header to add ``parameters.variant``. Binary tensor
+data passes through untouched.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from serving.router.errors import BadRequest
 from serving.router.upstream import Answer
+from serving.router.validate import TensorIn, check_json_data, check_request, check_shape, count_binary
 
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A parsed v2 inference request: its JSON header, and the bytes to forward."""
+    """A parsed v2 inference request: its JSON header, what it carries, and the bytes to forward."""
 
     header: dict[str, Any]
     body: bytes
     header_length: int | None
+    tensors: tuple[TensorIn, ...]
+    outputs: tuple[str, ...]
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -34,7 +40,7 @@ class InferRequest:
 
     @property
     def input_names(self) -> list[str]:
-        return [i["name"] for i in self.header["inputs"]]
+        return [t.name for t in self.tensors]
 
 
 def decode_body(body: bytes, content_encoding: str | None) -> bytes:
@@ -46,58 +52,111 @@ def decode_body(body: bytes, content_encoding: str | None) -> bytes:
             return gzip.decompress(body)
         if content_encoding == "deflate":
             return zlib.decompress(body)
-    except (OSError, zlib.error) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise BadRequest(f"body is not valid {content_encoding} data: {e}") from None
     raise BadRequest(f"unsupported Content-Encoding {content_encoding!r}; expected gzip, deflate or none")
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse and check a v2 inference request; ``BadRequest`` says what is wrong."""
-    hl = None
-    if header_length is not None:
-        try:
-            hl = int(header_length)
-        except ValueError:
-            raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
-        if not 0 < hl <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {hl} is outside the body's {len(body)} bytes")
-    raw = body if hl is None else body[:hl]
+def _header_length(body: bytes, header_length: str | None) -> int | None:
+    if header_length is None:
+        return None
+    try:
+        hl = int(header_length)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {header_length!r:.40}") from None
+    if not 0 < hl <= len(body):
+        raise BadRequest(f"Inference-Header-Content-Length {hl} is outside the body's {len(body)} bytes")
+    return hl
+
+
+def _load_header(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("empty request body; expected a v2 inference request: {\"inputs\": [...]}")
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        header = orjson.loads(raw)  # nesting deeper than 1024 is a JSONDecodeError, not a RecursionError
+    except orjson.JSONDecodeError as e:
         raise BadRequest(f"malformed JSON in the request body: {e}") from None
     if not isinstance(header, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(header).__name__}")
+    if "id" in header and not isinstance(header["id"], str):
+        raise BadRequest(f"\"id\" must be a string, got {header['id']!r:.40}")
+    return header
+
+
+def _tensor(i: int, inp: Any, binary: memoryview, offset: int) -> tuple[TensorIn, int]:
+    """One entry of ``inputs``: its description and how many binary bytes it took."""
+    if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+        raise BadRequest(f"inputs[{i}] must be an object with a string \"name\", got {inp!r:.100}")
+    name, datatype = inp["name"], inp.get("datatype")
+    if not isinstance(datatype, str) or "shape" not in inp:
+        raise BadRequest(f"input {name!r} needs \"datatype\" and \"shape\"")
+    shape = check_shape(name, inp["shape"])
+    params = inp.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadRequest(f"input {name!r}: \"parameters\" must be a JSON object, got {params!r:.40}")
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in inp:
+            raise BadRequest(f"input {name!r} has no \"data\" (and no binary_data_size)")
+        return TensorIn(name, datatype, shape, check_json_data(name, datatype, shape, inp["data"])), 0
+    if "data" in inp:
+        raise BadRequest(f"input {name!r} has both \"data\" and binary_data_size; send one of them")
+    if type(size) is not int or size < 0:
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r:.40}")
+    if offset + size > len(binary):
+        raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                         f"({len(binary) - offset} binary bytes left)")
+    return TensorIn(name, datatype, shape, count_binary(name, datatype, binary[offset : offset + size])), size
+
+
+def _outputs(header: dict[str, Any]) -> tuple[str, ...]:
+    outputs = header.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise BadRequest(f"\"outputs\" must be a list of {{\"name\": ...}} objects, got {outputs!r:.80}")
+    names = []
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise BadRequest(f"outputs[{i}] must be an object with a string \"name\", got {out!r:.80}")
+        params = out.get("parameters", {})
+        if not isinstance(params, dict) or not all(isinstance(v, (str, int)) for v in params.values()):
+            raise BadRequest(f"outputs[{i}] ({out['name']!r}): \"parameters\" must be an object of strings, "
+                             f"integers or booleans, got {params!r:.80}")
+        names.append(out["name"])
+    return tuple(names)
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse a v2 inference request and check its structure and payload; ``BadRequest`` says what is wrong.
+
+    Checks against the model's metadata are ``check_request`` (``serving.router.validate``) with
+    ``request.tensors``, ``request.outputs`` and ``request.parameters``.
+    """
+    hl = _header_length(body, header_length)
+    header = _load_header(body if hl is None else body[:hl])
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("missing inputs: the request needs \"inputs\": [{\"name\", \"datatype\", \"shape\", \"data\"}]")
+    binary = memoryview(body)[hl:] if hl is not None else memoryview(b"")
+    tensors, offset = [], 0
     for i, inp in enumerate(inputs):
-        if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
-            raise BadRequest(f"inputs[{i}] must be an object with a \"name\", got {inp!r:.100}")
-        if not isinstance(inp.get("datatype"), str) or not isinstance(inp.get("shape"), list):
-            raise BadRequest(f"input {inp['name']!r} needs \"datatype\" and \"shape\"")
-        params = inp.get("parameters") if isinstance(inp.get("parameters"), dict) else {}
-        if "data" not in inp and "binary_data_size" not in params:
-            raise BadRequest(f"input {inp['name']!r} has no \"data\" (and no binary_data_size)")
-    return InferRequest(header, body, hl)
+        tensor, used = _tensor(i, inp, binary, offset)
+        tensors.append(tensor)
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(f"the body has {len(binary)} bytes after the JSON header but the inputs' "
+                         f"binary_data_size add up to {offset}")
+    return InferRequest(header, body, hl, tuple(tensors), _outputs(header))
 
 
-def check_inputs(request: InferRequest, metadata: dict | None) -> None:
-    """Reject a request that lacks an input the model declares (when its metadata is known)."""
-    if not metadata:
-        return
-    required = [i["name"] for i in metadata.get("inputs", []) if not i.get("optional")]
-    missing = [n for n in required if n not in request.input_names]
-    if missing:
-        raise BadRequest(f"missing input(s) {missing}; the model expects {required}, got {request.input_names}")
+def validate(request: InferRequest, metadata: dict | None) -> None:
+    """Check a parsed request against the arm's model metadata (``None``: not known yet)."""
+    check_request(request.tensors, request.outputs, request.header.get("parameters", {}), metadata)
 
 
 def _split(answer: Answer) -> tuple[dict[str, Any], bytes]:
     if answer.header_length is None:
-        return json.loads(answer.content), b""
-    return json.loads(answer.content[: answer.header_length]), answer.content[answer.header_length :]
+        return orjson.loads(answer.content), b""
+    return orjson.loads(answer.content[: answer.header_length]), answer.content[answer.header_length :]
 
 
 def _decode_bytes_tensor(buf: bytes) -> list[str]:
@@ -130,7 +189,7 @@ def tag_answer(answer: Answer, variant: str, label_output: str) -> tuple[bytes, 
     labels = answer_labels(header, binary, label_output)
     params = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
     header["parameters"] = {**params, "variant": variant}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)
     if answer.header_length is None:
         return head, None, labels
     return head + binary, len(head), labels

@@ -47,6 +47,7 @@ def _arm(rec: ArmRecord, share: float | None, alpha: float, resamples: int, rng:
     out = {
         "requests": rec.requests,
         "errors": dict(rec.errors),
+        "client_errors": dict(rec.client_errors),
         "fallbacks_in": rec.fallbacks_in,
         "latency_ms": _latency(np.asarray(rec.latency), alpha, resamples, rng),
         "labels": dict(sorted(rec.labels.items())),
@@ -148,14 +149,16 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Experiment `{r['experiment']}`", "",
              f"Generated {r['generated_at']}; {level:g} % confidence intervals; control: `{r['control']}`.", "",
              "## Arms", "",
-             "| arm | share | requests | errors | fallbacks in | mean ms | p50 ms | p95 ms | p99 ms | accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | share | requests | errors | client errors | fallbacks in | mean ms | p50 ms | p95 ms | p99 ms "
+             "| accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in r["arms"].items():
         lat = a["latency_ms"]
         errors = ", ".join(f"{k}: {v}" for k, v in a["errors"].items()) or "0"
+        client = ", ".join(f"{k}: {v}" for k, v in a.get("client_errors", {}).items()) or "0"
         share = f"{a['share']:.3f}" if "share" in a else "-"
         mean = f"{lat['mean']:.3f}" if "mean" in lat else "-"
-        lines.append(f"| {name} | {share} | {a['requests']} | {errors} | {a['fallbacks_in']} | {mean} | "
+        lines.append(f"| {name} | {share} | {a['requests']} | {errors} | {client} | {a['fallbacks_in']} | {mean} | "
                      f"{_iv(lat.get('p50'))} | {_iv(lat.get('p95'))} | {_iv(lat.get('p99'))} | {_iv(a['accuracy'])} |")
     lines += ["", "Predicted labels: " + "; ".join(
         f"{name}: " + (", ".join(f"{k} {v}" for k, v in a["labels"].items()) or "none") for name, a in r["arms"].items())]

@@ -6,6 +6,11 @@ overhead; aiohttp is already installed with ``tritonclient[all]``, whose asyncio
 whole-request deadline (connect + send + answer), so a hung Triton costs at most ``timeout_s``; after
 ``BREAKER_FAILURES`` consecutive failures an endpoint is skipped for ``BREAKER_COOLDOWN_S`` (requests
 fail fast, or go to the fallback arm), then tried again, so the router recovers by itself.
+
+Only the upstream's own failures count toward the breaker: transport errors, timeouts, 5xx answers and
+"model unavailable" 4xx answers. An answer that blames the request (any other 4xx, or a 5xx whose
+message says Triton could not parse the request) is ``UpstreamRejected``: passed on to the caller as
+a 4xx, and neither a failure nor a success for the breaker.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_S = 1.0
 # Triton answers 400 when the model itself is unavailable; that is the upstream's fault, not the caller's.
 _UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|no available version", re.I)
+# ... and 500 for some bodies it cannot parse ("Unable to parse 'data': ..."); those are the caller's fault.
+_BAD_CONTENT = re.compile(r"unable to parse|failed to parse|attempt to access JSON|incomplete string data", re.I)
 
 
 @dataclass(frozen=True)
@@ -134,14 +141,18 @@ class Upstream:
             self._record(target, ok=False)
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'connection failed'}") from None
         if status >= 400:
-            message = _error_message(content)
-            if status >= 500 or _UNAVAILABLE.search(message):
-                self._record(target, ok=False)
-                raise UpstreamError(f"{target} answered {status}: {message}")
-            self._record(target, ok=True)
-            raise UpstreamRejected(message, status)
+            raise self._classify(target, status, _error_message(content))
         self._record(target, ok=True)
         return Answer(content, int(hl) if hl is not None else None)
+
+    def _classify(self, target: Target, status: int, message: str) -> UpstreamError | UpstreamRejected:
+        """An error answer: the caller's (passed on as 4xx, the breaker untouched) or the upstream's."""
+        if status >= 500 and _BAD_CONTENT.search(message):
+            return UpstreamRejected(message, 400)
+        if status >= 500 or _UNAVAILABLE.search(message):
+            self._record(target, ok=False)
+            return UpstreamError(f"{target} answered {status}: {message}")
+        return UpstreamRejected(message, status)
 
     async def _get(self, target: Target, path: str, timeout_s: float) -> tuple[int, bytes]:
         async with asyncio.timeout(timeout_s):
@@ -173,6 +184,21 @@ class Upstream:
 
     def cached_metadata(self, target: Target) -> dict | None:
         return self._metadata.get(target)
+
+    async def metadata_for_checks(self, target: Target, timeout_s: float) -> dict | None:
+        """The metadata to validate a request with: cached, else fetched once; None while unknown.
+
+        Never raises and never waits on an endpoint whose breaker is open: the request itself will fail.
+        """
+        meta = self._metadata.get(target)
+        if meta is not None:
+            return meta
+        try:
+            self._check_breaker(target)
+            return await self.metadata(target, timeout_s)
+        except UpstreamError as e:
+            log.debug("no metadata for %s yet: %s", target, e)
+            return None
 
 
 def _error_message(content: bytes) -> str:

@@ -19,7 +19,8 @@ describe what arrived with ``TensorIn`` and call ``check_request``; both answer 
   checked where the payload is decoded; ``check_json_data`` does it for JSON ``data`` lists and
   ``count_binary`` for raw tensor bytes, so the gRPC side can reuse them for its ``contents`` and
   ``raw_input_contents``.
-* ``parameters`` are the request-level parameters as plain Python values (str, int, float, bool).
+* ``parameters`` are the request-level parameters as plain Python values: str, int or bool, the types
+  Triton accepts (it answers "parameter 'x' has invalid type" for anything else, floats included).
 
 Nothing here raises anything but ``BadRequest``, whatever the input.
 """
@@ -156,8 +157,8 @@ def _check_parameters(parameters: Any) -> None:
     if not isinstance(parameters, Mapping):
         raise BadRequest(f"\"parameters\" must be a JSON object, got {_kind(parameters)}")
     for key, value in parameters.items():
-        if not isinstance(value, (str, bool, int, float)):
-            raise BadRequest(f"parameters[{key!r}] is {_kind(value)}; a parameter is a string, number or boolean")
+        if not isinstance(value, (str, bool, int)):
+            raise BadRequest(f"parameters[{key!r}] is {_kind(value)}; a parameter is a string, integer or boolean")
 
 
 def _check_tensor(t: TensorIn, declared: dict | None) -> None:
@@ -166,7 +167,7 @@ def _check_tensor(t: TensorIn, declared: dict | None) -> None:
     shape = check_shape(t.name, t.shape)
     if math.prod(shape) != t.count:
         raise BadRequest(f"input {t.name!r}: shape {list(shape)} holds {math.prod(shape)} elements but "
-                         f"{t.count} were sent")
+                         f"{t.count} were sent" if t.count != 1 else f"1 was sent")
     if declared is None:
         return
     if t.datatype != declared.get("datatype"):
