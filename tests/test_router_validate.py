@@ -31,7 +31,7 @@ def test_a_valid_request_passes_with_and_without_metadata():
     ([text(datatype="FP32")], [], {}, "datatype FP32 does not match the model's BYTES"),
     ([text(datatype="STRING")], [], {}, "unknown datatype 'STRING'"),
     ([text(shape=(2, -1))], [], {}, "shape[1] is -1; expected a non-negative integer"),
-    ([text(shape=(2, 1), count=3)], [], {}, "holds 2 elements but 3 were sent"),
+    ([text(shape=(2, 1), count=3)], [], {}, "holds 2 elements but the request carries 3"),
     ([text(shape=(2,), count=2)], [], {}, "does not match the model's [-1, 1]"),
     ([text(shape=(1, 2), count=2)], [], {}, "does not match the model's [-1, 1]"),
     ([text(shape=(1 << 20, 1 << 20), count=0)], [], {}, "at most"),

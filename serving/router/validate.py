@@ -167,7 +167,7 @@ def _check_tensor(t: TensorIn, declared: dict | None) -> None:
     shape = check_shape(t.name, t.shape)
     if math.prod(shape) != t.count:
         raise BadRequest(f"input {t.name!r}: shape {list(shape)} holds {math.prod(shape)} elements but "
-                         f"{t.count} were sent" if t.count != 1 else f"1 was sent")
+                         f"the request carries {t.count}")
     if declared is None:
         return
     if t.datatype != declared.get("datatype"):
