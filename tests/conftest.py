@@ -17,6 +17,16 @@ from training.train import train
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
+def pytest_configure(config):
+    """Experiment tracking is off in tests (and the processes they start) unless a test turns it on."""
+    import os
+
+    from training.tracking import SWITCH_ENV
+
+    os.environ[SWITCH_ENV] = "off"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def make_tiny_bert(path: Path, seed: int = 0) -> Path:
     """A 2-layer, 32-wide random BERT with the bundled MiniLM's tokenizer: loads in milliseconds."""
     import torch

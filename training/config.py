@@ -8,16 +8,32 @@ from typing import Any
 
 from training.cli import config_from_dict, config_to_dict
 from training.errors import ConfigError
+from training.methods import METHODS, check_method
+
+SCHEDULES = ("linear", "cosine", "constant")
+"""Learning-rate decay shapes after warm-up (transformers' ``get_scheduler`` names)."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Training precisions: fp32, or autocast to bf16 / fp16."""
+STOP_METRICS = ("accuracy", "macro_f1", "val_loss")
+"""Validation metrics early stopping can watch (val_loss goes down, the others up)."""
 
 
 @dataclass
 class TrainConfig:
-    """LoRA fine-tuning of a sequence classifier. Output: ``runs/NAME/adapter/``."""
+    """Fine-tuning of a sequence classifier (LoRA by default). Output: ``runs/NAME/adapter/``.
+
+    peft methods write an adapter there; ``full`` and ``freeze`` write the whole fine-tuned model there
+    (``config.json`` + ``model.safetensors``). ``training_config.json`` beside it records the method.
+    """
 
     name: str = "demo"
     """Run name: everything is written under runs_dir/NAME/."""
     runs_dir: Path = Path("runs")
     """Folder holding the runs."""
+    method: str = "lora"
+    """lora | full | freeze | ia3 | loha (prompt/prefix tuning are refused: they cannot merge into ONNX)."""
+    freeze_layers: int = 3
+    """freeze: the embeddings plus this many bottom transformer blocks stay frozen (at most the model's depth)."""
     model: Path | None = None
     """Local Hugging Face model folder; None: the bundled all-MiniLM-L6-v2 (BERT)."""
     data: Path | None = None
@@ -46,10 +62,32 @@ class TrainConfig:
     """Dropout on the LoRA branch."""
     target_modules: tuple[str, ...] = ()
     """Modules that get LoRA adapters; empty: the per-architecture default (BERT: query,value)."""
-    learning_rate: float = 1e-3
-    """Peak learning rate (linear warm-up over 5 % of the steps, then linear decay)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
+    learning_rate: float | None = None
+    """Peak learning rate; None: the method's default (lora/loha 1e-3, ia3 5e-3, full 5e-5, freeze 1e-4)."""
+    lr_schedule: str = "linear"
+    """Decay after warm-up: linear | cosine | constant."""
+    warmup_ratio: float = 0.05
+    """Fraction of the optimizer steps spent warming the learning rate up from 0."""
+    layerwise_lr_decay: float = 1.0
+    """Layer-wise LR decay: block i of L gets lr * decay^(L - i), the embeddings lr * decay^(L + 1); 1.0: off."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the training cross-entropy (0: none)."""
+    gradient_accumulation_steps: int = 1
+    """Batches whose gradients add up before each optimizer step (effective batch = batch_size * this)."""
+    precision: str = "fp32"
+    """fp32 | bf16 (autocast; CPU or CUDA with bf16) | fp16 (CUDA only, with a GradScaler)."""
+    allow_precision_fallback: bool = False
+    """If the hardware lacks the asked precision, train in fp32 with a warning instead of refusing."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    early_stopping_metric: str = "accuracy"
+    """Validation metric for early stopping and the best checkpoint: accuracy | macro_f1 | val_loss."""
+    clean_text: bool = False
+    """Strip HTML tags and entities and normalize whitespace before de-duplicating (counts in metrics.json)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else the local store sqlite:///mlruns/mlflow.db; off: no tracking."""
     batch_size: int = 16
     """Training batch size."""
     eval_batch_size: int = 64
@@ -63,7 +101,7 @@ class TrainConfig:
     eval_max_examples: int | None = 512
     """Periodic evaluations use at most this many validation examples (None: all)."""
     patience: int = 3
-    """Early stopping: stop after this many evaluations without a better validation accuracy."""
+    """Early stopping: stop after this many evaluations without a better early_stopping_metric."""
     time_budget_s: float | None = None
     """Wall-clock budget for the training loop in seconds (None: no budget)."""
     seed: int = 42
@@ -94,7 +132,22 @@ class TrainConfig:
             problems.append("validation_fraction is 0 and no validation_data is given: early stopping needs a validation split")
         if self.test_data is None and self.test_fraction == 0:
             problems.append("test_fraction is 0 and no test_data is given: metrics need a test split")
-        for name in ("max_length", "lora_r", "batch_size", "eval_batch_size", "eval_every", "patience"):
+        problems += check_method(self.method)
+        choices = {"lr_schedule": SCHEDULES, "precision": PRECISIONS, "early_stopping_metric": STOP_METRICS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"unknown {name} {getattr(self, name)!r}; expected one of: {', '.join(allowed)}")
+        for name in ("warmup_ratio", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            problems.append(f"layerwise_lr_decay must lie in (0, 1] (1.0: off), got {self.layerwise_lr_decay}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.freeze_layers < 0:
+            problems.append(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        for name in ("max_length", "lora_r", "batch_size", "eval_batch_size", "eval_every", "patience",
+                     "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_examples", "max_steps", "eval_max_examples", "threads"):
@@ -105,7 +158,7 @@ class TrainConfig:
             problems.append(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.epochs <= 0:
             problems.append(f"epochs must be > 0, got {self.epochs}")
@@ -113,6 +166,11 @@ class TrainConfig:
             problems.append(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
         if problems:
             raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate: the one given, or the method's default."""
+        return self.learning_rate if self.learning_rate is not None else METHODS[self.method].default_learning_rate
 
     @property
     def run_dir(self) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.bundled import bundled_data_file
+from training.clean import CleaningReport, clean_text
 from training.config import TrainConfig
 from training.errors import DataError
 
@@ -34,6 +35,8 @@ class Splits:
     test: list[Example]
     labels: list[str]
     """Sorted label names: index i is class id i."""
+    cleaning: dict | None = None
+    """What ``--clean-text`` did (``CleaningReport`` counts); None when it was off."""
 
     def summary(self) -> str:
         return f"{len(self.train)} train / {len(self.validation)} validation / {len(self.test)} test, labels {self.labels}"
@@ -102,6 +105,23 @@ def dedupe(examples: list[Example]) -> list[Example]:
     return out
 
 
+def clean_examples(examples: list[Example]) -> tuple[list[Example], CleaningReport]:
+    """Clean every text, drop the ones left empty, then de-duplicate; count each step."""
+    report = CleaningReport(texts_in=len(examples))
+    cleaned = []
+    for ex in examples:
+        text = clean_text(ex.text, report)
+        if text:
+            cleaned.append(Example(text, ex.label))
+        else:
+            report.emptied_and_dropped += 1
+    out = dedupe(cleaned)
+    report.duplicates_dropped = len(cleaned) - len(out)
+    report.texts_out = len(out)
+    log.info("text cleaning: %s", report.to_dict())
+    return out, report
+
+
 def stratified_split(
     examples: list[Example], fractions: tuple[float, ...], seed: int
 ) -> list[list[Example]]:
@@ -128,7 +148,13 @@ def stratified_split(
 def load_splits(cfg: TrainConfig) -> Splits:
     """Read, dedupe, sample and split the data set; check the labels fit a classifier."""
     source = cfg.data or "bundled Rotten Tomatoes reviews"
-    examples = dedupe(read_bundled() if cfg.data is None else read_file(cfg.data, cfg.text_column, cfg.label_column))
+    examples = read_bundled() if cfg.data is None else read_file(cfg.data, cfg.text_column, cfg.label_column)
+    cleaning = None
+    if cfg.clean_text:
+        examples, report = clean_examples(examples)
+        cleaning = report.to_dict()
+    else:
+        examples = dedupe(examples)
     if cfg.max_examples is not None and len(examples) > cfg.max_examples:
         examples = stratified_split(examples, (cfg.max_examples / len(examples),), cfg.seed)[1]
     fractions = (
@@ -151,7 +177,7 @@ def load_splits(cfg: TrainConfig) -> Splits:
             raise DataError(
                 f"label(s) {unseen} appear in the {split_name} split but never in training (training labels: {labels})"
             )
-    return Splits(train, validation, test, labels)
+    return Splits(train, validation, test, labels, cleaning)
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:

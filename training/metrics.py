@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from scipy.special import log_softmax
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from transformers import PreTrainedTokenizerBase
 
 
@@ -17,6 +18,21 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_label
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_labels)), zero_division=0)),
         "examples": len(y_true),
     }
+
+
+def logit_metrics(y_true: Sequence[int], logits: np.ndarray, labels: Sequence[str]) -> dict:
+    """``classification_metrics`` plus the mean cross-entropy (``loss``), per-class F1 and, for two
+    classes, ROC-AUC of the second class's score (None when the labels hold a single class)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    n = len(labels)
+    metrics: dict = classification_metrics(y, logits.argmax(-1), n)
+    log_probs = log_softmax(logits.astype(np.float64), axis=-1)
+    metrics["loss"] = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+    per_class = f1_score(y, logits.argmax(-1), average=None, labels=list(range(n)), zero_division=0)
+    metrics["per_class_f1"] = {name: float(f) for name, f in zip(labels, per_class, strict=True)}
+    binary = n == 2 and len(set(y.tolist())) == 2
+    metrics["auc"] = float(roc_auc_score(y, log_probs[:, 1] - log_probs[:, 0])) if binary else None
+    return metrics
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
@@ -32,7 +48,8 @@ def torch_logits(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, tex
     out = []
     for start in range(0, len(texts), batch_size):
         batch = encode(tokenizer, texts[start : start + batch_size], max_length)
-        out.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
+        device = next(model.parameters()).device
+        out.append(model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 

@@ -1,4 +1,4 @@
-"""The training loop: LoRA fine-tuning with periodic evaluation, early stopping and a time budget."""
+"""The training loop: any method of ``training.methods`` with periodic evaluation, early stopping and a time budget."""
 
 from __future__ import annotations
 
@@ -12,36 +12,44 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup, set_seed
+from transformers import set_seed
 
+from training import tracking
 from training.config import TrainConfig
 from training.data import Example, Splits, load_splits, write_jsonl
 from training.distributed import Dist
 from training.errors import ConfigError
 from training.files import atomic_folder
-from training.metrics import classification_metrics, encode, torch_logits
-from training.model import add_lora, load_classifier, load_tokenizer, resolve_model_dir
+from training.methods import count_parameters, model_depth, prepare
+from training.metrics import encode, logit_metrics, torch_logits
+from training.model import load_classifier, load_tokenizer, resolve_model_dir
+from training.optim import Precision, make_optimizer
+from training.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced: where the adapter is and how well it does."""
+    """What a training run produced: where the adapter (or full model) is and how well it does."""
 
     adapter_dir: Path
     metrics: dict
     history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+    """The MLflow run id of this training run (None when tracking is off)."""
 
 
-def _evaluate(model, tokenizer, examples: list[Example], label_ids: dict[str, int], cfg: TrainConfig, dist: Dist) -> dict:
+def _evaluate(model, tokenizer, examples: list[Example], labels: list[str], cfg: TrainConfig, dist: Dist) -> dict:
     """Metrics over ``examples``; each process predicts its share, the predictions are gathered."""
     mine = examples[dist.rank :: dist.world_size]
     logits = torch_logits(model, tokenizer, [ex.text for ex in mine], cfg.max_length, cfg.eval_batch_size)
-    pairs = dist.gather([(label_ids[ex.label], int(p)) for ex, p in zip(mine, logits.argmax(-1).tolist(), strict=True)])
-    return classification_metrics([t for t, _ in pairs], [p for _, p in pairs], len(label_ids))
+    pairs = dist.gather([(labels.index(ex.label), row.tolist()) for ex, row in zip(mine, logits, strict=True)])
+    return logit_metrics([t for t, _ in pairs], np.asarray([r for _, r in pairs], dtype=np.float32), labels)
 
 
 def _batches(examples: list[Example], batch_size: int, seed: int, dist: Dist):
@@ -56,61 +64,73 @@ def _batches(examples: list[Example], batch_size: int, seed: int, dist: Dist):
         epoch += 1
 
 
-class _Progress:
-    """Validation history, the best weights so far (LoRA and head only), and evaluations since the best."""
+@dataclass
+class _Step:
+    """Everything one optimizer step uses besides the batches."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.best = {"accuracy": -1.0, "step": 0}
-        self.best_state = self._trainable(model)
-        self.history: list[dict] = []
-        self.stale = 0
+    forward: torch.nn.Module
+    tokenizer: object
+    label_ids: dict[str, int]
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    precision: Precision
+    scaler: torch.amp.GradScaler
 
-    @staticmethod
-    def _trainable(model: torch.nn.Module) -> dict:
-        return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k or "modules_to_save" in k}
-
-    def record(self, model: torch.nn.Module, entry: dict) -> bool:
-        """Add an evaluation; keep the weights if it is the best so far. True when it improved."""
-        self.history.append(entry)
-        if entry["accuracy"] > self.best["accuracy"]:
-            self.best = {"accuracy": entry["accuracy"], "macro_f1": entry["macro_f1"], "step": entry["step"]}
-            self.best_state = self._trainable(model)
-            self.stale = 0
-            return True
-        self.stale += 1
-        return False
-
-
-def _step(forward, tokenizer, batch: list[Example], label_ids: dict[str, int], cfg: TrainConfig, params, optimizer,
-          scheduler, dist: Dist) -> float:
-    """One optimizer step on ``batch``; the loss averaged over all processes."""
-    enc = encode(tokenizer, [ex.text for ex in batch], cfg.max_length)
-    inputs = {k: torch.from_numpy(v) for k, v in enc.items()}
-    labels = torch.tensor([label_ids[ex.label] for ex in batch])
-    loss = forward(**inputs, labels=labels).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return dist.mean(loss.item())
+    def run(self, micro_batches: list[list[Example]], cfg: TrainConfig, dist: Dist) -> float:
+        """Accumulate gradients over ``micro_batches``, then one (scaled, clipped) optimizer step."""
+        total = 0.0
+        for batch in micro_batches:
+            enc = encode(self.tokenizer, [ex.text for ex in batch], cfg.max_length)
+            inputs = {k: torch.from_numpy(v).to(self.precision.device) for k, v in enc.items()}
+            labels = torch.tensor([self.label_ids[ex.label] for ex in batch], device=self.precision.device)
+            with self.precision.autocast():
+                logits = self.forward(**inputs).logits
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing) / len(micro_batches)
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return dist.mean(total)
 
 
-def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict) -> Path:
-    """Write the adapter folder atomically: build it next to the target, then rename."""
+def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict, run_id: str | None) -> Path:
+    """Write the adapter (or full model) folder atomically: build it next to the target, then rename."""
     with atomic_folder(cfg.adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "label_map.json").write_text(json.dumps({"labels": splits.labels}, indent=2))
-        resolved = cfg.to_dict() | {"model": str(model_dir.resolve()), "labels": splits.labels}
+        resolved = cfg.to_dict() | {"model": str(model_dir.resolve()), "labels": splits.labels, "learning_rate": cfg.lr}
         (tmp / "training_config.json").write_text(json.dumps(resolved, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_jsonl(tmp / "heldout.jsonl", splits.test)
+        tracking.write_link(tmp, run_id, tracking.resolve_uri(cfg.tracking_uri))
     return cfg.adapter_dir
 
 
+def _check_before_training(cfg: TrainConfig, model_dir: Path, device: torch.device) -> Precision:
+    """The checks that need the model or the hardware, done before any data or weights load."""
+    if cfg.method == "freeze":
+        depth = model_depth(model_dir)
+        if cfg.freeze_layers > depth:
+            raise ConfigError(f"freeze_layers {cfg.freeze_layers} is beyond the depth of {model_dir} "
+                              f"({depth} layers); expected 0..{depth}")
+    return Precision.resolve(cfg, device)
+
+
+def _build(cfg: TrainConfig, model_dir: Path, splits: Splits, tokenizer, device: torch.device) -> torch.nn.Module:
+    model = load_classifier(model_dir, splits.labels, tokenizer.pad_token_id)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare(model, model_dir, cfg).to(device)
+
+
 def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
-    """Fine-tune ``cfg.model`` with LoRA on ``cfg.data``; write ``runs/NAME/adapter/``.
+    """Fine-tune ``cfg.model`` with ``cfg.method`` on ``cfg.data``; write ``runs/NAME/adapter/``.
 
     Under torchrun (``dist`` from ``Dist.from_env()``) every process trains on its share of each
     epoch with gradients averaged (DDP), evaluations are gathered from all ranks, the early-stopping
@@ -119,77 +139,88 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     dist = dist or Dist()
     if cfg.adapter_dir.exists() and not cfg.overwrite:
         raise ConfigError(f"{cfg.adapter_dir} already exists; pass --overwrite to replace it, or choose another --name")
+    device = torch.device("cuda" if torch.cuda.is_available() and not dist.enabled else "cpu")
+    model_dir = resolve_model_dir(cfg.model)
+    precision = _check_before_training(cfg, model_dir, device)
     if cfg.threads or dist.enabled:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
     dist.start()
     set_seed(cfg.seed)
     splits = load_splits(cfg)
     log.info("data: %s", splits.summary())
-    model_dir = resolve_model_dir(cfg.model)
     tokenizer = load_tokenizer(model_dir)
-    label_ids = {label: i for i, label in enumerate(splits.labels)}
-    model = add_lora(load_classifier(model_dir, splits.labels, tokenizer.pad_token_id), model_dir, cfg)
-    forward = dist.wrap(model)  # DDP averages the gradients across processes
+    model = _build(cfg, model_dir, splits, tokenizer, device)
     validation = splits.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else splits.validation
-
     log.info("evaluating the untuned model on %d test examples", len(splits.test))
-    before = _evaluate(model, tokenizer, splits.test, label_ids, cfg, dist)
-    steps_per_epoch = math.ceil(len(splits.train) / (cfg.batch_size * dist.world_size))
+    before = _evaluate(model, tokenizer, splits.test, splits.labels, cfg, dist)
+    steps_per_epoch = math.ceil(len(splits.train) / (cfg.batch_size * cfg.gradient_accumulation_steps * dist.world_size))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+    optimizer, scheduler = make_optimizer(model, cfg, model_depth(model_dir), total_steps)
+    step_fn = _Step(dist.wrap(model), tokenizer, {label: i for i, label in enumerate(splits.labels)},
+                    [p for p in model.parameters() if p.requires_grad], optimizer, scheduler, precision, precision.scaler())
+    progress, losses, loop = _loop(model, step_fn, splits, validation, tokenizer, cfg, dist, total_steps)
+    model.load_state_dict(progress.best_state, strict=False)
+    log.info("restored the best checkpoint (step %d); evaluating on %d test examples", progress.best["step"], len(splits.test))
+    after = _evaluate(model, tokenizer, splits.test, splits.labels, cfg, dist)
+    window = max(1, min(20, len(losses) // 4))
+    metrics = {
+        "method": cfg.method, "precision": precision.name, "learning_rate": cfg.lr,
+        "test_before": before, "test_after": after, "best_validation": progress.best,
+        **loop,
+        "trainable_parameters": count_parameters(model)[0], "total_parameters": count_parameters(model)[1],
+        "processes": dist.world_size,
+        "train_loss_first": sum(losses[:window]) / window, "train_loss_last": sum(losses[-window:]) / window,
+        "splits": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "cleaning": splits.cleaning,
+        "history": progress.history,
+    }
+    run_id = None
+    if dist.is_main:
+        run_id = tracking.log_run("training", cfg.name, params=cfg.to_dict() | {"learning_rate": cfg.lr},
+                                  metrics={k: v for k, v in metrics.items() if k != "history"},
+                                  series=progress.history, documents={"metrics.json": metrics}, uri=cfg.tracking_uri)
+        _write_adapter(model, tokenizer, splits, cfg, model_dir, metrics, run_id)
+    dist.close()
+    return TrainResult(cfg.adapter_dir, metrics, progress.history, run_id)
 
-    progress = _Progress(model)
+
+def _loop(model, step_fn: _Step, splits: Splits, validation, tokenizer, cfg: TrainConfig, dist: Dist, total_steps: int):
+    """Optimizer steps with periodic evaluation until done, early-stopped or out of time."""
+    progress = Progress(model, cfg.early_stopping_metric)
     losses: list[float] = []
-    seen, stop_reason = 0, "completed"
+    seen, stop_reason, step = 0, "completed", 0
     started = time.monotonic()
     model.train()
-    bar = tqdm(total=total_steps, unit="step", desc="train", mininterval=1.0 if sys.stderr.isatty() else 10.0, disable=not dist.is_main)
+    bar = tqdm(total=total_steps, unit="step", desc=f"train {cfg.method}", mininterval=1.0 if sys.stderr.isatty() else 10.0,
+               disable=not dist.is_main)
     batches = _batches(splits.train, cfg.batch_size, cfg.seed, dist)
-    step = 0
     for step in range(1, total_steps + 1):
-        epoch, batch = next(batches)
-        losses.append(_step(forward, tokenizer, batch, label_ids, cfg, params, optimizer, scheduler, dist))
-        seen += len(batch) * dist.world_size
+        micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+        losses.append(step_fn.run([b for _, b in micro], cfg, dist))
+        seen += sum(len(b) for _, b in micro) * dist.world_size
         elapsed = time.monotonic() - started
+        epoch = micro[-1][0]
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch, refresh=False)
         out_of_time = dist.any(cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s)
         if step % cfg.eval_every == 0 or step == total_steps or out_of_time:
-            val = _evaluate(model, tokenizer, validation, label_ids, cfg, dist)
-            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f", step, losses[-1], val["accuracy"], val["macro_f1"])
-            improved = progress.record(model, {"step": step, "epoch": epoch, "loss": losses[-1], "elapsed_s": round(elapsed, 1), **val})
-            if improved and dist.is_main:
+            val = _evaluate(model, tokenizer, validation, splits.labels, cfg, dist)
+            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f, loss %.4f",
+                     step, losses[-1], val["accuracy"], val["macro_f1"], val["loss"])
+            entry = {"step": step, "epoch": epoch, "loss": losses[-1], "elapsed_s": round(elapsed, 1),
+                     "accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "val_loss": val["loss"], "auc": val["auc"]}
+            if progress.record(model, entry) and dist.is_main:
                 model.save_pretrained(cfg.run_dir / "checkpoints" / "best")
             if progress.stale >= cfg.patience:
-                stop_reason = f"early stopping: no better validation accuracy in {cfg.patience} evaluations"
+                stop_reason = f"early stopping: no better validation {cfg.early_stopping_metric} in {cfg.patience} evaluations"
                 break
         if out_of_time:
             stop_reason = f"time budget of {cfg.time_budget_s:.0f} s reached"
             break
     bar.close()
     train_seconds = time.monotonic() - started
-    model.load_state_dict(progress.best_state, strict=False)
-    log.info("restored the best checkpoint (step %d); evaluating on %d test examples", progress.best["step"], len(splits.test))
-    after = _evaluate(model, tokenizer, splits.test, label_ids, cfg, dist)
-    window = max(1, min(20, len(losses) // 4))
-    metrics = {
-        "test_before": before,
-        "test_after": after,
-        "best_validation": progress.best,
-        "steps": step,
-        "stop_reason": stop_reason,
-        "train_seconds": round(train_seconds, 1),
-        "examples_per_second": round(seen / max(train_seconds, 1e-9), 1),
-        "trainable_parameters": model.get_nb_trainable_parameters()[0],
-        "processes": dist.world_size,
-        "train_loss_first": sum(losses[:window]) / window,
-        "train_loss_last": sum(losses[-window:]) / window,
-        "splits": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
-        "history": progress.history,
-    }
-    if dist.is_main:
-        _write_adapter(model, tokenizer, splits, cfg, model_dir, metrics)
-    dist.close()
-    return TrainResult(cfg.adapter_dir, metrics, progress.history)
+    loop = {"steps": step, "stop_reason": stop_reason, "train_seconds": round(train_seconds, 1),
+            "seconds_per_step": round(train_seconds / max(step, 1), 4),
+            "seconds_to_best": progress.best.get("elapsed_s"),
+            "examples_per_second": round(seen / max(train_seconds, 1e-9), 1)}
+    return progress, losses, loop
