@@ -69,7 +69,9 @@ def numeric(data: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient  # imported here: mlflow is slow to import and optional at run time
+    from mlflow.tracking import (
+        MlflowClient,  # imported here: mlflow is slow to import and optional at run time
+    )
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
