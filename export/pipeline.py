@@ -28,9 +28,9 @@ class ExportResult:
     published: dict[str, Path | str] = field(default_factory=dict)
     """variant -> version folder in the model repository (new, or the one already serving it)."""
     already_published: list[str] = field(default_factory=list)
+    """Variants whose exact ONNX file an existing version already serves (nothing new published)."""
     triton_repository: str | None = None
     """For an s3:// repository: the URI to pass to ``tritonserver --model-repository``."""
-    """Variants whose exact ONNX file an existing version already serves (nothing new published)."""
 
     @property
     def passed(self) -> bool:

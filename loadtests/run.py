@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +32,8 @@ import psutil
 from loadtests import triton_metrics
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.report import build_report
-from serving.triton import free_port
+from tunestack.names import HOST
+from tunestack.procs import ChildProcess, free_port, stop_process_groups
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,11 @@ def locust_commands(cfg: LoadTestConfig, folder: Path) -> list[tuple[str, list[s
     if cfg.workers == 1:
         return [("local", main)]
     port = free_port()
-    master = main[:-1] + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+    master = main[:-1] + ["--master", "--master-bind-host", HOST, "--master-bind-port", str(port),
                           "--expect-workers", str(cfg.workers), "--expect-workers-max-wait", "60", user_class]
     # Workers get the same options: the locustfile reads --users (open loop: the rate per generator) and
     # its own options there; Locust itself takes -u/-t from the master.
-    worker = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1",
+    worker = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", HOST,
               "--master-port", str(port), *cfg.locust_args(), user_class]
     return [("master", master)] + [(f"worker-{i}", worker) for i in range(1, cfg.workers + 1)]
 
@@ -95,9 +94,7 @@ def start(commands: list[tuple[str, list[str]]], folder: Path) -> list[LocustPro
     try:
         for role, argv in commands:
             log_path = folder / ("locust.log" if role in ("local", "master") else f"locust-{role}.log")
-            with open(log_path, "wb") as out:
-                process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)
+            process = ChildProcess(f"locust {role}", argv, log_path).start().process
             started.append(LocustProcess(role, process, log_path))
     except BaseException:
         stop(started)
@@ -107,24 +104,7 @@ def start(commands: list[tuple[str, list[str]]], folder: Path) -> list[LocustPro
 
 def stop(processes: list[LocustProcess], grace: float = 10.0) -> None:
     """SIGTERM each process group, wait ``grace`` seconds in all, then SIGKILL what is left."""
-    for p in processes:
-        if p.process.poll() is None:
-            _signal_group(p.process, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in processes:
-        try:
-            p.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("locust %s (pid %s) did not stop; killing it", p.role, p.process.pid)
-        _signal_group(p.process, signal.SIGKILL)
-        p.process.wait()
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    stop_process_groups([p.process for p in processes], grace, "locust")
 
 
 def watch(processes: list[LocustProcess], cpu_csv: Path, deadline_s: float, interval: float = 1.0) -> None:

@@ -9,29 +9,29 @@ Triton is started with ``serving.triton.TritonServer``, the router with ``servin
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from loadtests.config import LoadTestError
-from serving.processes import http_ok, log_tail, stop_process_group
-from serving.triton import free_port
+from tunestack.names import HOST
+from tunestack.procs import ChildProcess, StartError, free_port, http_ok, log_tail
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """One subprocess serving HTTP on 127.0.0.1:``port``, ready when ``ready_path`` answers 200."""
+    """One subprocess serving HTTP on 127.0.0.1:``port``, ready when ``ready_path`` answers 200.
+
+    Started, waited on and stopped by ``tunestack.procs.ChildProcess`` (its own process group).
+    """
 
     def __init__(self, name: str, argv: list[str], port: int, ready_path: str = "/v2/health/ready",
                  startup_timeout: float = 120.0, log_path: Path | None = None):
         self.name, self.argv, self.port, self.ready_path = name, argv, port, ready_path
         self.startup_timeout = startup_timeout
         self.log_path = log_path or Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
-        self.process: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
 
     @classmethod
     def baseline(cls, model_dir: Path, port: int = 0, threads: int = 2, **kwargs) -> Service:
@@ -42,33 +42,26 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     def start(self) -> Service:
-        with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=dict(os.environ))
-        deadline = time.monotonic() + self.startup_timeout
+        """Start it in its own process group and wait until ``ready_path`` answers 200."""
+        self.child = ChildProcess(self.name, self.argv, self.log_path).start()
         try:
-            while not self._ready():
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    state = (f"exited with code {self.process.returncode}" if self.process.poll() is not None
-                             else f"not ready after {self.startup_timeout:.0f} s")
-                    raise LoadTestError(f"{self.name} {state}; log {self.log_path}:\n{self.log_tail()}")
-                time.sleep(0.2)
+            self.child.wait_until(lambda: http_ok(self.url + self.ready_path), self.startup_timeout, interval=0.2)
+        except StartError as e:
+            self.stop()
+            raise LoadTestError(str(e)) from None
         except BaseException:
             self.stop()
             raise
         log.info("%s ready on %s", self.name, self.url)
         return self
 
-    def _ready(self) -> bool:
-        return http_ok(self.url + self.ready_path)
-
     def stop(self, timeout: float = 15.0) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            stop_process_group(process, timeout, self.name)
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)

@@ -24,30 +24,21 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from serving.errors import TritonNotFound, TritonStartError
-from serving.processes import http_ok, stop_process_group
+from tunestack.names import HOST
+from tunestack.procs import ChildProcess, StartError, free_port, http_ok
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 STUB = "triton_python_backend_stub"
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def pytriton_root() -> Path:
@@ -138,6 +129,10 @@ class TritonServer:
         self.models = list(models) if models is not None else None
         self.tritonserver = Path(tritonserver) if tritonserver else None
         self._requested_ports = (http_port, grpc_port, metrics_port)
+        given = [port for port in self._requested_ports if port]
+        if len(set(given)) < len(given):
+            raise TritonStartError(f"http_port={http_port}, grpc_port={grpc_port} and metrics_port={metrics_port} "
+                                   "must be distinct (0 picks a free port)")
         self._pick_ports()
         if log_file is None:
             fd, log_file = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
@@ -147,10 +142,10 @@ class TritonServer:
         self.startup_timeout = startup_timeout
         self.exit_timeout = exit_timeout
         self.extra_args = list(extra_args)
-        self.process: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
 
     def _pick_ports(self) -> None:
-        """Requested ports as given; a free port for each 0 (three distinct ones)."""
+        """Requested ports as given (distinct, checked in ``__init__``); a free port for each 0, all three distinct."""
         while True:
             ports = [port or free_port() for port in self._requested_ports]
             if len(set(ports)) == 3:
@@ -185,6 +180,11 @@ class TritonServer:
         if isinstance(self.repository, str):
             return ["*"]  # an s3:// repository: every model in it
         return repository_models(self.repository) if self.repository.is_dir() else []
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The running server's process (None when stopped)."""
+        return self.child.process if self.child else None
 
     @property
     def pid(self) -> int | None:
@@ -228,9 +228,7 @@ class TritonServer:
             cmd, env = self.command()
             log.info("starting tritonserver on %s (http), %s (grpc); log %s", self.http_address, self.grpc_url,
                      self.log_path)
-            with open(self.log_path, "ab") as log_file:
-                self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.child = ChildProcess("tritonserver", cmd, self.log_path, env=env).start()
             if not wait:
                 return self
             try:
@@ -257,27 +255,20 @@ class TritonServer:
         """Block until ready; raise TritonStartError with the log's tail if it exits or times out."""
         timeout = self.startup_timeout if timeout is None else timeout
         models = [m for m in self.startup_models() if m != "*"] if models is None else list(models)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                raise TritonStartError(f"tritonserver exited with code {code} before it was ready; "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
-            if self.is_ready(models):
-                log.info("tritonserver ready (pid %s)", self.process.pid)
-                return
-            if time.monotonic() > deadline:
-                raise TritonStartError(f"tritonserver was not ready after {timeout:.0f} s (models: {models}); "
-                                       f"log {self.log_path}:\n{self.log_tail()}")
-            time.sleep(0.1)
+        if self.child is None:
+            raise TritonStartError("tritonserver was never started; call start() first")
+        try:
+            self.child.wait_until(lambda: self.is_ready(models), timeout, tail=self.log_tail)
+        except StartError as e:
+            raise TritonStartError(str(e)) from None
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM the server, wait ``timeout`` s (default exit_timeout + 10), then SIGKILL its process group; return its exit code."""
-        process, self.process = self.process, None
-        if process is None:
+        child, self.child = self.child, None
+        if child is None:
             return None
         timeout = self.exit_timeout + 10 if timeout is None else timeout
-        return stop_process_group(process, timeout, "tritonserver")  # the server and any stub it left behind
+        return child.stop(timeout)  # the server and any stub it left behind: the whole process group
 
     def log_tail(self, lines: int = 25) -> str:
         """The log's error lines (``E1123 ...``), then its last ``lines`` lines, without the option tables."""

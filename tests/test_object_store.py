@@ -31,7 +31,7 @@ from export.object_store import (
     list_versions,
     publish_s3,
 )
-from serving.triton import free_port
+from tunestack.procs import free_port
 
 MODEL = CONTRACT.default_model_name
 

@@ -30,7 +30,8 @@ from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
-from serving.triton import TritonServer, free_port
+from serving.triton import TritonServer
+from tunestack.procs import free_port
 
 pytestmark = pytest.mark.e2e
 

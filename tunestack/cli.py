@@ -28,7 +28,6 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionYesNo, ArgumentParser

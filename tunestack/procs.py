@@ -61,23 +61,37 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-def stop_process_group(process: subprocess.Popen, timeout: float, name: str) -> int | None:
-    """SIGTERM ``process`` (started with ``start_new_session=True``), wait up to ``timeout`` s for it to
-    finish its in-flight work, then SIGKILL its whole process group (children included); its exit code."""
+def _kill_group(process: subprocess.Popen) -> None:
     try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def stop_process_groups(processes: Sequence[subprocess.Popen], timeout: float, name: str) -> list[int | None]:
+    """SIGTERM every process (each started with ``start_new_session=True``), give them ``timeout`` s in all
+    to finish their in-flight work, then SIGKILL each whole process group (children included); exit codes."""
+    try:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
             try:
-                process.wait(timeout=timeout)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing its process group", name, timeout)
+                log.warning("%s (pid %s) did not stop within %.0f s; killing its process group", name, process.pid,
+                            timeout)
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-    return process.returncode
+        for process in processes:
+            _kill_group(process)
+    return [process.returncode for process in processes]
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float, name: str) -> int | None:
+    """``stop_process_groups`` for one process: SIGTERM, ``timeout`` s of grace, SIGKILL of its group."""
+    return stop_process_groups([process], timeout, name)[0]
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -1,4 +1,4 @@
-"""``python -m loadtests.drills rollout|fault``: run a drill and print its report."""
+"""``python -m loadtests.drills rollout|fault [--config FILE] [flags]``: run a drill and print its report."""
 
 from __future__ import annotations
 
@@ -7,22 +7,36 @@ import logging
 from pathlib import Path
 
 from loadtests.drills import DrillConfig, fault_drill, rollout_drill
+from tunestack.cli import parse_dataclass
+
+DRILLS = ("rollout", "fault")
+
+
+def parse_args(argv: list[str] | None) -> tuple[str, DrillConfig]:
+    """The drill's name and its settings: ``DrillConfig``'s defaults, then ``--config FILE``, then the flags."""
+    parser = argparse.ArgumentParser(prog="python -m loadtests.drills", add_help=False,
+                                     description="Operational drills under continuous Locust load "
+                                                 "(see loadtests/drills/__init__.py).")
+    parser.add_argument("drill", choices=DRILLS, help="which drill to run")
+    known, rest = parser.parse_known_args(argv)
+    return known.drill, parse_dataclass(DrillConfig, rest, prog=f"python -m loadtests.drills {known.drill}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.cli import build_parser
+    if argv is None:
+        import sys
 
+        argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m loadtests.drills {{{','.join(DRILLS)}}} [--config FILE] [flags]\n"
+              "Run `python -m loadtests.drills rollout --help` for every setting.")
+        return 0
+    drill, cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    parser = argparse.ArgumentParser(prog="python -m loadtests.drills", description="Operational drills under continuous Locust load (see loadtests/drills/__init__.py).")
-    parser.add_argument("drill", choices=["rollout", "fault"], help="which drill to run")
-    known, rest = parser.parse_known_args(argv)
-    options = vars(build_parser(DrillConfig, "python -m loadtests.drills DRILL", "drill settings").parse_args(rest))
-    options.pop("config", None)
-    cfg = DrillConfig(**options)
-    summary = (rollout_drill if known.drill == "rollout" else fault_drill)(cfg)
+    summary = (rollout_drill if drill == "rollout" else fault_drill)(cfg)
     print((Path(summary["folder"]) / "drill.md").read_text())
-    if known.drill == "rollout":
+    if drill == "rollout":
         return 0 if summary["failed_requests"] == 0 else 1
     ok = summary["malformed_all_4xx"] and summary["no_request_hung"] and summary["metrics"]["errors_match"]
     return 0 if ok else 1

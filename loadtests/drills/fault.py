@@ -29,7 +29,8 @@ from loadtests.drills.common import (
 )
 from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
-from serving.triton import TritonServer, free_port
+from serving.triton import TritonServer
+from tunestack.procs import free_port
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
     with RouterProcess("serving/experiments/sentiment-ab.yaml", triton_url=server.http_url) as router:
         client = tritonclient.http.InferenceServerClient(router.address)
+        grpc_client = tritonclient.grpc.InferenceServerClient(router.grpc_address)
 
-The router gets its own process group, listens on 127.0.0.1 on a free port unless told otherwise, and
-``stop()`` sends SIGTERM (in-flight requests finish), then kills the group if it lingers.
+The router gets its own process group, listens on 127.0.0.1 on free ports (HTTP and gRPC) unless told
+otherwise, and ``stop()`` sends SIGTERM (in-flight requests finish), then kills the group if it lingers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from serving.processes import http_ok, log_tail, stop_process_group
 from serving.router.state import TOKEN_ENV
-from serving.triton import free_port
+from tunestack.names import HOST
+from tunestack.procs import ChildProcess, free_port, http_ok, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,66 +27,75 @@ ROOT = Path(__file__).resolve().parents[2]
 class RouterProcess:
     """One router child process. ``extra_args`` are more ``python -m serving router`` flags."""
 
-    def __init__(self, experiment: str | Path, *, port: int = 0, triton_url: str | None = None,
-                 admin_token_file: str | Path | None = None, log_file: str | Path | None = None,
+    def __init__(self, experiment: str | Path, *, port: int = 0, grpc_port: int = 0, triton_url: str | None = None,
+                 triton_grpc_url: str | None = None, admin_token_file: str | Path | None = None, log_file: str | Path | None = None,
                  extra_args: Sequence[str] = (), startup_timeout: float = 30.0):
         self.experiment = Path(experiment)
         self.port = port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        while self.grpc_port == self.port:
+            self.grpc_port = free_port()
         self.log_path = Path(log_file) if log_file else Path(tempfile.mkstemp(prefix="router-", suffix=".log")[1])
-        self.args = ["--experiment", str(self.experiment), "--port", str(self.port), *extra_args]
+        self.args = ["--experiment", str(self.experiment), "--port", str(self.port), "--grpc-port", str(self.grpc_port),
+                     *extra_args]
         if triton_url:
             self.args += ["--triton-url", triton_url]
+        if triton_grpc_url:
+            self.args += ["--triton-grpc-url", triton_grpc_url]
         if admin_token_file:
             self.args += ["--admin-token-file", str(admin_token_file)]
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
 
     @property
     def address(self) -> str:
         """``127.0.0.1:PORT`` for ``tritonclient.http.InferenceServerClient``."""
-        return f"127.0.0.1:{self.port}"
+        return f"{HOST}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """``127.0.0.1:PORT`` for ``tritonclient.grpc.InferenceServerClient``."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
         return f"http://{self.address}"
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The running router's process (None when stopped)."""
+        return self.child.process if self.child else None
+
     def start(self) -> RouterProcess:
+        """Start the router and wait until ``/v2/health/live`` answers; ``StartError`` with its log otherwise."""
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # the token comes from the file only
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "serving", "router", *self.args], cwd=ROOT, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self.process = None
-                raise RuntimeError(f"router exited with code {code}; log {self.log_path}:\n{self.log_tail()}")
-            if http_ok(self.url + "/v2/health/live", timeout=1):
-                return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"router not live after {self.startup_timeout:.0f} s; log:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self.child = ChildProcess("router", [sys.executable, "-m", "serving", "router", *self.args], self.log_path,
+                                  env=env, cwd=ROOT).start()
+        try:
+            self.child.wait_until(lambda: http_ok(self.url + "/v2/health/live", timeout=1), self.startup_timeout,
+                                  tail=self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def signal(self, sig: int) -> None:
-        assert self.process is not None, "router is not running"
-        self.process.send_signal(sig)
+        assert self.child is not None, "router is not running"
+        self.child.send_signal(sig)
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.is_running()
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        return stop_process_group(process, timeout, "router")
+        """SIGTERM (in-flight requests finish), then SIGKILL of its process group after ``timeout`` s."""
+        child, self.child = self.child, None
+        return child.stop(timeout) if child else None
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
     def __enter__(self) -> RouterProcess:
-        return self.start() if self.process is None else self
+        return self.start() if self.child is None else self
 
     def __exit__(self, *exc) -> None:
         self.stop()
