@@ -10,6 +10,8 @@ COMMANDS = {
     "models": ("serving.triton_cli", "list / load / unload / rollback model versions on a running Triton"),
     "router": ("serving.router.cli", "run the A/B router in front of Triton"),
     "report": ("serving.router.cli", "print an experiment's statistical report from a running router"),
+    "judge": ("serving.judge.cli", "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
+    "audit": ("serving.router.cli", "print an experiment's weight changes (who, when, why) from its store"),
     "tune": ("serving.tune.cli", "search serving configs on the real tritonserver; publish the winner as a new version"),
 }
 

@@ -1,0 +1,109 @@
+"""The judge's settings: alpha, the metrics it reports, their margins and minimum samples.
+
+The family-wise error rate is split evenly (Bonferroni) over the ``len(METRICS)`` metrics, always all of
+them, whether or not a metric has data yet, so the split never changes during an experiment: each metric's
+confidence sequence is at level ``alpha / 6``, and the chance of any false "better", "worse" or
+"different" on any metric at any look is at most ``alpha`` per comparison with the control. A report with
+several treatments divides ``alpha`` by their number first (``comparisons``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+METRICS = ("error_rate", "latency_mean", "latency_p99", "accuracy", "label_distribution", "confidence_mean")
+"""Every metric the judge reports, in report order."""
+
+HIGHER_IS_BETTER = {"error_rate": False, "latency_mean": False, "latency_p99": False, "accuracy": True,
+                    "label_distribution": None, "confidence_mean": True}
+"""The direction of "better" per metric; ``None``: a difference has no direction ("different")."""
+
+UNITS = {"error_rate": "", "latency_mean": " ms", "latency_p99": " ms", "accuracy": "", "label_distribution": "",
+         "confidence_mean": ""}
+"""The unit of each metric's interval, for reports."""
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Equivalence margins: "equivalent within margin" when the whole CS of the difference lies in +-margin."""
+
+    error_rate: float = 0.005
+    """Server-error rate, absolute (0.005 = half a percentage point)."""
+    latency_mean: float = 1.0
+    """Mean latency (clipped at ``latency_cap_ms``), in ms."""
+    latency_p99: float = 2.0
+    """p99 latency, in ms."""
+    accuracy: float = 0.02
+    """Accuracy from feedback, absolute (0.02 = two points)."""
+    label_distribution: float = 0.05
+    """The share of every predicted label, absolute."""
+    confidence_mean: float = 0.02
+    """Mean top-class probability, absolute."""
+
+
+@dataclass(frozen=True)
+class MinSamples:
+    """Per arm, the samples a metric needs before any verdict (before: "not enough evidence yet")."""
+
+    error_rate: int = 200
+    """Requests (answered or failed)."""
+    latency_mean: int = 200
+    """Answered requests with a latency."""
+    latency_p99: int = 500
+    """Answered requests with a latency (a p99 needs a few hundred to have an upper bound at all)."""
+    accuracy: int = 100
+    """Feedback outcomes."""
+    label_distribution: int = 200
+    """Predictions."""
+    confidence_mean: int = 200
+    """Predictions with a confidence."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How the judge decides; the defaults suit the demo model (10 ms median latency, two labels)."""
+
+    alpha: float = 0.05
+    """Family-wise error rate over all metrics (per comparison with the control)."""
+    margins: Margins = field(default_factory=Margins)
+    """Equivalence margins per metric."""
+    min_samples: MinSamples = field(default_factory=MinSamples)
+    """Minimum samples per arm per metric."""
+    latency_cap_ms: float = 1000.0
+    """Latencies are clipped here for the mean (a finite variance: the CLT behind the mean's CS holds)."""
+    quantile: float = 0.99
+    """The latency quantile compared (0.99: p99)."""
+    tune_n: int = 2000
+    """Per-arm sample size at which the intervals are tightest (they stay valid before and after)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.alpha < 1:
+            problems.append(f"alpha={self.alpha}: expected 0 < alpha < 1")
+        if not 0 < self.quantile < 1:
+            problems.append(f"quantile={self.quantile}: expected 0 < quantile < 1")
+        if self.latency_cap_ms <= 0:
+            problems.append(f"latency_cap_ms={self.latency_cap_ms}: expected > 0")
+        if self.tune_n < 1:
+            problems.append(f"tune_n={self.tune_n}: expected >= 1")
+        for name in METRICS:
+            if getattr(self.margins, name) < 0:
+                problems.append(f"margins.{name}={getattr(self.margins, name)}: expected >= 0")
+            if getattr(self.min_samples, name) < 2:
+                problems.append(f"min_samples.{name}={getattr(self.min_samples, name)}: expected >= 2")
+        if problems:
+            raise ValueError("invalid judge config: " + "; ".join(problems))
+
+    def alpha_per_metric(self, comparisons: int = 1) -> float:
+        """The level of each metric's CS: ``alpha / comparisons / len(METRICS)`` (Bonferroni)."""
+        return self.alpha / max(1, comparisons) / len(METRICS)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JudgeConfig:
+        data = dict(data)
+        margins = Margins(**data.pop("margins", {}))
+        mins = MinSamples(**data.pop("min_samples", {}))
+        return cls(margins=margins, min_samples=mins, **data)
