@@ -1,12 +1,15 @@
 """``python -m serving router ...`` runs the A/B router; ``python -m serving report ...`` prints a report.
 
-The ``router`` options mirror ``RouterConfig`` one to one. The admin token comes from
-``--admin-token-file`` or the environment variable ``TUNESTACK_ROUTER_ADMIN_TOKEN``, read once here.
+The ``router`` options mirror ``RouterConfig`` one to one. The router serves HTTP (uvicorn) and, on
+``--grpc-port``, gRPC (``serving.router.grpc_service``) from one process and one event loop. The admin
+token comes from ``--admin-token-file`` or the environment variable ``TUNESTACK_ROUTER_ADMIN_TOKEN``,
+read once here.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,9 +17,14 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import uvicorn
+
 from serving.router.config import RouterConfig, load_experiment
 from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
+
+GRACEFUL_SHUTDOWN_S = 10
+"""Seconds in-flight requests (HTTP and gRPC) get to finish after SIGTERM."""
 
 
 def _field_help(name: str) -> str:
@@ -54,14 +62,12 @@ def read_token(token_file: str | None) -> str | None:
 
 
 def run_router(argv: list[str]) -> int:
-    import uvicorn
-
     from serving.router.app import create_app
 
     args = router_parser().parse_args(argv)
     try:
         config = RouterConfig(**vars(args))
-        experiment = load_experiment(config.experiment, config.triton_url)
+        experiment = load_experiment(config.experiment, config.triton_url, config.triton_grpc_url)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,11 +76,39 @@ def run_router(argv: list[str]) -> int:
     if token is None:
         logging.getLogger(__name__).warning("no admin token (--admin-token-file or $%s): admin API disabled", TOKEN_ENV)
     app = create_app(config, experiment, token, handle_sighup=True)
-    print(f"router for experiment {experiment.name!r} on http://{config.host}:{config.port} "
+    grpc = f" and grpc://{config.host}:{config.grpc_port}" if config.grpc_port else ""
+    print(f"router for experiment {experiment.name!r} on http://{config.host}:{config.port}{grpc} "
           f"(arms: {', '.join(f'{a}={s:.3f}' for a, s in experiment.shares.items())})", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    server_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                   access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
+        runner.run(RouterServer(server_config, config).serve())
     return 0
+
+
+class RouterServer(uvicorn.Server):
+    """uvicorn's server that also starts the gRPC endpoint on start-up and stops it on shut-down, on the
+    app's ``RouterState`` (both inside ``serve()``, which re-raises SIGTERM once it returns)."""
+
+    def __init__(self, server_config: uvicorn.Config, config: RouterConfig):
+        super().__init__(server_config)
+        self.state = server_config.app.state.router
+        self.grpc_port = config.grpc_port
+        self.grpc = None
+
+    async def startup(self, sockets=None) -> None:
+        from serving.router.grpc_service import start_grpc_server
+
+        if self.grpc_port:
+            self.grpc = await start_grpc_server(self.state, self.config.host, self.grpc_port)
+        await super().startup(sockets)
+
+    async def shutdown(self, sockets=None) -> None:
+        from serving.router.grpc_service import stop_grpc_server
+
+        if self.grpc is None:
+            return await super().shutdown(sockets)
+        await asyncio.gather(stop_grpc_server(self.grpc, self.state, GRACEFUL_SHUTDOWN_S), super().shutdown(sockets))
 
 
 def run_report(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the key
 
     name: sentiment-ab            # the model name callers use: POST /v2/models/sentiment-ab/infer
     upstream: http://127.0.0.1:8000
+    grpc_upstream: 127.0.0.1:8001 # optional: Triton's gRPC address (default: upstream's host, port 8001)
     timeout_s: 2.0
     sticky: {header: X-User-Id}   # or {parameter: user_id}, or "random"
     arms:                         # the first arm is the control; the order fixes the buckets
@@ -22,6 +23,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -30,6 +32,9 @@ from serving.router.errors import ExperimentError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STICKY_SOURCES = ("header", "parameter")
 DEFAULT_UPSTREAM = "http://127.0.0.1:8000"
+TRITON_GRPC_PORT = 8001
+"""Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
+GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Arm:
     """Relative share of the traffic (any non-negative scale: 70/30 or 0.7/0.3)."""
     upstream: str | None = None
     """Triton HTTP base URL for this arm; None = the experiment's ``upstream``."""
+    grpc_upstream: str | None = None
+    """Triton gRPC ``host:port`` for this arm; None = see ``Experiment.grpc_upstream_of``."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Shadow:
     """Name used in metrics and the report."""
     upstream: str | None = None
     """Triton HTTP base URL; None = the experiment's ``upstream``."""
+    grpc_upstream: str | None = None
+    """Triton gRPC ``host:port``; None = see ``Experiment.grpc_upstream_of``."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class Experiment:
     """Per-request timeout to Triton, in seconds (connect + answer)."""
     upstream: str = DEFAULT_UPSTREAM
     """Default Triton HTTP base URL for the arms and the shadow."""
+    grpc_upstream: str | None = None
+    """Default Triton gRPC ``host:port`` (what the router's gRPC endpoint forwards to); None = the host of
+    ``upstream`` at Triton's default gRPC port."""
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -111,6 +123,16 @@ class Experiment:
 
     def upstream_of(self, arm: Arm | Shadow) -> str:
         return (arm.upstream or self.upstream).rstrip("/")
+
+    def grpc_upstream_of(self, arm: Arm | Shadow) -> str:
+        """The Triton gRPC ``host:port`` of ``arm``: its own ``grpc_upstream``; else, for an arm on the
+        experiment's Triton, the experiment's; else the host of the arm's HTTP upstream at port 8001."""
+        if arm.grpc_upstream:
+            return arm.grpc_upstream
+        if arm.upstream is None and self.grpc_upstream:
+            return self.grpc_upstream
+        host = urlsplit(self.upstream_of(arm)).hostname or "127.0.0.1"
+        return f"[{host}]:{TRITON_GRPC_PORT}" if ":" in host else f"{host}:{TRITON_GRPC_PORT}"
 
     def with_weights(self, weights: dict[str, Any]) -> Experiment:
         """A copy with new weights for every arm; raises ``ExperimentError`` listing every problem."""
@@ -133,6 +155,7 @@ class Experiment:
         out: dict[str, Any] = {
             "name": self.name,
             "upstream": self.upstream,
+            "grpc_upstream": self.grpc_upstream,
             "timeout_s": self.timeout_s,
             "sticky": sticky,
             "arms": [
@@ -203,6 +226,12 @@ def validate(exp: Experiment, source: str = "experiment") -> Experiment:
     for label, url in [("upstream", exp.upstream)] + [(f"arm {a.name!r} upstream", a.upstream) for a in exp.arms]:
         if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/]+", url)):
             problems.append(f"{label} must be an http(s) URL like {DEFAULT_UPSTREAM}, got {url!r}")
+    grpc = [("grpc_upstream", exp.grpc_upstream)] + [(f"arm {a.name!r} grpc_upstream", a.grpc_upstream) for a in exp.arms]
+    if exp.shadow is not None:
+        grpc.append(("shadow grpc_upstream", exp.shadow.grpc_upstream))
+    for label, address in grpc:
+        if address is not None and not (isinstance(address, str) and GRPC_ADDRESS_RE.match(address)):
+            problems.append(f"{label} must be a gRPC address host:port like 127.0.0.1:{TRITON_GRPC_PORT}, got {address!r}")
     if problems:
         raise ExperimentError(problems, source)
     return exp
@@ -217,7 +246,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     if not isinstance(data, dict):
         raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
     problems: list[str] = []
-    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream"}
+    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -228,7 +257,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     if not isinstance(raw_arms, list):
         problems.append(f"'arms' must be a list of {{name, model, version, weight}}, got {raw_arms!r}")
         raw_arms = []
-    arm_keys = {"name", "model", "version", "weight", "upstream"}
+    arm_keys = {"name", "model", "version", "weight", "upstream", "grpc_upstream"}
     for i, a in enumerate(raw_arms):
         if not isinstance(a, dict):
             problems.append(f"arms[{i}] must be a mapping, got {a!r}")
@@ -238,7 +267,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
         if "name" not in a or "model" not in a:
             problems.append(f"arms[{i}]: 'name' and 'model' are required")
         arms.append(Arm(name=a.get("name", f"arm{i}"), model=a.get("model", ""), version=_version(a.get("version", "")),
-                        weight=a.get("weight", 1.0), upstream=a.get("upstream")))
+                        weight=a.get("weight", 1.0), upstream=a.get("upstream"), grpc_upstream=a.get("grpc_upstream")))
     sticky = Sticky()
     raw_sticky = data.get("sticky", "random")
     if isinstance(raw_sticky, dict) and len(raw_sticky) == 1:
@@ -248,18 +277,18 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
         problems.append(f"sticky must be {{header: NAME}}, {{parameter: NAME}} or \"random\", got {raw_sticky!r}")
     shadow = None
     raw_shadow = data.get("shadow")
-    shadow_keys = {"name", "model", "version", "fraction", "upstream"}
+    shadow_keys = {"name", "model", "version", "fraction", "upstream", "grpc_upstream"}
     if isinstance(raw_shadow, dict):
         if set(raw_shadow) - shadow_keys:
             problems.append(f"shadow: unknown key(s) {sorted(set(raw_shadow) - shadow_keys)}; expected some of {sorted(shadow_keys)}")
         shadow = Shadow(model=raw_shadow.get("model", ""), version=_version(raw_shadow.get("version", "")),
                         fraction=raw_shadow.get("fraction", 1.0), name=raw_shadow.get("name", "shadow"),
-                        upstream=raw_shadow.get("upstream"))
+                        upstream=raw_shadow.get("upstream"), grpc_upstream=raw_shadow.get("grpc_upstream"))
     elif raw_shadow is not None:
         problems.append(f"shadow must be a mapping {{model, version, fraction}}, got {raw_shadow!r}")
     exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow,
                      fallback=data.get("fallback"), timeout_s=data.get("timeout_s", 2.0),
-                     upstream=data.get("upstream", DEFAULT_UPSTREAM))
+                     upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"))
     try:
         validate(exp, source)
     except ExperimentError as e:
@@ -269,8 +298,8 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     return exp
 
 
-def load_experiment(path: str | Path, upstream: str | None = None) -> Experiment:
-    """Read a YAML or TOML experiment file; ``upstream`` overrides the file's default Triton URL."""
+def load_experiment(path: str | Path, upstream: str | None = None, grpc_upstream: str | None = None) -> Experiment:
+    """Read a YAML or TOML experiment file; ``upstream`` and ``grpc_upstream`` override the file's defaults."""
     path = Path(path)
     if not path.is_file():
         raise ExperimentError([f"file not found: {path}"], str(path))
@@ -286,6 +315,8 @@ def load_experiment(path: str | Path, upstream: str | None = None) -> Experiment
         raise ExperimentError([f"cannot parse: {e}"], str(path)) from e
     if upstream and isinstance(data, dict):
         data = {**data, "upstream": upstream}
+    if grpc_upstream and isinstance(data, dict):
+        data = {**data, "grpc_upstream": grpc_upstream}
     return experiment_from_dict(data, str(path))
 
 
@@ -299,8 +330,12 @@ class RouterConfig:
     """Address to bind; loopback unless told otherwise."""
     port: int = 8080
     """Port to bind."""
+    grpc_port: int = 8081
+    """Port of the KServe v2 gRPC endpoint (Triton's GRPCInferenceService), served alongside HTTP; 0 = none."""
     triton_url: str | None = None
     """Override of the experiment file's ``upstream`` (Triton HTTP base URL)."""
+    triton_grpc_url: str | None = None
+    """Override of the experiment file's ``grpc_upstream`` (Triton gRPC host:port)."""
     admin_token_file: str | None = None
     """File holding the admin bearer token (else env TUNESTACK_ROUTER_ADMIN_TOKEN; else admin API off)."""
     max_body_bytes: int = 1 << 20
@@ -320,6 +355,9 @@ class RouterConfig:
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port must be in 1..65535, got {self.port}")
+        if not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
+            problems.append(f"grpc_port must be in 1..65535 (0: no gRPC endpoint) and differ from port {self.port}, "
+                            f"got {self.grpc_port}")
         for name in ("max_body_bytes", "max_connections", "max_shadow_in_flight", "request_log_size", "latency_window"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from serving.router.assignment import Assigner
 from serving.router.config import Experiment, RouterConfig, load_experiment
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.metrics import Recorder
 from serving.router.upstream import Target, Upstream
 
@@ -35,6 +36,8 @@ class RouterState:
     recorder: Recorder
     upstream: Upstream
     admin_token: str | None
+    grpc_upstream: GrpcUpstream
+    """Triton over gRPC, for the router's gRPC endpoint; shares ``upstream``'s circuit breaker."""
     rng: random.Random = field(default_factory=random.Random)
     shadow_tasks: set[asyncio.Task] = field(default_factory=set)
     background: set[asyncio.Task] = field(default_factory=set)
@@ -43,7 +46,8 @@ class RouterState:
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
         recorder = Recorder(experiment.name, config.latency_window, config.request_log_size)
         recorder.set_shares(experiment.shares)
-        return cls(config, (experiment, Assigner(experiment)), recorder, Upstream(config.max_connections), admin_token)
+        upstream = Upstream(config.max_connections)
+        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, admin_token, GrpcUpstream(upstream))
 
     @property
     def experiment(self) -> Experiment:
@@ -63,7 +67,8 @@ class RouterState:
 
     async def reload(self, why: str) -> Experiment:
         """Re-read the experiment file; a broken file raises and leaves the running experiment as it was."""
-        exp = await asyncio.to_thread(load_experiment, self.config.experiment, self.config.triton_url)
+        exp = await asyncio.to_thread(load_experiment, self.config.experiment, self.config.triton_url,
+                                      self.config.triton_grpc_url)
         self.set_experiment(exp, why)
         return exp
 
@@ -72,6 +77,12 @@ class RouterState:
         """Where ``arm_name`` (an arm or the shadow) of ``exp`` is served."""
         arm = exp.shadow if exp.shadow and arm_name == exp.shadow.name else exp.arm(arm_name)
         return Target(exp.upstream_of(arm), arm.model, arm.version)
+
+    @staticmethod
+    def grpc_target(exp: Experiment, arm_name: str) -> GrpcTarget:
+        """Where ``arm_name`` (an arm or the shadow) of ``exp`` is served over gRPC."""
+        arm = exp.shadow if exp.shadow and arm_name == exp.shadow.name else exp.arm(arm_name)
+        return GrpcTarget(exp.grpc_upstream_of(arm), RouterState.target(exp, arm_name))
 
     def check_experiment(self, name: str) -> Experiment:
         exp = self.experiment

@@ -1,0 +1,316 @@
+"""The router's gRPC service: Triton's ``GRPCInferenceService`` in front, Triton's gRPC port behind.
+
+``start_grpc_server`` serves it on its own port in the event loop of the HTTP app, on the same
+``RouterState``: the same experiment (a weight change through the HTTP admin API applies at once), the
+same assigner, metrics, validation and circuit breaker. ``tritonclient.grpc`` works against it
+unchanged::
+
+    client = tritonclient.grpc.InferenceServerClient("127.0.0.1:8081")
+    result = client.infer("sentiment-ab", inputs, headers={"x-user-id": "user-42"})
+    result.get_response().parameters["variant"].string_param   # the arm that served it
+
+The sticky key comes from the request metadata the experiment names (``X-User-Id`` -> ``x-user-id``:
+gRPC metadata keys are lower case) or from a request parameter; the arm comes back in the answer's
+``parameters["variant"]`` and in the trailing metadata ``x-variant`` (with ``x-request-id``).
+``ModelStreamInfer`` answers each message of a stream as ``ModelInfer`` would, an error as the
+message's ``error_message``, as Triton does. Errors map to gRPC codes by their HTTP status: 400
+INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from export.contract import CONTRACT
+from serving.router.app import MAX_REQUEST_ID, UNASSIGNED
+from serving.router.config import Experiment
+from serving.router.errors import BadRequest, RouterError, UpstreamError
+from serving.router.grpc_protocol import (
+    answer_labels,
+    parameters_of,
+    requested_outputs,
+    tag_answer,
+    tensors_in,
+)
+from serving.router.state import RouterState
+from serving.router.validate import check_request
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+                409: grpc.StatusCode.ALREADY_EXISTS, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+"""The gRPC status of each ``RouterError`` status code; other 4xx are INVALID_ARGUMENT, other 5xx INTERNAL."""
+SERVER_NAME, SERVER_VERSION = "tunestack-router", "0.1.0"
+
+
+def grpc_status(exc: RouterError) -> grpc.StatusCode:
+    code = STATUS_CODES.get(exc.status_code)
+    if code is None:
+        code = grpc.StatusCode.INVALID_ARGUMENT if exc.status_code < 500 else grpc.StatusCode.INTERNAL
+    return code
+
+
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The first value of request metadata ``key`` (lower case), or None."""
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else item.value.decode("utf-8", "replace")
+    return None
+
+
+def sticky_key(exp: Experiment, context: grpc.aio.ServicerContext, parameters: dict) -> str | None:
+    if exp.sticky.source == "header":
+        return metadata_value(context, exp.sticky.key.lower()) or None
+    if exp.sticky.source == "parameter":
+        value = parameters.get(exp.sticky.key)
+        return None if value is None or value == "" else str(value)
+    return None
+
+
+async def with_fallback(state: RouterState, exp: Experiment, arm: str,
+                        send: Callable[[str], Awaitable[T]]) -> tuple[T, str]:
+    """``send(arm)``; on an upstream failure count it and try the fallback arm. Returns (answer, arm served)."""
+    try:
+        return await send(arm), arm
+    except UpstreamError as e:
+        state.recorder.error(arm, e.status_code)
+        if exp.fallback is None or exp.fallback == arm:
+            raise
+        first = e
+    state.recorder.fallback(arm, exp.fallback)
+    log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
+    try:
+        return await send(exp.fallback), exp.fallback
+    except UpstreamError as e:
+        state.recorder.error(exp.fallback, e.status_code)
+        raise type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})") from None
+
+
+class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """``GRPCInferenceService`` for one router; the methods Triton has and the router does not (repository,
+    shared memory, statistics, trace, log settings) answer UNIMPLEMENTED."""
+
+    def __init__(self, state: RouterState):
+        self.state = state
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self._arms_ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        await self._check(context, request.name, request.version)
+        return pb.ModelReadyResponse(ready=await self._arms_ready())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data"])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        """The experiment as a model: the control arm's metadata, renamed, with no versions."""
+        exp = await self._check(context, request.name, request.version)
+        try:
+            meta = await self.state.grpc_upstream.metadata(self.state.grpc_target(exp, exp.arms[0].name))
+        except RouterError as e:
+            await context.abort(grpc_status(e), str(e))
+        answer = pb.ModelMetadataResponse()
+        answer.CopyFrom(meta)
+        answer.name = exp.name
+        del answer.versions[:]
+        return answer
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        """The control arm's configuration, renamed (clients read the label names from it)."""
+        exp = await self._check(context, request.name, request.version)
+        try:
+            config = await self.state.grpc_upstream.config(self.state.grpc_target(exp, exp.arms[0].name))
+        except RouterError as e:
+            await context.abort(grpc_status(e), str(e))
+        answer = pb.ModelConfigResponse()
+        answer.CopyFrom(config)
+        answer.config.name = exp.name
+        return answer
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        try:
+            response, served, request_id = await self._infer(request, context)
+        except _Refused as r:
+            context.set_trailing_metadata(r.metadata)
+            await context.abort(grpc_status(r.error), str(r.error))
+        context.set_trailing_metadata((("x-variant", served), ("x-request-id", request_id)))
+        return response
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each message answered as by ``ModelInfer``, concurrently; answers come back as they are ready."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response, _, _ = await self._infer(request, context)
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except _Refused as r:
+                await answers.put(pb.ModelStreamInferResponse(error_message=str(r.error),
+                                                              infer_response=pb.ModelInferResponse(id=request.id)))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.wait(list(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _check(self, context, name: str, version: str) -> Experiment:
+        try:
+            exp = self.state.check_experiment(name)
+            if version:
+                raise BadRequest(f"the router chooses the arm and its version; send model_version \"\" for "
+                                 f"{name!r}, got {version!r}")
+        except RouterError as e:
+            await context.abort(grpc_status(e), str(e))
+        return exp
+
+    async def _arms_ready(self) -> bool:
+        state = self.state
+        exp = state.experiment
+        targets = [state.grpc_target(exp, a.name) for a in exp.arms if exp.shares[a.name] > 0]
+        ok = await asyncio.gather(*(state.grpc_upstream.ready(t, min(1.0, exp.timeout_s)) for t in targets))
+        return all(ok)
+
+    async def _infer(self, request: pb.ModelInferRequest, context) -> tuple[pb.ModelInferResponse, str, str]:
+        """Assign, validate, forward (with fallback) and record one request; ``_Refused`` when it fails."""
+        start = time.perf_counter()
+        state = self.state
+        exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
+        arm = None
+        request_id = metadata_value(context, "x-request-id") or request.id or None
+        inflight = state.recorder.m_inflight.labels(exp.name)
+        inflight.inc()
+        try:
+            state.check_experiment(request.model_name)
+            if request.model_version:
+                raise BadRequest(f"the router chooses the arm and its version; send model_version \"\" for "
+                                 f"{request.model_name!r}, got {request.model_version!r}")
+            if request_id is not None and len(request_id) > MAX_REQUEST_ID:
+                raise BadRequest(f"the request id is {len(request_id)} characters; at most {MAX_REQUEST_ID} allowed")
+            parameters = parameters_of(request.parameters)
+            key = sticky_key(exp, context, parameters)
+            if key is None and exp.sticky.source:
+                state.recorder.unkeyed()
+            arm = assigner.assign(key, state.rng)
+            target = state.grpc_target(exp, arm)
+            check_request(tensors_in(request), requested_outputs(request), parameters,
+                          state.grpc_upstream.metadata_dict(target))
+            shadow_copy = self._shadow_copy(exp, request)
+
+            def send(name: str) -> Awaitable[pb.ModelInferResponse]:
+                return state.grpc_upstream.infer(state.grpc_target(exp, name), request, exp.timeout_s)
+
+            response, served = await with_fallback(state, exp, arm, send)
+        except RouterError as e:
+            if not isinstance(e, UpstreamError):  # upstream failures were counted per arm in with_fallback()
+                state.recorder.error(arm or UNASSIGNED, e.status_code)
+            raise _Refused(e, arm, request_id) from None
+        finally:
+            inflight.dec()
+        tag_answer(response, served)
+        labels = answer_labels(response, CONTRACT.output_label)
+        request_id = request_id or uuid.uuid4().hex
+        state.recorder.served(request_id, served, time.perf_counter() - start, labels)
+        if shadow_copy is not None:
+            self._spawn_shadow(exp, shadow_copy, served, labels)
+        return response, served, request_id
+
+    def _shadow_copy(self, exp: Experiment, request: pb.ModelInferRequest) -> pb.ModelInferRequest | None:
+        """A copy of the request for the shadow (a sample of ``fraction``), or None."""
+        if exp.shadow is None or self.state.rng.random() >= exp.shadow.fraction:
+            return None
+        copy = pb.ModelInferRequest()
+        copy.CopyFrom(request)
+        return copy
+
+    def _spawn_shadow(self, exp: Experiment, request: pb.ModelInferRequest, primary_arm: str,
+                      primary_labels: tuple[str, ...]) -> None:
+        """Start the shadow copy as its own task, or drop it when too many are in flight."""
+        state = self.state
+        assert exp.shadow is not None
+        if len(state.shadow_tasks) >= state.config.max_shadow_in_flight:
+            state.recorder.shadow_dropped(exp.shadow.name)
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(exp, request, primary_arm, primary_labels))
+        state.shadow_tasks.add(task)
+        task.add_done_callback(state.shadow_tasks.discard)
+
+    async def _shadow(self, exp: Experiment, request: pb.ModelInferRequest, primary_arm: str,
+                      primary_labels: tuple[str, ...]) -> None:
+        """Send the copy to the shadow and record latency and agreement; never raises."""
+        assert exp.shadow is not None
+        state, name = self.state, exp.shadow.name
+        start = time.perf_counter()
+        try:
+            answer = await state.grpc_upstream.infer(state.grpc_target(exp, name), request, exp.timeout_s)
+        except Exception as e:  # the shadow's failures are recorded, never raised
+            log.debug("shadow %s failed: %s", name, e)
+            state.recorder.shadow_result(name, primary_arm, None, primary_labels, None)
+            return
+        labels = answer_labels(answer, CONTRACT.output_label)
+        state.recorder.shadow_result(name, primary_arm, time.perf_counter() - start, primary_labels, labels)
+
+
+class _Refused(Exception):
+    """A request the router answers with an error: the ``RouterError`` and the trailing metadata to send."""
+
+    def __init__(self, error: RouterError, arm: str | None, request_id: str | None):
+        super().__init__(str(error))
+        self.error = error
+        self.metadata = (("x-request-id", request_id or uuid.uuid4().hex),) + ((("x-variant", arm),) if arm else ())
+
+
+async def start_grpc_server(state: RouterState, host: str, port: int) -> grpc.aio.Server:
+    """Serve ``RouterService`` on ``host:port`` in the running event loop; requests over the router's
+    ``max_body_bytes`` get RESOURCE_EXHAUSTED from gRPC itself."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", state.config.max_body_bytes),
+                                      ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RouterService(state), server)
+    try:
+        server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot listen for gRPC on {host}:{port} (--grpc-port): {e}") from None
+    await server.start()
+    exp = state.experiment
+    for arm in exp.arm_names:  # the metadata the validation reads; a failed fetch is tried again on use
+        state.grpc_upstream.warm(state.grpc_target(exp, arm))
+    log.info("gRPC (KServe v2, GRPCInferenceService) on %s:%d", host, port)
+    return server
+
+
+async def stop_grpc_server(server: grpc.aio.Server, state: RouterState, grace_s: float) -> None:
+    """Stop taking gRPC requests, let those in flight finish (``grace_s`` at most), close the channels."""
+    await server.stop(grace_s)
+    await state.grpc_upstream.aclose()

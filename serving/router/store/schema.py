@@ -1,0 +1,58 @@
+"""The store's versioned schema: ordered migration steps, applied once each, recorded in ``schema_version``.
+
+A step is a list of statements in SQL that SQLite and PostgreSQL both accept; ``{id}`` is the
+back-end's auto-incrementing primary key (``INTEGER PRIMARY KEY AUTOINCREMENT`` /
+``BIGSERIAL PRIMARY KEY``). Never edit a released step: add a new one at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                        "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: its version number, what it does, and its statements."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "experiment revisions: the spec, weights and the audit log (who, when, why)", (
+        "CREATE TABLE revisions (id {id}, experiment TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, "
+        "source TEXT NOT NULL, who TEXT NOT NULL, why TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "UNIQUE (experiment, revision))",
+    )),
+    Migration(2, "answers, errors, shadow copies and feedback", (
+        "CREATE TABLE answers (id {id}, experiment TEXT NOT NULL, request_id TEXT NOT NULL, arm TEXT NOT NULL, "
+        "assigned_arm TEXT NOT NULL, version TEXT NOT NULL, key_hash TEXT, latency_s DOUBLE PRECISION NOT NULL, "
+        "labels TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX answers_by_arm ON answers (experiment, arm, id)",
+        "CREATE INDEX answers_by_request ON answers (experiment, request_id)",
+        "CREATE TABLE errors (id {id}, experiment TEXT NOT NULL, arm TEXT NOT NULL, code TEXT NOT NULL, "
+        "kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX errors_by_arm ON errors (experiment, arm)",
+        "CREATE TABLE shadows (id {id}, experiment TEXT NOT NULL, shadow TEXT NOT NULL, primary_arm TEXT NOT NULL, "
+        "outcome TEXT NOT NULL, latency_s DOUBLE PRECISION, labels TEXT NOT NULL, agree INTEGER, "
+        "at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX shadows_by_name ON shadows (experiment, shadow, id)",
+        "CREATE TABLE feedback (experiment TEXT NOT NULL, request_id TEXT NOT NULL, arm TEXT NOT NULL, "
+        "labels TEXT NOT NULL, correct INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "PRIMARY KEY (experiment, request_id))",
+    )),
+)
+
+
+def statements(migration: Migration, id_column: str) -> list[str]:
+    """The step's statements for a back-end whose auto-increment primary key is ``id_column``."""
+    return [s.replace("{id}", id_column) for s in migration.statements]
+
+
+def pending(current: int) -> list[Migration]:
+    """The steps after ``current``, in order."""
+    return [m for m in MIGRATIONS if m.version > current]

@@ -1,0 +1,36 @@
+"""What the ``Recorder`` hands to the store: rows built on the request path in O(1), written later in batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from serving.router.config import Experiment
+from serving.router.store.base import AnswerRow, ErrorRow, ShadowRow
+from serving.router.store.writer import BatchWriter
+
+
+class RecordSink:
+    """Turns the recorder's events into store rows and queues them on ``writer`` (never blocks)."""
+
+    def __init__(self, writer: BatchWriter, experiment: Callable[[], Experiment]):
+        self.writer = writer
+        self._experiment = experiment
+
+    def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None,
+               assigned: str | None) -> None:
+        exp = self._experiment()
+        try:
+            version = exp.arm(arm).version
+        except KeyError:  # the arms changed while the request was in flight
+            version = ""
+        self.writer.put(AnswerRow(exp.name, request_id, arm, assigned or arm, version, key, latency_s, labels,
+                                  time.time()))
+
+    def error(self, arm: str, code: int | str) -> None:
+        self.writer.put(ErrorRow(self._experiment().name, arm, str(code), time.time()))
+
+    def shadow(self, shadow: str, primary_arm: str, outcome: str, latency_s: float | None,
+               labels: tuple[str, ...], agree: bool | None) -> None:
+        self.writer.put(ShadowRow(self._experiment().name, shadow, primary_arm, outcome, latency_s, labels, agree,
+                                  time.time()))
