@@ -13,6 +13,7 @@ from export.errors import InputError
 from export.merge import check_adapter_dir, merge
 from export.onnx import export_onnx
 from export.parity import check_parity
+from training import tracking
 from training.files import sha256
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if not result.passed:
         failed = [v for v in cfg.variants if not parity["variants"][v]["publishable"]]
         log.error("gate failed for %s: nothing published", ", ".join(failed))
+        tracking.log_export(cfg, result)
         return result
     if cfg.publish:
         from export.object_store import S3Repository, is_s3_uri
@@ -71,6 +73,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             result.published[variant] = bucket.publish(onnx_dir, variant, cfg) if bucket else publish(onnx_dir, variant, cfg)
         if bucket is not None:
             result.triton_repository = bucket.triton_uri
+    tracking.log_export(cfg, result)
     return result
 
 

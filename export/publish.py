@@ -27,6 +27,7 @@ from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import GateError, InputError, PublishError
 from training.files import sha256
+from training.tracking import read_link
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def read_source(onnx_dir: Path, variant: str) -> Source:
 
 
 def existing_versions(model_dir: Path) -> list[int]:
+    """The numbered version folders of a model in a local repository, oldest first (none: ``[]``)."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -127,6 +129,7 @@ def _stage_files(src: Source, cfg: ExportConfig, dest: Path, version: int, *, ro
         shutil.copy2(src.onnx_dir / CONTRACT.parity_file, dest / CONTRACT.parity_file)
         _write_json(dest / PROVENANCE_FILE, {
             "model_name": cfg.model_name, "version": version, "variant": src.variant, "layout": cfg.layout,
+            "method": src.training_config.get("method", "lora"), "training_run": read_link(src.onnx_dir),
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": {"run": src.onnx_dir.resolve().parent.name, "onnx_dir": str(src.onnx_dir.resolve()),
                        "onnx_file": src.onnx_file.name},

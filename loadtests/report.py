@@ -24,6 +24,7 @@ from pathlib import Path
 
 from loadtests import plots
 from loadtests.config import LoadTestConfig, LoadTestError
+from training import tracking
 
 log = logging.getLogger(__name__)
 
@@ -338,4 +339,5 @@ def build_report(prefix: Path, out_dir: Path | None = None) -> Path:
     path = out_dir / "report.md"
     path.write_text(render_markdown(summary, prefix.parent, images))
     log.info("report written to %s", path)
+    tracking.log_loadtest(summary, out_dir)
     return path

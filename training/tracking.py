@@ -126,3 +126,22 @@ def read_link(folder: Path) -> dict | None:
     """The ``tracking.json`` in ``folder``, if any."""
     path = Path(folder) / TRACKING_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def log_export(cfg, result) -> str | None:
+    """Log one export (``export.pipeline.run_export``'s config and result): the parity figures per variant,
+    the gate's verdict and the published versions, tagged with the training run it came from."""
+    link = read_link(result.onnx_dir) or {}
+    keys = ("max_abs_diff", "mean_abs_diff", "label_agreement", "accuracy", "macro_f1", "publishable")
+    metrics = {"passed": float(result.passed), **{
+        name: {k: float(v[k]) for k in keys if k in v} for name, v in result.parity.get("variants", {}).items()}}
+    published = {variant: str(where) for variant, where in result.published.items()}
+    return log_run("export", cfg.run_name, params=cfg.to_dict(), metrics=metrics,
+                   tags={"training_run_id": link.get("run_id", ""), "published": json.dumps(published)},
+                   documents={"parity.json": result.parity})
+
+
+def log_loadtest(summary: dict, folder: Path) -> str | None:
+    """Log one load-test (or A/B) report: its config as params, its numbers as metrics, summary.json as an artifact."""
+    return log_run("loadtest", Path(folder).name, params=summary.get("config") or {},
+                   metrics={k: v for k, v in summary.items() if k != "config"}, documents={"summary.json": summary})
