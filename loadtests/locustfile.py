@@ -33,6 +33,7 @@ from gevent.pool import Pool
 from locust import FastHttpUser, events, task
 from locust.runners import WorkerRunner
 
+from loadtests import measure
 from loadtests.config import add_locust_arguments
 from loadtests.protocol import check_prediction, infer_body
 
@@ -45,6 +46,9 @@ STICKY, VARIANT_SWITCH = "sticky", "variant switch"
 @events.init_command_line_parser.add_listener
 def _register_options(parser, **_kwargs) -> None:
     add_locust_arguments(parser)
+
+
+measure.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
 
 
 @events.test_stop.add_listener

@@ -1,0 +1,174 @@
+"""Exact measurements for benchmarks and tuning: every request's own time, and a server's CPU.
+
+Locust's statistics keep response times in buckets (whole milliseconds, coarser above 100 ms), so its
+P50/P99 cannot tell 6.2 ms from 6.9 ms. Each Locust process therefore also writes every inference
+request it timed to ``PREFIX_latency-PID.csv`` next to its ``--csv PREFIX`` files (the locustfile
+imports this module, which registers the writer on Locust's ``init`` event). ``read_latencies`` reads
+them back and ``window_stats`` gives exact percentiles and throughput for any time window of a run.
+
+``ProcessTreeCPU`` measures the CPU a server used (the process and all its children, e.g. Triton's
+python stubs) between two points in time, from ``psutil``'s cumulative CPU times.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+LATENCY_SUFFIX = "_latency-"
+INFER = "infer"
+"""The request type the locustfile gives inference requests (feedback and sticky rows are left out)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One timed request: when it ended (epoch seconds), its statistics name, its time, whether it succeeded."""
+
+    end_s: float
+    name: str
+    ms: float
+    ok: bool
+
+
+class LatencyLog:
+    """Appends each inference request of one Locust process to a CSV file; closed when Locust quits."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "w", buffering=1 << 16)  # noqa: SIM115 - closed on Locust's quitting event
+        self.file.write("end_s,name,ms,ok\n")
+
+    def record(self, request_type, name, response_time, exception=None, start_time=None, **_kwargs) -> None:
+        if request_type != INFER or self.file.closed:
+            return
+        ms = float(response_time or 0.0)
+        end = (start_time + ms / 1000) if start_time else time.time()
+        self.file.write(f"{end:.6f},{name.replace(',', ';')},{ms:.4f},{0 if exception else 1}\n")
+
+    def close(self, **_kwargs) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+def register(events) -> None:
+    """Hook a ``LatencyLog`` into every Locust process that writes CSV (the local runner or each worker)."""
+
+    @events.init.add_listener
+    def _open(environment, **_kwargs) -> None:
+        from locust.runners import MasterRunner
+
+        prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
+        if not prefix or isinstance(environment.runner, MasterRunner):
+            return
+        writer = LatencyLog(Path(f"{prefix}{LATENCY_SUFFIX}{os.getpid()}.csv"))
+        environment.events.request.add_listener(writer.record)
+        environment.events.quitting.add_listener(writer.close)
+
+
+def read_latencies(prefix: str | Path) -> list[Request]:
+    """Every request the Locust processes of one run recorded (``PREFIX_latency-*.csv``), by end time."""
+    prefix = Path(prefix)
+    rows: list[Request] = []
+    for path in sorted(prefix.parent.glob(f"{prefix.name}{LATENCY_SUFFIX}*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    rows.append(Request(float(row["end_s"]), row["name"], float(row["ms"]), row["ok"] == "1"))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a line cut short when a process was killed
+    return sorted(rows, key=lambda r: r.end_s)
+
+
+def window_stats(rows: list[Request], start_s: float | None = None, end_s: float | None = None) -> dict:
+    """Exact P50/P90/P99 (successful requests), throughput and error rate of the requests ending in [start, end)."""
+    whole = end_s is None  # the whole run: up to and including the last request
+    if start_s is None:
+        start_s = rows[0].end_s if rows else 0.0
+    if end_s is None:
+        end_s = rows[-1].end_s if rows else start_s
+    inside = [r for r in rows if start_s <= r.end_s and (r.end_s < end_s or (whole and r.end_s == end_s))]
+    ok = np.array([r.ms for r in inside if r.ok])
+    seconds = max(end_s - start_s, 1e-9)
+
+    def pct(q: float) -> float | None:
+        return float(np.percentile(ok, q)) if ok.size else None
+
+    return {"requests": len(inside), "ok": int(ok.size), "seconds": seconds,
+            "throughput_rps": ok.size / seconds, "error_rate": (len(inside) - ok.size) / len(inside) if inside else 0.0,
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "mean_ms": float(ok.mean()) if ok.size else None}
+
+
+class ProcessTreeCPU:
+    """CPU used by processes and their children (e.g. tritonserver and its python stubs), in % of one core.
+
+    ``start()`` / ``stop()`` measure one span; used as a context manager it also samples the cumulative CPU
+    seconds every ``interval`` s in a thread, so ``percent(start_s, end_s)`` gives any window of the run
+    (the windows of a load test's levels, read from its latency log, without Locust's start-up in them).
+    """
+
+    def __init__(self, *pids: int, interval: float = 0.5):
+        self.pids = [p for p in pids if p]
+        self.interval = interval
+        self.started: tuple[float, float] | None = None
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, cumulative CPU seconds)
+        self._seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> its CPU seconds when last seen
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def cpu_seconds(self) -> float:
+        """Cumulative CPU seconds of the trees, never going down: a process that exits keeps its last value."""
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    self._seen[(proc.pid, proc.create_time())] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    continue
+        return sum(self._seen.values())
+
+    def start(self) -> ProcessTreeCPU:
+        self.started = (time.monotonic(), self.cpu_seconds())
+        return self
+
+    def stop(self) -> float:
+        """Percent of one core used since ``start()`` (200 = both cores of a 2-core machine, busy)."""
+        assert self.started is not None, "ProcessTreeCPU.stop() before start()"
+        wall, cpu = self.started
+        return 100.0 * (self.cpu_seconds() - cpu) / max(time.monotonic() - wall, 1e-9)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append((time.time(), self.cpu_seconds()))
+            if self._stop.wait(self.interval):
+                self.samples.append((time.time(), self.cpu_seconds()))
+                return
+
+    def __enter__(self) -> ProcessTreeCPU:
+        self._thread = threading.Thread(target=self._sample, name="cpu-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def percent(self, start_s: float, end_s: float) -> float | None:
+        """% of one core over the samples that fall inside [start_s, end_s] (epoch seconds); None if too few."""
+        inside = [s for s in self.samples if start_s <= s[0] <= end_s]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return 100.0 * (c1 - c0) / (t1 - t0)
