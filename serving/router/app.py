@@ -116,7 +116,7 @@ async def spawn_shadow(state: RouterState, exp: Experiment, req: InferRequest, p
     """Runs after the primary answer is sent: starts the shadow copy as its own task, or drops it."""
     assert exp.shadow is not None
     if len(state.shadow_tasks) >= state.config.max_shadow_in_flight:
-        state.recorder.shadow_dropped(exp.shadow.name)
+        state.recorder.shadow_dropped(exp.shadow.name, primary_arm)
         return
     task = asyncio.get_running_loop().create_task(run_shadow(state, exp, req, primary_arm, primary_labels))
     state.shadow_tasks.add(task)
@@ -138,8 +138,9 @@ async def infer(request: Request) -> Response:
         body = await read_body(request, state.config.max_body_bytes)
         req = parse_request(decode_body(body, request.headers.get("content-encoding")),
                             request.headers.get("inference-header-content-length"))
-        if request_id is None and req.header.get("id"):
-            request_id = str(req.header["id"])[:MAX_REQUEST_ID]
+        body_id = req.header.get("id")
+        if request_id is None and body_id and body_id.isascii() and body_id.isprintable():
+            request_id = body_id[:MAX_REQUEST_ID]  # echoed in X-Request-Id: printable ASCII only
         key = sticky_key(exp, request, req)
         if key is None and exp.sticky.source:
             state.recorder.unkeyed()
@@ -159,7 +160,7 @@ async def infer(request: Request) -> Response:
     finally:
         inflight.dec()
     request_id = request_id or uuid.uuid4().hex
-    state.recorder.served(request_id, served, time.perf_counter() - start, labels)
+    state.recorder.served(request_id, served, time.perf_counter() - start, labels, key=key, assigned=arm)
     headers = {"X-Variant": served, "X-Request-Id": request_id}
     if header_length is not None:
         headers["Inference-Header-Content-Length"] = str(header_length)
@@ -241,6 +242,8 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
                 state.background.add(task)
                 task.add_done_callback(state.background.discard)
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        if state.store is not None:  # settles the revision to run before the first request
+            await state.store.start(state)
         exp = state.experiment
         warm = [state.target(exp, a) for a in exp.arm_names]
         prefetch = asyncio.ensure_future(asyncio.gather(*(state.upstream.metadata(t) for t in warm),
@@ -255,6 +258,8 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
                 await asyncio.wait(list(state.shadow_tasks), timeout=2.0)
             for task in list(state.shadow_tasks) + list(state.background):
                 task.cancel()
+            if state.store is not None:  # flushes the buffered rows
+                await state.store.stop()
             with contextlib.suppress(Exception):
                 await state.upstream.aclose()
 
