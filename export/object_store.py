@@ -138,9 +138,7 @@ def pinned_policy(config, complete: list[int]) -> None:
     which = policy.WhichOneof("policy_choice")
     if which == "specific":
         return
-    versions = sorted(set(complete))
-    if which == "latest":
-        versions = versions[-policy.latest.num_versions:]
+    versions = triton_config.policy_versions(policy, complete)
     policy.specific.SetInParent()  # a oneof: this clears latest / all
     del policy.specific.versions[:]
     policy.specific.versions.extend(versions)

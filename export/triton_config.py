@@ -43,6 +43,18 @@ def version_policy(served_versions: int) -> mc.ModelVersionPolicy:
     return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=served_versions))
 
 
+def policy_versions(policy: mc.ModelVersionPolicy, versions: list[int]) -> list[int]:
+    """The versions Triton serves out of ``versions`` under ``policy``: ``specific`` ones, ``all``, or the
+    newest ``latest.num_versions`` (unset: the newest one, Triton's default)."""
+    versions = sorted(set(versions))
+    which = policy.WhichOneof("policy_choice")
+    if which == "specific":
+        return [v for v in versions if v in set(policy.specific.versions)]
+    if which == "all":
+        return versions
+    return versions[-(policy.latest.num_versions or 1):] if versions else []
+
+
 def _params(config: mc.ModelConfig, **values: str) -> None:
     for key, value in values.items():
         config.parameters[key].string_value = str(value)

@@ -31,8 +31,10 @@ import tritonclient.http as httpclient
 
 from export import triton_config
 from export.contract import CONTRACT
+from export.publish import existing_versions
 from export.triton_model.model import TextClassifier
 from serving.client import text_input
+from serving.repository import ModelRepository
 from serving.triton import TritonServer
 
 
@@ -116,13 +118,8 @@ def load_version(server: TritonServer, config, version: int, batching: bool, del
     config.ClearField("dynamic_batching")
     if batching:
         config.dynamic_batching.max_queue_delay_microseconds = delay_us
-    with httpclient.InferenceServerClient(server.http_address, network_timeout=300) as client:
-        client.load_model(config.name, config=triton_config.to_json(config))
-        deadline = time.monotonic() + 120
-        while not client.is_model_ready(config.name, str(version)):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{config.name} version {version} not ready:\n{server.log_tail()}")
-            time.sleep(0.1)
+    with ModelRepository(server.http_address, timeout=300) as repository:
+        repository.load_config(config.name, config, [version])
 
 
 def run(repository: Path, model: str, version: int | None, requests: int, concurrency: int, duration: float,
@@ -131,7 +128,7 @@ def run(repository: Path, model: str, version: int | None, requests: int, concur
     config = triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())
     if triton_config.config_layout(config) != "python":
         raise SystemExit(f"{model_dir} is the onnxruntime (ensemble) layout, which this Triton cannot run")
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = existing_versions(model_dir)
     version = version or versions[-1]
     version_dir = model_dir / str(version)
     provenance = json.loads((version_dir / "provenance.json").read_text())

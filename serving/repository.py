@@ -23,6 +23,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from export import triton_config
+from export.publish import existing_versions
 from serving.errors import ModelControlError
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,20 @@ class ModelRepository:
         """
         config = expected = None
         if self.repository is not None:
-            override, expected = self._override(model, versions)
-            config = triton_config.to_json(override)
+            config, expected = self._override(model, versions)
         elif versions:
             raise ModelControlError("pinning versions needs the repository folder (--repository) to read config.pbtxt")
+        self.load_config(model, config, expected)
+
+    def load_config(self, model: str, config=None, versions: Sequence[int] | None = None) -> None:
+        """Load ``model`` with ``config`` (a ``ModelConfig``) as the override, or as Triton reads its
+        config.pbtxt (None); wait until exactly ``versions`` (None: any version) are ready."""
         try:
-            self.client.load_model(model, config=config)
+            self.client.load_model(model, config=None if config is None else triton_config.to_json(config))
         except InferenceServerException as e:
-            raise ModelControlError(f"loading {model!r}{f' versions {versions}' if versions else ''} failed: "
+            raise ModelControlError(f"loading {model!r}{f' versions {list(versions)}' if versions else ''} failed: "
                                     f"{e.message()}") from e
-        self._wait(model, expected)
+        self._wait(model, versions)
         log.info("loaded %s (versions ready: %s)", model, self.ready_versions(model))
 
     def unload(self, model: str) -> None:
@@ -122,7 +127,7 @@ class ModelRepository:
         if not (model_dir / "config.pbtxt").is_file():
             raise ModelControlError(f"{model_dir / 'config.pbtxt'} does not exist; is {model!r} published "
                                     f"in {self.repository}?")
-        on_disk = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        on_disk = existing_versions(model_dir)
         config = triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())
         if versions:
             versions = sorted({int(v) for v in versions})
@@ -132,14 +137,7 @@ class ModelRepository:
                                         f"published versions: {on_disk}")
             config.version_policy.Clear()
             config.version_policy.specific.versions.extend(versions)
-        policy = config.version_policy
-        if policy.HasField("specific"):
-            expected = [v for v in on_disk if v in set(policy.specific.versions)]
-        elif policy.HasField("all"):
-            expected = on_disk
-        else:  # latest (Triton's default is the newest one)
-            expected = on_disk[-(policy.latest.num_versions or 1):]
-        return config, expected
+        return config, triton_config.policy_versions(config.version_policy, on_disk)
 
     def _wait(self, model: str, versions: Sequence[int] | None) -> None:
         """load_model returns once loading is done; still, wait until the versions report READY."""
