@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from export.contract import CONTRACT
+from tunestack import names
 
 TARGETS = ("router", "triton")
 SHAPES = ("none", "steps", "spike")
 STICKY_CHECKS = ("count", "fail")
-DEFAULT_HOSTS = {"router": "http://127.0.0.1:8080", "triton": "http://127.0.0.1:8000"}
+DEFAULT_HOSTS = {"router": names.ROUTER_URL, "triton": names.TRITON_URL}
 
 
 class LoadTestError(Exception):
@@ -131,7 +132,7 @@ class LoadTestConfig:
         """Triton's metrics URL, or None when scraping is switched off."""
         if self.triton_metrics_url == "none":
             return None
-        return self.triton_metrics_url or "http://127.0.0.1:8002/metrics"
+        return self.triton_metrics_url or names.TRITON_METRICS_URL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

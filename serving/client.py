@@ -25,8 +25,9 @@ from tritonclient.utils import InferenceServerException
 from export.contract import CONTRACT
 from export.triton_config import LABELS_PARAMETER
 from serving.errors import InferenceError
+from tunestack import names
 
-DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+DEFAULT_URLS = {"http": names.TRITON_HTTP_ADDRESS, "grpc": names.TRITON_GRPC_ADDRESS}
 PROTOCOLS = tuple(DEFAULT_URLS)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from serving.errors import ServingError
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
+from tunestack import names
 
 DEFAULT_REPOSITORY = "model_repository"
 
@@ -32,9 +33,10 @@ def triton_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="model to load at start-up (repeatable); default: every model in the repository")
     p.add_argument("--tritonserver", metavar="PATH", help="a tritonserver binary to use instead of nvidia-pytriton's")
-    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: a free one)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: a free one)")
+    p.add_argument("--http-port", type=int, default=names.TRITON_HTTP_PORT, help="HTTP port (0: a free one)")
+    p.add_argument("--grpc-port", type=int, default=names.TRITON_GRPC_PORT, help="gRPC port (0: a free one)")
+    p.add_argument("--metrics-port", type=int, default=names.TRITON_METRICS_PORT,
+                   help="Prometheus metrics port (0: a free one)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until the models are ready")
     p.add_argument("--log-file", help="tritonserver's log (default: a temporary file, printed at start)")
     p.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
@@ -45,7 +47,7 @@ def models_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m serving models", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="List, load, unload and roll back model versions on a running Triton (repository API).")
-    p.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP address host:port")
+    p.add_argument("--url", default=names.TRITON_HTTP_ADDRESS, help="Triton's HTTP address host:port")
     p.add_argument("--repository", default=DEFAULT_REPOSITORY,
                    help="the repository folder Triton serves (read to roll back / pin versions)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a load or unload")

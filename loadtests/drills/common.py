@@ -17,6 +17,7 @@ from loadtests.config import LoadTestConfig
 from loadtests.run import RunResult, run_loadtest
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
+from tunestack import names
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class DrillConfig:
     """The run whose onnx/ folder (fp32 + int8, gated) is published during the drill."""
     out_dir: Path = Path("reports")
     """The drill's folder is OUT_DIR/DRILL-TIMESTAMP/."""
-    model_name: str = "sentiment"
+    model_name: str = CONTRACT.default_model_name
     """Triton model name in the drill's own, fresh model repository."""
     rate: float = 20.0
     """Open-loop load: requests per second (Poisson arrivals over 500 user ids)."""
@@ -39,7 +40,7 @@ class DrillConfig:
     """Seconds each drill step lasts (>= 10 s: a step's P99 is Locust's 10-second window)."""
     outage_s: float = 6.0
     """Fault drill: seconds tritonserver stays down."""
-    timeout_s: float = 2.0
+    timeout_s: float = names.ROUTER_TIMEOUT_S
     """The router's per-request timeout to Triton."""
 
 

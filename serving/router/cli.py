@@ -22,6 +22,7 @@ import uvicorn
 from serving.router.config import RouterConfig, load_experiment
 from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
+from tunestack import names
 
 GRACEFUL_SHUTDOWN_S = 10
 """Seconds in-flight requests (HTTP and gRPC) get to finish after SIGTERM."""
@@ -117,7 +118,7 @@ def run_report(argv: list[str]) -> int:
     from serving.router.report import plot_latency_cdf, render_markdown
 
     p = argparse.ArgumentParser(prog="python -m serving report", description="Print an experiment's report from a running router.")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the router's base URL")
+    p.add_argument("--url", default=names.ROUTER_URL, help="the router's base URL")
     p.add_argument("--experiment", default=None, help="experiment name (default: the router's only experiment)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the quantile intervals")

@@ -28,10 +28,11 @@ from urllib.parse import urlsplit
 import yaml
 
 from serving.router.errors import ExperimentError
+from tunestack import names
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STICKY_SOURCES = ("header", "parameter")
-DEFAULT_UPSTREAM = "http://127.0.0.1:8000"
+DEFAULT_UPSTREAM = names.TRITON_URL
 TRITON_GRPC_PORT = 8001
 """Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
 GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
@@ -97,7 +98,7 @@ class Experiment:
     """Optional shadow model."""
     fallback: str | None = None
     """Optional arm name that serves a request when its own arm's upstream is down or times out."""
-    timeout_s: float = 2.0
+    timeout_s: float = names.ROUTER_TIMEOUT_S
     """Per-request timeout to Triton, in seconds (connect + answer)."""
     upstream: str = DEFAULT_UPSTREAM
     """Default Triton HTTP base URL for the arms and the shadow."""
@@ -287,7 +288,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     elif raw_shadow is not None:
         problems.append(f"shadow must be a mapping {{model, version, fraction}}, got {raw_shadow!r}")
     exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow,
-                     fallback=data.get("fallback"), timeout_s=data.get("timeout_s", 2.0),
+                     fallback=data.get("fallback"), timeout_s=data.get("timeout_s", names.ROUTER_TIMEOUT_S),
                      upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"))
     try:
         validate(exp, source)
@@ -328,7 +329,7 @@ class RouterConfig:
     """Path of the experiment file (YAML or TOML); re-read on SIGHUP or POST .../reload."""
     host: str = "127.0.0.1"
     """Address to bind; loopback unless told otherwise."""
-    port: int = 8080
+    port: int = names.ROUTER_PORT
     """Port to bind."""
     grpc_port: int = 8081
     """Port of the KServe v2 gRPC endpoint (Triton's GRPCInferenceService), served alongside HTTP; 0 = none."""
@@ -366,7 +367,7 @@ class RouterConfig:
 
 
 def write_experiment(path: str | Path, name: str, arms: list[tuple[str, str, float]], model: str,
-                     timeout_s: float = 2.0, fallback: str | None = None, sticky_header: str = "X-User-Id") -> Path:
+                     timeout_s: float = names.ROUTER_TIMEOUT_S, fallback: str | None = None, sticky_header: str = "X-User-Id") -> Path:
     """Write a YAML experiment file, sticky by ``sticky_header``; ``arms`` are (arm name, model version,
     weight) of ``model``, the first one the control. The file is read back, so an invalid spec raises here."""
     spec: dict[str, Any] = {"name": name, "timeout_s": timeout_s, "sticky": {"header": sticky_header},
