@@ -21,12 +21,13 @@ NPROC ?= 1
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
-	rollout-drill fault-drill loadtest bench lint clean
+	rollout-drill fault-drill loadtest bench lint clean compare
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
 	@echo "make test           the test suite (unit + end-to-end with real servers)"
 	@echo "make train          LoRA fine-tuning -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
+	@echo "make compare        full vs freeze vs LoRA vs IA3 vs LoHa: train, export, time -> reports/compare-TIMESTAMP/ (COMPARE_BUDGET=s per method)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export.json"
 	@echo "make serve          Triton Inference Server on $(REPOSITORY)"
@@ -62,6 +63,13 @@ runs/$(NAME)/adapter/adapter_config.json: | install
 
 train: install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET) $(TRAIN_ARGS)
+
+# Every fine-tuning method on the same split, seed and budget (COMPARE_BUDGET seconds each); COMPARE_ARGS
+# passes more flags (python -m training compare --help), e.g. COMPARE_ARGS="--methods lora,full --model DIR".
+COMPARE_BUDGET ?= 150
+COMPARE_ARGS ?=
+compare: install
+	$(PY) -m training compare --time-budget-s $(COMPARE_BUDGET) $(COMPARE_ARGS)
 
 # Without ADAPTER, train runs/$(NAME)/adapter first (once), then export it.
 export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunestack import names
+
 
 @dataclass(frozen=True)
 class ModelContract:
@@ -24,7 +26,7 @@ class ModelContract:
     """The fp32 ONNX file inside ``runs/NAME/onnx/`` and inside each published version."""
     onnx_int8_file: str = "model.int8.onnx"
     """The dynamically quantized int8 ONNX file inside ``runs/NAME/onnx/``."""
-    label_map_file: str = "label_map.json"
+    label_map_file: str = names.LABEL_MAP_FILE
     """``{"labels": [...]}``: index -> label name, written by training and carried forward."""
     parity_file: str = "parity.json"
     """The parity report written next to the ONNX files."""

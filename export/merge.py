@@ -20,10 +20,11 @@ from export.errors import InputError
 from training.files import atomic_folder, sha256
 from training.model import load_classifier, load_tokenizer
 from training.tracking import TRACKING_FILE
+from tunestack import names
 
 log = logging.getLogger(__name__)
 
-CARRIED_FILES = (CONTRACT.label_map_file, "training_config.json", "heldout.jsonl", "metrics.json", TRACKING_FILE)
+CARRIED_FILES = (CONTRACT.label_map_file, names.TRAINING_CONFIG_FILE, names.HELDOUT_FILE, names.METRICS_FILE, TRACKING_FILE)
 """Files of the training run that travel with the model through merge and export."""
 SOURCE_FILE = "merge_source.json"
 FULL_MODEL_WEIGHTS = "model.safetensors"

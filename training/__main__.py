@@ -1,4 +1,7 @@
-"""``python -m training``: LoRA fine-tuning; flags mirror ``training.config.TrainConfig``."""
+"""``python -m training``: fine-tuning (LoRA by default); flags mirror ``training.config.TrainConfig``.
+
+``python -m training compare``: every method on the same split and budget (``training.compare.CompareConfig``).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,29 @@ from training.errors import TrainingError
 from training.train import train
 
 
+def compare_main(argv: list[str]) -> int:
+    from training.compare import CompareConfig, run_compare
+    from tunestack.cli import parse_dataclass
+
+    cfg = parse_dataclass(CompareConfig, argv, "python -m training compare", errors=(TrainingError, ValueError, TypeError))
+    try:
+        folder = run_compare(cfg)
+    except (TrainingError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((folder / "compare.md").read_text())
+    print(f"report: {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     try:
-        cfg = parse_config(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face model with LoRA (peft) on labelled text.")
+        cfg = parse_config(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face sequence classifier on labelled text (--method lora|full|freeze|ia3|loha); "
+                           "`python -m training compare --help` compares the methods.")
         dist = Dist.from_env()  # torchrun's RANK / WORLD_SIZE, read once here
         result = train(cfg, dist)
     except (TrainingError, FileNotFoundError, ValueError) as e:
@@ -24,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_main:
         return 0
     before, after = result.metrics["test_before"], result.metrics["test_after"]
-    print(f"\nadapter: {result.adapter_dir}")
+    print(f"\n{result.metrics['method']} run: {result.adapter_dir}" + (f" (MLflow run {result.run_id})" if result.run_id else ""))
     print(f"stopped: {result.metrics['stop_reason']} after {result.metrics['steps']} steps, {result.metrics['train_seconds']} s")
-    print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}")
+    print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}"
+          + (f", ROC-AUC {after['auc']:.4f}" if after["auc"] is not None else ""))
     return 0
 
 

@@ -29,6 +29,7 @@ from training.metrics import encode, logit_metrics, torch_logits
 from training.model import load_classifier, load_tokenizer, resolve_model_dir
 from training.optim import Precision, make_optimizer
 from training.progress import Progress
+from tunestack import names
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,11 @@ def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir
     with atomic_folder(cfg.adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "label_map.json").write_text(json.dumps({"labels": splits.labels}, indent=2))
+        (tmp / names.LABEL_MAP_FILE).write_text(json.dumps({"labels": splits.labels}, indent=2))
         resolved = cfg.to_dict() | {"model": str(model_dir.resolve()), "labels": splits.labels, "learning_rate": cfg.lr}
-        (tmp / "training_config.json").write_text(json.dumps(resolved, indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_jsonl(tmp / "heldout.jsonl", splits.test)
+        (tmp / names.TRAINING_CONFIG_FILE).write_text(json.dumps(resolved, indent=2))
+        (tmp / names.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_jsonl(tmp / names.HELDOUT_FILE, splits.test)
         tracking.write_link(tmp, run_id, tracking.resolve_uri(cfg.tracking_uri))
     return cfg.adapter_dir
 
