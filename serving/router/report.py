@@ -181,4 +181,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- predicted-label distribution: **{ld['verdict']}** ({chi})")
         lines.append(f"- accuracy: **{c['accuracy_diff']['verdict']}** (difference {_iv(c['accuracy_diff'])})")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + audit_lines(r))
+
+
+def audit_lines(r: dict[str, Any]) -> list[str]:
+    """Where the data came from, and the weight changes (the store's audit log), when the report has them."""
+    lines = [f"Data: {r['data_source']}.", ""] if "data_source" in r else []
+    if r.get("audit"):
+        lines += ["## Weight changes", "", "| revision | at (UTC) | who | source | why | weights |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a['revision']} | {a['at']} | {a['who']} | {a['source']} | {a['why']} | "
+                  + ", ".join(f"{k} {v:g}" for k, v in a["weights"].items()) + " |" for a in r["audit"]]
+        lines.append("")
+    return lines

@@ -20,6 +20,7 @@ from serving.router.config import Experiment, RouterConfig, load_experiment
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.metrics import Recorder
+from serving.router.store.runtime import StoreRuntime
 from serving.router.upstream import Target, Upstream
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,25 @@ class RouterState:
     current: tuple[Experiment, Assigner]
     recorder: Recorder
     upstream: Upstream
-    admin_token: str | None
+    admin_token: dict[str, str] | None
+    """Admin tokens by name (``parse_tokens``); the name stamps the audit log. None: admin API off."""
     grpc_upstream: GrpcUpstream
     """Triton over gRPC, for the router's gRPC endpoint; shares ``upstream``'s circuit breaker."""
     rng: random.Random = field(default_factory=random.Random)
     shadow_tasks: set[asyncio.Task] = field(default_factory=set)
     background: set[asyncio.Task] = field(default_factory=set)
+    store: StoreRuntime | None = None
+    """The experiment store (``config.store``); None keeps everything in this process's memory."""
 
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
+        """``admin_token``: the text of the token file or variable (see ``parse_tokens``)."""
         recorder = Recorder(experiment.name, config.latency_window, config.request_log_size)
         recorder.set_shares(experiment.shares)
         upstream = Upstream(config.max_connections)
-        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, admin_token, GrpcUpstream(upstream))
+        tokens = parse_tokens(admin_token) if admin_token else None
+        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, tokens, GrpcUpstream(upstream),
+                   store=StoreRuntime(config) if config.store else None)
 
     @property
     def experiment(self) -> Experiment:
@@ -65,11 +72,15 @@ class RouterState:
         log.info("experiment %s updated (%s): shares %s", experiment.name, why,
                  {k: round(v, 4) for k, v in experiment.shares.items()})
 
-    async def reload(self, why: str) -> Experiment:
-        """Re-read the experiment file; a broken file raises and leaves the running experiment as it was."""
+    async def reload(self, why: str, who: str = "router") -> Experiment:
+        """Re-read the experiment file; a broken file raises and leaves the running experiment as it was.
+        With a store the file becomes the next revision, which every replica applies."""
         exp = await asyncio.to_thread(load_experiment, self.config.experiment, self.config.triton_url,
                                       self.config.triton_grpc_url)
-        self.set_experiment(exp, why)
+        if self.store is not None:
+            await self.store.change(exp, "file", who, f"reload ({why})")
+        else:
+            self.set_experiment(exp, why)
         return exp
 
     @staticmethod
@@ -90,15 +101,38 @@ class RouterState:
             raise NotFound(f"unknown experiment {name!r}; this router serves {exp.name!r}")
         return exp
 
-    def require_admin(self, request: Request) -> None:
-        """Raise unless the request carries ``Authorization: Bearer <the admin token>``."""
+    def require_admin(self, request: Request) -> str:
+        """The name of the admin token the request carries (``Authorization: Bearer <token>``), or raise."""
         if self.admin_token is None:
             raise Forbidden(f"the admin API is disabled: start the router with --admin-token-file or ${TOKEN_ENV}")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing admin token: send the header 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+        names = [name for name, secret in self.admin_token.items()
+                 if hmac.compare_digest(token.strip().encode(), secret.encode())]
+        if not names:
             raise Unauthorized("wrong admin token")
+        return names[0]
+
+
+def parse_tokens(text: str) -> dict[str, str]:
+    """Admin tokens, one a line: ``NAME:SECRET`` (the name stamps the audit log), or a bare ``SECRET``
+    (named ``admin``). Blank lines and ``#`` comments are skipped."""
+    tokens: dict[str, str] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        name, secret = (name.strip(), secret.strip()) if sep else ("admin", line)
+        if not name or not secret:
+            raise ValueError(f"admin token line {i} must be NAME:SECRET or SECRET, got an empty name or secret")
+        if name in tokens:
+            raise ValueError(f"admin token line {i}: the name {name!r} is used twice; names must be unique")
+        tokens[name] = secret
+    if not tokens:
+        raise ValueError("the admin token text holds no token")
+    return tokens
 
 
 def get_state(request: Request) -> RouterState:

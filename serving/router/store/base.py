@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +182,8 @@ class Store(abc.ABC):
         answers = [(r.experiment, r.request_id, r.arm, r.assigned_arm, r.version, key_hash(r.key), r.latency_s,
                     LABEL_SEP.join(r.labels), r.at) for r in records if isinstance(r, AnswerRow)]
         errors = [(r.experiment, r.arm, r.code, r.kind, r.at) for r in records if isinstance(r, ErrorRow)]
+        counts = Counter((r.experiment, r.arm, r.assigned_arm, LABEL_SEP.join(r.labels))
+                         for r in records if isinstance(r, AnswerRow))
         shadows = [(r.experiment, r.shadow, r.primary_arm, r.outcome, r.latency_s, LABEL_SEP.join(r.labels),
                     None if r.agree is None else int(r.agree), r.at) for r in records if isinstance(r, ShadowRow)]
         statements = [
@@ -189,6 +192,10 @@ class Store(abc.ABC):
             ("INSERT INTO errors (experiment, arm, code, kind, at) VALUES (?, ?, ?, ?, ?)", errors),
             ("INSERT INTO shadows (experiment, shadow, primary_arm, outcome, latency_s, labels, agree, at) "
              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", shadows),
+            # sorted: replicas upserting the same rows lock them in one order (no deadlock)
+            ("INSERT INTO answer_counts (experiment, arm, assigned_arm, labels, n) VALUES (?, ?, ?, ?, ?) "
+             "ON CONFLICT (experiment, arm, assigned_arm, labels) DO UPDATE SET n = answer_counts.n + excluded.n",
+             [(*k, n) for k, n in sorted(counts.items())]),
         ]
         await self._run([(sql, rows) for sql, rows in statements if rows])
 
@@ -217,7 +224,8 @@ class Store(abc.ABC):
         """The per-arm data ``build_report`` consumes, over all replicas' traffic.
 
         Counts, labels, errors, fallbacks, feedback and shadow agreement are aggregated in SQL over every
-        row; latency arrays are the newest ``latency_window`` answers per arm (the in-memory window's rule).
+        row (answers through ``answer_counts``, which each batch updates); latency arrays are the newest
+        ``latency_window`` answers per arm (the in-memory window's rule).
         """
         arms: dict[str, ArmRecord] = {}
         shadow: dict[str, ArmRecord] = {}
@@ -226,8 +234,7 @@ class Store(abc.ABC):
             return table.setdefault(name, ArmRecord(latency=np.empty(0)))
 
         for arm, assigned, labels, n in await self._query(
-                "SELECT arm, assigned_arm, labels, COUNT(*) FROM answers WHERE experiment = ? "
-                "GROUP BY arm, assigned_arm, labels", [experiment]):
+                "SELECT arm, assigned_arm, labels, n FROM answer_counts WHERE experiment = ?", [experiment]):
             r = rec(arms, arm)
             r.requests += n
             r.fallbacks_in += n if assigned != arm else 0

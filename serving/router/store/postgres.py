@@ -42,7 +42,7 @@ class PostgresStore(Store):
         self.url = url
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=POOL_TIMEOUT_S,
                                          kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
-                                         check=AsyncConnectionPool.check_connection, reconnect_timeout=0)
+                                         check=AsyncConnectionPool.check_connection)
         self._listener: psycopg.AsyncConnection | None = None
 
     async def open(self) -> None:

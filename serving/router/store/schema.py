@@ -45,6 +45,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "labels TEXT NOT NULL, correct INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL, "
         "PRIMARY KEY (experiment, request_id))",
     )),
+    Migration(3, "answer counts per (arm, assigned arm, labels), kept by the writer: the report reads O(groups)", (
+        "CREATE TABLE answer_counts (experiment TEXT NOT NULL, arm TEXT NOT NULL, assigned_arm TEXT NOT NULL, "
+        "labels TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (experiment, arm, assigned_arm, labels))",
+        "INSERT INTO answer_counts SELECT experiment, arm, assigned_arm, labels, COUNT(*) FROM answers "
+        "GROUP BY experiment, arm, assigned_arm, labels",
+    )),
 )
 
 
