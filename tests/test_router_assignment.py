@@ -28,8 +28,10 @@ def u() -> np.ndarray:
     return buckets("ab", KEYS)
 
 
-def arms_of(exp: Experiment, u: np.ndarray) -> np.ndarray:
-    return np.array(Assigner(exp).arms)[Assigner(exp).arm_indices(u)]
+def arms_of(exp: Experiment) -> np.ndarray:
+    """The arm of every key, from the function the router calls per request (``Assigner.assign``)."""
+    assigner = Assigner(exp)
+    return np.array([assigner.assign(key, None) for key in KEYS])
 
 
 def test_buckets_are_uniform_and_depend_on_the_experiment(u):
@@ -53,9 +55,9 @@ def test_same_key_same_arm_across_assigners_and_processes(u):
 
 
 @pytest.mark.parametrize("weights", [(70, 30), (50, 50), (99, 1), (0.5, 0.25, 0.25), (40, 20, 20, 20), (100, 0)])
-def test_split_within_one_percent_of_the_weights(u, weights):
+def test_split_within_one_percent_of_the_weights(weights):
     exp = experiment(*weights)
-    arms = arms_of(exp, u)
+    arms = arms_of(exp)
     for name, share in exp.shares.items():
         assert abs(np.mean(arms == name) - share) < 0.01, (name, np.mean(arms == name), share)
 
@@ -67,11 +69,11 @@ def test_random_assignment_without_a_key_follows_the_weights():
     assert abs(got.count("t1") / len(got) - 0.3) < 0.01
 
 
-def test_two_arm_ramp_is_monotone(u):
+def test_two_arm_ramp_is_monotone():
     steps = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0]
-    previous = arms_of(experiment(1 - steps[0], steps[0]), u)
+    previous = arms_of(experiment(1 - steps[0], steps[0]))
     for p, q in zip(steps, steps[1:], strict=False):
-        current = arms_of(experiment(1 - q, q), u)
+        current = arms_of(experiment(1 - q, q))
         moved_in = (previous == "control") & (current == "t1")
         moved_back = (previous == "t1") & (current == "control")
         assert moved_back.sum() == 0, f"{moved_back.sum()} keys moved back from t1 at {p} -> {q}"
@@ -79,19 +81,19 @@ def test_two_arm_ramp_is_monotone(u):
         previous = current
 
 
-def test_two_arm_ramp_down_only_moves_keys_out_of_the_treatment(u):
-    before, after = arms_of(experiment(60, 40), u), arms_of(experiment(90, 10), u)
+def test_two_arm_ramp_down_only_moves_keys_out_of_the_treatment():
+    before, after = arms_of(experiment(60, 40)), arms_of(experiment(90, 10))
     assert not np.any((before == "control") & (after == "t1"))
     assert abs(np.mean((before == "t1") & (after == "control")) - 0.3) < 0.01
 
 
-def test_multi_arm_growing_one_treatment_leaves_the_others_alone(u):
-    before, after = arms_of(experiment(70, 15, 15), u), arms_of(experiment(55, 15, 30), u)
+def test_multi_arm_growing_one_treatment_leaves_the_others_alone():
+    before, after = arms_of(experiment(70, 15, 15)), arms_of(experiment(55, 15, 30))
     changed = before != after
     assert np.all(before[changed] == "control") and np.all(after[changed] == "t2")  # control -> t2 only
     assert np.all(after[before == "t1"] == "t1")  # t1 keeps every key
     assert abs(changed.mean() - 0.15) < 0.01
 
 
-def test_weights_scale_does_not_matter(u):
-    assert np.array_equal(arms_of(experiment(70, 30), u), arms_of(experiment(0.7, 0.3), u))
+def test_weights_scale_does_not_matter():
+    assert np.array_equal(arms_of(experiment(70, 30)), arms_of(experiment(0.7, 0.3)))

@@ -62,12 +62,6 @@ class Assigner:
         offset = u - lane * self._lane
         return lane + 1 if offset < self._treatment_shares[lane] else 0
 
-    def arm_indices(self, u: np.ndarray) -> np.ndarray:
-        """Vectorised ``arm_index`` for an array of buckets."""
-        lane = np.minimum((u * self._n).astype(np.int64), self._n - 1)
-        offset = u - lane * self._lane
-        return np.where(offset < self._treatment_shares[lane], lane + 1, 0)
-
     def assign(self, key: str | None, rng: random.Random) -> str:
         """The arm for ``key``; a random bucket from ``rng`` when there is no key."""
         u = rng.random() if key is None else bucket(self.experiment, key)
