@@ -14,6 +14,8 @@ Two user classes, picked by name on Locust's command line (``loadtests.run`` doe
 - ``ClosedLoopUser``: N users, each sends, waits for the answer (and ``--think-time``), sends again.
 - ``OpenLoopUser``: arrival generators; together they send ``--arrival-rate`` requests per second with
   Poisson (exponential) inter-arrival times, whether or not earlier answers came back.
+- ``GrpcUser``: ``ClosedLoopUser`` over gRPC (``tritonclient.grpc``), to the router's ``--grpc-port`` or,
+  with ``--target triton``, to Triton's gRPC port: ``--host grpc://127.0.0.1:8081``.
 
     locust -f loadtests/locustfile.py --headless -u 10 -t 30s --host http://127.0.0.1:8080 ClosedLoopUser
 """
@@ -30,12 +32,14 @@ from pathlib import Path
 import gevent
 import locust.stats
 from gevent.pool import Pool
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
+from export.contract import CONTRACT
 from loadtests import measure
 from loadtests.config import add_locust_arguments
 from loadtests.protocol import check_prediction, infer_body
+from serving.client import text_input
 
 INFER = "infer"
 FEEDBACK = "feedback"
@@ -247,3 +251,82 @@ class OpenLoopUser(_ReviewUser):
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
+
+def _grpc_client_module():
+    """``tritonclient.grpc``, with gRPC switched to gevent first: without it every Locust user of the process
+    shares one blocked thread and the run serialises (or hangs at the end)."""
+    import grpc.experimental.gevent
+
+    grpc.experimental.gevent.init_gevent()
+    import tritonclient.grpc
+
+    return tritonclient.grpc
+
+
+class GrpcUser(User):
+    """``ClosedLoopUser`` over gRPC: the same reviews, user ids, checks and per-variant rows (no feedback:
+    that is an HTTP endpoint). ``--host`` is ``grpc://HOST:PORT`` (or ``HOST:PORT``)."""
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.grpc = _grpc_client_module()
+        self.workload = workload_of(environment)
+        self.timeout = environment.parsed_options.request_timeout
+        address = (self.host or "").split("://", 1)[-1].rstrip("/")
+        self.client = self.grpc.InferenceServerClient(address)
+        self.outputs = [self.grpc.InferRequestedOutput(n) for n in (CONTRACT.output_probabilities, CONTRACT.output_label)]
+        self.rng = random.Random()
+        count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
+        self.user_id = f"grpc-user-{max(getattr(environment.runner, 'worker_index', 0), 0)}-{count}"
+        self.first_variant: str | None = None
+
+    def wait_time(self) -> float:
+        return self.environment.parsed_options.think_time
+
+    @task
+    def review(self) -> None:
+        w = self.workload
+        texts = [w.texts[self.rng.randrange(len(w.texts))] for _ in range(w.batch_size)]
+        version = ""
+        if w.versions:  # target triton: each user sticks to one version, as the router's users do to an arm
+            version = w.versions[int(uuid.uuid5(uuid.NAMESPACE_OID, self.user_id)) % len(w.versions)]
+        name = w.path.rsplit("/", 1)[-1]
+        start = time.perf_counter()
+        result, error, variant = None, None, NO_VARIANT
+        try:
+            result = self.client.infer(name, [text_input(self.grpc, texts)], model_version=version,
+                                       outputs=self.outputs, headers={"x-user-id": self.user_id},
+                                       client_timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - every failure is a failed request in Locust's statistics
+            error = e
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        if result is not None:
+            variant, error = self._judge(result, len(texts), version)
+        self.environment.events.request.fire(request_type=INFER, name=variant, response_time=elapsed_ms,
+                                             response_length=0, context={}, exception=error)
+
+    def _judge(self, result, count: int, version: str) -> tuple[str, Exception | None]:
+        """(variant name, None) for a valid prediction; else the problem as an exception."""
+        response = result.get_response()
+        if self.workload.target == "router":
+            variant = response.parameters["variant"].string_param or NO_VARIANT
+        else:
+            variant = f"{self.workload.model} v{response.model_version or version}"
+        labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy(CONTRACT.output_label).ravel()]
+        payload = {"outputs": [{"name": CONTRACT.output_probabilities,
+                                "data": result.as_numpy(CONTRACT.output_probabilities).ravel().tolist()},
+                               {"name": CONTRACT.output_label, "data": labels}]}
+        problem = check_prediction(payload, count, self.workload.label_set)
+        self.first_variant = self.first_variant or variant
+        if problem is None and self.first_variant != variant:
+            switch = f"user {self.user_id} was served by {self.first_variant}, now by {variant}"
+            self.first_variant = variant
+            if self.workload.sticky_check == "fail":
+                problem = f"sticky assignment broken: {switch}"
+            else:
+                self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
+                                                     response_length=0, context={}, exception=None)
+        return variant, RuntimeError(problem) if problem else None
+
+    def on_stop(self) -> None:
+        self.client.close()

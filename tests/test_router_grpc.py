@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import csv
 import queue
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
+from tunestack.procs import ChildProcess
 from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, repository, spec, triton  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -188,3 +191,26 @@ def test_sticky_by_request_parameter_over_grpc(triton, tmp_path):
                 assert variant_of(result) == expected.assign(user, None)
         finally:
             rc.close()
+
+
+def test_locust_grpc_user_through_the_router(router, tiny_onnx_dir, tmp_path):
+    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
+                 if p.is_file())
+    prefix = tmp_path / "locust"
+    expected = Assigner(experiment_from_dict(spec("http://x")))
+    arms_of = [expected.assign(f"grpc-user-0-{i}", None) for i in range(1, 41)]  # GrpcUser's user ids, in order
+    users = next(n for n in range(1, 41) if len(set(arms_of[:n])) == 2)  # the fewest users that reach both arms
+    arms = set(arms_of[:users])
+    argv = [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless", "-u", str(users), "-r", str(users),
+            "-t", "4s", "--host", f"grpc://{router.grpc_address}", "--target", "router", "--experiment", EXPERIMENT,
+            "--texts", str(texts), "--sticky-check", "fail", "--csv", str(prefix), "--stop-timeout", "5", "GrpcUser"]
+    locust = ChildProcess("locust", argv, tmp_path / "locust.log", cwd=Path(__file__).parents[1]).start()
+    try:
+        locust.process.wait(timeout=120)
+    finally:
+        locust.stop()
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert arms == {"control", "treatment"}
+    assert {n for n, r in rows.items() if r["Type"] == "infer"} == arms, locust.log_tail()
+    assert all(r["Failure Count"] == "0" and int(r["Request Count"]) > 0 for r in rows.values()), rows
