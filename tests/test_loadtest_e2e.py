@@ -73,8 +73,10 @@ def test_closed_loop_through_the_router(stack):
     triton = {m["version"]: m["requests"] for m in json.loads((result.folder / "triton_metrics.json").read_text())["models"]}
     assert triton == {"1": int(rows["control"]["Request Count"]), "2": int(rows["treatment"]["Request Count"])}
     # the router's statistical report agrees on the counts and has the feedback's accuracy
-    arms = json.loads((result.folder / "router_report.json").read_text())
-    assert "control" in json.dumps(arms) and "treatment" in json.dumps(arms)
+    arms = json.loads((result.folder / "router_report.json").read_text())["arms"]
+    assert {arm: arms[arm]["requests"] for arm in ("control", "treatment")} == {
+        arm: int(rows[arm]["Request Count"]) for arm in ("control", "treatment")}
+    assert sum(arms[arm]["accuracy"]["n"] for arm in ("control", "treatment")) == int(rows["feedback"]["Request Count"])
     report = result.report.read_text()
     assert "| control |" in report and "### Experiment `sentiment-ab`" in report
     assert (result.folder / "latency_cdf.png").stat().st_size > 10_000
@@ -91,7 +93,7 @@ def test_open_loop_distributed_against_triton(stack):
     assert {n for n, r in rows.items() if r["Type"] == "infer"} == {f"{MODEL} v1", f"{MODEL} v2"}
     assert all(r["Failure Count"] == "0" for r in rows.values()), rows
     total = int(rows["Aggregated"]["Request Count"])
-    assert 40 <= total <= 320, total  # ~40/s Poisson for ~4 s: far from a closed loop's thousands
+    assert 0 < total <= 320, total  # at most ~40/s Poisson for ~4 s (a busy machine sends fewer): not a closed loop
     cpu_roles = {r["role"] for r in csv.DictReader(open(result.folder / "client_cpu.csv"))}
     assert {"master", "worker-1", "worker-2", "machine"} <= cpu_roles
     assert_no_locust_left()
