@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_main:
         return 0
     before, after = result.metrics["test_before"], result.metrics["test_after"]
-    print(f"\n{result.metrics['method']} run: {result.adapter_dir}" + (f" (MLflow run {result.run_id})" if result.run_id else ""))
+    tracked = f", MLflow run {result.run_id}" if result.run_id else ""
+    print(f"\nadapter: {result.adapter_dir} (method {result.metrics['method']}{tracked})")
     print(f"stopped: {result.metrics['stop_reason']} after {result.metrics['steps']} steps, {result.metrics['train_seconds']} s")
     print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}"
           + (f", ROC-AUC {after['auc']:.4f}" if after["auc"] is not None else ""))
