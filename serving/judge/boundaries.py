@@ -82,7 +82,7 @@ def beta_binomial_log_mixture(s: np.ndarray, t: np.ndarray, m: np.ndarray, a: fl
 
 
 def proportion_cs(s: np.ndarray, t: np.ndarray, alpha: float, a: float = 0.5, b: float = 0.5,
-                  iters: int = 60) -> tuple[np.ndarray, np.ndarray]:
+                  iters: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """The beta-binomial CS ``{m : M_t(m) < 1/alpha}`` for the mean of [0, 1] observations, vectorised.
 
     Returns ``(low, high)``; with ``t == 0`` the whole of [0, 1]. ``log M_t`` is convex in ``m`` with its
