@@ -26,7 +26,7 @@ TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalo
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
 	@echo "make test           the test suite (unit + end-to-end with real servers)"
-	@echo "make train          LoRA fine-tuning -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
+	@echo "make train          fine-tuning (TRAIN_ARGS="--method full", default LoRA) -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
 	@echo "make compare        full vs freeze vs LoRA vs IA3 vs LoHa: train, export, time -> reports/compare-TIMESTAMP/ (COMPARE_BUDGET=s per method)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export.json"
@@ -58,7 +58,7 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check training export serving loadtests tests
 
-runs/$(NAME)/adapter/adapter_config.json: | install
+runs/$(NAME)/adapter/training_config.json: | install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET)
 
 train: install
@@ -72,20 +72,20 @@ compare: install
 	$(PY) -m training compare --time-budget-s $(COMPARE_BUDGET) $(COMPARE_ARGS)
 
 # Without ADAPTER, train runs/$(NAME)/adapter first (once), then export it.
-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter $(or $(ADAPTER),runs/$(NAME)/adapter) --repository $(REPOSITORY) --model-name $(MODEL)
 
-bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export.bench --run runs/$(or $(if $(ADAPTER),$(notdir $(patsubst %/,%,$(dir $(ADAPTER))))),$(NAME))
 
 demo: install
 	$(PY) -m loadtests.demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
 
-rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 	$(PY) -m loadtests.drills rollout --run runs/$(NAME)
 
-fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 	$(PY) -m loadtests.drills fault --run runs/$(NAME)
 
@@ -108,7 +108,7 @@ loadtest: install
 		$(if $(DURATION),--run-time $(DURATION)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SHAPE),--shape $(SHAPE)) \
 		$(if $(VERSIONS),--versions $(VERSIONS)) $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST)) $(LOADTEST_ARGS)
 
-bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/adapter_config.json)
+bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 	$(PY) -m loadtests bench --run runs/$(NAME) $(BENCH_ARGS)
 
