@@ -3,6 +3,10 @@ and each treatment compared with the control, with a plain verdict per metric.
 
 With more than one treatment each comparison uses ``alpha / number of treatments`` (Bonferroni), so
 the chance of any false "better"/"worse" across the experiment stays at most ``alpha`` per metric.
+
+The verdicts to act on come from the anytime-valid judge (``serving.judge``, key ``judge``): valid at every
+look, family-wise over all metrics. The fixed-horizon ``comparisons`` stay as a snapshot, valid for one
+look only (reading them repeatedly inflates false verdicts: ``python -m serving judge simulate``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.judge import ArmStats, JudgeConfig, judge
 from serving.router import stats
 from serving.router.config import Experiment
 from serving.router.metrics import ArmRecord
@@ -81,6 +86,18 @@ def _compare(c: ArmRecord, t: ArmRecord, alpha: float) -> dict[str, Any]:
     return out
 
 
+def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: float) -> dict[str, Any]:
+    """The anytime-valid judge's verdicts for each treatment against the control (``serving.judge``)."""
+    def arm_stats(rec: ArmRecord) -> ArmStats:
+        server_errors = sum(rec.errors.values())
+        return ArmStats(requests=rec.requests + server_errors, server_errors=server_errors,
+                        latency_ms=np.asarray(rec.latency, dtype=np.float64) * 1000, labels=dict(rec.labels),
+                        feedback_correct=rec.feedback_correct, feedback_total=rec.feedback_total)
+
+    config, c = JudgeConfig(alpha=alpha), arm_stats(control)
+    return {t: judge(c, arm_stats(rec), config, comparisons=len(treatments)).to_dict() for t, rec in treatments.items()}
+
+
 def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alpha: float = 0.05,
                  resamples: int = 2000, rng: np.random.Generator | None = None) -> dict[str, Any]:
     """The report as a JSON-able dict, from a ``Recorder.snapshot()``."""
@@ -100,6 +117,7 @@ def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alp
                  for a in [*exp.arm_names, *[x for x in arms if x not in exp.arm_names]]},
         "shadow": {},
         "comparisons": {t: _compare(arms.get(control, empty), arms.get(t, empty), alpha_each) for t in treatments},
+        "judge": judge_arms(arms.get(control, empty), {t: arms.get(t, empty) for t in treatments}, alpha),
     }
     for name, rec in shadows.items():
         report["shadow"][name] = {
@@ -169,7 +187,11 @@ def render_markdown(r: dict[str, Any]) -> str:
             lat = s["latency_ms"]
             lines.append(f"| {name} | {s['requests']} | {s['errors']} | {s['dropped']} | {_iv(lat.get('p50'))} | "
                          f"{_iv(lat.get('p99'))} | {_iv(s['agreement'])} |")
-    lines += ["", f"## Verdicts (each treatment vs `{r['control']}`, alpha {r['alpha_per_comparison']:g} per comparison)", ""]
+    lines += judge_lines(r)
+    lines += ["", "## Snapshot (fixed-horizon, valid for one look only)", "",
+              f"Each treatment vs `{r['control']}`, alpha {r['alpha_per_comparison']:g} per comparison and per metric. "
+              "Read once at a sample size fixed in advance; read repeatedly, these give false verdicts far more "
+              "often than alpha.", ""]
     for t, c in r["comparisons"].items():
         lines.append(f"### `{t}`")
         lines.append(f"- p99 latency: **{c['latency_p99_diff_ms']['verdict']}** "
@@ -182,6 +204,33 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- accuracy: **{c['accuracy_diff']['verdict']}** (difference {_iv(c['accuracy_diff'])})")
         lines.append("")
     return "\n".join(lines + audit_lines(r))
+
+
+def _cs(m: dict[str, Any]) -> str:
+    if m["low"] is None and m["high"] is None:
+        return "-"
+    low = "-inf" if m["low"] is None else f"{m['low']:.4g}"
+    high = "+inf" if m["high"] is None else f"{m['high']:.4g}"
+    return f"{m['estimate']:.4g}{m['unit']} [{low}, {high}]" if m["estimate"] is not None else f"[{low}, {high}]"
+
+
+def judge_lines(r: dict[str, Any]) -> list[str]:
+    """The anytime-valid verdicts: one table per treatment (metric, verdict, CS of the difference, margin)."""
+    if not r.get("judge"):
+        return []
+    first = next(iter(r["judge"].values()))
+    lines = ["", f"## Verdicts (anytime-valid, each treatment vs `{r['control']}`)", "",
+             f"Confidence sequences of treatment - control, valid at every look; alpha {r['alpha']:g} family-wise "
+             f"over all metrics ({first['alpha_per_metric']:.4g} per metric). \"equivalent within margin\": the "
+             "whole interval lies within +-margin.", ""]
+    for t, j in r["judge"].items():
+        lines += [f"### `{t}`", "", "| metric | verdict | difference [CS] | margin | n control / treatment |",
+                  "|---|---|---|---|---|"]
+        for name, m in j["metrics"].items():
+            lines.append(f"| {name.replace('_', ' ')} | **{m['verdict']}** | {_cs(m)} | +-{m['margin']:g}{m['unit']} | "
+                         f"{m['n_control']} / {m['n_treatment']} (min {m['min_samples']}) |")
+        lines.append("")
+    return lines
 
 
 def audit_lines(r: dict[str, Any]) -> list[str]:
