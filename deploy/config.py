@@ -44,6 +44,18 @@ class K8sConfig:
     """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the bucket."""
     admin_token_secret: str = "tunestack-router-admin"
     """Secret whose key ``token`` is the router's admin bearer token."""
+    store_secret: str = "tunestack-router-store"
+    """Secret whose key ``url`` is the experiment store every router replica shares (PostgreSQL)."""
+    store_url: str | None = None
+    """PostgreSQL URL the routers share, rendered into the Secret ``store_secret``; None: create that Secret
+    yourself (kubectl create secret generic tunestack-router-store --from-literal=url=postgresql://...)."""
+    store_postgres: bool = False
+    """Also render a single-replica PostgreSQL StatefulSet and point ``store_secret`` at it: for trying the
+    fleet out (one pod, no backups); not for production."""
+    postgres_image: str = "postgres:17"
+    """Image of the trial PostgreSQL (``store_postgres``)."""
+    postgres_storage: str = "1Gi"
+    """Volume size of the trial PostgreSQL (``store_postgres``)."""
     triton_replicas: int = 1
     """Triton replicas (the minimum, for KServe)."""
     triton_max_replicas: int = 3
@@ -91,5 +103,10 @@ class K8sConfig:
             problems.append("min replicas must not exceed max replicas")
         if not 1 <= self.router_cpu_target <= 100:
             problems.append(f"router_cpu_target must be a percentage in 1..100, got {self.router_cpu_target}")
+        if self.store_url is not None and not self.store_url.startswith(("postgresql://", "postgres://")):
+            problems.append(f"store_url must be a PostgreSQL URL (postgresql://USER:PASSWORD@HOST/DB) that every "
+                            f"router replica shares, got {self.store_url!r}")
+        if self.store_url and self.store_postgres:
+            problems.append("give store_url or store_postgres, not both: store_postgres renders its own URL")
         if problems:
             raise K8sError("invalid k8s render config:\n  - " + "\n  - ".join(problems))

@@ -8,7 +8,9 @@ Three files, each multi-document YAML (``kubectl apply -f DIR``):
   ``s3://`` repository itself (Triton's S3 file system) and its Service.
 - ``router.yaml``: the experiment file as a ConfigMap (its ``upstream`` pointed at the in-cluster
   Triton), the router Deployment (probes on ``/v2/health/live`` and ``/v2/health/ready``, resource
-  requests, the admin token from a Secret), its Service and a CPU HorizontalPodAutoscaler.
+  requests, the admin token and the experiment store's URL from Secrets), its Service and a CPU
+  HorizontalPodAutoscaler; with ``--store-url`` the store Secret, with ``--store-postgres`` a trial
+  PostgreSQL StatefulSet too (``deploy/store.py``).
 - ``locust.yaml``: the Locust master (web UI) and its workers as Deployments, aimed at the router.
 
 Names come from the experiment (``NAME-triton``, ``NAME-router``, ...), ports from ``tunestack.names``
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 from deploy.config import DNS_LABEL, K8sConfig, K8sError
+from deploy.store import store_env, store_manifests
 from deploy.validate import LIVE, READY, validate_manifest
 from export.object_store import S3Location
 from serving.router.config import experiment_from_dict, load_experiment
@@ -146,7 +149,8 @@ def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[l
         "command": ["python", "-m", "serving", "router"],
         "args": ["--experiment", f"{EXPERIMENT_MOUNT}/{experiment_file}", "--host", "0.0.0.0", "--port", str(port)],
         "ports": [{"name": "http", "containerPort": port}],
-        "env": [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": cfg.admin_token_secret, "key": "token"}}}],
+        "env": [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": cfg.admin_token_secret, "key": "token"}}},
+                store_env(cfg)],
         "resources": _resources(cfg.router_cpu, cfg.router_memory),
         "readinessProbe": _probe(READY, "http", period=5),
         "livenessProbe": _probe(LIVE, "http"),
@@ -162,7 +166,8 @@ def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[l
                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
                         "type": "Utilization", "averageUtilization": cfg.router_cpu_target}}}]}}
     service = _service(name, cfg, "router", {"http": port})
-    return [configmap, deployment, service, hpa], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
+    store = store_manifests(cfg, base, _meta, _resources)
+    return [configmap, deployment, service, hpa, *store], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
 
 
 # -- Locust ----------------------------------------------------------------------------------------

@@ -98,7 +98,9 @@ def test_names_ports_and_weights_come_from_the_configs(rendered):
     assert arg_after(c["args"], "--port") == str(router_port)
     assert (c["readinessProbe"]["httpGet"]["path"], c["livenessProbe"]["httpGet"]["path"]) == (READY, LIVE)
     assert c["resources"]["requests"].keys() == {"cpu", "memory"}
-    assert c["env"] == [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "tunestack-router-admin", "key": "token"}}}]
+    assert c["env"] == [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "tunestack-router-admin", "key": "token"}}},
+                        {"name": "TUNESTACK_ROUTER_STORE", "valueFrom": {"secretKeyRef": {"name": "tunestack-router-store",
+                                                                                          "key": "url"}}}]
     assert docs[("Service", f"{base}-router")]["spec"]["ports"][0]["port"] == router_port
     hpa = docs[("HorizontalPodAutoscaler", f"{base}-router")]
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{base}-router"}
