@@ -113,7 +113,7 @@ class ProcessTreeCPU:
     (the windows of a load test's levels, read from its latency log, without Locust's start-up in them).
     """
 
-    def __init__(self, *pids: int, interval: float = 0.5):
+    def __init__(self, *pids: int, interval: float = 0.25):
         self.pids = [p for p in pids if p]
         self.interval = interval
         self.started: tuple[float, float] | None = None
@@ -166,9 +166,10 @@ class ProcessTreeCPU:
             self._thread.join()
 
     def percent(self, start_s: float, end_s: float) -> float | None:
-        """% of one core over the samples that fall inside [start_s, end_s] (epoch seconds); None if too few."""
-        inside = [s for s in self.samples if start_s <= s[0] <= end_s]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        """% of one core over [start_s, end_s] (epoch seconds), from the samples just around it; None if < 2."""
+        if len(self.samples) < 2:
             return None
-        (t0, c0), (t1, c1) = inside[0], inside[-1]
-        return 100.0 * (c1 - c0) / (t1 - t0)
+        before = [x for x in self.samples if x[0] <= start_s]
+        after = [x for x in self.samples if x[0] >= end_s]
+        (t0, c0), (t1, c1) = (before[-1] if before else self.samples[0]), (after[0] if after else self.samples[-1])
+        return 100.0 * (c1 - c0) / (t1 - t0) if t1 > t0 else None
