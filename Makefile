@@ -21,7 +21,7 @@ NPROC ?= 1
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
-	rollout-drill fault-drill loadtest bench lint clean compare
+	rollout-drill fault-drill loadtest bench tune lint clean compare
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
@@ -35,7 +35,8 @@ help:
 	@echo "make bench-serving  in-process ORT vs Triton HTTP vs gRPC, dynamic batching -> reports/bench-serving.json"
 	@echo "make bench-router   router overhead: through the router minus direct to Triton"
 	@echo "make loadtest       Locust headless -> reports/loadtest-TIMESTAMP/ (TARGET USERS RATE DURATION WORKERS SHAPE)"
-	@echo "make bench          in-process vs served (Triton, router, transformers baseline) -> reports/bench-TIMESTAMP/"
+	@echo "make bench          Triton vs router, FastAPI + ORT, LitServe, transformers baseline, in-process -> reports/bench-TIMESTAMP/"
+	@echo "make tune           search instances x ORT threads x batching on tritonserver; winner -> a new version"
 	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 
@@ -108,9 +109,27 @@ loadtest: install
 		$(if $(DURATION),--run-time $(DURATION)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(SHAPE),--shape $(SHAPE)) \
 		$(if $(VERSIONS),--versions $(VERSIONS)) $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST)) $(LOADTEST_ARGS)
 
+# make bench: Triton serves $(REPOSITORY)/$(MODEL)'s newest version (the tuned one after make tune), beside the
+# router, FastAPI + ORT, LitServe + ORT, the transformers baseline and the in-process limit. Knobs:
+#   make bench BENCH_OPTIONS=triton,fastapi-ort P99_BOUND=100 BENCH_ARGS="--rate 20 --level-time 10s"
+BENCH_OPTIONS ?=
+P99_BOUND ?=
 bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m loadtests bench --run runs/$(NAME) $(BENCH_ARGS)
+	$(PY) -m loadtests bench --run runs/$(NAME) --repository $(REPOSITORY) --model $(MODEL) \
+		$(if $(BENCH_OPTIONS),--options $(BENCH_OPTIONS)) $(if $(P99_BOUND),--p99-bound-ms $(P99_BOUND)) $(BENCH_ARGS)
+
+# make tune: search serving configs on the real tritonserver (serving/tune), publish the winner as a new version
+# of $(MODEL), report in reports/tune-TIMESTAMP/. Knobs:
+#   make tune SEARCH=brute TRIALS=0 OBJECTIVE=min-p99 TUNE_ARGS="--rate 20 --step-time-s 10 --instance-counts 1,2,4"
+SEARCH ?=
+TRIALS ?=
+OBJECTIVE ?=
+TUNE_ARGS ?=
+tune: install
+	$(PY) -m serving tune --repository $(REPOSITORY) --model $(MODEL) $(if $(SEARCH),--search $(SEARCH)) \
+		$(if $(TRIALS),--max-trials $(TRIALS)) $(if $(OBJECTIVE),--objective $(OBJECTIVE)) \
+		$(if $(P99_BOUND),--p99-bound-ms $(P99_BOUND)) $(TUNE_ARGS)
 
 bench-serving: install
 	$(PY) -m serving.bench --repository $(REPOSITORY) --model $(MODEL)
