@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,34 @@ from export.errors import ConfigError
 from training.cli import config_from_dict, config_to_dict
 
 LAYOUTS = ("python", "onnxruntime")
+INT8_VARIANTS = ("int8", "int8-static")
+"""The quantized variants: ``int8`` (dynamic) and ``int8-static`` (calibrated QDQ), each gated on its
+accuracy drop against fp32 (``int8_max_accuracy_drop``)."""
+DEFAULT_VARIANTS = ("fp32", *INT8_VARIANTS)
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+MAX_THREADS_PER_INSTANCE = 4
+"""ORT intra-op threads beyond which a MiniLM-sized encoder gains little: more cores become more instances."""
+SERVING_SETTINGS = ("instance_count", "intra_op_threads", "max_queue_delay_us", "preferred_batch_sizes")
+"""The Triton settings derived from the core count when not given (``serving_defaults``)."""
+
+
+def serving_defaults(cpu_count: int) -> dict[str, Any]:
+    """The published Triton settings for a machine with ``cpu_count`` cores, before any tuning.
+
+    - ``intra_op_threads`` = min(cores, 4) and ``instance_count`` = cores // threads, so instances x
+      threads = the cores (2 cores: 1 x 2; 8 cores: 2 x 4; 16 cores: 4 x 4): a lone request gets every
+      core it can use, and a busy server keeps all of them working without oversubscribing.
+    - ``max_queue_delay_us`` = 500: a lone request waits at most 0.5 ms for batch-mates; under load the
+      queue fills while the instances are busy, so batches form without a longer window.
+    - ``preferred_batch_sizes`` = none: the model runs a batch in length buckets, so a larger batch is
+      never slower per item and the batcher may take whatever is queued (up to ``max_batch_size``).
+
+    ``make tune`` measures better settings for a given machine and load; these are the starting point.
+    """
+    cores = max(1, int(cpu_count))
+    threads = min(cores, MAX_THREADS_PER_INSTANCE)
+    return {"instance_count": max(1, cores // threads), "intra_op_threads": threads, "max_queue_delay_us": 500,
+            "preferred_batch_sizes": ()}
 
 
 @dataclass
@@ -23,12 +52,23 @@ class ExportConfig:
     """Run name; defaults to the adapter's parent folder name (``runs/NAME/adapter`` -> NAME)."""
     runs_dir: Path = Path("runs")
     """Where ``NAME/merged`` and ``NAME/onnx`` are written."""
-    variants: tuple[str, ...] = ("fp32", "int8")
-    """Variants to export and gate: fp32 and/or int8 (dynamic quantization)."""
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    """Variants to export, gate and publish (in this order): fp32, int8 (dynamic quantization) and/or
+    int8-static (calibrated QDQ)."""
     opset: int | None = None
     """ONNX opset; None lets Optimum choose."""
+    optimize: bool = True
+    """Fuse attention, LayerNorm and GELU with ONNX Runtime's transformer optimizer: the fp32 variant and
+    the base of both int8 variants (the unfused export stays beside it as model.unfused.onnx)."""
     int8_per_channel: bool = True
     """Quantize int8 weights per output channel (per-tensor loses ~1.5 accuracy points on MiniLM)."""
+    calibration_data: Path | None = None
+    """JSONL of TRAINING examples to calibrate int8-static on; defaults to the run's training split,
+    re-derived from its training_config.json. Texts of the held-out set are refused."""
+    calibration_examples: int = 256
+    """How many training texts calibrate int8-static's activation ranges."""
+    calibration_method: str = "minmax"
+    """int8-static calibration: minmax, percentile or entropy."""
     parity_data: Path | None = None
     """JSONL of held-out examples ({"text", "label"}); defaults to the adapter's heldout.jsonl."""
     parity_max_examples: int | None = None
@@ -40,7 +80,11 @@ class ExportConfig:
     fp32_min_agreement: float = 1.0
     """Gate: the fraction of labels fp32 ONNX must agree on with torch."""
     int8_max_accuracy_drop: float = 1.0
-    """Gate: the accuracy points int8 may lose against fp32 (1.0 = one percentage point)."""
+    """Gate: the accuracy points int8 and int8-static may each lose against fp32 (1.0 = one percentage point)."""
+    batch_invariance_probes: int = 32
+    """Held-out texts scored alone and inside a batch of 16 others, per variant (0: skip the check)."""
+    batch_invariance_tolerance: float = 1e-6
+    """A variant is batch-invariant when every probe keeps its label and its probabilities move at most this."""
     publish: bool = True
     """Publish the requested variants that pass the gate to the model repository."""
     repository: str | Path = Path("model_repository")
@@ -55,16 +99,20 @@ class ExportConfig:
     """Triton max_batch_size written into config.pbtxt."""
     dynamic_batching: bool = True
     """Write a dynamic_batching block into config.pbtxt."""
-    max_queue_delay_us: int = 2000
-    """dynamic_batching.max_queue_delay_microseconds."""
-    preferred_batch_sizes: tuple[int, ...] = ()
-    """dynamic_batching.preferred_batch_size (empty: let Triton choose)."""
-    instance_count: int = 1
-    """instance_group count (KIND_CPU)."""
-    intra_op_threads: int = 1
-    """ONNX Runtime intra-op threads per Triton model instance."""
-    served_versions: int = 2
-    """version_policy: Triton loads the newest N versions (0: all); 2 serves fp32 and int8 side by side."""
+    cpu_count: int | None = None
+    """Cores the serving settings below are derived from when not given (None: os.cpu_count() here);
+    see export.config.serving_defaults."""
+    max_queue_delay_us: int | None = None
+    """dynamic_batching.max_queue_delay_microseconds (None: derived, 500)."""
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    """dynamic_batching.preferred_batch_size (None: derived, none; empty: let Triton choose)."""
+    instance_count: int | None = None
+    """instance_group count (KIND_CPU) (None: derived, cores // intra_op_threads)."""
+    intra_op_threads: int | None = None
+    """ONNX Runtime intra-op threads per Triton model instance (None: derived, min(cores, 4))."""
+    served_versions: int = len(DEFAULT_VARIANTS)
+    """version_policy: Triton loads the newest N versions (0: all); 3 serves one export's fp32, int8 and
+    int8-static side by side."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes copied into the provenance."""
 
@@ -79,6 +127,13 @@ class ExportConfig:
         if isinstance(self.variants, str):
             self.variants = tuple(v.strip() for v in self.variants.split(",") if v.strip())
         self.variants = tuple(self.variants)
+        if self.calibration_data is not None:
+            self.calibration_data = Path(self.calibration_data)
+        if self.cpu_count is None:
+            self.cpu_count = os.cpu_count() or 1
+        for name, value in serving_defaults(self.cpu_count).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.preferred_batch_sizes = tuple(int(x) for x in self.preferred_batch_sizes)
         problems = []
         unknown = [v for v in self.variants if v not in VARIANT_FILES]
@@ -86,7 +141,14 @@ class ExportConfig:
             problems.append(f"unknown variant(s) {unknown or self.variants!r}; expected one or more of: {', '.join(VARIANT_FILES)}")
         if self.layout not in LAYOUTS:
             problems.append(f"unknown layout {self.layout!r}; expected one of: {', '.join(LAYOUTS)}")
-        for name in ("max_batch_size", "instance_count", "intra_op_threads", "parity_batch_size"):
+        if self.calibration_method not in CALIBRATION_METHODS:
+            problems.append(f"unknown calibration_method {self.calibration_method!r}; expected one of: {', '.join(CALIBRATION_METHODS)}")
+        if self.batch_invariance_probes < 0:
+            problems.append(f"batch_invariance_probes must be >= 0 (0: skip the check), got {self.batch_invariance_probes}")
+        if self.batch_invariance_tolerance < 0:
+            problems.append(f"batch_invariance_tolerance must be >= 0, got {self.batch_invariance_tolerance}")
+        for name in ("max_batch_size", "instance_count", "intra_op_threads", "parity_batch_size", "cpu_count",
+                     "calibration_examples"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.served_versions < 0:

@@ -26,6 +26,8 @@ class ModelContract:
     """The fp32 ONNX file inside ``runs/NAME/onnx/`` and inside each published version."""
     onnx_int8_file: str = "model.int8.onnx"
     """The dynamically quantized int8 ONNX file inside ``runs/NAME/onnx/``."""
+    onnx_int8_static_file: str = "model.int8-static.onnx"
+    """The statically quantized (calibrated QDQ) int8 ONNX file inside ``runs/NAME/onnx/``."""
     label_map_file: str = names.LABEL_MAP_FILE
     """``{"labels": [...]}``: index -> label name, written by training and carried forward."""
     parity_file: str = "parity.json"
@@ -36,5 +38,6 @@ class ModelContract:
 
 CONTRACT = ModelContract()
 
-VARIANT_FILES = {"fp32": CONTRACT.onnx_file, "int8": CONTRACT.onnx_int8_file}
+VARIANT_FILES = {"fp32": CONTRACT.onnx_file, "int8": CONTRACT.onnx_int8_file,
+                 "int8-static": CONTRACT.onnx_int8_static_file}
 """Export variant name -> ONNX file name inside ``runs/NAME/onnx/``."""

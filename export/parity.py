@@ -1,8 +1,13 @@
 """Prove the export: compare each ONNX variant with the merged torch model on held-out data.
 
 The gate (thresholds in ``ExportConfig``): fp32 must agree with torch on the labels and stay within a
-max |logit difference|; int8 may lose at most a set number of accuracy points against fp32. A variant
-that fails is reported with its figures and is not marked publishable.
+max |logit difference|; int8 and int8-static may each lose at most a set number of accuracy points
+against fp32. A variant that fails is reported with its figures and is not marked publishable.
+
+Batch invariance is measured for every variant and reported, not gated: held-out probes scored alone
+and inside a batch of 16 other texts (padded to the longest) must keep their label and move their
+probabilities by at most ``batch_invariance_tolerance``; ``batch_invariant: false`` documents a variant
+whose answer can change with its batch-mates (dynamic int8 quantizes activations per batch).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from export.config import ExportConfig
+from export.config import INT8_VARIANTS, ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import InputError
 from training.data import read_jsonl
@@ -26,7 +31,8 @@ from training.metrics import classification_metrics, encode, torch_logits
 
 log = logging.getLogger(__name__)
 
-GATE_SETTINGS = ("parity_max_examples", "fp32_max_abs_diff", "fp32_min_agreement", "int8_max_accuracy_drop")
+GATE_SETTINGS = ("parity_max_examples", "fp32_max_abs_diff", "fp32_min_agreement", "int8_max_accuracy_drop",
+                 "batch_invariance_probes", "batch_invariance_tolerance")
 """The settings a parity report depends on, besides the files: a change re-runs the check."""
 
 
@@ -44,6 +50,11 @@ class VariantParity:
     checks: list[dict] = field(default_factory=list)
     """Each gate check: {"name", "value", "threshold", "passed"}."""
     publishable: bool = False
+    batch_invariant: bool | None = None
+    """Every probe kept its label and its probabilities within the tolerance alone and in a batch of 16
+    others (None: not measured)."""
+    batch_invariance: dict = field(default_factory=dict)
+    """{"probes", "batch_mates", "max_prob_diff", "label_changes", "tolerance"}."""
 
 
 def onnx_session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -59,6 +70,34 @@ def onnx_logits(session: ort.InferenceSession, tokenizer, texts: Sequence[str], 
         enc = encode(tokenizer, texts[start : start + batch_size], max_length)
         out.append(session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0])
     return np.concatenate(out)
+
+
+BATCH_MATES = 16
+"""Other texts around each batch-invariance probe."""
+
+
+def batch_invariance(run, texts: Sequence[str], probes: int, tolerance: float) -> dict:
+    """Score ``probes`` texts alone and in the middle of a batch of ``BATCH_MATES`` others.
+
+    ``run(texts) -> logits``. The batch-mates are the next texts of the list (wrapping), so each probe
+    is padded to a longer neighbour's length in some batches and sets the length in others.
+    """
+    probes = min(probes, len(texts))
+    worst, changed = 0.0, 0
+    for i in range(probes):
+        mates = [texts[(i + 1 + k) % len(texts)] for k in range(BATCH_MATES)]
+        half = BATCH_MATES // 2
+        alone = _softmax(run([texts[i]]))[0]
+        inside = _softmax(run(mates[:half] + [texts[i]] + mates[half:]))[half]
+        worst = max(worst, float(np.abs(alone - inside).max()))
+        changed += int(alone.argmax() != inside.argmax())
+    return {"probes": probes, "batch_mates": BATCH_MATES, "max_prob_diff": worst, "label_changes": changed,
+            "tolerance": tolerance, "invariant": changed == 0 and worst <= tolerance}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _check(name: str, value: float, threshold: float, passed: bool) -> dict:
@@ -104,7 +143,8 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
         if not path.is_file():
             raise InputError(f"{path} does not exist; run the ONNX export with --variants {variant}")
         log.info("parity: %s (%s)", variant, path.name)
-        logits = onnx_logits(onnx_session(path), tokenizer, texts, max_length, cfg.parity_batch_size)
+        session = onnx_session(path)
+        logits = onnx_logits(session, tokenizer, texts, max_length, cfg.parity_batch_size)
         diff = np.abs(logits - reference)
         metrics = classification_metrics(y_true, logits.argmax(-1).tolist(), len(labels))
         results[variant] = VariantParity(
@@ -116,14 +156,18 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
             accuracy=metrics["accuracy"],
             macro_f1=metrics["macro_f1"],
         )
+        if cfg.batch_invariance_probes:
+            run = lambda batch, s=session: onnx_logits(s, tokenizer, batch, max_length, len(batch))  # noqa: E731
+            found = batch_invariance(run, texts, cfg.batch_invariance_probes, cfg.batch_invariance_tolerance)
+            results[variant].batch_invariant = found.pop("invariant")
+            results[variant].batch_invariance = found
     fp32 = results["fp32"]
     fp32.checks = [
         _check("max_abs_diff", fp32.max_abs_diff, cfg.fp32_max_abs_diff, fp32.max_abs_diff <= cfg.fp32_max_abs_diff),
         _check("label_agreement", fp32.label_agreement, cfg.fp32_min_agreement, fp32.label_agreement >= cfg.fp32_min_agreement),
     ]
     fp32.publishable = all(c["passed"] for c in fp32.checks)
-    if "int8" in results:
-        int8 = results["int8"]
+    for int8 in (results[v] for v in INT8_VARIANTS if v in results):
         drop = 100.0 * (fp32.accuracy - int8.accuracy)
         int8.checks = [
             _check("accuracy_drop_points", drop, cfg.int8_max_accuracy_drop, drop <= cfg.int8_max_accuracy_drop),
@@ -148,10 +192,18 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
 
 def format_table(report: dict) -> str:
     """The parity report as a fixed-width table, one row per variant, naming failed checks."""
-    rows = [f"{'variant':<8} {'max|diff|':>10} {'agree':>7} {'acc':>7} {'macroF1':>8}  verdict"]
-    rows.append(f"{'torch':<8} {'-':>10} {'-':>7} {report['torch']['accuracy']:>7.4f} {report['torch']['macro_f1']:>8.4f}  reference")
+    rows = [f"{'variant':<11} {'max|diff|':>10} {'agree':>7} {'acc':>7} {'macroF1':>8} {'batch-inv (max|dp|)':>20}  verdict"]
+    rows.append(f"{'torch':<11} {'-':>10} {'-':>7} {report['torch']['accuracy']:>7.4f} {report['torch']['macro_f1']:>8.4f} {'-':>20}  reference")
     for name, v in report["variants"].items():
         failed = [f"{c['name']}={c['value']:.3g} (limit {c['threshold']:.3g})" for c in v["checks"] if not c["passed"]]
         verdict = "PASS, publishable" if v["publishable"] else "FAIL: " + "; ".join(failed)
-        rows.append(f"{name:<8} {v['max_abs_diff']:>10.2e} {v['label_agreement']:>7.2%} {v['accuracy']:>7.4f} {v['macro_f1']:>8.4f}  {verdict}")
+        rows.append(f"{name:<11} {v['max_abs_diff']:>10.2e} {v['label_agreement']:>7.2%} {v['accuracy']:>7.4f} "
+                    f"{v['macro_f1']:>8.4f} {_batch_cell(v):>20}  {verdict}")
     return "\n".join(rows)
+
+
+def _batch_cell(variant: dict) -> str:
+    found = variant.get("batch_invariance") or {}
+    if variant.get("batch_invariant") is None or not found:
+        return "not measured"
+    return f"{'yes' if variant['batch_invariant'] else 'NO'} ({found['max_prob_diff']:.1e})"

@@ -26,8 +26,6 @@ LABELS_PARAMETER = "labels"
 """config.pbtxt parameter holding the label names as a JSON list (index -> name)."""
 ROLE_PARAMETER = "role"
 """config.pbtxt parameter telling ``model.py`` what to do: classify, tokenize or postprocess."""
-DEFAULT_SERVED_VERSIONS = 2
-"""Versions Triton loads by default (the newest N): fp32 and int8 of the last export side by side."""
 
 
 def step_names(model_name: str) -> dict[str, str]:
@@ -80,7 +78,7 @@ def _batching(config: mc.ModelConfig, cfg: ExportConfig, kind: int = mc.ModelIns
 def python_model_config(cfg: ExportConfig, labels: list[str]) -> mc.ModelConfig:
     """The default layout: one python-backend model, raw TEXT in, PROBABILITIES and LABEL out."""
     config = mc.ModelConfig(name=cfg.model_name, backend="python")
-    config.version_policy.CopyFrom(version_policy(getattr(cfg, "served_versions", DEFAULT_SERVED_VERSIONS)))
+    config.version_policy.CopyFrom(version_policy(cfg.served_versions))
     _text_input(config)
     _label_outputs(config, labels)
     _batching(config, cfg)

@@ -166,8 +166,8 @@ def test_publishing_the_same_export_twice_adds_no_version(tiny_onnx_dir, tmp_pat
     cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, repository=tmp_path / "repo",
                        int8_max_accuracy_drop=100.0)
     first = run_export(cfg)
-    assert {v: p.name for v, p in first.published.items()} == {"fp32": "1", "int8": "2"}
+    assert {v: p.name for v, p in first.published.items()} == {"fp32": "1", "int8": "2", "int8-static": "3"}
     assert first.already_published == []
     second = run_export(cfg)
-    assert second.published == first.published and sorted(second.already_published) == ["fp32", "int8"]
-    assert sorted(p.name for p in (tmp_path / "repo" / "sentiment").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert second.published == first.published and sorted(second.already_published) == ["fp32", "int8", "int8-static"]
+    assert sorted(p.name for p in (tmp_path / "repo" / "sentiment").iterdir()) == ["1", "2", "3", "config.pbtxt"]

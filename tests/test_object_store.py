@@ -118,7 +118,7 @@ def bucket_config(repo: S3Repository, model: str = MODEL):
 
 
 def cfg(**overrides) -> ExportConfig:
-    return ExportConfig(**({"model_name": MODEL} | overrides))
+    return ExportConfig(**({"model_name": MODEL, "served_versions": 2} | overrides))
 
 
 @pytest.mark.e2e
@@ -305,7 +305,7 @@ def test_export_cli_publishes_to_the_bucket_once(repo, tiny_onnx_dir, capsys):
 
     runs = tiny_onnx_dir.parent.parent
     argv = ["--adapter", str(runs / "tiny" / "adapter"), "--runs-dir", str(runs), "--repository", repo.location.uri,
-            "--model-name", MODEL, "--int8-max-accuracy-drop", "100"]
+            "--model-name", MODEL, "--int8-max-accuracy-drop", "100", "--variants", "fp32,int8"]
     assert export_main(argv) == 0
     first = capsys.readouterr().out
     assert "published:    fp32 -> " in first and repo.triton_uri in first

@@ -40,7 +40,7 @@ def test_dynamic_batching_off_writes_no_block_and_latest_policy_by_default():
     text = triton_config.to_pbtxt(config)
     assert "dynamic_batching" not in text
     assert not triton_config.parse_pbtxt(text).HasField("dynamic_batching")
-    assert config.version_policy.latest.num_versions == 2
+    assert config.version_policy.latest.num_versions == 3  # one export's fp32, int8 and int8-static
 
 
 def _check_ensemble_wiring(configs: dict[str, mc.ModelConfig], model: str) -> None:
@@ -70,7 +70,7 @@ def test_onnxruntime_layout_publishes_an_ensemble_whose_configs_parse_and_wire_u
     assert onnx_config.platform == "onnxruntime_onnx"
     assert {i.name for i in onnx_config.input} == {"input_ids", "attention_mask", "token_type_ids"}
     assert [o.name for o in onnx_config.output] == ["logits"]
-    assert onnx_config.parameters["intra_op_thread_count"].string_value == "1"
+    assert onnx_config.parameters["intra_op_thread_count"].string_value == str(cfg.intra_op_threads)
     assert (cfg.repository / names["onnx"] / "1" / CONTRACT.onnx_file).read_bytes() == (tiny_onnx_dir / "model.int8.onnx").read_bytes()
     assert configs[names["tokenize"]].parameters["role"].string_value == "tokenize"
     assert configs[names["postprocess"]].parameters["role"].string_value == "postprocess"

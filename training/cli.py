@@ -78,7 +78,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
             continue
         if typing.get_origin(tp) is tuple or tp is tuple:
             convert = _csv
-            shown = ",".join(map(str, default)) or "(none)"
+            shown = "None" if default is None else ",".join(map(str, default)) or "(none)"
         else:
             convert = tp if tp in (int, float, str, Path) else str
             shown = default
