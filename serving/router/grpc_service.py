@@ -234,7 +234,9 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
             response, served = await with_fallback(state, exp, arm, send)
         except RouterError as e:
-            if not isinstance(e, UpstreamError):  # upstream failures were counted per arm in with_fallback()
+            if e.status_code < 500:  # the caller's mistake: recorded apart, never against the arm
+                state.recorder.client_error(arm or UNASSIGNED, e.status_code)
+            elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in with_fallback()
                 state.recorder.error(arm or UNASSIGNED, e.status_code)
             raise _Refused(e, arm, request_id) from None
         finally:
@@ -242,10 +244,17 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         tag_answer(response, served)
         labels = answer_labels(response, CONTRACT.output_label)
         request_id = request_id or uuid.uuid4().hex
-        state.recorder.served(request_id, served, time.perf_counter() - start, labels)
+        latency_s = time.perf_counter() - start
+        # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
+        asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
+                                             labels, key, arm)
+        return response, served, request_id
+
+    def _after_answer(self, exp: Experiment, shadow_copy: pb.ModelInferRequest | None, request_id: str, served: str,
+                      latency_s: float, labels: tuple[str, ...], key: str | None, arm: str) -> None:
+        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm)
         if shadow_copy is not None:
             self._spawn_shadow(exp, shadow_copy, served, labels)
-        return response, served, request_id
 
     def _shadow_copy(self, exp: Experiment, request: pb.ModelInferRequest) -> pb.ModelInferRequest | None:
         """A copy of the request for the shadow (a sample of ``fraction``), or None."""
