@@ -1,13 +1,18 @@
 """Router overhead: the same closed-loop load straight to Triton and through the router, in one run.
 
     python -m serving.router_bench                       # starts Triton on model_repository/ and a router
-    python -m serving.router_bench --triton-url http://127.0.0.1:8000 --requests 4000 --concurrency 1,4
+    python -m serving.router_bench --triton-url http://127.0.0.1:8000 --requests 4000 --concurrency 1,4,16
 
-Both paths use ``tritonclient.http`` with one client per worker thread and the same request (one
-review, binary tensors). The router runs an A/A experiment (both arms on the same model version), so
-the only difference between the paths is the router hop. Phases alternate (direct, router, direct,
-router, ...) so drift hits both alike. Writes ``reports/router_bench.json`` and prints a table:
-p50 and p99 per path and the differences with 95 % bootstrap intervals.
+Every path sends the same request (one review, binary tensors) with one client per worker thread.
+The router runs an A/A experiment (both arms on the same model version), so the only difference
+between a routed path and its baseline is the router hop. Phases alternate (direct, router, direct,
+router, ...) so drift hits every path alike. Writes ``reports/router_bench.json`` and prints a table:
+p50 and p99 per path, the differences from the baseline with 95 % bootstrap intervals, and the router
+process's CPU time per request (a figure that moves far less than latency on a busy machine).
+
+A path is a ``LoadPath``: a name, a closed-loop load function, the path it is compared with, and the
+process whose CPU it reports. Another protocol adds its own pair (e.g. "direct grpc" and
+"router grpc" with ``baseline="direct grpc"``) to ``load_paths`` and gets its own rows.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import tritonclient.http as httpclient
 import yaml
 
@@ -34,7 +43,7 @@ TEXT = "A quietly moving film whose performances carry a thin script further tha
 
 
 def run_load(address: str, model: str, version: str, requests: int, concurrency: int, user_offset: int) -> np.ndarray:
-    """Closed loop: ``concurrency`` threads send ``requests`` requests in all; per-request latency in seconds."""
+    """Closed loop over HTTP: ``concurrency`` threads send ``requests`` in all; per-request latency in seconds."""
     latencies: list[float] = []
     lock = threading.Lock()
     per_worker = requests // concurrency
@@ -67,28 +76,79 @@ def run_load(address: str, model: str, version: str, requests: int, concurrency:
     return np.array(latencies)
 
 
+@dataclass(frozen=True)
+class LoadPath:
+    """One way to send the benchmark request."""
+
+    name: str
+    load: Callable[[int, int, int], np.ndarray]
+    """(requests, concurrency, user offset) -> per-request latencies in seconds."""
+    baseline: str | None = None
+    """The path this one's overhead is measured against; None for a baseline itself."""
+    pid: int | None = None
+    """A process whose CPU time per request is reported (the router's)."""
+
+
+def load_paths(triton_address: str, router: RouterProcess, model: str, version: str, experiment: str) -> list[LoadPath]:
+    return [LoadPath("direct", partial(run_load, triton_address, model, version)),
+            LoadPath("router", partial(run_load, router.address, experiment, ""), baseline="direct",
+                     pid=router.process.pid if router.process else None)]
+
+
 def ms(x: float) -> float:
     return round(x * 1000, 3)
 
 
-def bench(triton_address: str, router_address: str, model: str, version: str, experiment: str, requests: int,
-          concurrency: int, phases: int, warmup: int) -> dict:
-    run_load(triton_address, model, version, warmup, 1, 0)
-    run_load(router_address, experiment, "", warmup, 1, 0)
-    direct, routed = [], []
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def bench(paths: list[LoadPath], requests: int, concurrency: int, phases: int, warmup: int) -> dict:
+    """One concurrency level: every path in alternating phases; per-path figures and overheads."""
+    for p in paths:
+        p.load(warmup, 1, 0)
+    latencies: dict[str, list[np.ndarray]] = {p.name: [] for p in paths}
+    cpu = dict.fromkeys(latencies, 0.0)
+    n = requests // phases
     for phase in range(phases):
-        n = requests // phases
-        direct.append(run_load(triton_address, model, version, n, concurrency, phase * n))
-        routed.append(run_load(router_address, experiment, "", n, concurrency, phase * n))
-    d, r = np.concatenate(direct), np.concatenate(routed)
-    row = {"concurrency": concurrency, "requests_per_path": int(len(d))}
-    for name, x in (("direct", d), ("router", r)):
-        row[name] = {"p50_ms": ms(stats.quantile(x, 0.5)), "p99_ms": ms(stats.quantile(x, 0.99)),
-                     "mean_ms": ms(float(x.mean()))}
-    for q in (0.5, 0.99):
-        ci = stats.quantile_diff_ci(d, r, q)
-        row[f"overhead_p{round(q * 100)}_ms"] = {"estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
+        for p in paths:
+            before = _cpu_s(p.pid)
+            latencies[p.name].append(p.load(n, concurrency, phase * n))
+            cpu[p.name] += _cpu_s(p.pid) - before
+    row: dict = {"concurrency": concurrency, "paths": {}}
+    for p in paths:
+        x = np.concatenate(latencies[p.name])
+        row["paths"][p.name] = {"requests": int(len(x)), "p50_ms": ms(stats.quantile(x, 0.5)),
+                                "p99_ms": ms(stats.quantile(x, 0.99)), "mean_ms": ms(float(x.mean()))}
+        if p.pid is not None:
+            row["paths"][p.name]["cpu_us_per_request"] = round(cpu[p.name] / len(x) * 1e6, 1)
+        if p.baseline is not None:
+            base = np.concatenate(latencies[p.baseline])
+            for q in (0.5, 0.99):
+                ci = stats.quantile_diff_ci(base, x, q)
+                row["paths"][p.name][f"overhead_p{round(q * 100)}_ms"] = {
+                    "vs": p.baseline, "estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
     return row
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per concurrency level and compared path."""
+    lines = ["| concurrency | path | requests | baseline p50 ms | p50 ms | overhead p50 ms (95% CI) "
+             "| baseline p99 ms | p99 ms | overhead p99 ms (95% CI) | router CPU us/request |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for name, p in r["paths"].items():
+            if "overhead_p50_ms" not in p:
+                continue
+            base = r["paths"][p["overhead_p50_ms"]["vs"]]
+            o50, o99 = p["overhead_p50_ms"], p["overhead_p99_ms"]
+            lines.append(f"| {r['concurrency']} | {name} | {p['requests']} | {base['p50_ms']} | {p['p50_ms']} | "
+                         f"{o50['estimate']} [{o50['low']}, {o50['high']}] | {base['p99_ms']} | {p['p99_ms']} | "
+                         f"{o99['estimate']} [{o99['low']}, {o99['high']}] | {p.get('cpu_us_per_request', '-')} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=CONTRACT.default_model_name, help="Triton model name")
     p.add_argument("--version", default="1", help="model version both paths use")
     p.add_argument("--requests", type=int, default=2000, help="requests per path and concurrency level")
-    p.add_argument("--concurrency", default="1,4", help="comma-separated closed-loop concurrency levels")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated closed-loop concurrency levels")
     p.add_argument("--phases", type=int, default=4, help="alternating direct/router phases")
     p.add_argument("--warmup", type=int, default=100, help="warm-up requests per path (not measured)")
     p.add_argument("--shadow", action="store_true", help="also copy every request to a shadow (same version), to "
@@ -119,22 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         exp_file = Path(tmp) / "experiment.yaml"
         exp_file.write_text(yaml.safe_dump(experiment))
         router = stack.enter_context(RouterProcess(exp_file, extra_args=["--log-level", "warning"]))
-        triton_address = triton_url.removeprefix("http://")
-        rows = [bench(triton_address, router.address, args.model, args.version, experiment["name"], args.requests, c,
-                      args.phases, args.warmup) for c in levels]
-    result = {"what": "closed-loop latency, tritonclient.http, 1 review per request, direct vs through the router",
-              "model": args.model, "version": args.version, "shadow": args.shadow, "rows": rows}
+        paths = load_paths(triton_url.removeprefix("http://"), router, args.model, args.version, experiment["name"])
+        rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
+    result = {"what": "closed-loop latency, tritonclient, 1 review per request, direct vs through the router",
+              "model": args.model, "version": args.version, "shadow": args.shadow,
+              "load_average": list(psutil.getloadavg()), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("| concurrency | requests/path | direct p50 ms | router p50 ms | overhead p50 ms (95% CI) "
-          "| direct p99 ms | router p99 ms | overhead p99 ms (95% CI) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        o50, o99 = r["overhead_p50_ms"], r["overhead_p99_ms"]
-        print(f"| {r['concurrency']} | {r['requests_per_path']} | {r['direct']['p50_ms']} | {r['router']['p50_ms']} | "
-              f"{o50['estimate']} [{o50['low']}, {o50['high']}] | {r['direct']['p99_ms']} | {r['router']['p99_ms']} | "
-              f"{o99['estimate']} [{o99['low']}, {o99['high']}] |")
-    print(f"\nwrote {args.out}")
+    print(table(rows))
+    print(f"\nload average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
+          f"on {psutil.cpu_count()} cores; wrote {args.out}")
     return 0
 
 

@@ -27,7 +27,8 @@ def test_a_valid_request_passes_with_and_without_metadata():
 @pytest.mark.parametrize("inputs, outputs, parameters, message", [
     ([], [], {}, "missing inputs"),
     ([text(), text()], [], {}, "appear more than once"),
-    ([text(name="OTHER")], [], {}, "unknown input 'OTHER'"),
+    ([text(name="OTHER")], [], {}, "missing input(s) ['TEXT']; the model expects ['TEXT'], got ['OTHER']"),
+    ([text(), text(name="OTHER")], [], {}, "unknown input 'OTHER'; the model takes ['TEXT']"),
     ([text(datatype="FP32")], [], {}, "datatype FP32 does not match the model's BYTES"),
     ([text(datatype="STRING")], [], {}, "unknown datatype 'STRING'"),
     ([text(shape=(2, -1))], [], {}, "shape[1] is -1; expected a non-negative integer"),

@@ -1,8 +1,8 @@
 """Talking to Triton: pooled keep-alive HTTP connections, deadlines, and a small circuit breaker.
 
-One ``aiohttp.ClientSession`` per Triton base URL, shared by every request. (aiohttp rather than httpx:
-on these machines an httpx round trip to Triton costs about 1 ms more, which was half of the router's
-overhead; aiohttp is already installed with ``tritonclient[all]``, whose asyncio client uses it.) Each call runs under a
+One ``HttpPool`` (``serving.router.httppool``: keep-alive connections, ``httptools`` parsing) per Triton
+base URL, shared by every request. (Not aiohttp or httpx: per request they cost the router several times
+the CPU of the pool, and that CPU was most of the router's overhead.) Each call runs under a
 whole-request deadline (connect + send + answer), so a hung Triton costs at most ``timeout_s``; after
 ``BREAKER_FAILURES`` consecutive failures an endpoint is skipped for ``BREAKER_COOLDOWN_S`` (requests
 fail fast, or go to the fallback arm), then tried again, so the router recovers by itself.
@@ -22,9 +22,8 @@ import re
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
 from serving.router.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from serving.router.httppool import HttpPool
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,8 @@ BREAKER_COOLDOWN_S = 1.0
 _UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|no available version", re.I)
 # ... and 500 for some bodies it cannot parse ("Unable to parse 'data': ..."); those are the caller's fault.
 _BAD_CONTENT = re.compile(r"unable to parse|failed to parse|attempt to access JSON|incomplete string data", re.I)
+_JSON = {"Content-Type": "application/json"}
+_BINARY = {"Content-Type": "application/octet-stream"}
 
 
 @dataclass(frozen=True)
@@ -73,24 +74,19 @@ class Upstream:
 
     def __init__(self, max_connections: int = 64):
         self._max_connections = max_connections
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, HttpPool] = {}
         self._breakers: dict[Target, _Breaker] = {}
         self._metadata: dict[Target, dict] = {}
 
-    def _session(self, base_url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(base_url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30.0)
-            # no Accept-Encoding: Triton would gzip its answers, costing CPU on both sides for nothing
-            session = aiohttp.ClientSession(base_url, connector=connector, trust_env=False,
-                                            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-                                            timeout=aiohttp.ClientTimeout(total=None))
-            self._sessions[base_url] = session
-        return session
+    def _pool(self, base_url: str) -> HttpPool:
+        pool = self._pools.get(base_url)
+        if pool is None:
+            pool = self._pools[base_url] = HttpPool(base_url, self._max_connections)
+        return pool
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(s.close() for s in self._sessions.values()), return_exceptions=True)
-        self._sessions.clear()
+        await asyncio.gather(*(p.aclose() for p in self._pools.values()), return_exceptions=True)
+        self._pools.clear()
 
     def _check_breaker(self, target: Target) -> None:
         b = self._breakers.get(target)
@@ -114,32 +110,21 @@ class Upstream:
                     log.warning("%s failed %d times in a row; failing fast for %.1f s", target, b.failures,
                                 BREAKER_COOLDOWN_S)
 
-    async def _post(self, target: Target, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
-        session = self._session(target.base_url)
-        for attempt in (1, 2):
-            try:
-                async with session.post(f"{target.path}/infer", data=body, headers=headers) as resp:
-                    return resp.status, await resp.read(), resp.headers.get("Inference-Header-Content-Length")
-            except aiohttp.ServerDisconnectedError:
-                if attempt == 2:  # once more: a pooled connection that Triton closed (e.g. on restart)
-                    raise
-        raise AssertionError("unreachable")
-
     async def infer(self, target: Target, body: bytes, header_length: int | None, timeout_s: float) -> Answer:
         """POST a v2 inference request; raise ``UpstreamError``/``UpstreamTimeout``/``UpstreamRejected``."""
         self._check_breaker(target)
-        headers = {"Content-Type": "application/octet-stream" if header_length is not None else "application/json"}
-        if header_length is not None:
-            headers["Inference-Header-Content-Length"] = str(header_length)
+        headers = _JSON if header_length is None else {**_BINARY, "Inference-Header-Content-Length": str(header_length)}
         try:
             async with asyncio.timeout(timeout_s):
-                status, content, hl = await self._post(target, body, headers)
+                status, answer_headers, content = await self._pool(target.base_url).request(
+                    "POST", f"{target.path}/infer", body, headers)
         except TimeoutError:
             self._record(target, ok=False)
             raise UpstreamTimeout(f"{target} did not answer within {timeout_s:g} s") from None
-        except aiohttp.ClientError as e:
+        except OSError as e:
             self._record(target, ok=False)
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'connection failed'}") from None
+        hl = answer_headers.get(b"inference-header-content-length")
         if status >= 400:
             raise self._classify(target, status, _error_message(content))
         self._record(target, ok=True)
@@ -156,14 +141,14 @@ class Upstream:
 
     async def _get(self, target: Target, path: str, timeout_s: float) -> tuple[int, bytes]:
         async with asyncio.timeout(timeout_s):
-            async with self._session(target.base_url).get(path) as resp:
-                return resp.status, await resp.read()
+            status, _, content = await self._pool(target.base_url).request("GET", path)
+            return status, content
 
     async def ready(self, target: Target, timeout_s: float = 1.0) -> bool:
         """Whether Triton says this model version is ready (False on any error)."""
         try:
             status, _ = await self._get(target, f"{target.path}/ready", timeout_s)
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, OSError):
             return False
         return status == 200
 
@@ -175,7 +160,7 @@ class Upstream:
             status, content = await self._get(target, target.path, timeout_s)
         except TimeoutError:
             raise UpstreamTimeout(f"{target} did not answer within {timeout_s:g} s") from None
-        except aiohttp.ClientError as e:
+        except OSError as e:
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e}") from None
         if status != 200:
             raise UpstreamError(f"{target} metadata: {status} {_error_message(content)}")

@@ -189,14 +189,14 @@ def check_request(inputs: Sequence[TensorIn], outputs: Sequence[str], parameters
     if dupes:
         raise BadRequest(f"input(s) {dupes} appear more than once; each input is sent once")
     declared = {i["name"]: i for i in metadata.get("inputs", [])} if metadata else None
-    for t in inputs:
-        if declared is not None and t.name not in declared:
-            raise BadRequest(f"unknown input {t.name!r}; the model takes {sorted(declared)}")
-        _check_tensor(t, None if declared is None else declared[t.name])
     if declared is not None:
         missing = [n for n, i in declared.items() if not i.get("optional") and n not in names]
         if missing:
             raise BadRequest(f"missing input(s) {missing}; the model expects {sorted(declared)}, got {names}")
+    for t in inputs:
+        if declared is not None and t.name not in declared:
+            raise BadRequest(f"unknown input {t.name!r}; the model takes {sorted(declared)}")
+        _check_tensor(t, None if declared is None else declared[t.name])
     if len(set(outputs)) != len(outputs):
         raise BadRequest(f"requested outputs {list(outputs)} name an output more than once")
     known = {o["name"] for o in metadata.get("outputs", [])} if metadata else None
