@@ -1,0 +1,181 @@
+"""Drift on live traffic: per arm, live inputs and predictions against the training reference.
+
+Four features, each compared with the reference saved with the run (``Reference``, a JSON file):
+
+* ``text_length``: tokens per input text (special tokens excluded);
+* ``unknown_token_rate``: the fraction of a text's tokens that are the tokenizer's unknown token;
+* ``confidence``: the top-class probability of each prediction (label-free);
+* ``label_shares``: the predicted-label mix.
+
+Numeric features get the population stability index (PSI, on the reference's deciles) and the two-sample
+Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``); the label mix gets the categorical PSI. A feature has
+"drifted" when its PSI exceeds ``psi_threshold`` (0.2, the usual "significant shift" rule of thumb) or,
+for numeric features, its KS p-value is below ``ks_alpha``. These are fixed-window checks, meant for
+monitoring (gauges, a report section), not verdicts with a sequential error guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sps
+
+NUMERIC = ("text_length", "unknown_token_rate", "confidence")
+"""The numeric features, compared by PSI and KS."""
+EPS = 1e-4
+"""Floor of a bin's share in the PSI (an empty bin would make it infinite)."""
+
+
+def text_features(texts: Sequence[str], tokenizer) -> dict[str, np.ndarray]:
+    """``text_length`` and ``unknown_token_rate`` per text, with a Hugging Face (fast) tokenizer."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    lengths = np.array([len(x) for x in ids], dtype=np.float64)
+    unknown = np.array([sum(t == unk for t in x) / len(x) if x else 0.0 for x in ids], dtype=np.float64)
+    return {"text_length": lengths, "unknown_token_rate": unknown}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The training-time distribution of each feature (written at export time, read by the monitor)."""
+
+    text_length: list[float]
+    """Tokens per text of a reference sample (e.g. the held-out set)."""
+    unknown_token_rate: list[float]
+    """Unknown-token fraction per text of the same sample."""
+    confidence: list[float] = field(default_factory=list)
+    """Top-class probability of the model on the same sample (empty: not compared)."""
+    label_shares: dict[str, float] = field(default_factory=dict)
+    """Predicted-label shares on the same sample (empty: not compared)."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}: empty reference sample" for name in ("text_length", "unknown_token_rate")
+                    if len(getattr(self, name)) == 0]
+        if self.label_shares and abs(sum(self.label_shares.values()) - 1) > 1e-6:
+            problems.append(f"label_shares={self.label_shares}: expected shares summing to 1")
+        if problems:
+            raise ValueError("invalid drift reference: " + "; ".join(problems))
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], tokenizer, labels: Iterable[str] = (),
+                   confidences: Iterable[float] = ()) -> Reference:
+        """The reference of a sample of texts, with the model's predictions on them if given."""
+        feats = text_features(texts, tokenizer)
+        counts = Counter(labels)
+        total = sum(counts.values())
+        return cls(feats["text_length"].tolist(), feats["unknown_token_rate"].tolist(),
+                   [float(c) for c in confidences], {k: v / total for k, v in sorted(counts.items())})
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> Reference:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``live`` against ``reference`` on the reference's quantile bins."""
+    reference, live = np.asarray(reference, dtype=np.float64), np.asarray(live, dtype=np.float64)
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    e = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(reference)
+    a = np.bincount(np.searchsorted(edges, live, side="right"), minlength=len(edges) + 1) / len(live)
+    e, a = np.maximum(e, EPS), np.maximum(a, EPS)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+def categorical_psi(reference_shares: Mapping[str, float], live_counts: Mapping[str, int]) -> float:
+    """PSI of a live label mix against reference shares (labels missing on one side count as ~0)."""
+    total = sum(live_counts.values())
+    labels = sorted(set(reference_shares) | set(live_counts))
+    e = np.maximum([reference_shares.get(k, 0.0) for k in labels], EPS)
+    a = np.maximum([live_counts.get(k, 0) / total for k in labels], EPS)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature of one arm against the reference."""
+
+    n: int
+    psi: float
+    ks_statistic: float | None
+    ks_p_value: float | None
+    drifted: bool
+
+
+def compare(reference: Reference, live: Mapping[str, Sequence[float]], labels: Mapping[str, int],
+            psi_threshold: float = 0.2, ks_alpha: float = 0.01, min_samples: int = 50) -> dict[str, FeatureDrift]:
+    """Each feature with enough live samples (``min_samples``) against the reference."""
+    out: dict[str, FeatureDrift] = {}
+    for name in NUMERIC:
+        ref, cur = np.asarray(getattr(reference, name)), np.asarray(live.get(name, ()), dtype=np.float64)
+        if len(ref) == 0 or len(cur) < min_samples:
+            continue
+        ks = sps.ks_2samp(ref, cur)
+        value = psi(ref, cur)
+        out[name] = FeatureDrift(len(cur), value, float(ks.statistic), float(ks.pvalue),
+                                 value > psi_threshold or ks.pvalue < ks_alpha)
+    n = sum(labels.values())
+    if reference.label_shares and n >= min_samples:
+        value = categorical_psi(reference.label_shares, labels)
+        out["label_shares"] = FeatureDrift(n, value, None, None, value > psi_threshold)
+    return out
+
+
+class DriftMonitor:
+    """Keeps the last ``window`` live samples per arm and feature; ``report()`` compares them with the reference."""
+
+    def __init__(self, reference: Reference, tokenizer, window: int = 2000, psi_threshold: float = 0.2,
+                 ks_alpha: float = 0.01):
+        self.reference, self.tokenizer, self.window = reference, tokenizer, window
+        self.psi_threshold, self.ks_alpha = psi_threshold, ks_alpha
+        self._lock = threading.Lock()
+        self._live: dict[str, dict[str, deque]] = {}
+        self._labels: dict[str, deque] = {}
+
+    def _arm(self, arm: str) -> dict[str, deque]:
+        if arm not in self._live:
+            self._live[arm] = {k: deque(maxlen=self.window) for k in NUMERIC}
+            self._labels[arm] = deque(maxlen=self.window)
+        return self._live[arm]
+
+    def observe(self, arm: str, texts: Sequence[str], labels: Sequence[str] = (),
+                confidences: Sequence[float] = ()) -> None:
+        """One request's texts, and the arm's predictions for them if known."""
+        feats = text_features(texts, self.tokenizer)
+        with self._lock:
+            live = self._arm(arm)
+            for name, values in feats.items():
+                live[name].extend(values.tolist())
+            live["confidence"].extend(float(c) for c in confidences)
+            self._labels[arm].extend(labels)
+
+    def report(self) -> dict[str, dict[str, FeatureDrift]]:
+        """Per arm, per feature with enough samples: PSI, KS and whether it drifted."""
+        with self._lock:
+            snap = {arm: ({k: list(v) for k, v in live.items()}, Counter(self._labels[arm]))
+                    for arm, live in self._live.items()}
+        return {arm: compare(self.reference, live, labels, self.psi_threshold, self.ks_alpha)
+                for arm, (live, labels) in snap.items()}
+
+    def export(self, registry, experiment: str) -> None:
+        """Set Prometheus gauges ``drift_psi`` and ``drift_detected`` (labels experiment, arm, feature)."""
+        from prometheus_client import Gauge
+
+        def gauge(name: str, help_: str) -> Gauge:
+            existing = getattr(registry, "_names_to_collectors", {}).get(name)
+            return existing or Gauge(name, help_, ["experiment", "arm", "feature"], registry=registry)
+
+        g_psi = gauge("drift_psi", "Population stability index of a live feature against the training reference")
+        g_hit = gauge("drift_detected", "1 when a live feature drifted from the training reference (PSI or KS)")
+        for arm, feats in self.report().items():
+            for name, d in feats.items():
+                g_psi.labels(experiment, arm, name).set(d.psi)
+                g_hit.labels(experiment, arm, name).set(float(d.drifted))
