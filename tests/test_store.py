@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from serving.router.config import experiment_from_dict
+from serving.router.state import parse_tokens
 from serving.router.store import (
     AnswerRow,
     DuplicateFeedback,
@@ -26,7 +27,6 @@ from serving.router.store import (
 from serving.router.store.schema import MIGRATIONS
 from serving.router.store.sync import reconcile, spec_of
 from serving.router.store.writer import BatchWriter
-from serving.router.state import parse_tokens
 
 EXP = "ab"
 SPEC = {"name": EXP, "sticky": {"header": "X-User-Id"},

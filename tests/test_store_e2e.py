@@ -21,9 +21,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_router_e2e import TOKEN, make_router, repository, spec, triton, v2_body  # noqa: F401 (fixtures)
+from test_router_e2e import MODEL, TOKEN, make_router, spec, v2_body
 
+from export.config import ExportConfig
+from export.publish import publish
 from serving.router.store import open_store
+from serving.triton import TritonServer
 from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +36,17 @@ EXPERIMENT = "sentiment-ab"
 FLUSH_S = 0.2
 LOSS_SLACK_S = 2.0
 """Added to the flush interval when checking the crash-loss bound: one batch write on a busy 2-core box."""
+
+
+@pytest.fixture(scope="module")
+def triton(tiny_onnx_dir, tmp_path_factory):
+    """Triton with versions 1 (fp32) and 2 (int8) of the tiny model, as test_router_e2e.py has it."""
+    cfg = ExportConfig(repository=tmp_path_factory.mktemp("store") / "model_repository", model_name=MODEL,
+                       max_batch_size=8, max_queue_delay_us=0)
+    publish(tiny_onnx_dir, "fp32", cfg)
+    publish(tiny_onnx_dir, "int8", cfg)
+    with TritonServer(cfg.repository, models=[MODEL], startup_timeout=90) as server:  # stopped on exit
+        yield server
 
 
 class Load:

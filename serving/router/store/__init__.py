@@ -24,7 +24,6 @@ from serving.router.store.base import (
     StoreUnavailable,
 )
 
-
 STORE_ENV = "TUNESTACK_ROUTER_STORE"
 """The environment variable a router reads its store URL from when ``--store`` is not given (a k8s Secret)."""
 

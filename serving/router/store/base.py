@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from serving.router.metrics import ArmRecord
-from serving.router.store.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -285,5 +284,5 @@ def _revision(row: tuple) -> Revision:
     return Revision(experiment, int(revision), json.loads(spec), source, who, why, float(at))
 
 
-__all__ = ["MIGRATIONS", "AnswerRow", "DuplicateFeedback", "ErrorRow", "Record", "Revision", "ShadowRow", "Store",
+__all__ = ["AnswerRow", "DuplicateFeedback", "ErrorRow", "Record", "Revision", "ShadowRow", "Store",
            "StoreError", "StoreUnavailable", "key_hash"]
