@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from export.config import ExportConfig
+from export.contract import CONTRACT
 from export.pipeline import run_export
 from loadtests.config import LoadTestConfig
 from loadtests.run import run_loadtest
@@ -24,6 +25,9 @@ from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.config import TrainConfig
 from training.train import train
+from tunestack import names
+from tunestack.cli import parse_dataclass
+from tunestack.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class DemoConfig:
     """Folder holding the runs."""
     repository: Path = Path("model_repository")
     """The Triton model repository the variants are published to."""
-    model_name: str = "sentiment"
+    model_name: str = CONTRACT.default_model_name
     """Triton model name; fp32 and int8 become two of its versions."""
     time_budget_s: float = 180.0
     """Training wall-clock budget when the adapter does not exist yet."""
@@ -58,16 +62,22 @@ def _step(n: int, text: str) -> None:
     log.info("[%d/5] %s", n, text)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def demo_folder(out_dir: Path) -> Path:
+    """``OUT_DIR/demo-YYYYmmdd-HHMMSS``: the demo's reports, server logs and ``demo.log``."""
+    return Path(out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     """Run the demo; return the summary (also written to the demo folder as summary.json)."""
     started = time.monotonic()
+    folder = folder or demo_folder(cfg.out_dir)
     train_cfg = TrainConfig(name=cfg.name, runs_dir=cfg.runs_dir, time_budget_s=cfg.time_budget_s)
     if (train_cfg.adapter_dir / "adapter_config.json").is_file():
         _step(1, f"training: reusing {train_cfg.adapter_dir}")
     else:
         _step(1, f"training: LoRA on the bundled MiniLM, budget {cfg.time_budget_s:.0f} s")
         train(train_cfg)
-    training_metrics = json.loads((train_cfg.adapter_dir / "metrics.json").read_text())
+    training_metrics = json.loads((train_cfg.adapter_dir / names.METRICS_FILE).read_text())
 
     _step(2, "export: merge -> ONNX fp32 + int8 -> parity gate -> publish")
     export_cfg = ExportConfig(adapter=train_cfg.adapter_dir, runs_dir=cfg.runs_dir, repository=cfg.repository,
@@ -77,7 +87,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise RuntimeError(f"the parity gate failed; see {export.onnx_dir / 'parity.json'}")
     versions = {variant: path.name for variant, path in export.published.items()}
 
-    folder = Path(cfg.out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     # control fp32, treatment int8, 50/50; validated before anything starts
     experiment_file = write_experiment(folder / "experiment.yaml", EXPERIMENT,
@@ -91,7 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         load_cfg = LoadTestConfig(
             host=router.url, target="router", experiment=EXPERIMENT, users=4, arrival_rate=cfg.rate,
             user_population=1000, run_time=cfg.run_time,
-            texts=str(export.merged_dir / "heldout.jsonl"), feedback_fraction=cfg.feedback_fraction,
+            texts=str(export.merged_dir / names.HELDOUT_FILE), feedback_fraction=cfg.feedback_fraction,
             out_dir=str(folder), triton_metrics_url=triton.metrics_url,
         )
         result = run_loadtest(load_cfg)
@@ -166,13 +175,11 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.cli import parse_config
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    cfg = parse_config(DemoConfig, argv, "python -m loadtests.demo", __doc__.split("\n\n")[0])
-    summary = run_demo(cfg)
-    print("\n" + format_summary(summary))
+    cfg = parse_dataclass(DemoConfig, argv, "python -m loadtests.demo", __doc__.split("\n\n")[0])
+    folder = demo_folder(cfg.out_dir)
+    log_file = setup_logging(folder / "demo.log")  # progress here; library warnings only in the file
+    summary = run_demo(cfg, folder)
+    print("\n" + format_summary(summary) + f"\nlibrary log:      {log_file}")
     return 0
 
 

@@ -88,3 +88,10 @@ def test_configfile_names_the_file(tmp_path):
     assert load_config_file(tmp_path / "c.yml") == {}
     (tmp_path / "d.json").write_text('{"time-budget-s": 3}')
     assert load_config_file(tmp_path / "d.json", normalize_keys=True) == {"time_budget_s": 3}
+
+
+def test_argv_none_reads_the_command_line(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["prog", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        parse_dataclass(Demo, None, prog="demo")
+    assert exit_info.value.code == 0 and "--budget-s" in capsys.readouterr().out

@@ -24,6 +24,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import sys
 import textwrap
 import types
 import typing
@@ -116,13 +117,14 @@ def _config_path(argv: list[str]) -> str | None:
 def parse_dataclass(cls: type, argv: list[str] | None, prog: str | None = None, description: str | None = None, *,
                     exclude: Iterable[str] = (), errors: tuple[type[Exception], ...] = (ValueError, TypeError),
                     make: Callable[[dict[str, Any]], Any] | None = None) -> Any:
-    """Parse ``argv`` into an instance of ``cls``: defaults, then ``--config FILE``, then the flags.
+    """Parse ``argv`` (None: ``sys.argv[1:]``) into an instance of ``cls``: defaults, then ``--config FILE``,
+    then the flags.
 
     ``make`` builds the instance from the values (default ``cls.from_dict`` if it has one, else ``cls(**values)``);
     an exception of a type in ``errors`` becomes a usage error (exit status 2, no traceback).
     """
     parser = dataclass_parser(cls, prog, description, exclude=exclude)
-    argv = list(argv or [])
+    argv = list(sys.argv[1:] if argv is None else argv)
     values: dict[str, Any] = {}
     path = _config_path(argv)
     if path:

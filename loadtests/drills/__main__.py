@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from loadtests.drills import DrillConfig, fault_drill, rollout_drill
 from tunestack.cli import parse_dataclass
+from tunestack.logs import setup_logging
 
 DRILLS = ("rollout", "fault")
 
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
               "Run `python -m loadtests.drills rollout --help` for every setting.")
         return 0
     drill, cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    setup_logging(Path(cfg.out_dir) / f"{drill}-drill.log")  # progress here; library warnings in the file
     summary = (rollout_drill if drill == "rollout" else fault_drill)(cfg)
     print((Path(summary["folder"]) / "drill.md").read_text())
     if drill == "rollout":
