@@ -63,7 +63,8 @@ class StatsRow:
                 "mean_ms": self.mean_ms, "max_ms": self.max_ms}
 
 
-def _number(value: str) -> float | None:
+def number(value: str) -> float | None:
+    """A Locust CSV cell as a number; None for an empty or ``N/A`` cell."""
     return None if value in ("", "N/A") else float(value)
 
 
@@ -78,7 +79,7 @@ def read_stats(prefix: Path) -> list[StatsRow]:
                 type=r["Type"], name=r["Name"], requests=int(r["Request Count"]), failures=int(r["Failure Count"]),
                 rps=float(r["Requests/s"]), mean_ms=float(r["Average Response Time"]),
                 min_ms=float(r["Min Response Time"]), max_ms=float(r["Max Response Time"]),
-                percentiles={p: _number(r[p]) for p in PERCENTILES if p in r}))
+                percentiles={p: number(r[p]) for p in PERCENTILES if p in r}))
     return rows
 
 
@@ -180,7 +181,7 @@ def history_series(history: list[dict[str, str]], names: list[str],
         s = series.setdefault(name, {"t": [], "rps": [], "p99": []})
         s["t"].append(t)
         s["rps"].append((count - prev_count) / (t - prev_t))
-        p99 = _number(r.get("99%", ""))
+        p99 = number(r.get("99%", ""))
         s["p99"].append(p99 if p99 else float("nan"))
     return series, users
 

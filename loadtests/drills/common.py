@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import threading
@@ -14,7 +13,8 @@ from pathlib import Path
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig
-from loadtests.run import RunResult, run_loadtest
+from loadtests.report import number, read_csv, read_stats
+from loadtests.run import PREFIX, RunResult, run_loadtest
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack import names
@@ -86,21 +86,15 @@ class Background:
 
 def history(folder: Path) -> list[dict]:
     """Locust's per-second Aggregated rows: timestamp, total requests/failures, current-window P99."""
-    rows = []
-    with open(folder / "locust_stats_history.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["Name"] == "Aggregated":
-                rows.append({"t": float(r["Timestamp"]), "requests": int(r["Total Request Count"]),
-                             "failures": int(r["Total Failure Count"]),
-                             "p99_ms": None if r["99%"] in ("N/A", "") else float(r["99%"])})
-    return rows
+    return [{"t": float(r["Timestamp"]), "requests": int(r["Total Request Count"]),
+             "failures": int(r["Total Failure Count"]), "p99_ms": number(r["99%"])}
+            for r in read_csv(folder / f"{PREFIX}_stats_history.csv") if r["Name"] == "Aggregated"]
 
 
 def final_ok(folder: Path) -> int:
     """Successful requests in Locust's final totals (``locust_stats.csv``, Aggregated row)."""
-    with open(folder / "locust_stats.csv", newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
-    return int(row["Request Count"]) - int(row["Failure Count"])
+    row = next(r for r in read_stats(folder / PREFIX) if r.name == "Aggregated")
+    return row.requests - row.failures
 
 
 def fill_steps(steps: list[Step], rows: list[dict]) -> None:
