@@ -26,7 +26,7 @@ from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
-from tunestack.procs import ChildProcess
+from tunestack.procs import ChildProcess, free_port, wait_for
 from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, repository, spec, triton  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +47,9 @@ def grpc_router(folder: Path, triton, experiment: dict) -> Iterator[RouterProces
 
 @pytest.fixture(scope="module")
 def router(triton, tmp_path_factory) -> Iterator[RouterProcess]:
-    with grpc_router(tmp_path_factory.mktemp("grpc-router"), triton, spec(triton.http_url, fallback="control")) as r:
+    shadow = {"name": "shadow", "model": MODEL, "version": "2", "fraction": 1.0}
+    experiment = spec(triton.http_url, fallback="control", shadow=shadow)
+    with grpc_router(tmp_path_factory.mktemp("grpc-router"), triton, experiment) as r:
         yield r
 
 
@@ -104,6 +106,9 @@ def test_infer_is_sticky_names_the_arm_and_is_counted(router, rc):
         served = sum(2 for u in users if expected.assign(u, None) == arm)
         grew = metric(after, "router_requests_total", arm=arm) - metric(before, "router_requests_total", arm=arm)
         assert grew == served
+    # every answer was copied to the shadow (after the answer), which agreed or not but answered
+    wait_for(lambda: metric(metrics(router), "router_shadow_requests_total", outcome="ok")
+             - metric(before, "router_shadow_requests_total", outcome="ok") == 2 * len(users), 30, "shadow copies")
 
 
 def test_trailing_metadata_names_the_arm(router):
@@ -214,3 +219,20 @@ def test_locust_grpc_user_through_the_router(router, tiny_onnx_dir, tmp_path):
     assert arms == {"control", "treatment"}
     assert {n for n, r in rows.items() if r["Type"] == "infer"} == arms, locust.log_tail()
     assert all(r["Failure Count"] == "0" and int(r["Request Count"]) > 0 for r in rows.values()), rows
+
+
+def test_dead_arm_goes_to_fallback_over_grpc(triton, tmp_path):
+    exp = spec(triton.http_url, (50, 50), fallback="control")
+    exp["arms"][1]["grpc_upstream"] = f"127.0.0.1:{free_port()}"  # the treatment's Triton: nothing listens there
+    with grpc_router(tmp_path, triton, exp) as router:
+        rc = grpcclient.InferenceServerClient(router.grpc_address)
+        try:
+            for user in (f"dead-{i}" for i in range(20)):
+                result = rc.infer(EXPERIMENT, [text_input(grpcclient, TEXTS[:1])], headers={"x-user-id": user})
+                assert variant_of(result) == "control" and result.get_response().model_version == "1"
+        finally:
+            rc.close()
+        text = metrics(router)
+    moved = metric(text, "router_fallbacks_total", from_arm="treatment", to_arm="control")
+    assert moved > 0
+    assert metric(text, "router_errors_total", arm="treatment", code="503", kind="server") == moved
