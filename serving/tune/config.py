@@ -68,8 +68,8 @@ class TuneConfig:
     """one preferred_batch_size set to try besides none, e.g. 4,8 (empty: none only)"""
     max_batch_sizes: str = '64'
     """max_batch_size values to try"""
-    users: int = 16
-    """max-throughput: closed-loop Locust users at the top of each trial's ramp"""
+    users: int = 8
+    """max-throughput: closed-loop Locust users at the top of each trial's ramp (2 cores saturate at 2-4)"""
     steps: int = 4
     """load levels per trial: users rise in equal steps up to --users (min-p99: the run is steps x step-time long)"""
     step_time_s: int = 5
