@@ -11,8 +11,8 @@ p50 and p99 per path, the differences from the baseline with 95 % bootstrap inte
 process's CPU time per request (a figure that moves far less than latency on a busy machine).
 
 A path is a ``LoadPath``: a name, a closed-loop load function, the path it is compared with, and the
-process whose CPU it reports. Another protocol adds its own pair (e.g. "direct grpc" and
-"router grpc" with ``baseline="direct grpc"``) to ``load_paths`` and gets its own rows.
+process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" to Triton's gRPC port,
+"router grpc" to the router's ``--grpc-port``) each get their own rows.
 """
 
 from __future__ import annotations
@@ -30,32 +30,36 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.router import stats
+from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 
 TEXT = "A quietly moving film whose performances carry a thin script further than it deserves to go."
 
 
-def run_load(address: str, model: str, version: str, requests: int, concurrency: int, user_offset: int) -> np.ndarray:
-    """Closed loop over HTTP: ``concurrency`` threads send ``requests`` in all; per-request latency in seconds."""
+def run_load(address: str, model: str, version: str, requests: int, concurrency: int, user_offset: int,
+             client_module=httpclient) -> np.ndarray:
+    """Closed loop over HTTP (or ``tritonclient.grpc``): ``concurrency`` threads send ``requests`` in all;
+    per-request latency in seconds."""
     latencies: list[float] = []
     lock = threading.Lock()
     per_worker = requests // concurrency
     errors: list[str] = []
 
     def worker(w: int) -> None:
-        client = httpclient.InferenceServerClient(address)
-        tensor = text_input(httpclient, [TEXT])
+        client = client_module.InferenceServerClient(address)
+        tensor = text_input(client_module, [TEXT])
         mine = []
         try:
             for i in range(per_worker):
-                headers = {"X-User-Id": f"bench-{user_offset + w * per_worker + i}"}
+                headers = {"x-user-id": f"bench-{user_offset + w * per_worker + i}"}  # gRPC metadata: lower case
                 start = time.perf_counter()
                 client.infer(model, [tensor], model_version=version, headers=headers)
                 mine.append(time.perf_counter() - start)
@@ -89,10 +93,14 @@ class LoadPath:
     """A process whose CPU time per request is reported (the router's)."""
 
 
-def load_paths(triton_address: str, router: RouterProcess, model: str, version: str, experiment: str) -> list[LoadPath]:
+def load_paths(triton_address: str, triton_grpc: str, router: RouterProcess, model: str, version: str,
+               experiment: str) -> list[LoadPath]:
+    pid = router.process.pid if router.process else None
     return [LoadPath("direct", partial(run_load, triton_address, model, version)),
-            LoadPath("router", partial(run_load, router.address, experiment, ""), baseline="direct",
-                     pid=router.process.pid if router.process else None)]
+            LoadPath("router", partial(run_load, router.address, experiment, ""), baseline="direct", pid=pid),
+            LoadPath("direct grpc", partial(run_load, triton_grpc, model, version, client_module=grpcclient)),
+            LoadPath("router grpc", partial(run_load, router.grpc_address, experiment, "", client_module=grpcclient),
+                     baseline="direct grpc", pid=pid)]
 
 
 def ms(x: float) -> float:
@@ -154,6 +162,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.router_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--triton-url", default=None, help="a running Triton's HTTP URL; default: start one on --repository")
+    p.add_argument("--triton-grpc-url", default=None, help="that Triton's gRPC host:port; default: the one started "
+                   "here, or the host of --triton-url at port 8001")
     p.add_argument("--repository", default="model_repository", help="model repository for the Triton started here")
     p.add_argument("--model", default=CONTRACT.default_model_name, help="Triton model name")
     p.add_argument("--version", default="1", help="model version both paths use")
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if triton_url is None:
             server = stack.enter_context(TritonServer(args.repository, models=[args.model]))
             triton_url = server.http_url
+            args.triton_grpc_url = server.grpc_url
         experiment = {"name": "router-bench", "upstream": triton_url, "timeout_s": 10.0, "sticky": {"header": "X-User-Id"},
                       "arms": [{"name": "a1", "model": args.model, "version": args.version, "weight": 50},
                                {"name": "a2", "model": args.model, "version": args.version, "weight": 50}]}
@@ -178,10 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             experiment["shadow"] = {"name": "shadow", "model": args.model, "version": args.version, "fraction": 1.0}
         exp_file = Path(tmp) / "experiment.yaml"
         exp_file.write_text(yaml.safe_dump(experiment))
-        router = stack.enter_context(RouterProcess(exp_file, extra_args=["--log-level", "warning"]))
-        paths = load_paths(triton_url.removeprefix("http://"), router, args.model, args.version, experiment["name"])
+        spec = experiment_from_dict(experiment)
+        triton_grpc = args.triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
+        router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc,
+                                                   extra_args=["--log-level", "warning"]))
+        paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
+                           experiment["name"])
         rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
-    result = {"what": "closed-loop latency, tritonclient, 1 review per request, direct vs through the router",
+    result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
               "model": args.model, "version": args.version, "shadow": args.shadow,
               "load_average": list(psutil.getloadavg()), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
