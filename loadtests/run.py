@@ -22,11 +22,10 @@ import logging
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
 from loadtests import triton_metrics
@@ -140,9 +139,9 @@ def fetch_router_report(cfg: LoadTestConfig, folder: Path) -> None:
     url = f"{cfg.base_url}/v2/experiments/{cfg.experiment}/report"
     for fmt, name in (("json", "router_report.json"), ("markdown", "router_report.md")):
         try:
-            with urllib.request.urlopen(f"{url}?format={fmt}", timeout=30) as response:
-                (folder / name).write_bytes(response.read())
-        except (urllib.error.URLError, OSError) as e:
+            response = httpx.get(url, params={"format": fmt}, timeout=30, trust_env=False).raise_for_status()
+            (folder / name).write_bytes(response.content)
+        except httpx.HTTPError as e:
             log.warning("cannot fetch the router's report from %s: %s", url, e)
             return
 
@@ -151,14 +150,14 @@ def check_target(cfg: LoadTestConfig) -> None:
     """Fail fast, with the command that starts it, when nothing answers at the target; warn when it is not ready."""
     url = f"{cfg.base_url}/v2/health/ready"
     try:
-        with urllib.request.urlopen(url, timeout=5):
-            return
-    except urllib.error.HTTPError as e:  # it answers: a drill may load a degraded target on purpose
-        log.warning("the %s at %s is not ready (%s answered %s); running anyway", cfg.target, cfg.base_url, url, e.code)
-    except (urllib.error.URLError, OSError) as e:
+        response = httpx.get(url, timeout=5, trust_env=False)
+    except httpx.HTTPError as e:
         start = "make router" if cfg.target == "router" else "make serve"
         raise LoadTestError(f"the {cfg.target} at {cfg.base_url} does not answer ({e}); start it (`{start}`) "
                             "or pass --host URL") from None
+    if response.status_code != 200:  # it answers: a drill may load a degraded target on purpose
+        log.warning("the %s at %s is not ready (%s answered %s); running anyway", cfg.target, cfg.base_url, url,
+                    response.status_code)
 
 
 def run_loadtest(cfg: LoadTestConfig) -> RunResult:

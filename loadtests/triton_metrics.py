@@ -9,9 +9,8 @@ dynamic batcher formed.
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger(__name__)
@@ -47,9 +46,9 @@ def parse_metrics(text: str) -> Snapshot:
 
 
 def scrape(url: str, timeout: float = 5.0) -> Snapshot:
-    """Fetch and parse Triton's metrics; raises OSError when the endpoint cannot be read."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return parse_metrics(response.read().decode("utf-8", errors="replace"))
+    """Fetch and parse Triton's metrics; raises ``httpx.HTTPError`` when the endpoint cannot be read."""
+    response = httpx.get(url, timeout=timeout, trust_env=False).raise_for_status()
+    return parse_metrics(response.content.decode("utf-8", errors="replace"))
 
 
 def try_scrape(url: str | None) -> tuple[Snapshot | None, str | None]:
@@ -58,7 +57,7 @@ def try_scrape(url: str | None) -> tuple[Snapshot | None, str | None]:
         return None, "Triton metrics scraping is switched off"
     try:
         return scrape(url), None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (httpx.HTTPError, ValueError) as e:
         log.warning("cannot read Triton metrics at %s: %s", url, e)
         return None, f"cannot read Triton metrics at {url}: {e}"
 

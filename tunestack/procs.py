@@ -22,10 +22,10 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import httpx
 
 from tunestack.names import HOST
 
@@ -46,9 +46,8 @@ def free_port(host: str = HOST) -> int:
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     """True when ``url`` answers 200 (a health endpoint); False on any error or other status."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        return httpx.get(url, timeout=timeout, trust_env=False).status_code == 200
+    except httpx.HTTPError:
         return False
 
 
