@@ -274,7 +274,7 @@ def test_bad_input_gets_clear_4xx(router):
             (c.post(url, content=b"{not json"), 400, "malformed JSON"),
             (c.post(url, json={"inputs": []}), 400, "missing inputs"),
             (c.post(url, json={"inputs": [{"name": "OTHER", "datatype": "BYTES", "shape": [1, 1], "data": ["a"]}]}),
-             400, "unknown input 'OTHER'; the model takes ['TEXT']"),
+             400, "missing input(s) ['TEXT']"),
             (c.post("/v2/models/no-such-experiment/infer", json=v2_body()), 404, "unknown experiment"),
             (c.post(url, content=b"x" * (1024 * 1024 + 1)), 413, "over the limit of 1048576 bytes"),
             (c.post("/v2/models/sentiment-ab/versions/2/infer", json=v2_body()), 400, "the router chooses"),
