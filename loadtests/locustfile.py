@@ -9,7 +9,7 @@ a variant. A user served by another variant than before is counted in a ``sticky
 row (expected after a weight change, a broken sticky assignment otherwise), or with
 ``--sticky-check fail`` fails that request.
 
-Two user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
+Three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
 
 - ``ClosedLoopUser``: N users, each sends, waits for the answer (and ``--think-time``), sends again.
 - ``OpenLoopUser``: arrival generators; together they send ``--arrival-rate`` requests per second with
