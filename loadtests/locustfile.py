@@ -252,6 +252,7 @@ class OpenLoopUser(_ReviewUser):
     def on_stop(self) -> None:
         self.pool.kill(block=False)
 
+
 def _grpc_client_module():
     """``tritonclient.grpc``, with gRPC switched to gevent first: without it every Locust user of the process
     shares one blocked thread and the run serialises (or hangs at the end)."""
