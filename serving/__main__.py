@@ -12,6 +12,7 @@ COMMANDS = {
     "report": ("serving.router.cli", "print an experiment's statistical report from a running router"),
     "judge": ("serving.judge.cli", "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
     "audit": ("serving.router.cli", "print an experiment's weight changes (who, when, why) from its store"),
+    "rollout": ("serving.rollout.cli", "ramp a treatment through the experiment store; promote or roll back on the judge"),
     "tune": ("serving.tune.cli", "search serving configs on the real tritonserver; publish the winner as a new version"),
 }
 

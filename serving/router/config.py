@@ -263,7 +263,8 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     if not isinstance(data, dict):
         raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
     problems: list[str] = []
-    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store"}
+    # "rollout": the section `python -m serving rollout` reads (serving.rollout.config); the router ignores it
+    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store", "rollout"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")

@@ -86,15 +86,17 @@ def _compare(c: ArmRecord, t: ArmRecord, alpha: float) -> dict[str, Any]:
     return out
 
 
-def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: float) -> dict[str, Any]:
-    """The anytime-valid judge's verdicts for each treatment against the control (``serving.judge``)."""
+def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: float,
+               config: JudgeConfig | None = None) -> dict[str, Any]:
+    """The anytime-valid judge's verdicts for each treatment against the control (``serving.judge``);
+    ``config`` (margins, minimum samples: a rollout's) defaults to ``JudgeConfig(alpha=alpha)``."""
     def arm_stats(rec: ArmRecord) -> ArmStats:
         server_errors = sum(rec.errors.values())
         return ArmStats(requests=rec.requests + server_errors, server_errors=server_errors,
                         latency_ms=np.asarray(rec.latency, dtype=np.float64) * 1000, labels=dict(rec.labels),
                         feedback_correct=rec.feedback_correct, feedback_total=rec.feedback_total)
 
-    config, c = JudgeConfig(alpha=alpha), arm_stats(control)
+    config, c = config or JudgeConfig(alpha=alpha), arm_stats(control)
     return {t: judge(c, arm_stats(rec), config, comparisons=len(treatments)).to_dict() for t, rec in treatments.items()}
 
 

@@ -201,6 +201,12 @@ class Store(abc.ABC):
     async def count_answers(self, experiment: str) -> int:
         return int((await self._query("SELECT COUNT(*) FROM answers WHERE experiment = ?", [experiment]))[0][0])
 
+    async def exposure(self, experiment: str, arm: str, since: float = 0.0) -> tuple[int, int]:
+        """(answers, distinct sticky keys) that ``arm`` served since ``since`` (Unix time): who saw it."""
+        rows = await self._query("SELECT COUNT(*), COUNT(DISTINCT key_hash) FROM answers "
+                                 "WHERE experiment = ? AND arm = ? AND at >= ?", [experiment, arm, since])
+        return int(rows[0][0]), int(rows[0][1])
+
     async def answer_ids(self, experiment: str) -> set[str]:
         return {r[0] for r in await self._query("SELECT request_id FROM answers WHERE experiment = ?", [experiment])}
 
