@@ -11,7 +11,7 @@
     cfg = parse_dataclass(BenchConfig, argv, prog="python -m mystage")   # --requests N, --config FILE
 
 Each field becomes a flag (``time_budget_s`` -> ``--time-budget-s``) whose help is the field's attribute
-docstring; types come from the annotations (``int | None`` takes ``null``, ``bool`` gives ``--x/--no-x``,
+docstring; types come from the annotations (``int | None`` takes ``none``, ``bool`` gives ``--x/--no-x``,
 ``tuple[str, ...]`` takes ``a,b``, ``Literal[...]`` gives choices); ``dict`` fields come from the file only.
 ``--config FILE`` reads a YAML, TOML or JSON file with the same keys (``tunestack.configfile``); flags
 given on the command line override it. Bad input exits with status 2 and a one-line error, never a
@@ -29,6 +29,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionYesNo, ArgumentParser
@@ -51,18 +52,48 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 class CommaList:
-    """The flag type of ``tuple[str, ...]`` fields: ``"a, b"`` (a flag) or ``["a", "b"]`` (a file) -> ``("a", "b")``."""
+    """The flag type of ``tuple[X, ...]`` fields (X: str, int, float): ``"a, b"`` (a flag) or ``["a", "b"]``
+    (a file) -> ``("a", "b")``; with ``optional``, ``none`` -> None."""
 
-    def __call__(self, value: Any) -> tuple[str, ...]:
-        if isinstance(value, list | tuple):
-            return tuple(str(v) for v in value)
-        return tuple(part.strip() for part in str(value).split(",") if part.strip())
+    def __init__(self, item: type = str, optional: bool = False):
+        self.item, self.optional = item, optional
+
+    def __call__(self, value: Any) -> tuple | None:
+        if self.optional and (value is None or (isinstance(value, str) and value.strip().lower() in NoneOr.NONE)):
+            return None
+        parts = value if isinstance(value, list | tuple) else [p.strip() for p in str(value).split(",") if p.strip()]
+        return tuple(self.item(p) for p in parts)
 
     def __repr__(self) -> str:
-        return "comma-separated list"
+        return f"comma-separated {self.item.__name__}s" + (" or none" if self.optional else "")
 
 
 comma_list = CommaList()
+
+
+class NoneOr:
+    """The flag type of ``X | None`` fields (X: int, float, str, Path): ``none``, ``null`` or empty -> None."""
+
+    NONE = frozenset({"none", "null", ""})
+
+    def __init__(self, convert: type):
+        self.convert = convert
+
+    def __call__(self, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in self.NONE):
+            return None
+        return self.convert(value)
+
+    def __repr__(self) -> str:
+        return f"{self.convert.__name__} or none"
+
+
+def _optional_scalar(tp: Any) -> type | None:
+    """X for ``X | None`` with X a plain scalar type, else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and args[0] in (int, float, str, Path) else None
 
 
 def _is_dict(tp: Any) -> bool:
@@ -70,10 +101,19 @@ def _is_dict(tp: Any) -> bool:
     return tp is dict or typing.get_origin(tp) is dict or any(_is_dict(a) for a in args)
 
 
-def _is_str_tuple(tp: Any) -> bool:
+def _comma_list(tp: Any) -> CommaList | None:
+    """The flag type for ``tuple[X, ...]`` (or ``tuple[X, ...] | None``), X a str, int or float; else None."""
+    optional = False
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return any(_is_str_tuple(a) for a in typing.get_args(tp))
-    return typing.get_origin(tp) is tuple and typing.get_args(tp) in ((str, ...), ())
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        tp, optional = args[0], True
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and (args == () or (len(args) == 2 and args[1] is Ellipsis)):
+        item = args[0] if args else str
+        return CommaList(item, optional) if item in (str, int, float) else None
+    return None
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -102,8 +142,9 @@ def dataclass_parser(cls: type, prog: str | None = None, description: str | None
             parser.add_argument(flag, dest=f.name, action=ActionYesNo(no_prefix="no-"), default=default_of(f),
                                 help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, type=comma_list if _is_str_tuple(tp) else tp, help=help_,
-                                default=default_of(f), required=required)
+            scalar = _optional_scalar(tp)
+            kind = _comma_list(tp) or (NoneOr(scalar) if scalar else tp)
+            parser.add_argument(flag, dest=f.name, type=kind, help=help_, default=default_of(f), required=required)
     return parser
 
 
@@ -134,7 +175,7 @@ def parse_dataclass(cls: type, argv: list[str] | None, prog: str | None = None, 
             parser.error(str(e))
         known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
         unknown = sorted(set(values) - known)
-        if unknown:
+        if unknown and make is None and not hasattr(cls, "from_dict"):  # from_dict reports them itself
             parser.error(f"config file {path}: unknown key(s) {unknown}; expected some of: {', '.join(sorted(known))}")
         flags = {k: v for k, v in values.items() if k in parser.get_defaults()}
         parser.set_defaults(**parser.parse_object(flags).as_dict())  # validated and converted like flags

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,7 @@ from loadtests.drills.common import (
     EXPERIMENT,
     Background,
     DrillConfig,
+    Step,
     fill_steps,
     final_ok,
     history,
@@ -27,6 +29,7 @@ from loadtests.drills.common import (
     run_steps,
     write_report,
 )
+from loadtests.run import RunResult
 from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
@@ -163,12 +166,19 @@ def fault_drill(cfg: DrillConfig) -> dict:
             result = background.join()
         counts_after = router_counts(router.url)
     fill_steps(steps, history(result.folder))
-    records = probe.records
+    summary = fault_summary(cfg, folder, result, steps, probe.records, timeline, malformed, counts_after)
+    write_report(folder, summary, fault_markdown(summary))
+    return summary
+
+
+def fault_summary(cfg: DrillConfig, folder: Path, result: RunResult, steps: list[Step], records: list[Probe],
+                  timeline: dict[str, float], malformed: dict[str, list[int]], counts_after: dict) -> dict:
+    """The drill's findings from the probe's records, the step totals and the router's counters."""
     after_kill = [p for p in records if p.sent >= timeline["kill"]]
     first_error = next((p for p in after_kill if p.status in (503, 504)), None)
     recovered = next((p for p in records if p.sent >= timeline["restart"] and p.status == 200), None)
     outage = [p for p in records if timeline["kill"] <= p.sent < (recovered.sent if recovered else time.time())]
-    summary = {
+    return {
         "drill": "fault", "folder": str(folder), "loadtest_report": str(result.report), "rate": cfg.rate,
         "router_timeout_s": cfg.timeout_s, "outage_s": cfg.outage_s,
         "first_503_after_kill_s": round(first_error.sent + first_error.seconds - timeline["kill"], 3) if first_error else None,
@@ -187,8 +197,6 @@ def fault_drill(cfg: DrillConfig) -> dict:
                                        final_ok(result.folder), records),
         "steps": [asdict(s) for s in steps],
     }
-    write_report(folder, summary, fault_markdown(summary))
-    return summary
 
 
 def metrics_consistency(before: dict, after: dict, malformed: dict[str, list[int]], locust_ok: int,
