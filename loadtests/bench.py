@@ -127,18 +127,26 @@ def measure(base: LoadTestConfig, cfg: BenchConfig, out: Path, server_pids: list
     summary = json.loads((fixed.folder / "summary.json").read_text())
     result = {"fixed_rate": {"rate": cfg.rate, **stats, "server_cpu_percent": cpu.percent(*window),
                              "client_saturated": summary["client_saturated"], "machine_busy": summary["machine_busy"],
-                             "report": str(fixed.report)}, "levels": []}
+                             "locust_cpu_percent": locust_cpu(summary), "report": str(fixed.report)}, "levels": []}
     for users in (int(u) for u in cfg.users.split(",")):
         level = run_loadtest(LoadTestConfig(**{**asdict(base), "users": users, "run_time": cfg.level_time,
                                                "out_dir": str(out / f"users-{users}")}))
         s = json.loads((level.folder / "summary.json").read_text())
         stats, _ = exact(level.folder)
         result["levels"].append({"users": users, **stats, "client_saturated": s["client_saturated"],
-                                 "machine_busy": s["machine_busy"], "report": str(level.report)})
+                                 "machine_busy": s["machine_busy"], "locust_cpu_percent": locust_cpu(s),
+                                 "report": str(level.report)})
         if stats["error_rate"] > 0.01 or (stats["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
             break
     result["max_throughput"] = max_throughput(result["levels"], cfg.p99_bound_ms)
     return result
+
+
+def locust_cpu(summary: dict) -> float | None:
+    """Mean CPU of the Locust process(es) during a run, % of one core: what the load generator took from the server."""
+    cpu = summary.get("client_cpu") or {}
+    means = [v["mean"] for role, v in cpu.items() if role != "machine" and v.get("mean") is not None]
+    return sum(means) if means else None
 
 
 def max_throughput(levels: list[dict], bound_ms: float, max_error_rate: float = 0.01) -> dict:

@@ -43,6 +43,10 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} %"
+
+
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -104,9 +108,10 @@ def render(data: dict) -> str:
         lines.append(f"| {name} | {_x(value)} | {goals.get(name, '-')} | "
                      f"{'-' if name not in goals else 'n/a' if met is None else 'yes' if met else 'no'} |")
     if data.get("served"):
-        lines += ["", "Per level (closed loop):", "", "| option | users | req/s | P50 ms | P99 ms | errors |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "Per level (closed loop; Locust CPU: what the load generator itself used, % of one core):", "",
+                  "| option | users | req/s | P50 ms | P99 ms | errors | Locust CPU |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in data["served"].items():
             lines += [f"| {name} | {lv['users']} | {lv['throughput_rps']:.1f} | {_ms(lv['p50_ms'])} | "
-                      f"{_ms(lv['p99_ms'])} | {lv['error_rate']:.2%} |" for lv in r["levels"]]
+                      f"{_ms(lv['p99_ms'])} | {lv['error_rate']:.2%} | {_pct(lv.get('locust_cpu_percent'))} |"
+                      for lv in r["levels"]]
     return "\n".join(lines) + "\n"
