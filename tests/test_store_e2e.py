@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from test_router_e2e import MODEL, TOKEN, make_router, spec, v2_body
 
 from export.config import ExportConfig
@@ -182,6 +183,12 @@ def test_two_routers_on_one_postgres(triton, postgres_url, tmp_path):
         assert cli.returncode == 0, cli.stderr
         assert {k: v["requests"] for k, v in json.loads(cli.stdout)["arms"].items()} == \
             {k: v["requests"] for k, v in arms.items()}
+
+        # a new experiment-file revision, reloaded on a, reaches b too
+        (tmp_path / "a" / "experiment.yaml").write_text(yaml.safe_dump(spec(triton.http_url, weights=(60, 40))))
+        with admin(a) as c:
+            assert c.post(f"/v2/experiments/{EXPERIMENT}/reload").status_code == 200
+        wait_for(lambda: shares(b) == {"control": 0.6, "treatment": 0.4}, 30, "router b applying a's reloaded file")
     finally:
         a.stop()
         b.stop()
