@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100, help="warm-up requests per path (not measured)")
     p.add_argument("--shadow", action="store_true", help="also copy every request to a shadow (same version), to "
                    "show that the shadow adds no latency to the primary answer")
+    p.add_argument("--store", default=None, help="the router's --store (default: the router's own default); "
+                   "'memory' leaves out the experiment store's writes")
     p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -192,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = experiment_from_dict(experiment)
         triton_grpc = args.triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
         router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc,
-                                                   extra_args=["--log-level", "warning"]))
+                                                   extra_args=["--log-level", "warning",
+                                                               *(["--store", args.store] if args.store else [])]))
         paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
                            experiment["name"])
         rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
     result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
-              "model": args.model, "version": args.version, "shadow": args.shadow,
+              "model": args.model, "version": args.version, "shadow": args.shadow, "store": args.store,
               "load_average": list(psutil.getloadavg()), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
