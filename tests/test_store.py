@@ -7,6 +7,7 @@ on a unix socket, a fresh database per test.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -230,3 +231,29 @@ def test_admin_tokens_have_names():
     assert parse_tokens("# ops\nalice:a-secret\nbob:b-secret\n") == {"alice": "a-secret", "bob": "b-secret"}
     with pytest.raises(ValueError, match="used twice"):
         parse_tokens("alice:x\nalice:y")
+
+
+def test_audit_and_report_commands_read_the_store(tmp_path, capsys):
+    from serving.router.cli import main
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+
+    async def fill():
+        store = await opened(url)
+        try:
+            await store.add_revision(EXP, SPEC, "file", "file x.yaml", "first start")
+            await store.add_revision(EXP, spec_of(experiment_from_dict(SPEC).with_weights({"control": 1, "treatment": 0})),
+                                     "admin", "alice", "rollback: p99 regression")
+            await store.write_batch([answer(i, "control") for i in range(30)])
+        finally:
+            await store.close()
+    run(fill())
+    assert main(["audit", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 |" in out and "| alice | admin | rollback: p99 regression | control 1, treatment 0 |" in out
+    assert main(["report", "--store", url, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["arms"]["control"]["requests"] == 30 and report["arms"]["treatment"]["share"] == 0.0
+    assert [a["who"] for a in report["audit"]] == ["file x.yaml", "alice"]
+    assert main(["audit", "--store", url, "--experiment", "nope"]) == 1
+    assert "experiment 'nope' is not in the store" in capsys.readouterr().err
