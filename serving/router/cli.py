@@ -86,7 +86,11 @@ def run_router(argv: list[str]) -> int:
     server_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                    access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     with asyncio.Runner(loop_factory=server_config.get_loop_factory()) as runner:
-        runner.run(RouterServer(server_config, config).serve())
+        try:
+            runner.run(RouterServer(server_config, config).serve())
+        except OSError as e:  # the gRPC port is taken (uvicorn reports its own port itself)
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -302,15 +302,15 @@ class _Refused(Exception):
 
 
 async def start_grpc_server(state: RouterState, host: str, port: int) -> grpc.aio.Server:
-    """Serve ``RouterService`` on ``host:port`` in the running event loop; requests over the router's
-    ``max_body_bytes`` get RESOURCE_EXHAUSTED from gRPC itself."""
+    """Serve ``RouterService`` on ``host:port`` in the running event loop (``OSError`` when the port is
+    taken); requests over the router's ``max_body_bytes`` get RESOURCE_EXHAUSTED from gRPC itself."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", state.config.max_body_bytes),
                                       ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RouterService(state), server)
     try:
         server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as e:
-        raise RuntimeError(f"cannot listen for gRPC on {host}:{port} (--grpc-port): {e}") from None
+    except RuntimeError as e:  # grpcio's way of saying the address is taken
+        raise OSError(f"cannot listen for gRPC on {host}:{port} (--grpc-port): {e}") from None
     await server.start()
     exp = state.experiment
     for arm in exp.arm_names:  # the metadata the validation reads; a failed fetch is tried again on use
