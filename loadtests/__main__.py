@@ -15,39 +15,35 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from loadtests.config import SHAPES, STICKY_CHECKS, TARGETS, LoadTestConfig, LoadTestError, read_settings_file
+from loadtests.config import LoadTestConfig, LoadTestError, read_settings_file
+from tunestack.cli import parse_dataclass
 
 DEFAULT_SETTINGS = Path("pyproject.toml")
+RUN_DESCRIPTION = ("Run Locust headless (closed or open loop, optional shape, 1 or N+1 processes) and write "
+                   "reports/loadtest-TIMESTAMP/. Defaults come from --settings FILE: a pyproject.toml "
+                   "([tool.locust]) or locust.conf, default ./pyproject.toml; the options below override it.")
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--settings", type=Path, default=None,
-                   help="a pyproject.toml ([tool.locust]) or locust.conf with defaults for the options below; "
-                        "default: ./pyproject.toml. Options given here override it")
-    for f in fields(LoadTestConfig):
-        kind = type(f.default)
-        help_ = f"{f.metadata['help']} (default: {f.default!r})"
-        choices = {"target": TARGETS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(f.name)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, choices=choices, help=help_)
-
-
-def resolve(args: argparse.Namespace) -> LoadTestConfig:
-    """Settings file, then command line: the command line wins."""
-    sources = []
-    settings = args.settings or (DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None)
+def parse_run(argv: list[str]) -> LoadTestConfig:
+    """``run``'s options: the settings file's values, then ``--config FILE``, then the flags (the command line wins)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--settings", type=Path, default=None)
+    known, rest = pre.parse_known_args(argv)
+    settings = known.settings or (DEFAULT_SETTINGS if DEFAULT_SETTINGS.is_file() else None)
+    defaults = {}
     if settings is not None:
-        known = {f.name for f in fields(LoadTestConfig)}
+        names = {f.name for f in fields(LoadTestConfig)}
         data = read_settings_file(settings)
         # Other Locust options in [tool.locust] (loglevel, ...) are Locust's business, not ours.
-        sources.append({k: v for k, v in data.items() if k.replace("-", "_") in known})
-    sources.append({f.name: getattr(args, f.name) for f in fields(LoadTestConfig)})
-    return LoadTestConfig.from_settings(*sources)
+        defaults = LoadTestConfig.settings_values({k: v for k, v in data.items() if k.replace("-", "_") in names})
+    return parse_dataclass(LoadTestConfig, rest, "python -m loadtests run", RUN_DESCRIPTION, errors=(LoadTestError,),
+                           defaults=defaults)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(argv: list[str]) -> int:
     from loadtests.run import run_loadtest
 
-    result = run_loadtest(resolve(args))
+    result = run_loadtest(parse_run(argv))
     print(result.report.read_text())
     print(f"\nreport: {result.report}\nfolder: {result.folder} (Locust CSV/HTML, plots, summary.json)")
     return 0
@@ -84,10 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run Locust headless against the router or Triton and write a report",
-                         description="Run Locust headless (closed or open loop, optional shape, 1 or N+1 processes) "
-                                     "and write reports/loadtest-TIMESTAMP/.")
-    add_run_arguments(run)
-    run.set_defaults(func=cmd_run)
+                         description=RUN_DESCRIPTION, add_help=False)
+    run.add_argument("options", nargs=argparse.REMAINDER, help="see `python -m loadtests run --help`")
     report = sub.add_parser("report", help="build report.md + plots from Locust CSV output",
                             description="Turn Locust's CSV output (PREFIX_stats.csv, PREFIX_stats_history.csv, ...) "
                                         "into report.md, summary.json and PNG plots.")
@@ -112,14 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if argv[:1] == ["run"]:  # its flags mirror LoadTestConfig (tunestack.cli)
+            return cmd_run(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except LoadTestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from export.contract import CONTRACT
 from tunestack import names
+from tunestack.configfile import ConfigFileError, load_config_file
 
 TARGETS = ("router", "triton")
 SHAPES = ("none", "steps", "spike")
@@ -158,6 +158,11 @@ class LoadTestConfig:
     @classmethod
     def from_settings(cls, *sources: dict[str, Any]) -> LoadTestConfig:
         """Merge settings dicts (later ones win; keys as in [tool.locust], dashes or underscores)."""
+        return cls(**cls.settings_values(*sources))
+
+    @classmethod
+    def settings_values(cls, *sources: dict[str, Any]) -> dict[str, Any]:
+        """The merged settings as typed field values (None values skipped); unknown keys are an error."""
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         problems = []
@@ -173,7 +178,7 @@ class LoadTestConfig:
                     values[name] = _coerce(known[name], value)
         if problems:
             raise LoadTestError("invalid load test settings:\n  - " + "\n  - ".join(problems))
-        return cls(**values)
+        return values
 
 
 def _coerce(f, value: Any) -> Any:
@@ -185,7 +190,11 @@ def _coerce(f, value: Any) -> Any:
 
 
 def parse_timespan(value: str | int | float) -> float:
-    """``"90"``, ``"30s"``, ``"2m"``, ``"1h30m"`` -> seconds (Locust's --run-time syntax)."""
+    """``"90"``, ``"30s"``, ``"2m"``, ``"1h30m"`` -> seconds (Locust's --run-time syntax).
+
+    Not ``locust.util.timespan.parse_timespan``: importing anything from ``locust`` runs gevent's
+    ``monkey.patch_all()`` in this process (the demo, the drills, the router's tools), not only in Locust's.
+    """
     if isinstance(value, int | float):
         return float(value)
     text = str(value).strip().lower()
@@ -199,22 +208,20 @@ def parse_timespan(value: str | int | float) -> float:
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
-    """``[tool.locust]`` of a pyproject.toml, or the ``key = value`` lines of a locust.conf."""
+    """``[tool.locust]`` of a pyproject.toml, or a locust.conf read by the parser Locust itself uses
+    (configargparse's: ``key = value`` lines, comments, ``[sections]`` ignored)."""
+    import configargparse
+
     path = Path(path)
     if not path.is_file():
         raise LoadTestError(f"settings file {path} does not exist")
-    if path.suffix == ".toml":
-        return tomllib.loads(path.read_text()).get("tool", {}).get("locust", {})
-    settings = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line or line.startswith("["):
-            continue
-        if "=" not in line:
-            raise LoadTestError(f"{path}:{number}: expected 'key = value', got {line!r}")
-        key, value = (part.strip() for part in line.split("=", 1))
-        settings[key] = value.strip("\"'")
-    return settings
+    try:
+        if path.suffix == ".toml":
+            return load_config_file(path).get("tool", {}).get("locust", {})
+        with open(path) as f:
+            return dict(configargparse.DefaultConfigFileParser().parse(f))
+    except (ConfigFileError, configargparse.ConfigFileParserException) as e:
+        raise LoadTestError(f"settings file {path}: {e}") from None
 
 
 def add_locust_arguments(parser) -> None:

@@ -40,8 +40,10 @@ CONFIG_FLAG = "--config"
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string right after ``name: type = default``) of a class and its bases."""
-    docs: dict[str, str] = {}
+    """Attribute docstrings (the string right after ``name: type = default``) of a class and its bases;
+    a field without one may carry its help as ``field(metadata={"help": ...})``."""
+    docs: dict[str, str] = {f.name: f.metadata["help"].replace("%%", "%") for f in dataclasses.fields(cls)
+                            if "help" in f.metadata}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
         for node, nxt in zip(body, body[1:], strict=False):
@@ -157,20 +159,22 @@ def _config_path(argv: list[str]) -> str | None:
 
 def parse_dataclass(cls: type, argv: list[str] | None, prog: str | None = None, description: str | None = None, *,
                     exclude: Iterable[str] = (), errors: tuple[type[Exception], ...] = (ValueError, TypeError),
-                    make: Callable[[dict[str, Any]], Any] | None = None) -> Any:
-    """Parse ``argv`` (None: ``sys.argv[1:]``) into an instance of ``cls``: defaults, then ``--config FILE``,
-    then the flags.
+                    make: Callable[[dict[str, Any]], Any] | None = None,
+                    defaults: dict[str, Any] | None = None) -> Any:
+    """Parse ``argv`` (None: ``sys.argv[1:]``) into an instance of ``cls``: the dataclass's defaults, then
+    ``defaults`` (typed values, e.g. from a settings file the caller read), then ``--config FILE``, then the flags.
 
     ``make`` builds the instance from the values (default ``cls.from_dict`` if it has one, else ``cls(**values)``);
     an exception of a type in ``errors`` becomes a usage error (exit status 2, no traceback).
     """
     parser = dataclass_parser(cls, prog, description, exclude=exclude)
     argv = list(sys.argv[1:] if argv is None else argv)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
+    parser.set_defaults(**{k: v for k, v in values.items() if k in parser.get_defaults()})
     path = _config_path(argv)
     if path:
         try:
-            values = load_config_file(path, normalize_keys=True)
+            values.update(load_config_file(path, normalize_keys=True))
         except ConfigFileError as e:
             parser.error(str(e))
         known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
