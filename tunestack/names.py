@@ -18,6 +18,8 @@ TRITON_METRICS_PORT = 8002
 """Triton's default Prometheus metrics port."""
 ROUTER_PORT = 8080
 """The A/B router's default port."""
+ROUTER_GRPC_PORT = 8081
+"""The A/B router's default gRPC (KServe v2) port."""
 
 TRITON_HTTP_ADDRESS = f"{HOST}:{TRITON_HTTP_PORT}"
 """``host:port`` of a default Triton's HTTP endpoint, as ``tritonclient.http`` takes it (no scheme)."""

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -24,34 +24,16 @@ from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
 from serving.router.store import STORE_ENV, default_store_url
 from tunestack import names
+from tunestack.cli import dataclass_parser
 
 GRACEFUL_SHUTDOWN_S = 10
 """Seconds in-flight requests (HTTP and gRPC) get to finish after SIGTERM."""
 
 
-def _field_help(name: str) -> str:
-    import ast
-    import inspect
-
-    # the attribute docstrings of RouterConfig are the CLI's help texts
-    tree = ast.parse(inspect.getsource(RouterConfig))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                return str(nxt.value.value)
-    return ""
-
-
-def router_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serving router", description="Run the A/B router in front of Triton.")
-    for f in fields(RouterConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.name != "experiment" else None
-        kind = {"int": int, "float": float, "str": str, "str | None": str}.get(str(f.type), str)
-        p.add_argument(flag, type=kind, default=default, required=f.name == "experiment",
-                       help=f"{_field_help(f.name)} (default: {default})")
-    return p
+def router_parser():
+    """One flag per ``RouterConfig`` field, typed and documented from the dataclass (``tunestack.cli``)."""
+    return dataclass_parser(RouterConfig, "python -m serving router", "Run the A/B router in front of Triton.",
+                            config_file=False)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -68,7 +50,7 @@ def run_router(argv: list[str]) -> int:
 
     args = router_parser().parse_args(argv)
     try:
-        config = RouterConfig(**vars(args))
+        config = RouterConfig(**args.as_dict())
         experiment = load_experiment(config.experiment, config.triton_url, config.triton_grpc_url)
         store = config.store or os.environ.get(STORE_ENV) or experiment.store or default_store_url(config.experiment)
         config = replace(config, store=None if store == NO_STORE else store)

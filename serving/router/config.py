@@ -345,11 +345,11 @@ class RouterConfig:
 
     experiment: str
     """Path of the experiment file (YAML or TOML); re-read on SIGHUP or POST .../reload."""
-    host: str = "127.0.0.1"
+    host: str = names.HOST
     """Address to bind; loopback unless told otherwise."""
     port: int = names.ROUTER_PORT
     """Port to bind."""
-    grpc_port: int = 8081
+    grpc_port: int = names.ROUTER_GRPC_PORT
     """Port of the KServe v2 gRPC endpoint (Triton's GRPCInferenceService), served alongside HTTP; 0 = none."""
     triton_url: str | None = None
     """Override of the experiment file's ``upstream`` (Triton HTTP base URL)."""
