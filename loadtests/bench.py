@@ -21,7 +21,7 @@ not Locust's buckets. Writes ``reports/bench-TIMESTAMP/bench.json`` (with ``rati
 
 from __future__ import annotations
 
-import argparse
+
 import json
 import logging
 import platform
@@ -97,15 +97,7 @@ class BenchResult:
     data: dict = field(default_factory=dict)
 
 
-def add_bench_arguments(parser) -> None:
-    for name, f in BenchConfig.__dataclass_fields__.items():
-        kind = type(f.default)
-        help_ = f"{f.metadata['help']} (default: {f.default})"
-        if kind is bool:
-            parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
-                                help=help_)
-        else:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=help_)
+
 
 
 def exact(folder: Path) -> tuple[dict, tuple[float, float]]:

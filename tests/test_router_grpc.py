@@ -128,10 +128,13 @@ def test_stream_infer_through_the_router(router, rc):
     try:
         for i in range(6):
             rc.async_stream_infer(EXPERIMENT, [text_input(grpcclient, TEXTS[:1])], request_id=f"s{i}")
-        got = [answers.get(timeout=30) for _ in range(6)]
+        rc.async_stream_infer(EXPERIMENT, [text_input(grpcclient, [""])], request_id="bad")  # Triton refuses ""
+        got = [answers.get(timeout=30) for _ in range(7)]
     finally:
         rc.stop_stream()
-    assert all(error is None for _, error in got), [str(e) for _, e in got if e]
+    errors = [str(e) for _, e in got if e is not None]
+    assert len(errors) == 1 and "empty" in errors[0], errors  # the stream goes on after a refused message
+    got = [(r, e) for r, e in got if e is None]
     assert sorted(r.get_response().id for r, _ in got) == [f"s{i}" for i in range(6)]
     assert {variant_of(r) for r, _ in got} == {expected}
 
@@ -151,6 +154,9 @@ def test_invalid_requests_get_invalid_argument_and_never_count_against_an_arm(ro
                 with pytest.raises(grpc.RpcError) as caught:
                     stub.ModelInfer(request, metadata=(("x-user-id", user),), timeout=10)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:  # over --max-body-bytes (1 MiB): gRPC's own limit
+            stub.ModelInfer(raw_request(["x" * (2 << 20)]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # the breaker stayed closed: the user's own arm serves it, not the fallback
     assert variant_of(rc.infer(EXPERIMENT, [text_input(grpcclient, TEXTS)], headers={"x-user-id": user})) == "treatment"
     after = metrics(router)
