@@ -23,6 +23,9 @@ RUN_DESCRIPTION = ("Run Locust headless (closed or open loop, optional shape, 1 
                    "reports/loadtest-TIMESTAMP/. Defaults come from --settings FILE: a pyproject.toml "
                    "([tool.locust]) or locust.conf, default ./pyproject.toml; the options below override it.")
 
+BENCH_DESCRIPTION = ("torch vs ONNX Runtime in-process; Triton, router and a transformers-pipeline service under "
+                     "the same Locust load; JSON + Markdown table.")
+
 
 def parse_run(argv: list[str]) -> LoadTestConfig:
     """``run``'s options: the settings file's values, then ``--config FILE``, then the flags (the command line wins)."""
@@ -58,11 +61,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(argv: list[str]) -> int:
     from loadtests.bench import BenchConfig, run_bench
 
-    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig) if getattr(args, f.name) is not None})
-    result = run_bench(cfg)
+    result = run_bench(parse_dataclass(BenchConfig, argv, "python -m loadtests bench", BENCH_DESCRIPTION,
+                                       errors=(LoadTestError,)))
     print(result.markdown.read_text())
     print(f"\nwritten: {result.markdown} and {result.json}")
     return 0
@@ -89,12 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="output folder (default: the prefix's folder)")
     report.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="in-process and served benchmarks side by side",
-                           description="torch vs ONNX Runtime in-process; Triton, router and a transformers-pipeline "
-                                       "service under the same Locust load; JSON + Markdown table.")
-    from loadtests.bench import add_bench_arguments
-
-    add_bench_arguments(bench)
-    bench.set_defaults(func=cmd_bench)
+                           description=BENCH_DESCRIPTION, add_help=False)
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="see `python -m loadtests bench --help`")
     baseline = sub.add_parser("baseline", help="serve the merged torch model with a transformers pipeline (KServe v2)")
     baseline.add_argument("--model", type=Path, required=True, help="merged model folder, e.g. runs/demo/merged")
     baseline.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -111,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["run"]:  # its flags mirror LoadTestConfig (tunestack.cli)
             return cmd_run(argv[1:])
+        if argv[:1] == ["bench"]:  # its flags mirror BenchConfig (tunestack.cli)
+            return cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except LoadTestError as e:

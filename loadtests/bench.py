@@ -21,7 +21,6 @@ not Locust's buckets. Writes ``reports/bench-TIMESTAMP/bench.json`` (with ``rati
 
 from __future__ import annotations
 
-
 import json
 import logging
 import platform
