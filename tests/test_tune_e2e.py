@@ -20,14 +20,14 @@ def test_tune_publishes_the_winner_as_a_new_version_with_its_report(tiny_onnx_di
     v1_files = {p.name: p.read_bytes() for p in v1.iterdir() if p.is_file()}
     code = serving_main(["tune", "--repository", str(repository), "--model", "sentiment", "--instance-counts", "1,2",
                          "--threads", "1", "--queue-delays-us", "off,2000", "--max-batch-sizes", "8",
-                         "--max-trials", "3", "--users", "2", "--steps", "2", "--step-time-s", "2",
+                         "--max-trials", "2", "--users", "2", "--steps", "2", "--step-time-s", "2",
                          "--p99-bound-ms", "5000", "--out-dir", str(tmp_path / "reports")])
     assert code == 0
     [folder] = (tmp_path / "reports").glob("tune-*")
     data = json.loads((folder / "tune.json").read_text())
     assert (folder / "tune.md").read_text().startswith("# Tuning: sentiment v1")
     assert (folder / "curves.png").stat().st_size > 1000
-    assert 2 <= len(data["trials"]) <= 3 and data["settings"]["tuned_version"] == 1
+    assert len(data["trials"]) == 2 and data["settings"]["tuned_version"] == 1
     assert all(t["levels"] and t["levels"][-1]["ok"] > 0 for t in data["trials"]), data["trials"]
     # the tiny model answers in milliseconds: the ramp's P99 is far below the 5 s bound, every trial counts
     assert all(t["score"] is not None and t["score"] > 0 for t in data["trials"])
