@@ -8,11 +8,10 @@ message itself (only its model name and version change) and reads the predicted 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
 from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import deserialize_bytes_tensor
 
 from serving.router.errors import BadRequest
 from serving.router.validate import ELEMENT_SIZE, TensorIn, count_binary
@@ -22,6 +21,7 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
                   "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 """The typed ``InferTensorContents`` field of each datatype (FP16 and BF16 travel only as raw bytes)."""
+_LENGTH = struct.Struct("<I")
 
 
 def parameter_value(p: pb.InferParameter) -> Any:
@@ -75,14 +75,14 @@ def answer_labels(response: pb.ModelInferResponse, label_output: str) -> tuple[s
     for i, out in enumerate(response.outputs):
         if out.name != label_output:
             continue
-        if i < len(response.raw_output_contents):
-            try:
-                values: Sequence = deserialize_bytes_tensor(response.raw_output_contents[i])
-            except Exception:  # noqa: BLE001 - a label the router cannot read is not the caller's problem
-                return ()
-        else:
-            values = out.contents.bytes_contents
-        return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values)
+        if i >= len(response.raw_output_contents):
+            return tuple(v.decode("utf-8", "replace") for v in out.contents.bytes_contents)
+        raw, labels, pos = response.raw_output_contents[i], [], 0
+        while pos + 4 <= len(raw):  # 4-byte little-endian length, then the bytes (no numpy: it costs more here)
+            (n,) = _LENGTH.unpack_from(raw, pos)
+            labels.append(raw[pos + 4:pos + 4 + n].decode("utf-8", "replace"))
+            pos += 4 + n
+        return tuple(labels)
     return ()
 
 

@@ -230,7 +230,8 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
             shadow_copy = self._shadow_copy(exp, request)
 
             def send(name: str) -> Awaitable[pb.ModelInferResponse]:
-                return state.grpc_upstream.infer(state.grpc_target(exp, name), request, exp.timeout_s)
+                return state.grpc_upstream.infer(target if name == arm else state.grpc_target(exp, name), request,
+                                                 exp.timeout_s)
 
             response, served = await with_fallback(state, exp, arm, send)
         except RouterError as e:
