@@ -42,6 +42,10 @@ class DrillConfig:
     """Fault drill: seconds tritonserver stays down."""
     timeout_s: float = names.ROUTER_TIMEOUT_S
     """The router's per-request timeout to Triton."""
+    bad_run: Path = Path("runs/demo-few-steps")
+    """Rollout drill bad: the run whose fp32 export (an adapter trained for a few steps) is the candidate."""
+    rollout_load_s: float = 600.0
+    """Rollout drills good/bad/slow: seconds of load at most (the rollout must decide within them)."""
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""The rollout drills end to end on the tiny model: tritonserver, the router with its SQLite store, Locust load
+with feedback on every answer, and the rollout controller ramping through the store.
+
+On a tiny random model "accuracy" means nothing, so the candidates are made controllable:
+* good: the tiny int8 export behind its fp32 control (the same predictions up to quantization); the tiny
+  model answers one label only, so the label mix has no verdict (the judge needs two labels) and is no
+  guardrail here; and on the shared, busy 2-core test machine the latency tail is scheduling noise, so
+  the p99 margin is wide (500 ms): this test checks the promotion mechanics, ``slow`` the latency guardrail;
+* bad: the control's own export with its label names reversed (every prediction's name flipped), and
+  held-out texts relabelled with the control's predictions, so the control is right on every answer and
+  the candidate on none; the label mix is no guardrail here (flipping the names moves it too);
+* slow: the same fp32 export published as a second Triton model whose dynamic batcher holds every request
+  200 ms (``max_queue_delay_microseconds``), behind the int8 control, p99 margin 1 ms.
+The judge reads the 95th latency percentile (``quantile: 0.95``) as its "p99" metric here: the 99th needs
+~700 answers per arm before its interval is finite, more than a short test serves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from loadtests.drills.common import DrillConfig
+from loadtests.drills.progressive import ArmSource, flipped_export, rollout_drill_run
+
+MIN_SAMPLES = {name: 100 for name in ("error_rate", "latency_mean", "latency_p99", "accuracy", "label_distribution",
+                                      "confidence_mean")}
+
+
+def section(steps: list[float], guardrails: list[str], margins: dict) -> dict:
+    return {"steps": steps, "guardrails": guardrails, "min_step_requests": 40, "step_timeout_s": 45, "poll_s": 0.5,
+            "judge": {"quantile": 0.95, "tune_n": 300, "min_samples": MIN_SAMPLES, "margins": margins}}
+
+
+def drill_config(run, tmp_path) -> DrillConfig:
+    return DrillConfig(run=run, out_dir=tmp_path, rate=40)
+
+
+@pytest.mark.e2e
+def test_good_candidate_is_promoted_to_100_percent_with_no_failed_request(tiny_onnx_dir, tmp_path):
+    arms = [ArmSource("fp32", tiny_onnx_dir, "fp32"), ArmSource("int8", tiny_onnx_dir, "int8")]
+    margins = {"error_rate": 0.05, "latency_p99": 500.0}
+    s = rollout_drill_run(drill_config(tiny_onnx_dir.parent, tmp_path), "good", arms,
+                          section([25, 50, 100], ["error_rate", "latency_p99"], margins), 55)
+    assert (s["decision"], s["step"], s["percent"]) == ("complete", 3, 100.0), s["reason"]
+    assert s["failed_requests"] == 0 and s["failed_feedback"] == 0
+    assert s["candidate_requests"] > 100 and s["candidate_users"] > 50
+    assert len(s["revisions"]) == 4  # start, promote to 50, promote to 100, complete
+
+
+def relabelled_run(onnx_dir, dest):
+    """A run folder whose held-out labels are the fp32 export's own predictions (its accuracy: ~1.0), plus one
+    row per label name (Locust fails an answer whose label its texts never carry)."""
+    from transformers import AutoTokenizer
+
+    from export.parity import onnx_logits, onnx_session
+    from export.publish import read_source
+
+    src = read_source(onnx_dir, "fp32")
+    rows = [json.loads(line) for line in (onnx_dir.parent / "merged" / "heldout.jsonl").read_text().splitlines()]
+    logits = onnx_logits(onnx_session(src.onnx_file, 1), AutoTokenizer.from_pretrained(onnx_dir),
+                         [r["text"] for r in rows], src.max_length, 32)
+    relabelled = [{"text": r["text"], "label": src.labels[int(k)]} for r, k in zip(rows, np.argmax(logits, 1), strict=True)]
+    # Locust accepts only the labels its texts carry: keep every label name in the file (one row each)
+    relabelled += [{"text": f"{name} anchor", "label": name} for name in src.labels]
+    shutil.copytree(onnx_dir, dest / "onnx")
+    (dest / "merged").mkdir()
+    (dest / "merged" / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in relabelled))
+    return dest
+
+
+@pytest.mark.e2e
+def test_bad_accuracy_is_rolled_back_at_the_first_step(tiny_onnx_dir, tmp_path):
+    run = relabelled_run(tiny_onnx_dir, tmp_path / "run")
+    arms = [ArmSource("fp32", run / "onnx", "fp32"),
+            ArmSource("flipped", flipped_export(run / "onnx", tmp_path / "flipped"), "fp32", model="flipped")]
+    s = rollout_drill_run(drill_config(run, tmp_path), "bad", arms,
+                          section([25, 50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 25.0}), 45)
+    assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]
+    assert s["reason"].startswith("rollback: accuracy worse"), s["reason"]
+    assert s["decided_in_s"] is not None and s["decided_in_s"] > 0
+    assert 0 < s["candidate_users"] <= s["candidate_requests"], "users exposed are counted from the store"
+    assert s["failed_requests"] == 0
+
+
+@pytest.mark.e2e
+def test_slow_candidate_is_rolled_back_on_p99(tiny_onnx_dir, tmp_path):
+    arms = [ArmSource("int8", tiny_onnx_dir, "int8"),
+            ArmSource("fp32-slow", tiny_onnx_dir, "fp32", model="slow", max_queue_delay_us=200_000)]
+    s = rollout_drill_run(drill_config(tiny_onnx_dir.parent, tmp_path), "slow", arms,
+                          section([50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 1.0}), 45)
+    assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]
+    assert "latency_p99 worse" in s["reason"], s["reason"]
+    assert s["failed_requests"] == 0
