@@ -19,7 +19,15 @@ from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import InputError
 from export.merge import copy_carried
-from export.quantize import TextCalibrationReader, optimize_graph, quantize_int8_dynamic, quantize_int8_static, training_texts
+from export.quantize import (
+    FLOAT_CONSUMERS,
+    STATIC_OP_TYPES,
+    TextCalibrationReader,
+    optimize_graph,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+    training_texts,
+)
 from training.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ def _source(merged_dir: Path, cfg: ExportConfig) -> dict:
         "opset": cfg.opset,
         "optimize": cfg.optimize,
         "int8_per_channel": cfg.int8_per_channel,
+        "static_recipe": {"ops": list(STATIC_OP_TYPES), "fp32_before": list(FLOAT_CONSUMERS)},
         "calibration": {"data": sha256(cfg.calibration_data) if cfg.calibration_data and cfg.calibration_data.is_file()
                         else cfg.calibration_data and str(cfg.calibration_data),
                         "examples": cfg.calibration_examples, "method": cfg.calibration_method},

@@ -44,6 +44,9 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": Calibra
 STATIC_OP_TYPES = ("MatMul",)
 """Ops the static variant quantizes: the dense layers outside the fused attention (the classifier Gemm
 stays fp32: its int32 bias cannot be scaled from a calibrated Tanh)."""
+FLOAT_CONSUMERS = ("BiasGelu", "Gelu", "FastGelu")
+"""A MatMul feeding only these stays fp32 in the static variant: with no quantized consumer ONNX Runtime
+cannot fuse its QDQ pair into an integer MatMul and would dequantize the weights on every call."""
 FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 """Needed on a fused graph: the quantizer cannot infer the type of some contrib-op outputs."""
 
@@ -113,9 +116,21 @@ def quantize_int8_static(src: Path, dst: Path, reader: TextCalibrationReader, pe
     with tempfile.TemporaryDirectory(prefix="tunestack-quant-") as tmp, _quiet_root_logger():
         prepared = Path(tmp) / "prepared.onnx"  # symbolic shape inference: without it most MatMuls are skipped
         quant_pre_process(str(src), str(prepared), skip_optimization=True)
+        excluded = float_output_matmuls(onnx.load(str(prepared)).graph)
         quantize_static(prepared, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OP_TYPES),
+                        nodes_to_exclude=excluded,
                         per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                         calibrate_method=CALIBRATION_METHODS[method], extra_options=FLOAT_DEFAULT)
+
+
+def float_output_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """Names of the MatMul nodes whose outputs feed only ``FLOAT_CONSUMERS``."""
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    return [node.name for node in graph.node if node.op_type == "MatMul"
+            and all(op in FLOAT_CONSUMERS for out in node.output for op in consumers.get(out, ["output"]))]
 
 
 def training_texts(merged_dir: Path, data: Path | None, limit: int, heldout: Path | None) -> list[str]:

@@ -18,7 +18,7 @@ from export.errors import ConfigError, InputError
 from export.onnx import UNFUSED_FILE
 from export.parity import batch_invariance, check_parity, onnx_logits, onnx_session
 from export.publish import publish
-from export.quantize import training_texts
+from export.quantize import FLOAT_CONSUMERS, training_texts
 from export.triton_model.model import TextClassifier, length_buckets
 from training.data import read_jsonl
 from tests.test_export import _shift_bias
@@ -45,6 +45,12 @@ def test_both_int8_variants_are_built_on_the_fused_graph(tiny_onnx_dir):
     assert static["QuantizeLinear"] > 0 and static["DequantizeLinear"] > static["QuantizeLinear"]  # QDQ
     assert "DynamicQuantizeLinear" not in static, "static int8 must not quantize activations at run time"
     assert "Attention" in static and "SkipLayerNormalization" in static
+    # a MatMul feeding GELU stays fp32: no integer kernel could consume its QDQ pair
+    graph = onnx.load(tiny_onnx_dir / VARIANT_FILES["int8-static"]).graph
+    gelu_inputs = {name for node in graph.node if node.op_type in FLOAT_CONSUMERS for name in node.input}
+    producers = {out: node for node in graph.node for out in node.output}
+    feeding = [producers[name] for name in gelu_inputs if name in producers and producers[name].op_type == "MatMul"]
+    assert len(feeding) == 2 and not any("DequantizeLinear" in name for node in feeding for name in node.input)
 
 
 def test_static_int8_is_gated_like_dynamic(tiny_onnx_dir, tmp_path):
