@@ -22,6 +22,8 @@ class ModelContract:
     """Softmax over the labels (FP32, one value per label)."""
     output_label: str = "LABEL"
     """The predicted label's name (BYTES, one per example)."""
+    onnx_logits: str = "logits"
+    """The exported ONNX graph's output (Optimum's name for a sequence classifier's logits)."""
     onnx_file: str = "model.onnx"
     """The fp32 ONNX file inside ``runs/NAME/onnx/`` and inside each published version."""
     onnx_int8_file: str = "model.int8.onnx"

@@ -68,7 +68,7 @@ def onnx_logits(session: ort.InferenceSession, tokenizer, texts: Sequence[str], 
     out = []
     for start in range(0, len(texts), batch_size):
         enc = encode(tokenizer, texts[start : start + batch_size], max_length)
-        out.append(session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0])
+        out.append(session.run([CONTRACT.onnx_logits], {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0])
     return np.concatenate(out)
 
 

@@ -78,13 +78,18 @@ class ProbeLoop:
         self.thread.join()
 
 
+def _one_text(raw: bytes) -> bytes:
+    """A KServe v2 body with one BYTES text of ``raw`` bytes, written by hand (JSON cannot carry invalid UTF-8)."""
+    return b'{"inputs": [{"name": "' + CONTRACT.input_text.encode() + b'", "datatype": "BYTES", "shape": [1, 1], "data": ["' + raw + b'"]}]}'
+
+
 MALFORMED: dict[str, tuple[str, bytes, dict]] = {
     "bad JSON": (EXPERIMENT, b'{"inputs": [', {}),
     "wrong datatype": (EXPERIMENT, json.dumps({"inputs": [{"name": CONTRACT.input_text, "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}).encode(), {}),
     "missing input": (EXPERIMENT, json.dumps({"inputs": []}).encode(), {}),
     "shape mismatch": (EXPERIMENT, json.dumps({"inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [3, 1], "data": ["a"]}]}).encode(), {}),
-    "oversize body": (EXPERIMENT, b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ["' + b"x" * (2 << 20) + b'"]}]}', {}),
-    "invalid UTF-8": (EXPERIMENT, b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ["\xff\xfe"]}]}', {}),
+    "oversize body": (EXPERIMENT, _one_text(b"x" * (2 << 20)), {}),
+    "invalid UTF-8": (EXPERIMENT, _one_text(b"\xff\xfe"), {}),
     "unknown model": ("no-such-experiment", json.dumps({"inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [1, 1], "data": ["ok"]}]}).encode(), {}),
 }
 """Name -> (route model name, body, headers): the corpus the fault drill sends during load."""
