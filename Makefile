@@ -21,7 +21,8 @@ NPROC ?= 1
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
-	rollout-drill fault-drill loadtest bench tune lint clean compare
+	rollout-drill fault-drill loadtest bench tune lint clean compare \
+	rollout-drills rollout-drill-good rollout-drill-bad rollout-drill-slow
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
@@ -39,6 +40,7 @@ help:
 	@echo "make tune           search instances x ORT threads x batching on tritonserver; winner -> a new version"
 	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
+	@echo "make rollout-drills the rollout controller under load: good (int8) promoted; bad (few steps), slow (fp32 vs int8) rolled back"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -89,6 +91,25 @@ rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.jso
 fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 	$(PY) -m loadtests.drills fault --run runs/$(NAME)
+
+# The progressive-rollout drills (python -m serving rollout under Locust load with feedback): good and slow
+# use runs/$(NAME)/onnx; bad's candidate is an adapter trained for FEW_STEPS steps only (runs/$(NAME)-few-steps).
+FEW_STEPS ?= 8
+ROLLOUT_DRILL_ARGS ?=
+runs/$(NAME)/onnx/parity.json: | install runs/$(NAME)/adapter/training_config.json
+	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
+
+runs/$(NAME)-few-steps/onnx/parity.json: | install
+	$(PY) -m training --name $(NAME)-few-steps --max-steps $(FEW_STEPS)
+	$(PY) -m export --adapter runs/$(NAME)-few-steps/adapter --no-publish
+
+rollout-drill-good rollout-drill-slow: install runs/$(NAME)/onnx/parity.json
+	$(PY) -m loadtests.drills $(subst rollout-drill-,rollout-,$@) --run runs/$(NAME) $(ROLLOUT_DRILL_ARGS)
+
+rollout-drill-bad: install runs/$(NAME)/onnx/parity.json runs/$(NAME)-few-steps/onnx/parity.json
+	$(PY) -m loadtests.drills rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
+
+rollout-drills: rollout-drill-good rollout-drill-bad rollout-drill-slow
 
 # Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2

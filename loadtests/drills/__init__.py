@@ -9,7 +9,12 @@ answered 503 (or fell back), the slowest request during the outage against the r
 long until it served again, and the failed requests; then send a corpus of malformed requests during
 load and check each gets a 4xx, the good traffic is unaffected and the router's metrics agree.
 
-Both write ``reports/DRILL-TIMESTAMP/`` (drill.json, drill.md and the full load-test report inside).
+``python -m loadtests.drills rollout-good|rollout-bad|rollout-slow``: the progressive rollout controller
+(``python -m serving rollout``) ramps a candidate through the experiment store under load with feedback;
+good is promoted to 100 %, bad (a few-steps adapter) and slow (fp32 behind int8, p99 margin 1 ms) are
+rolled back (``progressive.py``).
+
+All write ``reports/DRILL-TIMESTAMP/`` (drill.json, drill.md and the full load-test report inside).
 """
 
 from loadtests.drills.common import DrillConfig

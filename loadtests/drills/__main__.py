@@ -1,4 +1,5 @@
-"""``python -m loadtests.drills rollout|fault [--config FILE] [flags]``: run a drill and print its report."""
+"""``python -m loadtests.drills rollout|fault|rollout-good|rollout-bad|rollout-slow [--config FILE] [flags]``: run a
+drill and print its report."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 from pathlib import Path
 
 from loadtests.drills import DrillConfig, fault_drill, rollout_drill
+from loadtests.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 from tunestack.cli import parse_dataclass
 from tunestack.logs import setup_logging
 
-DRILLS = ("rollout", "fault")
+DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS))
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, DrillConfig]:
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     drill, cfg = parse_args(argv)
     setup_logging(Path(cfg.out_dir) / f"{drill}-drill.log")  # progress here; library warnings in the file
+    if drill.startswith("rollout-"):
+        summary = progressive_drill(cfg, drill.removeprefix("rollout-"))
+        print((Path(summary["folder"]) / "drill.md").read_text())
+        return 0 if summary["decision"] == EXPECTED[drill.removeprefix("rollout-")] else 1
     summary = (rollout_drill if drill == "rollout" else fault_drill)(cfg)
     print((Path(summary["folder"]) / "drill.md").read_text())
     if drill == "rollout":

@@ -37,6 +37,8 @@ from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 
 ROLLOUT_DRILLS = ("good", "bad", "slow")
+EXPECTED = {"good": "complete", "bad": "rollback", "slow": "rollback"}
+"""The decision each drill expects of the controller."""
 FEEDBACK_ROW = "feedback"
 """The name of the feedback posts' row in Locust's statistics (``loadtests.locustfile.FEEDBACK``; importing
 the locustfile here would monkey-patch this process with gevent)."""
