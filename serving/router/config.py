@@ -33,7 +33,7 @@ from tunestack import names
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STICKY_SOURCES = ("header", "parameter")
 DEFAULT_UPSTREAM = names.TRITON_URL
-TRITON_GRPC_PORT = 8001
+TRITON_GRPC_PORT = names.TRITON_GRPC_PORT
 """Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 """The experiment store URLs the router accepts (see ``serving.router.store``)."""
