@@ -9,6 +9,8 @@ Options (``--options``):
 - ``router``: the A/B router in front of that Triton, every request to that version;
 - ``fastapi-ort`` / ``litserve``: the peers of ``loadtests.peers`` on the same version folder;
 - ``baseline``: ``loadtests.baseline``, a transformers ``pipeline`` on the merged torch model;
+- ``triton-published``: when the served version came from ``make tune``, the version it was tuned from with
+  the settings it was published with (reloaded last, as a config override), for the before/after;
 
 and the in-process limit (``loadtests.peers.inprocess``: tokenizers + ORT, no server).
 
@@ -40,7 +42,7 @@ from loadtests.run import PREFIX, run_loadtest
 
 log = logging.getLogger(__name__)
 
-SERVED = ("triton", "router", "fastapi-ort", "litserve", "baseline")
+SERVED = ("triton", "router", "fastapi-ort", "litserve", "baseline", "triton-published")
 WARMUP_S = 1.0
 """The first second (at most a fifth) of each Locust run is left out of its figures (connections opening, users
 spawning)."""
@@ -174,6 +176,40 @@ def triton_settings(model_dir: Path) -> str:
     return candidate_of(triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())).label()
 
 
+def published_settings(model_dir: Path, version: int):
+    """(the version ``version`` was tuned from, its published settings as a Candidate), or None if not tuned."""
+    from serving.tune.search import OFF, Candidate
+
+    tuned = json.loads((model_dir / str(version) / "provenance.json").read_text())
+    source = tuned.get("export_config", {}).get("extra", {}).get("tuned_from_version")
+    if not source or not (model_dir / str(source) / "provenance.json").is_file():
+        return None
+    c = json.loads((model_dir / str(source) / "provenance.json").read_text())["export_config"]
+    delay = c["max_queue_delay_us"] if c.get("dynamic_batching", True) else OFF
+    return int(source), Candidate(c["instance_count"], c["intra_op_threads"], delay,
+                                  tuple(c.get("preferred_batch_sizes") or ()), c["max_batch_size"])
+
+
+def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, common: dict, out: Path,
+                      served: dict) -> dict | None:
+    """Reload the model with the settings the tuned version's source was published with; measure that version."""
+    from export import triton_config
+    from serving.tune.trial import load_config, trial_config
+
+    found = published_settings(model_dir, version)
+    if found is None:
+        served["published"] = f"version {version} was not made by make tune: nothing to compare it with"
+        log.warning("triton-published: %s", served["published"])
+        return None
+    source, settings = found
+    served["published"] = {"version": source, "settings": settings.label()}
+    base = triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    load_config(triton, trial_config(base, source, settings), source)
+    target = {"target": "triton", "host": triton.http_url, "model": cfg.model, "versions": str(source),
+              "triton_metrics_url": triton.metrics_url}
+    return measure(LoadTestConfig(**{**common, **target}), cfg, out / "triton-published", [triton.pid])
+
+
 def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
     """Start every server, measure each option in turn; (results by option, what Triton served)."""
     from loadtests.peers import peer_service
@@ -214,10 +250,14 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
                                                             log_path=out / "baseline.log"))
             targets["baseline"] = ({"target": "triton", "host": baseline.url, "model": "baseline"},
                                    [baseline.child.pid])
-        for option in cfg.option_list:
+        for option in (o for o in cfg.option_list if o in targets):
             log.info("served option %s", option)
             settings, pids = targets[option]
             results[option] = measure(LoadTestConfig(**{**common, **settings}), cfg, out / option, pids)
+        if "triton-published" in cfg.option_list:  # last: it reloads the model with other settings
+            published = measure_published(triton, cfg, repository / cfg.model, version, common, out, served)
+            if published is not None:
+                results["triton-published"] = published
     return results, served
 
 

@@ -27,6 +27,7 @@ def ratios_and_targets(data: dict) -> tuple[dict, dict]:
     ratios = {"served_vs_inprocess_best": _ratio(triton_max, inprocess),
               "vs_fastapi_ort": _ratio(triton_max, _get(data, "fastapi-ort", "max_throughput", "throughput_rps")),
               "vs_litserve": _ratio(triton_max, _get(data, "litserve", "max_throughput", "throughput_rps")),
+              "tuned_vs_published": _ratio(triton_max, _get(data, "triton-published", "max_throughput", "throughput_rps")),
               "vs_router": _ratio(triton_max, _get(data, "router", "max_throughput", "throughput_rps")),
               "vs_baseline": _ratio(triton_max, _get(data, "baseline", "max_throughput", "throughput_rps")),
               "p50_vs_fastapi_ort": _ratio(_get(data, "triton", "fixed_rate", "p50_ms"),
@@ -60,6 +61,9 @@ def _served_table(data: dict) -> list[str]:
              "litserve": f"LitServe + ORT (batching {cfg['litserve_max_batch_size']}, "
                          f"{cfg['litserve_batch_timeout'] * 1000:g} ms)",
              "baseline": f"transformers pipeline, torch fp32 ({cfg['threads']} threads)"}
+    published = t.get("published")
+    if isinstance(published, dict):
+        names["triton-published"] = f"Triton v{published['version']} as published ({published['settings']})"
     bound = cfg["p99_bound_ms"]
     lines = [f"| option | P50 / P99 ms at {cfg['rate']:g} req/s | max req/s (P99 <= {bound:g} ms) | at users "
              f"| Triton vs it | server CPU at {cfg['rate']:g} req/s (% of one core) | warnings |",

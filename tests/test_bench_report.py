@@ -60,3 +60,21 @@ def test_ratios_and_targets():
     text = render(data)
     assert "| FastAPI + ORT (batch 1, 2 threads) | 6.0 / 12.0 | 300 | 4 | 1.33 | 70 % | - |" in text
     assert "| served_vs_inprocess_best | 0.67 | >= 0.8 | no |" in text
+
+
+def test_published_settings_of_a_tuned_version(tmp_path):
+    import json
+
+    from loadtests.bench import published_settings
+    from serving.tune.search import OFF, Candidate
+
+    def version(n, extra, **cfg):
+        (tmp_path / str(n)).mkdir()
+        export_config = {"instance_count": 1, "intra_op_threads": 2, "dynamic_batching": True,
+                         "max_queue_delay_us": 500, "preferred_batch_sizes": [], "max_batch_size": 64, "extra": extra}
+        (tmp_path / str(n) / "provenance.json").write_text(json.dumps({"export_config": {**export_config, **cfg}}))
+
+    version(1, {}, dynamic_batching=False)
+    version(2, {"tuned_from_version": 1}, instance_count=2)
+    assert published_settings(tmp_path, 2) == (1, Candidate(1, 2, OFF, (), 64))
+    assert published_settings(tmp_path, 1) is None  # not made by make tune
