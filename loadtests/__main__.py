@@ -23,8 +23,9 @@ RUN_DESCRIPTION = ("Run Locust headless (closed or open loop, optional shape, 1 
                    "reports/loadtest-TIMESTAMP/. Defaults come from --settings FILE: a pyproject.toml "
                    "([tool.locust]) or locust.conf, default ./pyproject.toml; the options below override it.")
 
-BENCH_DESCRIPTION = ("torch vs ONNX Runtime in-process; Triton, router and a transformers-pipeline service under "
-                     "the same Locust load; JSON + Markdown table.")
+BENCH_DESCRIPTION = ("Triton (published or tuned), the router, FastAPI + ORT, LitServe + ORT and a transformers-pipeline "
+                     "service under the same Locust load, and the in-process limit; exact P50/P99, max throughput "
+                     "under a P99 bound, server CPU; bench.md + bench.json with ratios.")
 
 
 def parse_run(argv: list[str]) -> LoadTestConfig:
