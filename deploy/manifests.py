@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from deploy.config import DNS_LABEL, K8sConfig, K8sError
+from deploy.rollout import rollout_manifests
 from deploy.store import store_env, store_manifests
 from deploy.validate import LIVE, READY, validate_manifest
 from export.object_store import S3Location
@@ -167,7 +168,10 @@ def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[l
                         "type": "Utilization", "averageUtilization": cfg.router_cpu_target}}}]}}
     service = _service(name, cfg, "router", {"http": port})
     store = store_manifests(cfg, base, _meta, _resources)
-    return [configmap, deployment, service, hpa, *store], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
+    volume = {"name": "experiment", "configMap": {"name": config_name}}
+    rollout = rollout_manifests(cfg, base, f"{EXPERIMENT_MOUNT}/{experiment_file}", volume, _deployment, _resources) \
+        if data.get("rollout") is not None else []
+    return [configmap, deployment, service, hpa, *store, *rollout], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
 
 
 # -- Locust ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 from serving.rollout.config import RolloutArgs, RolloutConfig, RolloutConfigError
@@ -82,5 +83,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(md.read_text())
-    print(f"report: {md.parent}")
+    print(f"report: {md.parent}", flush=True)
+    while args.stay:  # a Deployment's pod: stay up, finished, until SIGTERM
+        time.sleep(3600)
     return 0 if out.result == "complete" else 1

@@ -153,3 +153,6 @@ class RolloutArgs:
     """The rollout report goes to OUT_DIR/rollout-TIMESTAMP/."""
     who: str = "rollout"
     """Who the store's audit log names for this controller's decisions."""
+    stay: bool = False
+    """Keep the process alive after the rollout ends (as a k8s Deployment: the pod stays Running instead of
+    restarting a finished controller); SIGTERM ends it."""
