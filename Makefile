@@ -95,7 +95,7 @@ fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 # The progressive-rollout drills (python -m serving rollout under Locust load with feedback): good and slow
 # use runs/$(NAME)/onnx; bad's candidate is an adapter trained for FEW_STEPS steps only (runs/$(NAME)-few-steps).
 FEW_STEPS ?= 8
-ROLLOUT_DRILL_ARGS ?=
+ROLLOUT_DRILL_ARGS ?= --rate 40
 runs/$(NAME)/onnx/parity.json: | install runs/$(NAME)/adapter/training_config.json
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 

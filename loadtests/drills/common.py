@@ -44,8 +44,8 @@ class DrillConfig:
     """The router's per-request timeout to Triton."""
     bad_run: Path = Path("runs/demo-few-steps")
     """Rollout drill bad: the run whose fp32 export (an adapter trained for a few steps) is the candidate."""
-    rollout_load_s: float = 600.0
-    """Rollout drills good/bad/slow: seconds of load at most (the rollout must decide within them)."""
+    rollout_load_s: float = 300.0
+    """Rollout drills good/bad/slow: seconds of load (the controller must decide within them, or it holds)."""
 
 
 @dataclass
