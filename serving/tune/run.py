@@ -83,10 +83,10 @@ def run_tune(cfg: TuneConfig) -> TuneResult:
     objective, space, start = cfg.objective_spec(), cfg.space(), candidate_of(base)
     with TritonServer(cfg.repository_path, models=[], startup_timeout=120, log_file=folder / "tritonserver.log",
                       tritonserver=cfg.tritonserver or None) as server:
-        counter = iter(range(1, 10_000))
-
         def evaluate(c: Candidate):
-            return run_trial(server, base, version, c, load, folder / "trials" / f"{next(counter):02d}")
+            trials = folder / "trials"
+            number = 1 + (len(list(trials.iterdir())) if trials.is_dir() else 0)
+            return run_trial(server, base, version, c, load, trials / f"{number:02d}")
 
         if cfg.search == "quick":
             result = hill_climb(space, start, evaluate, objective, cfg.trial_budget)
