@@ -86,6 +86,7 @@ def run_tune(cfg: TuneConfig) -> TuneResult:
         def evaluate(c: Candidate):
             trials = folder / "trials"
             number = 1 + (len(list(trials.iterdir())) if trials.is_dir() else 0)
+            (trials / f"{number:02d}").mkdir(parents=True)  # also for a trial whose config does not load
             return run_trial(server, base, version, c, load, trials / f"{number:02d}")
 
         if cfg.search == "quick":
