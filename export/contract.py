@@ -34,6 +34,10 @@ class ModelContract:
     """``{"labels": [...]}``: index -> label name, written by training and carried forward."""
     parity_file: str = "parity.json"
     """The parity report written next to the ONNX files."""
+    drift_reference_file: str = "drift_reference.json"
+    """Inside each published version: the held-out texts' features and that version's predictions on them,
+    the training reference the router's drift monitor compares live traffic with (``serving.judge.drift``).
+    In ``runs/NAME/onnx/`` one per variant: ``drift_reference.VARIANT.json``."""
     default_model_name: str = "sentiment"
     """The Triton model name used when none is given."""
 

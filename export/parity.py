@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from export.config import INT8_VARIANTS, ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
+from export.drift_reference import reference_path, write_reference
 from export.errors import InputError
 from training.data import read_jsonl
 from training.files import sha256
@@ -120,7 +121,7 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     previous = onnx_dir / CONTRACT.parity_file
     if previous.is_file():
         report = json.loads(previous.read_text())
-        if report.get("source") == source:
+        if report.get("source") == source and all(reference_path(onnx_dir, v).is_file() for v in needed):
             log.info("parity already checked for these exact files: %s", previous)
             return report
     examples = read_jsonl(heldout)[: cfg.parity_max_examples]
@@ -145,6 +146,7 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
         log.info("parity: %s (%s)", variant, path.name)
         session = onnx_session(path)
         logits = onnx_logits(session, tokenizer, texts, max_length, cfg.parity_batch_size)
+        write_reference(onnx_dir, variant, texts, tokenizer, logits, labels)  # the same outputs, not a rerun
         diff = np.abs(logits - reference)
         metrics = classification_metrics(y_true, logits.argmax(-1).tolist(), len(labels))
         results[variant] = VariantParity(

@@ -3,7 +3,7 @@
 ``runs/NAME/onnx/ -> model_repository/MODEL/config.pbtxt + model_repository/MODEL/N/``
 
 Each version folder is self-contained (``model.onnx``, the tokenizer files, ``label_map.json``,
-``serving.json``, ``model.py``, ``parity.json`` and ``provenance.json``), so versions of different
+``serving.json``, ``model.py``, ``parity.json``, ``drift_reference.json`` and ``provenance.json``), so versions of different
 variants (fp32, int8) or runs coexist under one ``config.pbtxt``. Versions only go up and an existing
 version is never touched. Everything is built in ``.REPOSITORY.tmp-publish-*`` beside the repository
 (same filesystem, invisible to Triton) and moved in with ``os.rename`` / ``os.replace``; a failure on the way undoes what was moved, so a failed
@@ -25,6 +25,7 @@ from pathlib import Path
 from export import triton_config
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
+from export.drift_reference import reference_path
 from export.errors import GateError, InputError, PublishError
 from training.files import sha256
 from training.tracking import read_link
@@ -127,6 +128,9 @@ def _stage_files(src: Source, cfg: ExportConfig, dest: Path, version: int, *, ro
         if role != "ensemble":
             shutil.copy2(src.onnx_file, dest / CONTRACT.onnx_file)
         shutil.copy2(src.onnx_dir / CONTRACT.parity_file, dest / CONTRACT.parity_file)
+        drift_reference = reference_path(src.onnx_dir, src.variant)
+        if drift_reference.is_file():  # exports from before drift references were written have none
+            shutil.copy2(drift_reference, dest / CONTRACT.drift_reference_file)
         _write_json(dest / PROVENANCE_FILE, {
             "model_name": cfg.model_name, "version": version, "variant": src.variant, "layout": cfg.layout,
             "method": src.training_config.get("method", "lora"), "training_run": read_link(src.onnx_dir),
