@@ -28,7 +28,7 @@ from export import triton_config
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.publish import publish
-from export.triton_model.model import softmax
+from export.triton_model.model import length_buckets, softmax
 from serving import client as client_cli
 from serving import triton_cli
 from serving.client import TritonClassifier, text_input
@@ -67,16 +67,21 @@ def server(repository):
 
 @pytest.fixture(scope="module")
 def reference(tiny_onnx_dir):
-    """In-process: the training tokenizer (transformers) + ONNX Runtime on the export folder's files."""
+    """In-process: the training tokenizer (transformers) + ONNX Runtime on the export folder's files, run
+    in the served model's length buckets (dynamic int8's answers depend on their batch-mates)."""
     labels, max_length = export_settings(tiny_onnx_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_onnx_dir)
     sessions = {v: ort.InferenceSession(str(tiny_onnx_dir / f), providers=["CPUExecutionProvider"])
                 for v, f in VARIANT_FILES.items()}
 
     def run(texts: list[str], variant: str) -> tuple[np.ndarray, list[str]]:
-        features = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="np")
         session = sessions[variant]
-        logits = session.run(None, {i.name: features[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+        logits = np.empty((len(texts), len(labels)), dtype=np.float32)
+        for bucket in length_buckets(lengths):
+            features = tokenizer([texts[i] for i in bucket], truncation=True, max_length=max_length, padding=True,
+                                 return_tensors="np")
+            logits[bucket] = session.run(None, {i.name: features[i.name].astype(np.int64) for i in session.get_inputs()})[0]
         probabilities = softmax(logits)
         return probabilities, [labels[i] for i in probabilities.argmax(-1)]
 
