@@ -270,6 +270,11 @@ class TritonServer:
         timeout = self.exit_timeout + 10 if timeout is None else timeout
         return child.stop(timeout)  # the server and any stub it left behind: the whole process group
 
+    def kill(self) -> int | None:
+        """SIGKILL the server and its stubs at once, as a crash would; ``start()`` brings it back on the same ports."""
+        child, self.child = self.child, None
+        return child.kill() if child else None
+
     def log_tail(self, lines: int = 25) -> str:
         """The log's error lines (``E1123 ...``), then its last ``lines`` lines, without the option tables."""
         try:

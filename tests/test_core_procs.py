@@ -64,3 +64,15 @@ def test_not_ready_by_the_deadline(tmp_path):
 def test_names_are_consistent():
     assert names.TRITON_URL == f"http://{names.HOST}:{names.TRITON_HTTP_PORT}"
     assert len({names.TRITON_HTTP_PORT, names.TRITON_GRPC_PORT, names.TRITON_METRICS_PORT, names.ROUTER_PORT}) == 4
+
+
+def test_kill_takes_the_whole_group_at_once(tmp_path):
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); print('up', flush=True); "
+            "time.sleep(600)")
+    child = ChildProcess("victim", [sys.executable, "-c", code], tmp_path / "victim.log").start()
+    pgid = child.pid
+    child.wait_until(lambda: "up" in child.log_tail(), timeout=60)
+    assert child.kill() == -signal.SIGKILL and child.process is None
+    wait_for(lambda: not group_alive(pgid), timeout=30, what="the killed group gone")
+    assert child.kill() is None

@@ -165,6 +165,14 @@ class ChildProcess:
             return None
         return stop_process_group(process, grace, self.name)
 
+    def kill(self) -> int | None:
+        """SIGKILL the whole process group at once (a crash, for drills and tests); the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        _kill_group(process)
+        return process.returncode
+
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
 

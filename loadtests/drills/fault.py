@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -136,8 +134,7 @@ def fault_drill(cfg: DrillConfig) -> dict:
 
         def kill() -> dict:
             timeline["kill"] = time.time()
-            os.killpg(triton.process.pid, signal.SIGKILL)
-            triton.process.wait()
+            triton.kill()
             time.sleep(cfg.outage_s)
             timeline["restart"] = time.time()
             triton.start()
