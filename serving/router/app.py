@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -26,6 +27,7 @@ from starlette.routing import Route
 
 from export.contract import CONTRACT
 from serving.router import admin
+from serving.router.breaker import with_fallback
 from serving.router.config import Experiment, RouterConfig
 from serving.router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, UpstreamError
 from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
@@ -75,24 +77,10 @@ def sticky_key(exp: Experiment, request: Request, req: InferRequest) -> str | No
 
 
 async def forward(state: RouterState, exp: Experiment, arm: str, req: InferRequest) -> tuple[Answer, str]:
-    """Send ``req`` to ``arm``; on an upstream failure try the fallback arm. Returns (answer, arm served)."""
-    upstream = state.upstream
-    target = state.target(exp, arm)
-    try:
-        return await upstream.infer(target, req.body, req.header_length, exp.timeout_s), arm
-    except UpstreamError as e:
-        state.recorder.error(arm, e.status_code)
-        if exp.fallback is None or exp.fallback == arm:
-            raise
-        first = e
-    state.recorder.fallback(arm, exp.fallback)
-    log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
-    target = state.target(exp, exp.fallback)
-    try:
-        return await upstream.infer(target, req.body, req.header_length, exp.timeout_s), exp.fallback
-    except UpstreamError as e:
-        state.recorder.error(exp.fallback, e.status_code)
-        raise type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})") from None
+    """Send ``req`` to ``arm``, or to the fallback arm when its upstream fails. Returns (answer, arm served)."""
+    def send(name: str) -> Awaitable[Answer]:
+        return state.upstream.infer(state.target(exp, name), req.body, req.header_length, exp.timeout_s)
+    return await with_fallback(state, exp, arm, send)
 
 
 async def run_shadow(state: RouterState, exp: Experiment, req: InferRequest, primary_arm: str,

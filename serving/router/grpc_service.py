@@ -23,8 +23,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -32,6 +31,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from export.contract import CONTRACT
 from serving.router.app import MAX_REQUEST_ID, UNASSIGNED
+from serving.router.breaker import with_fallback
 from serving.router.config import Experiment
 from serving.router.errors import BadRequest, RouterError, UpstreamError
 from serving.router.grpc_protocol import (
@@ -46,7 +46,6 @@ from serving.router.validate import check_request
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 409: grpc.StatusCode.ALREADY_EXISTS, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -77,25 +76,6 @@ def sticky_key(exp: Experiment, context: grpc.aio.ServicerContext, parameters: d
         value = parameters.get(exp.sticky.key)
         return None if value is None or value == "" else str(value)
     return None
-
-
-async def with_fallback(state: RouterState, exp: Experiment, arm: str,
-                        send: Callable[[str], Awaitable[T]]) -> tuple[T, str]:
-    """``send(arm)``; on an upstream failure count it and try the fallback arm. Returns (answer, arm served)."""
-    try:
-        return await send(arm), arm
-    except UpstreamError as e:
-        state.recorder.error(arm, e.status_code)
-        if exp.fallback is None or exp.fallback == arm:
-            raise
-        first = e
-    state.recorder.fallback(arm, exp.fallback)
-    log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
-    try:
-        return await send(exp.fallback), exp.fallback
-    except UpstreamError as e:
-        state.recorder.error(exp.fallback, e.status_code)
-        raise type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})") from None
 
 
 class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):

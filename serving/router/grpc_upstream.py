@@ -3,9 +3,9 @@
 The router's gRPC endpoint (``serving.router.grpc_service``) forwards ``ModelInferRequest`` messages to
 Triton's own ``GRPCInferenceService``. One channel per Triton gRPC address carries every request
 (HTTP/2 multiplexes them), each under the experiment's ``timeout_s`` as its gRPC deadline. Failures are
-classified as the HTTP upstream classifies them, and counted by the same circuit breaker (the one of
-``serving.router.upstream.Upstream``, keyed by the model version's ``Target``, so a Triton that fails
-over one protocol is skipped over both):
+classified as the HTTP upstream classifies them, and counted by the same ``breaker.CircuitBreaker`` as
+the HTTP upstream's, keyed by the model version's ``Target``, so a Triton that fails over one protocol
+is skipped over both:
 
 - ``INVALID_ARGUMENT`` about the request itself is the caller's mistake: ``UpstreamRejected`` (400),
   the breaker counts it as an answer;
@@ -24,8 +24,9 @@ from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from serving.router.breaker import CircuitBreaker
 from serving.router.errors import BadRequest, UpstreamError, UpstreamRejected, UpstreamTimeout
-from serving.router.upstream import _UNAVAILABLE, Target, Upstream
+from serving.router.upstream import UNAVAILABLE, Target
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,10 @@ class GrpcTarget:
 class GrpcUpstream:
     """Pooled gRPC channels to one or more Tritons; use from one event loop, ``aclose()`` at the end.
 
-    ``breaker`` is the HTTP ``Upstream`` whose circuit breaker both protocols share.
+    ``breaker`` is the circuit breaker both protocols share (the HTTP ``Upstream.breaker``).
     """
 
-    def __init__(self, breaker: Upstream):
+    def __init__(self, breaker: CircuitBreaker):
         self._breaker = breaker
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
@@ -88,21 +89,21 @@ class GrpcUpstream:
     async def infer(self, target: GrpcTarget, request: pb.ModelInferRequest, timeout_s: float) -> pb.ModelInferResponse:
         """Send ``request`` (its model name and version are set here); raise ``UpstreamError``/
         ``UpstreamTimeout``/``UpstreamRejected`` as the module docstring says."""
-        self._breaker._check_breaker(target.key)
+        self._breaker.check(target.key)
         request.model_name, request.model_version = target.model, target.version
         try:
             response = await self.stub(target.address).ModelInfer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
             raise self._failure(target, e, timeout_s) from None
-        self._breaker._record(target.key, ok=True)
+        self._breaker.record(target.key, ok=True)
         return response
 
     def _failure(self, target: GrpcTarget, e: grpc.aio.AioRpcError, timeout_s: float) -> Exception:
         code, details = e.code(), e.details() or ""
-        if code == grpc.StatusCode.INVALID_ARGUMENT and not _UNAVAILABLE.search(details):
-            self._breaker._record(target.key, ok=True)
+        if code == grpc.StatusCode.INVALID_ARGUMENT and not UNAVAILABLE.search(details):
+            self._breaker.record(target.key, ok=True)
             return UpstreamRejected(details, BadRequest.status_code)
-        self._breaker._record(target.key, ok=False)
+        self._breaker.record(target.key, ok=False)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return UpstreamTimeout(f"{target} did not answer within {timeout_s:g} s")
         return UpstreamError(f"{target} answered {code.name}: {details}")

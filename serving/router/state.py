@@ -53,7 +53,7 @@ class RouterState:
         recorder.set_shares(experiment.shares)
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
-        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, tokens, GrpcUpstream(upstream),
+        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, tokens, GrpcUpstream(upstream.breaker),
                    store=StoreRuntime(config) if config.store else None)
 
     @property

@@ -5,7 +5,8 @@ base URL, shared by every request. (Not aiohttp or httpx: per request they cost 
 the CPU of the pool, and that CPU was most of the router's overhead.) Each call runs under a
 whole-request deadline (connect + send + answer), so a hung Triton costs at most ``timeout_s``; after
 ``BREAKER_FAILURES`` consecutive failures an endpoint is skipped for ``BREAKER_COOLDOWN_S`` (requests
-fail fast, or go to the fallback arm), then tried again, so the router recovers by itself.
+fail fast, or go to the fallback arm), then tried again, so the router recovers by itself (the breaker,
+``serving.router.breaker.CircuitBreaker``, is shared with the gRPC upstream).
 
 Only the upstream's own failures count toward the breaker: transport errors, timeouts, 5xx answers and
 "model unavailable" 4xx answers. An answer that blames the request (any other 4xx, or a 5xx whose
@@ -19,18 +20,16 @@ import asyncio
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 
+from serving.router.breaker import CircuitBreaker
 from serving.router.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from serving.router.httppool import HttpPool
 
 log = logging.getLogger(__name__)
 
-BREAKER_FAILURES = 3
-BREAKER_COOLDOWN_S = 1.0
 # Triton answers 400 when the model itself is unavailable; that is the upstream's fault, not the caller's.
-_UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|no available version", re.I)
+UNAVAILABLE = re.compile(r"unknown model|is not found|not ready|unavailable|no available version", re.I)
 # ... and 500 for some bodies it cannot parse ("Unable to parse 'data': ..."); those are the caller's fault.
 _BAD_CONTENT = re.compile(r"unable to parse|failed to parse|attempt to access JSON|incomplete string data", re.I)
 _JSON = {"Content-Type": "application/json"}
@@ -63,19 +62,14 @@ class Answer:
     """``Inference-Header-Content-Length`` when the answer uses the binary tensor extension."""
 
 
-class _Breaker:
-    def __init__(self) -> None:
-        self.failures = 0
-        self.opened_at = 0.0
-
-
 class Upstream:
     """A pool of HTTP connections to one or more Tritons. Use from one event loop; ``aclose()`` at the end."""
 
-    def __init__(self, max_connections: int = 64):
+    def __init__(self, max_connections: int = 64, breaker: CircuitBreaker | None = None):
         self._max_connections = max_connections
         self._pools: dict[str, HttpPool] = {}
-        self._breakers: dict[Target, _Breaker] = {}
+        self.breaker = breaker or CircuitBreaker()
+        """Failure counts per ``Target``; the gRPC upstream shares it."""
         self._metadata: dict[Target, dict] = {}
 
     def _pool(self, base_url: str) -> HttpPool:
@@ -88,54 +82,32 @@ class Upstream:
         await asyncio.gather(*(p.aclose() for p in self._pools.values()), return_exceptions=True)
         self._pools.clear()
 
-    def _check_breaker(self, target: Target) -> None:
-        b = self._breakers.get(target)
-        if b and b.failures >= BREAKER_FAILURES:
-            wait = b.opened_at + BREAKER_COOLDOWN_S - time.monotonic()
-            if wait > 0:
-                raise UpstreamError(f"{target} is marked down after {b.failures} consecutive failures; "
-                                    f"retrying it in {wait:.1f} s")
-
-    def _record(self, target: Target, ok: bool) -> None:
-        b = self._breakers.setdefault(target, _Breaker())
-        if ok:
-            if b.failures >= BREAKER_FAILURES:
-                log.info("%s is answering again", target)
-            b.failures = 0
-        else:
-            b.failures += 1
-            if b.failures >= BREAKER_FAILURES:
-                b.opened_at = time.monotonic()
-                if b.failures == BREAKER_FAILURES:
-                    log.warning("%s failed %d times in a row; failing fast for %.1f s", target, b.failures,
-                                BREAKER_COOLDOWN_S)
-
     async def infer(self, target: Target, body: bytes, header_length: int | None, timeout_s: float) -> Answer:
         """POST a v2 inference request; raise ``UpstreamError``/``UpstreamTimeout``/``UpstreamRejected``."""
-        self._check_breaker(target)
+        self.breaker.check(target)
         headers = _JSON if header_length is None else {**_BINARY, "Inference-Header-Content-Length": str(header_length)}
         try:
             async with asyncio.timeout(timeout_s):
                 status, answer_headers, content = await self._pool(target.base_url).request(
                     "POST", f"{target.path}/infer", body, headers)
         except TimeoutError:
-            self._record(target, ok=False)
+            self.breaker.record(target, ok=False)
             raise UpstreamTimeout(f"{target} did not answer within {timeout_s:g} s") from None
         except OSError as e:
-            self._record(target, ok=False)
+            self.breaker.record(target, ok=False)
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'connection failed'}") from None
         hl = answer_headers.get(b"inference-header-content-length")
         if status >= 400:
             raise self._classify(target, status, _error_message(content))
-        self._record(target, ok=True)
+        self.breaker.record(target, ok=True)
         return Answer(content, int(hl) if hl is not None else None)
 
     def _classify(self, target: Target, status: int, message: str) -> UpstreamError | UpstreamRejected:
         """An error answer: the caller's (passed on as 4xx, the breaker untouched) or the upstream's."""
         if status >= 500 and _BAD_CONTENT.search(message):
             return UpstreamRejected(message, 400)
-        if status >= 500 or _UNAVAILABLE.search(message):
-            self._record(target, ok=False)
+        if status >= 500 or UNAVAILABLE.search(message):
+            self.breaker.record(target, ok=False)
             return UpstreamError(f"{target} answered {status}: {message}")
         return UpstreamRejected(message, status)
 
@@ -179,7 +151,7 @@ class Upstream:
         if meta is not None:
             return meta
         try:
-            self._check_breaker(target)
+            self.breaker.check(target)
             return await self.metadata(target, timeout_s)
         except UpstreamError as e:
             log.debug("no metadata for %s yet: %s", target, e)
