@@ -235,6 +235,7 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
         if "router" in cfg.option_list:
             experiment = write_experiment(tmp / "bench.yaml", "bench", [("served", str(version), 100), ("idle", str(version), 0)], cfg.model)
             router = stack.enter_context(RouterProcess(experiment, triton_url=triton.http_url,
+                                                       triton_grpc_url=triton.grpc_url,
                                                        log_file=out / "router.log"))
             targets["router"] = ({"target": "router", "host": router.url, "experiment": "bench"},
                                  [router.process.pid, triton.pid])

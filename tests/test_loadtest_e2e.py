@@ -42,7 +42,7 @@ def stack(tiny_onnx_dir, tmp_path_factory):
     texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
                  if p.is_file())
     with TritonServer(cfg.repository, models=[MODEL]) as triton, \
-            RouterProcess(experiment, triton_url=triton.http_url) as router:
+            RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url) as router:
         yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
 
 

@@ -130,7 +130,8 @@ def fault_drill(cfg: DrillConfig) -> dict:
     timeline: dict[str, float] = {}
     malformed: dict[str, list[int]] = {}
     with TritonServer(repository, models=[cfg.model_name], log_file=folder / "tritonserver.log", **ports) as triton, \
-            RouterProcess(experiment, triton_url=triton.http_url, log_file=folder / "router.log") as router:
+            RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          log_file=folder / "router.log") as router:
 
         def kill() -> dict:
             timeline["kill"] = time.time()

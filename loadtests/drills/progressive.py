@@ -116,7 +116,8 @@ def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], secti
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     models = sorted({a.model for a in arms})
     with TritonServer(export_cfg.repository, models=models, log_file=folder / "tritonserver.log") as triton, \
-            RouterProcess(path, triton_url=triton.http_url, log_file=folder / "router.log") as router:
+            RouterProcess(path, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          log_file=folder / "router.log") as router:
         load = dataclasses.replace(load_config(cfg, router, triton, folder, load_s), feedback_fraction=1.0)
         with Background(load) as background:
             out, md = run_rollout(RolloutArgs(experiment=str(path), out_dir=str(folder)))

@@ -39,7 +39,8 @@ def rollout_drill(cfg: DrillConfig) -> dict:
     (folder / "admin-token").write_text(token)
     n_steps = 6
     with TritonServer(repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
-            RouterProcess(experiment, triton_url=triton.http_url, admin_token_file=folder / "admin-token",
+            RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          admin_token_file=folder / "admin-token",
                           log_file=folder / "router.log") as router, \
             ModelRepository(triton.http_address, repository) as models, \
             httpx.Client(base_url=router.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as admin:
