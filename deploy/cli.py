@@ -14,7 +14,7 @@ import yaml
 from deploy.config import K8sConfig, K8sError
 from deploy.manifests import render, write
 from deploy.validate import validate_manifest
-from export.object_store import S3Location
+from export.s3 import S3Location
 from tunestack.cli import parse_dataclass
 
 PROG = "python -m deploy k8s"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import ConfigError
-from export.object_store import S3Location
+from export.s3 import S3Location
 
 KINDS = ("kserve", "deployment")
 """How Triton runs in the cluster: a KServe InferenceService, or a plain Deployment + Service."""
