@@ -152,7 +152,8 @@ async def report(request: Request) -> Response:
     snapshot, source, audit = await report_data(state)
 
     def work() -> dict:
-        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed))
+        drift = state.drift.report() if state.drift is not None else None
+        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed), drift)
 
     result = await anyio.to_thread.run_sync(work)
     result["data_source"] = source

@@ -29,6 +29,7 @@ from export.contract import CONTRACT
 from serving.router import admin
 from serving.router.breaker import with_fallback
 from serving.router.config import Experiment, RouterConfig
+from serving.router.drift_read import http_confidences, http_texts
 from serving.router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, UpstreamError
 from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
 from serving.router.state import RouterState, get_state
@@ -154,15 +155,22 @@ async def infer(request: Request) -> Response:
     # recorded right after the answer is written, before this task yields: off the caller's latency,
     # and still before any later request (feedback for this id included) can be read
     after = BackgroundTask(after_answer, state, exp, req, request_id, served, time.perf_counter() - start, labels,
-                           key, arm)
+                           key, arm, content, header_length)
     media_type = "application/json" if header_length is None else "application/octet-stream"
     return Response(content, headers=headers, media_type=media_type, background=after)
 
 
 async def after_answer(state: RouterState, exp: Experiment, req: InferRequest, request_id: str, served: str,
-                       latency_s: float, labels: tuple[str, ...], key: str | None, arm: str) -> None:
-    """Runs once the answer is sent: records the request, then maybe starts its shadow copy."""
-    state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm)
+                       latency_s: float, labels: tuple[str, ...], key: str | None, arm: str, content: bytes = b"",
+                       header_length: int | None = None) -> None:
+    """Runs once the answer is sent: records the request with its predictions' top-class probabilities
+    (read from ``content``, the answer), offers it to the drift monitor's sample, then maybe starts its
+    shadow copy."""
+    confidences = http_confidences(content, header_length, CONTRACT.output_probabilities) if content else []
+    state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
+    if state.drift is not None:  # the texts are decoded in the drift worker, only if this request is sampled
+        state.drift.offer(exp, served, lambda: http_texts(req.header, req.body, req.header_length, CONTRACT.input_text),
+                          labels, confidences)
     if exp.shadow is not None and state.rng.random() < exp.shadow.fraction:
         await spawn_shadow(state, exp, req, served, labels)
 
@@ -240,6 +248,10 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         if state.store is not None:  # settles the revision to run before the first request
             await state.store.start(state)
+        if state.drift is not None:  # the drift worker: cancelled with the other background tasks
+            drift_task = loop.create_task(state.drift.run())
+            state.background.add(drift_task)
+            drift_task.add_done_callback(state.background.discard)
         exp = state.experiment
         warm = [state.target(exp, a) for a in exp.arm_names]
         prefetch = asyncio.ensure_future(asyncio.gather(*(state.upstream.metadata(t) for t in warm),

@@ -379,6 +379,15 @@ class RouterConfig:
     """Records buffered for the store at most (while it is down); more are dropped and counted."""
     store_poll_s: float = 0.5
     """How often a replica checks the store for a new revision (PostgreSQL also wakes it with NOTIFY)."""
+    model_repository: str | None = None
+    """Local model repository the arms' versions are published in: each arm's drift monitor compares live
+    traffic with its version's ``drift_reference.json`` there (``serving.router.drift_feed``); None: no drift
+    monitoring."""
+    drift_sample_rate: float = 0.1
+    """Fraction of answered requests whose texts feed the drift monitor, decoded and tokenized off the request
+    path in a worker thread (1: every request)."""
+    drift_window: int = 2000
+    """Monitored texts kept per arm; the drift figures compare the newest ones with the reference."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -393,6 +402,10 @@ class RouterConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.store not in (None, NO_STORE) and store_url_problem(self.store):
             problems.append(str(store_url_problem(self.store)))
+        if not 0 <= self.drift_sample_rate <= 1:
+            problems.append(f"drift_sample_rate must be in [0, 1], got {self.drift_sample_rate}")
+        if self.drift_window < 50:
+            problems.append(f"drift_window must be >= 50 (the monitor's minimum sample), got {self.drift_window}")
         for name in ("store_flush_interval_s", "store_poll_s"):
             if not 0 < getattr(self, name) <= 60:
                 problems.append(f"{name} must be in (0, 60] seconds, got {getattr(self, name)}")

@@ -33,6 +33,7 @@ from export.contract import CONTRACT
 from serving.router.app import MAX_REQUEST_ID, UNASSIGNED
 from serving.router.breaker import with_fallback
 from serving.router.config import Experiment
+from serving.router.drift_read import grpc_confidences, grpc_texts
 from serving.router.errors import BadRequest, RouterError, UpstreamError
 from serving.router.grpc_protocol import (
     answer_labels,
@@ -228,12 +229,16 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         latency_s = time.perf_counter() - start
         # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
         asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
-                                             labels, key, arm)
+                                             labels, key, arm, request, response)
         return response, served, request_id
 
     def _after_answer(self, exp: Experiment, shadow_copy: pb.ModelInferRequest | None, request_id: str, served: str,
-                      latency_s: float, labels: tuple[str, ...], key: str | None, arm: str) -> None:
-        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm)
+                      latency_s: float, labels: tuple[str, ...], key: str | None, arm: str,
+                      request: pb.ModelInferRequest, response: pb.ModelInferResponse) -> None:
+        confidences = grpc_confidences(response, CONTRACT.output_probabilities)
+        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
+        if self.state.drift is not None:  # the texts are decoded in the drift worker, only if sampled
+            self.state.drift.offer(exp, served, lambda: grpc_texts(request, CONTRACT.input_text), labels, confidences)
         if shadow_copy is not None:
             self._spawn_shadow(exp, shadow_copy, served, labels)
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 
+from serving.judge.snapshot import Moments
+
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -53,6 +57,8 @@ class ArmRecord:
     shadow_agree: int = 0
     shadow_compared: int = 0
     shadow_dropped: int = 0
+    confidence: Moments = field(default_factory=Moments)
+    """Moments of the top-class probability of each prediction (the judge's label-free mean confidence)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Recorder:
                                 ["experiment"], registry=r)
         self.m_store_buffered = Gauge("router_store_buffered_records", "Records waiting for the store's writer",
                                       ["experiment"], registry=r)
+        self.m_confidence = Histogram("router_prediction_confidence", "Top-class probability of each prediction",
+                                      labels, buckets=CONFIDENCE_BUCKETS, registry=r)
         self.sink = None
         """The experiment store's ``RecordSink`` (``serving.router.store.sink``), or None: no store."""
 
@@ -119,16 +127,23 @@ class Recorder:
         self.m_unkeyed.labels(self.experiment).inc()
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None = None,
-               assigned: str | None = None) -> None:
+               assigned: str | None = None, confidences: Sequence[float] = ()) -> None:
         """An answered request; ``key`` (the sticky key) and ``assigned`` (its arm before any fallback) go
-        to the store only."""
+        to the store only; ``confidences``: the top-class probability of each prediction, when known."""
         if self.sink is not None:
-            self.sink.served(request_id, arm, latency_s, labels, key, assigned)
+            self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences)
         with self._lock:
             rec = self._arm(arm)
             rec.requests += 1
             rec.latency.add(latency_s)
             rec.labels.update(labels)
+            if confidences:
+                c = rec.confidence
+                rec.confidence = Moments(c.n + len(confidences), c.total + sum(confidences),
+                                         c.total_sq + sum(x * x for x in confidences))
+                observe = self.m_confidence.labels(self.experiment, arm).observe
+                for x in confidences:
+                    observe(x)
             self._served[request_id] = Served(arm, labels)
             self._served.move_to_end(request_id)
             while len(self._served) > self._log_size:

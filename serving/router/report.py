@@ -12,11 +12,14 @@ look only (reading them repeatedly inflates false verdicts: ``python -m serving 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from serving.judge import ArmStats, JudgeConfig, judge
+from serving.judge.drift import FeatureDrift
+from serving.judge.drift_guardrail import drift_verdict
 from serving.router import stats
 from serving.router.config import Experiment
 from serving.router.metrics import ArmRecord
@@ -94,15 +97,18 @@ def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: floa
         server_errors = sum(rec.errors.values())
         return ArmStats(requests=rec.requests + server_errors, server_errors=server_errors,
                         latency_ms=np.asarray(rec.latency, dtype=np.float64) * 1000, labels=dict(rec.labels),
-                        feedback_correct=rec.feedback_correct, feedback_total=rec.feedback_total)
+                        feedback_correct=rec.feedback_correct, feedback_total=rec.feedback_total,
+                        confidence=rec.confidence)
 
     config, c = config or JudgeConfig(alpha=alpha), arm_stats(control)
     return {t: judge(c, arm_stats(rec), config, comparisons=len(treatments)).to_dict() for t, rec in treatments.items()}
 
 
 def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alpha: float = 0.05,
-                 resamples: int = 2000, rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """The report as a JSON-able dict, from a ``Recorder.snapshot()``."""
+                 resamples: int = 2000, rng: np.random.Generator | None = None,
+                 drift: dict[str, dict[str, FeatureDrift]] | None = None) -> dict[str, Any]:
+    """The report as a JSON-able dict, from a ``Recorder.snapshot()``; ``drift`` (``DriftFeed.report()``)
+    adds the "drift" section and the judge's label-free ``drift`` guardrail per treatment."""
     rng = rng or np.random.default_rng(0)
     arms, shadows = snapshot["arms"], snapshot["shadow"]
     empty = ArmRecord(latency=np.empty(0))
@@ -121,6 +127,8 @@ def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alp
         "comparisons": {t: _compare(arms.get(control, empty), arms.get(t, empty), alpha_each) for t in treatments},
         "judge": judge_arms(arms.get(control, empty), {t: arms.get(t, empty) for t in treatments}, alpha),
     }
+    if drift is not None:
+        add_drift(report, drift)
     for name, rec in shadows.items():
         report["shadow"][name] = {
             "requests": rec.requests,
@@ -190,6 +198,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {s['requests']} | {s['errors']} | {s['dropped']} | {_iv(lat.get('p50'))} | "
                          f"{_iv(lat.get('p99'))} | {_iv(s['agreement'])} |")
     lines += judge_lines(r)
+    lines += drift_lines(r)
     lines += ["", "## Snapshot (fixed-horizon, valid for one look only)", "",
               f"Each treatment vs `{r['control']}`, alpha {r['alpha_per_comparison']:g} per comparison and per metric. "
               "Read once at a sample size fixed in advance; read repeatedly, these give false verdicts far more "
@@ -232,6 +241,32 @@ def judge_lines(r: dict[str, Any]) -> list[str]:
             lines.append(f"| {name.replace('_', ' ')} | **{m['verdict']}** | {_cs(m)} | +-{m['margin']:g}{m['unit']} | "
                          f"{m['n_control']} / {m['n_treatment']} (min {m['min_samples']}) |")
         lines.append("")
+    return lines
+
+
+def add_drift(report: dict[str, Any], drift: dict[str, dict[str, FeatureDrift]]) -> None:
+    """The "drift" section (per arm and feature against the training reference) and each treatment's
+    ``drift`` guardrail in the judge's metrics (``serving.judge.drift_guardrail``)."""
+    report["drift"] = {arm: {f: asdict(d) for f, d in feats.items()} for arm, feats in drift.items()}
+    control = drift.get(report["control"], {})
+    for t, j in report["judge"].items():
+        j["metrics"]["drift"] = drift_verdict(control, drift.get(t, {}))
+
+
+def drift_lines(r: dict[str, Any]) -> list[str]:
+    """The Drift section: per arm, each feature's PSI and KS p-value against its version's reference."""
+    if "drift" not in r:
+        return []
+    lines = ["", "## Drift (live traffic against each arm's training reference)", "",
+             "PSI on the reference's deciles (labels: categorical) and the two-sample KS test, over the newest "
+             "monitored texts; drifted: PSI > 0.2 or KS p < 0.01. Fixed-window monitoring, not a sequential test.", "",
+             "| arm | feature | texts | PSI | KS p | drifted |", "|---|---|---|---|---|---|"]
+    for arm, feats in r["drift"].items():
+        for name, d in feats.items():
+            ks = "-" if d["ks_p_value"] is None else f"{d['ks_p_value']:.2g}"
+            lines.append(f"| {arm} | {name} | {d['n']} | {d['psi']:.3f} | {ks} | {'**yes**' if d['drifted'] else 'no'} |")
+    if not r["drift"]:
+        lines.append("| - | no arm has monitored texts yet | | | | |")
     return lines
 
 

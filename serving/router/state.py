@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from serving.router.assignment import Assigner
 from serving.router.config import Experiment, RouterConfig, load_experiment
+from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.metrics import Recorder
@@ -45,6 +46,8 @@ class RouterState:
     background: set[asyncio.Task] = field(default_factory=set)
     store: StoreRuntime | None = None
     """The experiment store (``config.store``); None keeps everything in this process's memory."""
+    drift: DriftFeed | None = None
+    """Live traffic against each arm's training reference (``config.model_repository``); None: off."""
 
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
@@ -54,7 +57,9 @@ class RouterState:
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
         return cls(config, (experiment, Assigner(experiment)), recorder, upstream, tokens, GrpcUpstream(upstream.breaker),
-                   store=StoreRuntime(config) if config.store else None)
+                   store=StoreRuntime(config) if config.store else None,
+                   drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
+                                   config.drift_sample_rate, config.drift_window) if config.model_repository else None)
 
     @property
     def experiment(self) -> Experiment:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.judge.snapshot import Moments
 from serving.router.metrics import ArmRecord
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class AnswerRow:
     latency_s: float
     labels: tuple[str, ...]
     at: float
+    confidences: tuple[float, ...] = ()
+    """The top-class probability of each prediction (stored: their mean, and their moments per arm)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +182,23 @@ class Store(abc.ABC):
     async def write_batch(self, records: Sequence[Record]) -> None:
         """Write a batch of records in one transaction."""
         answers = [(r.experiment, r.request_id, r.arm, r.assigned_arm, r.version, key_hash(r.key), r.latency_s,
-                    LABEL_SEP.join(r.labels), r.at) for r in records if isinstance(r, AnswerRow)]
+                    LABEL_SEP.join(r.labels), r.at, sum(r.confidences) / len(r.confidences) if r.confidences else None)
+                   for r in records if isinstance(r, AnswerRow)]
+        moments: dict[tuple[str, str], list[float]] = {}
+        for r in records:
+            if isinstance(r, AnswerRow) and r.confidences:
+                m = moments.setdefault((r.experiment, r.arm), [0, 0.0, 0.0])
+                m[0] += len(r.confidences)
+                m[1] += sum(r.confidences)
+                m[2] += sum(x * x for x in r.confidences)
         errors = [(r.experiment, r.arm, r.code, r.kind, r.at) for r in records if isinstance(r, ErrorRow)]
         counts = Counter((r.experiment, r.arm, r.assigned_arm, LABEL_SEP.join(r.labels))
                          for r in records if isinstance(r, AnswerRow))
         shadows = [(r.experiment, r.shadow, r.primary_arm, r.outcome, r.latency_s, LABEL_SEP.join(r.labels),
                     None if r.agree is None else int(r.agree), r.at) for r in records if isinstance(r, ShadowRow)]
         statements = [
-            ("INSERT INTO answers (experiment, request_id, arm, assigned_arm, version, key_hash, latency_s, labels, at) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", answers),
+            ("INSERT INTO answers (experiment, request_id, arm, assigned_arm, version, key_hash, latency_s, labels, at, "
+             "confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", answers),
             ("INSERT INTO errors (experiment, arm, code, kind, at) VALUES (?, ?, ?, ?, ?)", errors),
             ("INSERT INTO shadows (experiment, shadow, primary_arm, outcome, latency_s, labels, agree, at) "
              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", shadows),
@@ -195,6 +206,11 @@ class Store(abc.ABC):
             ("INSERT INTO answer_counts (experiment, arm, assigned_arm, labels, n) VALUES (?, ?, ?, ?, ?) "
              "ON CONFLICT (experiment, arm, assigned_arm, labels) DO UPDATE SET n = answer_counts.n + excluded.n",
              [(*k, n) for k, n in sorted(counts.items())]),
+            ("INSERT INTO confidence_moments (experiment, arm, n, total, total_sq) VALUES (?, ?, ?, ?, ?) "
+             "ON CONFLICT (experiment, arm) DO UPDATE SET n = confidence_moments.n + excluded.n, "
+             "total = confidence_moments.total + excluded.total, "
+             "total_sq = confidence_moments.total_sq + excluded.total_sq",
+             [(*k, *m) for k, m in sorted(moments.items())]),
         ]
         await self._run([(sql, rows) for sql, rows in statements if rows])
 
@@ -269,6 +285,9 @@ class Store(abc.ABC):
                 if agree is not None:
                     r.shadow_compared += n
                     r.shadow_agree += n if agree else 0
+        for arm, n, total, total_sq in await self._query(
+                "SELECT arm, n, total, total_sq FROM confidence_moments WHERE experiment = ?", [experiment]):
+            rec(arms, arm).confidence = Moments(int(n), float(total), float(total_sq))
         for name, r in arms.items():
             r.latency = await self._latencies("answers", "arm", experiment, name, latency_window)
         for name, r in shadow.items():

@@ -51,6 +51,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "INSERT INTO answer_counts SELECT experiment, arm, assigned_arm, labels, COUNT(*) FROM answers "
         "GROUP BY experiment, arm, assigned_arm, labels",
     )),
+    Migration(4, "the top-class probability of each answer, and its moments per arm (the judge's mean confidence)", (
+        "ALTER TABLE answers ADD COLUMN confidence DOUBLE PRECISION",
+        "CREATE TABLE confidence_moments (experiment TEXT NOT NULL, arm TEXT NOT NULL, n BIGINT NOT NULL, "
+        "total DOUBLE PRECISION NOT NULL, total_sq DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, arm))",
+    )),
 )
 
 

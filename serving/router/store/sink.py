@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from serving.router.config import Experiment
 from serving.router.store.base import AnswerRow, ErrorRow, ShadowRow
@@ -18,14 +18,14 @@ class RecordSink:
         self._experiment = experiment
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None,
-               assigned: str | None) -> None:
+               assigned: str | None, confidences: Sequence[float] = ()) -> None:
         exp = self._experiment()
         try:
             version = exp.arm(arm).version
         except KeyError:  # the arms changed while the request was in flight
             version = ""
         self.writer.put(AnswerRow(exp.name, request_id, arm, assigned or arm, version, key, latency_s, labels,
-                                  time.time()))
+                                  time.time(), tuple(confidences)))
 
     def error(self, arm: str, code: int | str) -> None:
         self.writer.put(ErrorRow(self._experiment().name, arm, str(code), time.time()))

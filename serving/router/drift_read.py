@@ -1,0 +1,100 @@
+"""What the drift monitor and the judge read from a request and its answer: the input texts and the
+top-class probability of each prediction, from KServe v2 HTTP (JSON or binary tensors) and gRPC messages.
+
+Texts are decoded only for the requests the drift feed samples, and off the request path (in its worker
+thread); the confidences of every answer are read after the answer is sent. Both return ``[]`` when the
+tensor is absent or unreadable: the request was valid for Triton, so a surprise here is skipped, never raised.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from tritonclient.grpc import service_pb2 as pb
+
+_LENGTH = struct.Struct("<I")
+
+
+def bytes_elements(raw: bytes | memoryview) -> list[str]:
+    """A BYTES tensor in Triton's binary form: each element a 4-byte little-endian length, then its bytes."""
+    out, pos, raw = [], 0, bytes(raw)
+    while pos + 4 <= len(raw):
+        (n,) = _LENGTH.unpack_from(raw, pos)
+        out.append(raw[pos + 4:pos + 4 + n].decode("utf-8", "replace"))
+        pos += 4 + n
+    return out
+
+
+def _flatten(data: Any) -> list[str]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data] if isinstance(data, str) else []
+
+
+def http_texts(header: dict[str, Any], body: bytes, header_length: int | None, input_name: str) -> list[str]:
+    """The elements of the BYTES input ``input_name`` of a parsed v2 HTTP request (JSON ``data`` or binary)."""
+    offset = header_length or 0
+    for inp in header.get("inputs", []):
+        size = (inp.get("parameters") or {}).get("binary_data_size")
+        if inp.get("name") == input_name:
+            if "data" in inp:
+                return _flatten(inp["data"])
+            return bytes_elements(memoryview(body)[offset:offset + size]) if size is not None else []
+        offset += size or 0
+    return []
+
+
+def _top(values: np.ndarray, shape: Sequence[int]) -> list[float]:
+    width = int(shape[-1]) if len(shape) else 0
+    if width < 1 or values.size == 0 or values.size % width:
+        return []
+    return values.reshape(-1, width).max(axis=1).astype(float).tolist()
+
+
+def http_confidences(content: bytes, header_length: int | None, output_name: str) -> list[float]:
+    """The top-class probability per example from the FP32 output ``output_name`` of a v2 HTTP answer."""
+    try:
+        header = orjson.loads(content if header_length is None else content[:header_length])
+    except orjson.JSONDecodeError:
+        return []
+    offset = header_length or 0
+    for out in header.get("outputs", []):
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if out.get("name") == output_name:
+            if "data" in out:
+                values = np.asarray(out["data"], dtype=np.float64).ravel()
+            elif size is not None:
+                values = np.frombuffer(content, dtype="<f4", count=size // 4, offset=offset)
+            else:
+                return []
+            return _top(values, out.get("shape") or [])
+        offset += size or 0
+    return []
+
+
+def grpc_texts(request: pb.ModelInferRequest, input_name: str) -> list[str]:
+    """The elements of the BYTES input ``input_name`` of a gRPC request (raw or typed contents)."""
+    for i, inp in enumerate(request.inputs):
+        if inp.name != input_name:
+            continue
+        if i < len(request.raw_input_contents):
+            return bytes_elements(request.raw_input_contents[i])
+        return [v.decode("utf-8", "replace") for v in inp.contents.bytes_contents]
+    return []
+
+
+def grpc_confidences(response: pb.ModelInferResponse, output_name: str) -> list[float]:
+    """The top-class probability per example from the FP32 output ``output_name`` of a gRPC answer."""
+    for i, out in enumerate(response.outputs):
+        if out.name != output_name:
+            continue
+        if i < len(response.raw_output_contents):
+            values = np.frombuffer(response.raw_output_contents[i], dtype="<f4")
+        else:
+            values = np.asarray(out.contents.fp32_contents, dtype=np.float64)
+        return _top(values, list(out.shape))
+    return []
