@@ -59,7 +59,7 @@ test-fast: install
 	$(PY) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check training export serving loadtests tests
+	$(PY) -m ruff check tunestack training export serving loadtests deploy tests
 
 runs/$(NAME)/adapter/training_config.json: | install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET)
