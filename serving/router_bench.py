@@ -12,7 +12,10 @@ process's CPU time per request (a figure that moves far less than latency on a b
 
 A path is a ``LoadPath``: a name, a closed-loop load function, the path it is compared with, and the
 process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" to Triton's gRPC port,
-"router grpc" to the router's ``--grpc-port``) each get their own rows.
+"router grpc" to the router's ``--grpc-port``) each get their own rows. ``--compare-tree DIR`` adds a
+second router run from another checkout (``git worktree add DIR COMMIT``, or ``git archive COMMIT | tar -x
+-C DIR``): its HTTP path, "router DIR-NAME", is measured against the same direct path in the same phases,
+so a change to the router is shown before and after in one run.
 """
 
 from __future__ import annotations
@@ -94,9 +97,13 @@ class LoadPath:
 
 
 def load_paths(triton_address: str, triton_grpc: str, router: RouterProcess, model: str, version: str,
-               experiment: str) -> list[LoadPath]:
+               experiment: str, other: RouterProcess | None = None) -> list[LoadPath]:
+    """The four paths above; with ``other`` (a router from another checkout) its HTTP path too."""
     pid = router.process.pid if router.process else None
-    return [LoadPath("direct", partial(run_load, triton_address, model, version)),
+    others = [] if other is None or other.process is None else [
+        LoadPath(f"router {other.root.name}", partial(run_load, other.address, experiment, ""), baseline="direct",
+                 pid=other.process.pid)]
+    return [LoadPath("direct", partial(run_load, triton_address, model, version)), *others,
             LoadPath("router", partial(run_load, router.address, experiment, ""), baseline="direct", pid=pid),
             LoadPath("direct grpc", partial(run_load, triton_grpc, model, version, client_module=grpcclient)),
             LoadPath("router grpc", partial(run_load, router.grpc_address, experiment, "", client_module=grpcclient),
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                    "show that the shadow adds no latency to the primary answer")
     p.add_argument("--store", default=None, help="the router's --store (default: the router's own default); "
                    "'memory' leaves out the experiment store's writes")
+    p.add_argument("--compare-tree", default=None, help="another checkout of this repository (the code before a "
+                   "change): its router runs beside this one, same Triton, same phases (HTTP rows only)")
     p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -193,14 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         exp_file.write_text(yaml.safe_dump(experiment))
         spec = experiment_from_dict(experiment)
         triton_grpc = args.triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
-        router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc,
-                                                   extra_args=["--log-level", "warning",
-                                                               *(["--store", args.store] if args.store else [])]))
+        router_args = ["--log-level", "warning", *(["--store", args.store] if args.store else [])]
+        router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc, extra_args=router_args))
+        other = None
+        if args.compare_tree is not None:  # its own copy of the experiment file, so its own default store
+            other_exp = Path(tmp) / "compare" / exp_file.name
+            other_exp.parent.mkdir()
+            other_exp.write_text(exp_file.read_text())
+            other = stack.enter_context(RouterProcess(other_exp, triton_grpc_url=triton_grpc, extra_args=router_args,
+                                                      root=Path(args.compare_tree).resolve()))
         paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
-                           experiment["name"])
+                           experiment["name"], other)
         rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
     result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
               "model": args.model, "version": args.version, "shadow": args.shadow, "store": args.store,
+              "compare_tree": args.compare_tree,
               "load_average": list(psutil.getloadavg()), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -111,6 +111,18 @@ class Recorder:
                                       labels, buckets=CONFIDENCE_BUCKETS, registry=r)
         self.sink = None
         """The experiment store's ``RecordSink`` (``serving.router.store.sink``), or None: no store."""
+        self.inflight = self.m_inflight.labels(experiment)
+        """The in-flight gauge of this experiment (one child, looked up once)."""
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *values: str):
+        """``metric.labels(experiment, *values)``, looked up once per label set: ``labels()`` costs a lock and
+        a dict lookup of the joined values on every call, a few microseconds on each answered request."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.experiment, *values)
+        return child
 
     def _arm(self, name: str, table: dict[str, ArmRecord] | None = None) -> ArmRecord:
         table = self.arms if table is None else table
@@ -149,10 +161,10 @@ class Recorder:
             while len(self._served) > self._log_size:
                 old, _ = self._served.popitem(last=False)
                 self._feedback_seen.discard(old)
-        self.m_requests.labels(self.experiment, arm).inc()
-        self.m_latency.labels(self.experiment, arm).observe(latency_s)
+        self._child(self.m_requests, arm).inc()
+        self._child(self.m_latency, arm).observe(latency_s)
         for label in labels:
-            self.m_labels.labels(self.experiment, arm, label).inc()
+            self._child(self.m_labels, arm, label).inc()
 
     def error(self, arm: str, code: int | str) -> None:
         """A server-side failure (the upstream's or the router's): it counts against ``arm``."""

@@ -25,12 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class RouterProcess:
-    """One router child process. ``extra_args`` are more ``python -m serving router`` flags."""
+    """One router child process. ``extra_args`` are more ``python -m serving router`` flags; ``root`` is the
+    checkout it runs from (this one by default)."""
 
     def __init__(self, experiment: str | Path, *, port: int = 0, grpc_port: int = 0, triton_url: str | None = None,
                  triton_grpc_url: str | None = None, admin_token_file: str | Path | None = None, log_file: str | Path | None = None,
-                 extra_args: Sequence[str] = (), startup_timeout: float = 30.0):
+                 extra_args: Sequence[str] = (), startup_timeout: float = 30.0, root: str | Path = ROOT):
         self.experiment = Path(experiment)
+        self.root = Path(root)
+        """The checkout whose ``serving`` package runs (another one: a before/after benchmark)."""
         self.port = port or free_port()
         self.grpc_port = grpc_port or free_port()
         while self.grpc_port == self.port:
@@ -70,7 +73,7 @@ class RouterProcess:
         """Start the router and wait until ``/v2/health/live`` answers; ``StartError`` with its log otherwise."""
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # the token comes from the file only
         self.child = ChildProcess("router", [sys.executable, "-m", "serving", "router", *self.args], self.log_path,
-                                  env=env, cwd=ROOT).start()
+                                  env=env, cwd=self.root).start()
         try:
             self.child.wait_until(lambda: http_ok(self.url + "/v2/health/live", timeout=1), self.startup_timeout,
                                   tail=self.log_tail)

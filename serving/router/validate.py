@@ -21,6 +21,9 @@ describe what arrived with ``TensorIn`` and call ``check_request``; both answer 
   ``raw_input_contents``.
 * ``parameters`` are the request-level parameters as plain Python values: str, int or bool, the types
   Triton accepts (it answers "parameter 'x' has invalid type" for anything else, floats included).
+* What the checks need from ``metadata`` (``ModelSpec``: inputs by name, required inputs, output names) is
+  derived once per metadata object and kept (``SpecCache``), not on every request: the upstreams cache
+  one metadata dict per model version, so the same dict comes back request after request.
 
 Nothing here raises anything but ``BadRequest``, whatever the input.
 """
@@ -47,6 +50,56 @@ MAX_ELEMENTS = 1 << 24
 _INT_RANGE = {"UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1), "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
               "INT8": (-(2**7), 2**7 - 1), "INT16": (-(2**15), 2**15 - 1), "INT32": (-(2**31), 2**31 - 1),
               "INT64": (-(2**63), 2**63 - 1)}
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """One input as the model's metadata declares it."""
+
+    datatype: str | None
+    shape: tuple[int, ...]
+    """-1 for a dimension of any size."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What ``check_request`` reads from a model's metadata, derived once."""
+
+    inputs: dict[str, DeclaredInput]
+    required: tuple[str, ...]
+    """Inputs the model cannot do without (not ``optional``)."""
+    outputs: frozenset[str]
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> ModelSpec:
+        declared = {i["name"]: i for i in metadata.get("inputs", [])}
+        return cls({name: DeclaredInput(i.get("datatype"), tuple(int(d) for d in i.get("shape", [])))
+                    for name, i in declared.items()},
+                   tuple(n for n, i in declared.items() if not i.get("optional")),
+                   frozenset(o["name"] for o in metadata.get("outputs", [])))
+
+
+class SpecCache:
+    """``ModelSpec`` per metadata dict, keyed by the dict's identity. An entry holds its dict, so while it
+    is cached no other dict can take its id; past ``size`` entries the cache starts over."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._specs: dict[int, tuple[dict, ModelSpec]] = {}
+
+    def get(self, metadata: dict) -> ModelSpec:
+        entry = self._specs.get(id(metadata))
+        if entry is not None and entry[0] is metadata:
+            return entry[1]
+        if len(self._specs) >= self.size:
+            self._specs.clear()
+        spec = ModelSpec.from_metadata(metadata)
+        self._specs[id(metadata)] = (metadata, spec)
+        return spec
+
+
+_SPECS = SpecCache()
+"""The process's spec cache: a cache in the sense of ``functools.lru_cache``, never read for state."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +214,7 @@ def _check_parameters(parameters: Any) -> None:
             raise BadRequest(f"parameters[{key!r}] is {_kind(value)}; a parameter is a string, integer or boolean")
 
 
-def _check_tensor(t: TensorIn, declared: dict | None) -> None:
+def _check_tensor(t: TensorIn, declared: DeclaredInput | None) -> None:
     if t.datatype not in DATATYPES:
         raise BadRequest(f"input {t.name!r}: unknown datatype {t.datatype!r}; expected one of {sorted(DATATYPES)}")
     shape = check_shape(t.name, t.shape)
@@ -170,12 +223,12 @@ def _check_tensor(t: TensorIn, declared: dict | None) -> None:
                          f"the request carries {t.count}")
     if declared is None:
         return
-    if t.datatype != declared.get("datatype"):
-        raise BadRequest(f"input {t.name!r}: datatype {t.datatype} does not match the model's "
-                         f"{declared.get('datatype')}")
-    want = [int(d) for d in declared.get("shape", [])]
+    if t.datatype != declared.datatype:
+        raise BadRequest(f"input {t.name!r}: datatype {t.datatype} does not match the model's {declared.datatype}")
+    want = declared.shape
     if len(want) != len(shape) or any(w != -1 and w != s for w, s in zip(want, shape, strict=True)):
-        raise BadRequest(f"input {t.name!r}: shape {list(shape)} does not match the model's {want} (-1: any size)")
+        raise BadRequest(f"input {t.name!r}: shape {list(shape)} does not match the model's {list(want)} "
+                         "(-1: any size)")
 
 
 def check_request(inputs: Sequence[TensorIn], outputs: Sequence[str], parameters: Any,
@@ -185,22 +238,22 @@ def check_request(inputs: Sequence[TensorIn], outputs: Sequence[str], parameters
         raise BadRequest("missing inputs: the request needs at least one input tensor")
     _check_parameters(parameters)
     names = [t.name for t in inputs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
         raise BadRequest(f"input(s) {dupes} appear more than once; each input is sent once")
-    declared = {i["name"]: i for i in metadata.get("inputs", [])} if metadata else None
-    if declared is not None:
-        missing = [n for n, i in declared.items() if not i.get("optional") and n not in names]
+    spec = _SPECS.get(metadata) if metadata else None
+    declared = spec.inputs if spec is not None else None
+    if spec is not None:
+        missing = [n for n in spec.required if n not in names]
         if missing:
-            raise BadRequest(f"missing input(s) {missing}; the model expects {sorted(declared)}, got {names}")
+            raise BadRequest(f"missing input(s) {missing}; the model expects {sorted(spec.inputs)}, got {names}")
     for t in inputs:
         if declared is not None and t.name not in declared:
             raise BadRequest(f"unknown input {t.name!r}; the model takes {sorted(declared)}")
         _check_tensor(t, None if declared is None else declared[t.name])
     if len(set(outputs)) != len(outputs):
         raise BadRequest(f"requested outputs {list(outputs)} name an output more than once")
-    known = {o["name"] for o in metadata.get("outputs", [])} if metadata else None
-    if known is not None:
-        unknown = [o for o in outputs if o not in known]
+    if spec is not None:
+        unknown = [o for o in outputs if o not in spec.outputs]
         if unknown:
-            raise BadRequest(f"unknown requested output(s) {unknown}; the model has {sorted(known)}")
+            raise BadRequest(f"unknown requested output(s) {unknown}; the model has {sorted(spec.outputs)}")
