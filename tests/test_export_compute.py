@@ -20,8 +20,8 @@ from export.parity import batch_invariance, check_parity, onnx_logits, onnx_sess
 from export.publish import publish
 from export.quantize import FLOAT_CONSUMERS, training_texts
 from export.triton_model.model import TextClassifier, length_buckets
-from training.data import read_jsonl
 from tests.test_export import _shift_bias
+from training.data import read_jsonl
 
 FUSED_OPS = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
 
