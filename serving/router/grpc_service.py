@@ -70,6 +70,12 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+def echoable_id(request_id: str) -> str | None:
+    """The message's ``id`` when it can travel back in the ``x-request-id`` trailer (printable ASCII: gRPC
+    refuses other metadata values, and the answer would fail INTERNAL), else None: the router makes one."""
+    return request_id if request_id and request_id.isascii() and request_id.isprintable() else None
+
+
 def sticky_key(exp: Experiment, context: grpc.aio.ServicerContext, parameters: dict) -> str | None:
     if exp.sticky.source == "header":
         return metadata_value(context, exp.sticky.key.lower()) or None
@@ -190,7 +196,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         state = self.state
         exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
         arm = None
-        request_id = metadata_value(context, "x-request-id") or request.id or None
+        request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
         inflight = state.recorder.m_inflight.labels(exp.name)
         inflight.inc()
         try:
