@@ -117,3 +117,16 @@ def test_tune_config_names_every_bad_value():
     space = TuneConfig(queue_delays_us="off,0,500", instance_counts="1,3", preferred_batch_sizes="4,8").space()
     assert space.max_queue_delay_us == (OFF, 0, 500) and space.instance_count == (1, 3)
     assert space.preferred_batch_sizes == ((), (4, 8))
+
+
+def test_hill_climb_walks_towards_the_objective_when_no_neighbour_meets_it_yet():
+    # P99 falls with every added instance; only 4 instances meet the 100 ms bound
+    def slow(c: Candidate) -> Measurement:
+        p99 = 400.0 / c.instance_count
+        return Measurement([level(4, 50.0 * c.instance_count, p99)])
+
+    result = hill_climb(SPACE, Candidate(1, 1, OFF, (), 64), slow, Objective())
+    assert result.best.instance_count == 4 and result.best_score == 200.0
+    assert [t.candidate.instance_count for t in result.trials if t.score is None][:1] == [1]
+    nothing = hill_climb(SPACE, Candidate(1, 1, OFF, (), 64), slow, Objective(p99_bound_ms=10))
+    assert nothing.best is None and nothing.best_score is None  # closeness steers; it never publishes a miss

@@ -10,7 +10,8 @@ turns a measurement into a score, higher is better, or None when the candidate m
 
 ``hill_climb`` is the quick search (as Triton Model Analyzer's quick mode): start from the published
 config, try every neighbour (one dimension one step up or down), move to the best one that improves, stop
-when none does or the trial budget is spent. ``brute_force`` tries every distinct candidate of the grid.
+when none does or the trial budget is spent. Candidates that miss the objective are ranked by how close
+they came (their lowest P99), so the climb keeps a direction until one meets it; a miss is never "best". ``brute_force`` tries every distinct candidate of the grid.
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ class Objective:
         served = [lv for lv in ok if lv["throughput_rps"] >= 0.9 * self.rate]
         return max((-lv["p99_ms"] for lv in served), default=None)
 
+    def closeness(self, m: Measurement) -> float:
+        """For a candidate that misses the objective: minus its lowest P99 (higher is closer), so the climb
+        still has a direction when no neighbour meets the objective yet (a loaded machine, a tight bound)."""
+        p99s = [lv["p99_ms"] for lv in m.levels if self.usable(lv)]
+        return -min(p99s) if p99s and not m.error else float("-inf")
+
+    def rank(self, t: Trial) -> tuple:
+        """Order of trials: those meeting the objective by score, then the others by closeness."""
+        return (True, t.score) if t.score is not None else (False, self.closeness(t.measurement))
+
     def describe(self) -> str:
         if self.kind == "max-throughput":
             return f"max throughput with P99 <= {self.p99_bound_ms:g} ms"
@@ -168,11 +179,6 @@ class SearchResult:
     best_score: float | None
     trials: list[Trial]
     stopped_by_budget: bool = False
-
-
-def better(a: float | None, b: float | None) -> bool:
-    """``a`` beats ``b`` (None loses to any score)."""
-    return a is not None and (b is None or a > b)
 
 
 class _Evaluator:
@@ -215,8 +221,8 @@ def hill_climb(space: Space, start: Candidate, evaluate: Callable[[Candidate], M
     here = run(current)
     while here is not None:
         tried = [t for t in (run(n) for n in space.neighbours(current)) if t is not None]
-        step = max(tried, key=lambda t: (t.score is not None, t.score or 0.0), default=None)
-        if step is None or not better(step.score, here.score):
+        step = max(tried, key=objective.rank, default=None)
+        if step is None or objective.rank(step) <= objective.rank(here):
             break
         current, here = step.candidate, step
     return run.result()
