@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig
@@ -18,6 +21,7 @@ from loadtests.run import PREFIX, RunResult, run_loadtest
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack import names
+from tunestack.procs import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,27 @@ class Background:
 
     def __exit__(self, *exc) -> None:
         self.thread.join()
+
+
+def router_counts(url: str) -> dict[str, float]:
+    """Totals from the router's /metrics: answered requests and errors by code, over all arms."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, float] = {"answered": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "router_requests_total" and sample.labels.get("experiment") == EXPERIMENT:
+                out["answered"] += sample.value
+            elif sample.name == "router_errors_total":
+                key = f"errors_{sample.labels.get('code')}"
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def wait_for_load(router_url: str, others: Callable[[], int] = lambda: 0, timeout: float = 120.0) -> None:
+    """Block until the router has answered more requests than ``others()`` sent (a probe's, say), plus one:
+    the load test's arrivals have begun."""
+    wait_for(lambda: router_counts(router_url)["answered"] > others() + 1, timeout, "the load test's first answers",
+             interval=0.2)
 
 
 def history(folder: Path) -> list[dict]:

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from export.contract import CONTRACT
 from export.publish import publish
@@ -24,7 +23,9 @@ from loadtests.drills.common import (
     history,
     load_config,
     prepare,
+    router_counts,
     run_steps,
+    wait_for_load,
     write_report,
 )
 from loadtests.run import RunResult
@@ -104,20 +105,6 @@ def _router_serves(url: str, text: str) -> bool:
         return False
 
 
-def router_counts(url: str) -> dict[str, float]:
-    """Totals from the router's /metrics: answered requests and errors by code, over all arms."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    out: dict[str, float] = {"answered": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "router_requests_total" and sample.labels.get("experiment") == EXPERIMENT:
-                out["answered"] += sample.value
-            elif sample.name == "router_errors_total":
-                key = f"errors_{sample.labels.get('code')}"
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
-
-
 def fault_drill(cfg: DrillConfig) -> dict:
     """Kill tritonserver under load, restart it, then send malformed requests under load."""
     folder, export_cfg = prepare(cfg, "fault")
@@ -164,7 +151,7 @@ def fault_drill(cfg: DrillConfig) -> dict:
                 ("recovered", lambda: None), ("malformed corpus", send_malformed)]
         load = load_config(cfg, router, triton, folder, cfg.step_s * len(plan) + cfg.outage_s + 25)
         with Background(load) as background, ProbeLoop(router.url, text, 0.05, cfg.timeout_s * 5) as probe:
-            time.sleep(2.0)
+            wait_for_load(router.url, others=lambda: len(probe.records))
             steps = run_steps(plan, cfg.step_s)
             result = background.join()
         counts_after = router_counts(router.url)

@@ -20,6 +20,7 @@ from loadtests.drills.common import (
     load_config,
     prepare,
     run_steps,
+    wait_for_load,
     write_report,
 )
 from serving.repository import ModelRepository
@@ -68,7 +69,7 @@ def rollout_drill(cfg: DrillConfig) -> dict:
                 (f"unload v{old}", unload_old)]
         load = load_config(cfg, router, triton, folder, cfg.step_s * n_steps + 4)
         with Background(load) as background:
-            time.sleep(2.0)  # let the arrivals start
+            wait_for_load(router.url)
             steps = run_steps(plan, cfg.step_s)
             result = background.join()
     fill_steps(steps, history(result.folder))
