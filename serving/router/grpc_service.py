@@ -197,7 +197,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
         arm = None
         request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
-        inflight = state.recorder.m_inflight.labels(exp.name)
+        inflight = state.recorder.inflight
         inflight.inc()
         try:
             state.check_experiment(request.model_name)

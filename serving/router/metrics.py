@@ -39,6 +39,21 @@ class Window:
         return self._buf[: min(self._n, len(self._buf))].copy()
 
 
+class InFlight:
+    """Inference requests in flight, HTTP and gRPC: a plain count kept by the event loop (both front doors
+    run on it) that the ``router_inflight_requests`` gauge reads when scraped, so a request pays no
+    Prometheus lock to enter and leave."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
 @dataclass
 class ArmRecord:
     """Everything the report needs about one arm (or the shadow)."""
@@ -111,8 +126,9 @@ class Recorder:
                                       labels, buckets=CONFIDENCE_BUCKETS, registry=r)
         self.sink = None
         """The experiment store's ``RecordSink`` (``serving.router.store.sink``), or None: no store."""
-        self.inflight = self.m_inflight.labels(experiment)
-        """The in-flight gauge of this experiment (one child, looked up once)."""
+        self.inflight = InFlight()
+        """Requests in flight (``inc()`` / ``dec()``), exported as ``router_inflight_requests``."""
+        self.m_inflight.labels(experiment).set_function(lambda: self.inflight.value)
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *values: str):
