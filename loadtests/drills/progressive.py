@@ -16,9 +16,11 @@ model (flipped labels, a deliberately delayed model) with the same drill.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from loadtests.run import PREFIX
 from serving.rollout.cli import run_rollout
 from serving.rollout.config import RolloutArgs
 from serving.router.process import RouterProcess
+from serving.router.store import default_store_url, open_store
 from serving.triton import TritonServer
 
 ROLLOUT_DRILLS = ("good", "bad", "slow")
@@ -104,6 +107,25 @@ def _locust_totals(folder: Path) -> dict[str, int]:
             "feedback": fb_requests, "failed_feedback": fb_failures}
 
 
+def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0) -> None:
+    """Return once the router has stored its first answer (Locust is up), so no step's clock runs without load."""
+
+    async def answers() -> int:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await store.count_answers(EXPERIMENT)
+        finally:
+            await store.close()
+
+    end = time.monotonic() + deadline_s
+    while asyncio.run(answers()) == 0:
+        if time.monotonic() > end or not background.thread.is_alive():
+            raise RuntimeError(f"no answer reached the store {url} within {deadline_s:.0f} s of starting the load; "
+                               "see the drill folder's router.log and the load test's logs")
+        time.sleep(0.5)
+
+
 def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], section: dict[str, Any],
                       load_s: float) -> dict:
     """Run one drill: ``arms[0]`` the control at 100 %, ``arms[1]`` the candidate ramped by the controller."""
@@ -120,6 +142,7 @@ def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], secti
                           log_file=folder / "router.log") as router:
         load = dataclasses.replace(load_config(cfg, router, triton, folder, load_s), feedback_fraction=1.0)
         with Background(load) as background:
+            wait_for_traffic(default_store_url(path), background)
             out, md = run_rollout(RolloutArgs(experiment=str(path), out_dir=str(folder)))
             result = background.join()
     summary = {"drill": f"rollout-{drill}", "folder": str(folder), "rollout_report": str(md),
