@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -75,19 +74,10 @@ def client(router: RouterProcess) -> httpx.Client:
     return httpx.Client(base_url=router.url, timeout=10, trust_env=False)
 
 
-@contextmanager
-def running(folder: Path, experiment: dict, *extra_args: str) -> Iterator[RouterProcess]:
-    router = make_router(folder, experiment, *extra_args)
-    try:
-        yield router.start()
-    finally:
-        router.stop()
-
-
 @pytest.fixture(scope="module")
 def router(triton, tmp_path_factory) -> Iterator[RouterProcess]:
     shadow = {"name": "shadow", "model": MODEL, "version": "2", "fraction": 1.0}
-    with running(tmp_path_factory.mktemp("router"), spec(triton.http_url, shadow=shadow, fallback="control")) as r:
+    with make_router(tmp_path_factory.mktemp("router"), spec(triton.http_url, shadow=shadow, fallback="control")) as r:
         yield r
 
 
@@ -289,7 +279,7 @@ def test_sticky_by_request_parameter(triton, tmp_path):
     exp = spec(triton.http_url, (50, 50))
     exp["sticky"] = {"parameter": "user_id"}
     expected = Assigner(experiment_from_dict(exp))
-    with running(tmp_path, exp) as router:
+    with make_router(tmp_path, exp) as router:
         rc = httpclient.InferenceServerClient(router.address)
         try:
             for user in [f"param-{i}" for i in range(30)]:
@@ -304,7 +294,7 @@ def test_sticky_by_request_parameter(triton, tmp_path):
 def test_dead_arm_goes_to_fallback(triton, tmp_path):
     exp = spec(triton.http_url, (50, 50), fallback="control")
     exp["arms"][1]["upstream"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with running(tmp_path, exp) as router, client(router) as c:
+    with make_router(tmp_path, exp) as router, client(router) as c:
         assert c.get("/v2/health/ready").status_code == 503  # the treatment's upstream is not ready
         variants = Counter()
         for i in range(40):
@@ -323,7 +313,7 @@ def test_triton_down_gives_fast_503_and_the_router_recovers(repository, tmp_path
     exp["timeout_s"] = 1.0
     try:
         server.start()
-        with running(tmp_path, exp) as router, client(router) as c:
+        with make_router(tmp_path, exp) as router, client(router) as c:
             url, body = "/v2/models/sentiment-ab/infer", v2_body(TEXTS[:1])
             assert c.post(url, json=body, headers={"X-User-Id": "a"}).status_code == 200
             # hung Triton (SIGSTOP): a timeout after timeout_s, never a hang; then the breaker fails fast
