@@ -1,0 +1,212 @@
+"""A flood of malformed gRPC requests hurts only its sender (issue #10, the gRPC twin of test_router_flood.py).
+
+Real processes: tritonserver on the tiny model (two versions), the router as a subprocess on a 70/30
+experiment with a fallback arm, its gRPC endpoint forwarding to Triton's gRPC port. While four
+``tritonclient.grpc`` clients send good requests (paced), one client sends at least 50 malformed ``ModelInferRequest``
+messages a second (a negative dimension, a wrong element count, numbers where BYTES text is expected, an
+unknown datatype, a raw entry too many, a blank text the model itself refuses, an unknown output, an unknown
+experiment, a message over the size limit). Every good request must succeed, the arm shares must stay as
+set, no breaker may open (no fallback, no server error), and the router's client-error counters must hold
+exactly what the flooding client was answered.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from export.config import ExportConfig
+from export.contract import CONTRACT
+from export.publish import publish
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from tests.test_router_fuzz import bytes_tensor
+
+pytestmark = pytest.mark.e2e
+
+MODEL = CONTRACT.default_model_name
+EXPERIMENT = "grpc-flood-ab"
+SHARES = {"control": 0.7, "treatment": 0.3}
+FLOOD_RATE = 60.0  # malformed requests per second the flooding client aims at
+MIN_RATE = 50.0
+GOOD_CLIENTS = 4
+GOOD_RATE = 8.0  # good requests per second per client (paced, as Locust's users are: not a closed loop)
+RUN_S = 8.0
+MAX_BODY = 64 << 10
+INVALID, NOT_FOUND, TOO_LARGE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _text(texts: list[bytes], shape=(1, 1), datatype: str = "BYTES", model: str = EXPERIMENT,
+          output: str | None = None) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name=CONTRACT.input_text, datatype=datatype, shape=list(shape))
+    request.raw_input_contents.append(bytes_tensor(texts))
+    if output is not None:
+        request.outputs.add(name=output)
+    return request
+
+
+def _numbers() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=EXPERIMENT)
+    request.inputs.add(name=CONTRACT.input_text, datatype="BYTES", shape=[1, 1]).contents.int_contents.append(5)
+    return request
+
+
+def _raw_too_many() -> pb.ModelInferRequest:
+    request = _text([b"a film"])
+    request.raw_input_contents.append(b"")
+    return request
+
+
+MALFORMED = {  # name -> (message, the status the router must answer)
+    "negative dimension": (_text([b"a film"], shape=(-1, 1)), INVALID),
+    "wrong element count": (_text([b"a film"], shape=(2, 1)), INVALID),
+    "numbers as text": (_numbers(), INVALID),
+    "unknown datatype": (_text([b"a film"], datatype="STRING"), INVALID),
+    "raw entry too many": (_raw_too_many(), INVALID),
+    "blank text (refused by the model)": (_text([b" "]), INVALID),
+    "unknown output": (_text([b"a film"], output="nope"), INVALID),
+    "unknown experiment": (_text([b"a film"], model="nope"), NOT_FOUND),
+    "oversize message": (_text([b"x" * (MAX_BODY + 1)]), TOO_LARGE),
+}
+COUNTED = {INVALID: "client_400", NOT_FOUND: "client_404"}
+"""The router's counter of each refusal it makes itself (an oversize message is refused by gRPC first)."""
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("grpc-flood")
+    cfg = ExportConfig(repository=tmp / "repository", model_name=MODEL, max_batch_size=8, max_queue_delay_us=0)
+    publish(tiny_onnx_dir, "fp32", cfg)
+    publish(tiny_onnx_dir, "int8", cfg)
+    with TritonServer(cfg.repository, models=[MODEL], startup_timeout=90) as triton:
+        (tmp / "experiment.yaml").write_text(yaml.safe_dump({  # no sticky key: every request drawn at random
+            "name": EXPERIMENT, "upstream": triton.http_url, "timeout_s": 5.0, "fallback": "control",
+            "arms": [{"name": arm, "model": MODEL, "version": str(v), "weight": round(share * 100)}
+                     for v, (arm, share) in enumerate(SHARES.items(), start=1)]}))
+        with RouterProcess(tmp / "experiment.yaml", log_file=tmp / "router.log", triton_grpc_url=triton.grpc_url,
+                           extra_args=["--log-level", "warning", "--max-body-bytes", str(MAX_BODY)]) as router:
+            yield {"triton": triton, "router": router}
+
+
+class Flood(threading.Thread):
+    """One gRPC client sending the malformed messages round-robin at ``rate`` requests/s until stopped, open
+    loop (each sent without waiting for the answer before, as a flooding client does)."""
+
+    def __init__(self, address: str, rate: float):
+        super().__init__(daemon=True)
+        self.address, self.interval = address, 1.0 / rate
+        self.stop_event = threading.Event()
+        self.answers: Counter = Counter()  # (name, status code)
+        self.unexpected: list[str] = []
+        self.sent, self.elapsed = 0, 0.0
+
+    def run(self) -> None:
+        names = list(MALFORMED)
+        start = time.monotonic()
+        with grpc.insecure_channel(self.address, options=[("grpc.max_send_message_length", -1)]) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls = []
+            while not self.stop_event.is_set():
+                name = names[self.sent % len(names)]
+                calls.append((name, stub.ModelInfer.future(MALFORMED[name][0], timeout=60)))
+                self.sent += 1
+                self.stop_event.wait(max(0.0, start + self.sent * self.interval - time.monotonic()))
+            self.elapsed = time.monotonic() - start
+            for name, call in calls:
+                self._answered(name, call)
+
+    def _answered(self, name: str, call: grpc.Future) -> None:
+        try:
+            call.result()
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+        self.answers[(name, code)] += 1
+        if code != MALFORMED[name][1] or not details:
+            self.unexpected.append(f"{name}: {code} {details!r:.200}")
+
+
+def good_traffic(address: str, deadline: float, served: Counter, failures: list[str]) -> None:
+    """Good requests through ``tritonclient.grpc``, ``GOOD_RATE`` a second until ``deadline``; the arm of
+    each answer counted."""
+    client = grpcclient.InferenceServerClient(address)
+    text = grpcclient.InferInput(CONTRACT.input_text, [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"a warm, funny film"]], dtype=np.object_))
+    start, i = time.monotonic(), 0
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(max(0.0, start + i / GOOD_RATE - time.monotonic()))
+            i += 1
+            try:
+                result = client.infer(EXPERIMENT, [text], client_timeout=30)
+                served[result.get_response().parameters["variant"].string_param] += 1
+            except Exception as e:  # every kind of failure is the test's finding
+                failures.append(f"{type(e).__name__}: {e}")
+    finally:
+        client.close()
+
+
+def router_counters(url: str) -> dict[str, float]:
+    """Client errors, server errors and fallbacks from the router's /metrics, over all arms."""
+    out = Counter()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text):
+        for sample in family.samples:
+            if sample.name == "router_errors_total":
+                out[f"{sample.labels['kind']}_{sample.labels['code']}"] += sample.value
+            elif sample.name == "router_fallbacks_total":
+                out["fallbacks"] += sample.value
+    return dict(out)
+
+
+def test_a_malformed_grpc_flood_hurts_only_its_sender(stack):
+    router = stack["router"]
+    before = router_counters(router.url)
+    flood = Flood(router.grpc_address, FLOOD_RATE)
+    served: Counter = Counter()
+    failures: list[str] = []
+    deadline = time.monotonic() + RUN_S
+    clients = [threading.Thread(target=good_traffic, args=(router.grpc_address, deadline, served, failures))
+               for _ in range(GOOD_CLIENTS)]
+    flood.start()
+    try:
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(timeout=RUN_S + 120)
+    finally:
+        flood.stop_event.set()
+        flood.join(timeout=120)
+    assert not flood.is_alive() and not any(c.is_alive() for c in clients)
+    # the flood was a flood, and every malformed message got its client-error status with a message
+    assert flood.sent / flood.elapsed >= MIN_RATE and sum(flood.answers.values()) == flood.sent, (flood.sent,
+                                                                                                  flood.elapsed)
+    assert not flood.unexpected, flood.unexpected[:10]
+    # every good request succeeded, on the arms the experiment sets, in its shares
+    assert not failures, failures[:5]
+    n = sum(served.values())
+    assert set(served) == set(SHARES) and n >= 100, served
+    p = SHARES["treatment"]
+    assert abs(served["treatment"] / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n), served  # ~1e-5 false alarms
+    # no breaker opened: no fallback, no server error; the client errors are exactly the flood's answers
+    after = router_counters(router.url)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
+    counted = Counter({COUNTED[code]: 0 for code in COUNTED})
+    for (_, code), count in flood.answers.items():
+        if code in COUNTED:
+            counted[COUNTED[code]] += count
+    assert {k: v for k, v in delta.items() if v} == dict(counted), (delta, flood.answers)
