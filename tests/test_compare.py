@@ -52,6 +52,8 @@ def test_headline_fractions_and_verdicts():
     assert h["time_saved_per_step"] == pytest.approx(0.5) and h["time_saved_to_best"] == pytest.approx(0.9)
     assert h["holds"] == {"params": True, "accuracy": True, "time_per_step": False, "time_to_best": True}
     assert headline(rows[1:]) is None
+    rows[0]["majority_accuracy"] = 0.79  # full fine-tuning barely beats always answering the common label
+    assert headline(rows)["holds"]["accuracy"] is None
 
 
 def test_compare_config_refuses_bad_methods():

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,14 @@ def compare_one(cfg: CompareConfig, method: str, name: str) -> dict:
     variants = export.parity["variants"]
     timed = "int8" if variants.get("int8", {}).get("publishable") else "fp32"
     m, after = result.metrics, result.metrics["test_after"]
+    test_labels = Counter(ex.label for ex in read_jsonl(result.adapter_dir / "heldout.jsonl"))
     return {
         "method": method, "accuracy": after["accuracy"], "macro_f1": after["macro_f1"], "auc": after["auc"],
         "trainable_params": m["trainable_parameters"], "total_params": m["total_parameters"],
         "train_seconds": m["train_seconds"], "steps": m["steps"], "seconds_per_step": m["seconds_per_step"],
         "seconds_to_best": m["seconds_to_best"], "stop_reason": m["stop_reason"], "learning_rate": m["learning_rate"],
         "peak_rss_mb": rss.peak_mb,
+        "majority_accuracy": max(test_labels.values()) / sum(test_labels.values()),
         "export_parity": "pass" if export.passed else "fail",
         "parity": {v: {"max_abs_diff": e["max_abs_diff"], "label_agreement": e["label_agreement"],
                        "accuracy": e["accuracy"], "publishable": e["publishable"]} for v, e in variants.items()},
