@@ -41,6 +41,7 @@ help:
 	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 	@echo "make rollout-drills the rollout controller under load: good (int8) promoted; bad (few steps), slow (fp32 vs int8) rolled back"
+	@echo "make drift-drill    half the traffic switches to news headlines under load; the router's drift gauges must show it"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -110,6 +111,15 @@ rollout-drill-bad: install runs/$(NAME)/onnx/parity.json runs/$(NAME)-few-steps/
 	$(PY) -m loadtests.drills rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
 
 rollout-drills: rollout-drill-good rollout-drill-bad rollout-drill-slow
+
+# Drill (d), drift (loadtests/drills/drift.py): exports made before drift references existed get them here
+# (the parity check reruns when a variant's drift_reference.VARIANT.json is missing).
+.PHONY: drift-drill
+runs/$(NAME)/onnx/drift_reference.fp32.json: | install runs/$(NAME)/adapter/training_config.json
+	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
+
+drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
+	$(PY) -m loadtests.drills drift --run runs/$(NAME)
 
 # Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2

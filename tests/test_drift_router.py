@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bz2
 import csv
+import json
 import random
 import shutil
 import struct
@@ -150,6 +151,7 @@ def test_feed_shows_headlines_on_the_treatment_and_the_guardrail_says_worse(repo
     assert guard["verdict"] == "worse" and {"text_length", "label_shares"} <= set(guard["features"])
     text = render_markdown(report)
     assert "## Drift (live traffic" in text and "| treatment | text_length | 300 |" in text
+    json.dumps(report)  # numpy scalars are plain numbers in the report (the router answers it as JSON)
 
 
 def test_unsampled_and_unreferenced_arms_are_skipped(repository, tmp_path):

@@ -14,6 +14,9 @@ load and check each gets a 4xx, the good traffic is unaffected and the router's 
 good is promoted to 100 %, bad (a few-steps adapter) and slow (fp32 behind int8, p99 margin 1 ms) are
 rolled back (``progressive.py``).
 
+``python -m loadtests.drills drift``: half of the traffic switches from held-out reviews to news headlines;
+each arm's drift gauge must show it within a stated number of requests, and not before (``drift.py``).
+
 All write ``reports/DRILL-TIMESTAMP/`` (drill.json, drill.md and the full load-test report inside).
 """
 

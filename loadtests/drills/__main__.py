@@ -1,4 +1,4 @@
-"""``python -m loadtests.drills rollout|fault|rollout-good|rollout-bad|rollout-slow [--config FILE] [flags]``: run a
+"""``python -m loadtests.drills rollout|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
 drill and print its report."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import argparse
 from pathlib import Path
 
 from loadtests.drills import DrillConfig, fault_drill, rollout_drill
+from loadtests.drills.drift import drift_drill
 from loadtests.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 from tunestack.cli import parse_dataclass
 from tunestack.logs import setup_logging
 
-DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS))
+DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, DrillConfig]:
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = progressive_drill(cfg, drill.removeprefix("rollout-"))
         print((Path(summary["folder"]) / "drill.md").read_text())
         return 0 if summary["decision"] == EXPECTED[drill.removeprefix("rollout-")] else 1
+    if drill == "drift":
+        summary = drift_drill(cfg)
+        print((Path(summary["folder"]) / "drill.md").read_text())
+        return 0 if summary["detected_within_bound"] and not summary["false_alarm_in_domain"] else 1
     summary = (rollout_drill if drill == "rollout" else fault_drill)(cfg)
     print((Path(summary["folder"]) / "drill.md").read_text())
     if drill == "rollout":

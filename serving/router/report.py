@@ -247,7 +247,9 @@ def judge_lines(r: dict[str, Any]) -> list[str]:
 def add_drift(report: dict[str, Any], drift: dict[str, dict[str, FeatureDrift]]) -> None:
     """The "drift" section (per arm and feature against the training reference) and each treatment's
     ``drift`` guardrail in the judge's metrics (``serving.judge.drift_guardrail``)."""
-    report["drift"] = {arm: {f: asdict(d) for f, d in feats.items()} for arm, feats in drift.items()}
+    plain = lambda v: v.item() if isinstance(v, np.generic) else v  # noqa: E731 (numpy bools and floats -> JSON)
+    report["drift"] = {arm: {f: {k: plain(v) for k, v in asdict(d).items()} for f, d in feats.items()}
+                       for arm, feats in drift.items()}
     control = drift.get(report["control"], {})
     for t, j in report["judge"].items():
         j["metrics"]["drift"] = drift_verdict(control, drift.get(t, {}))
