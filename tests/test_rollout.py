@@ -206,3 +206,11 @@ def test_config_errors_name_every_problem():
 def test_step_weights_keep_the_other_arms_proportions():
     exp = experiment_from_dict({**SPEC, "arms": [*SPEC["arms"], {"name": "c2", "model": "m", "weight": 25}]})
     assert step_weights(exp, "cand", 20) == {"control": 64.0, "c2": 16.0, "cand": 20}
+
+
+def test_rollback_through_a_postgresql_store(postgres_url):
+    fill(postgres_url, cand_correct=0.3)
+    out = rollout(postgres_url)
+    assert out.result == ROLLBACK and out.reason.startswith("rollback: accuracy worse")
+    last = revisions(postgres_url)[-1]
+    assert (last.source, last.who, last.weights()) == ("rollout", "rollout", {"control": 100, "cand": 0})
