@@ -35,12 +35,11 @@ import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import yaml
 
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.router import stats
-from serving.router.config import experiment_from_dict
+from serving.router.config import load_experiment, write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 
@@ -193,14 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             server = stack.enter_context(TritonServer(args.repository, models=[args.model]))
             triton_url = server.http_url
             args.triton_grpc_url = server.grpc_url
-        experiment = {"name": "router-bench", "upstream": triton_url, "timeout_s": 10.0, "sticky": {"header": "X-User-Id"},
-                      "arms": [{"name": "a1", "model": args.model, "version": args.version, "weight": 50},
-                               {"name": "a2", "model": args.model, "version": args.version, "weight": 50}]}
-        if args.shadow:
-            experiment["shadow"] = {"name": "shadow", "model": args.model, "version": args.version, "fraction": 1.0}
-        exp_file = Path(tmp) / "experiment.yaml"
-        exp_file.write_text(yaml.safe_dump(experiment))
-        spec = experiment_from_dict(experiment)
+        exp_file = write_experiment(Path(tmp) / "experiment.yaml", "router-bench",
+                                    [("a1", args.version, 50), ("a2", args.version, 50)], args.model, timeout_s=10.0,
+                                    upstream=triton_url, shadow_version=args.version if args.shadow else None)
+        spec = load_experiment(exp_file)
         triton_grpc = args.triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
         router_args = ["--log-level", "warning", *(["--store", args.store] if args.store else [])]
         router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc, extra_args=router_args))
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             other = stack.enter_context(RouterProcess(other_exp, triton_grpc_url=triton_grpc, extra_args=router_args,
                                                       root=Path(args.compare_tree).resolve()))
         paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
-                           experiment["name"], other)
+                           spec.name, other)
         rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
     result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
               "model": args.model, "version": args.version, "shadow": args.shadow, "store": args.store,

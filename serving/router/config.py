@@ -13,12 +13,12 @@ An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the key
     fallback: control             # optional: where a request goes when its arm's upstream fails
     shadow: {name: shadow, model: sentiment, version: "2", fraction: 1.0}   # optional
 
-``load_experiment`` checks every field, collects every problem and raises one ``ExperimentError``.
+``load_experiment`` checks every field (``serving.router.schema``), collects every problem and raises one
+``ExperimentError``.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,18 +28,11 @@ from urllib.parse import urlsplit
 import yaml
 
 from serving.router.errors import ExperimentError
+from serving.router.schema import DEFAULT_UPSTREAM, TRITON_GRPC_PORT, store_url_problem, validate
 from tunestack import names
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-STICKY_SOURCES = ("header", "parameter")
-DEFAULT_UPSTREAM = names.TRITON_URL
-TRITON_GRPC_PORT = names.TRITON_GRPC_PORT
-"""Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
-STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
-"""The experiment store URLs the router accepts (see ``serving.router.store``)."""
 NO_STORE = "memory"
 """``--store memory``: no store; the experiment lives in the router's memory only (one process, lost on restart)."""
-GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -174,84 +167,6 @@ class Experiment:
             "shadow": {k: v for k, v in vars(self.shadow).items() if v is not None} if self.shadow else None,
         }
         return out
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def store_url_problem(url: object) -> str | None:
-    """What is wrong with an experiment store URL, or None."""
-    if not isinstance(url, str) or not url.startswith(STORE_SCHEMES) or url in STORE_SCHEMES:
-        return f"store must be a URL like sqlite:///reports/ab.sqlite or postgresql://user@host/db, got {url!r}"
-    return None
-
-
-def validate(exp: Experiment, source: str = "experiment") -> Experiment:
-    """Check an ``Experiment``; return it unchanged or raise one ``ExperimentError`` with every problem."""
-    problems: list[str] = []
-    if exp.store is not None and store_url_problem(exp.store):
-        problems.append(str(store_url_problem(exp.store)))
-    if not isinstance(exp.name, str) or not NAME_RE.match(exp.name):
-        problems.append(f"name {exp.name!r} must match {NAME_RE.pattern} (it is used in URLs)")
-    if len(exp.arms) < 2:
-        problems.append(f"an experiment needs at least 2 arms, got {len(exp.arms)}")
-    names = [a.name for a in exp.arms]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        problems.append(f"arm names must be unique; duplicated: {dupes}")
-    for i, a in enumerate(exp.arms):
-        where = f"arms[{i}] ({a.name!r})"
-        if not isinstance(a.name, str) or not NAME_RE.match(a.name):
-            problems.append(f"{where}: name must match {NAME_RE.pattern}")
-        if not isinstance(a.model, str) or not a.model:
-            problems.append(f"{where}: model must be a non-empty Triton model name, got {a.model!r}")
-        if not isinstance(a.version, str) or not (a.version == "" or a.version.isdigit()):
-            problems.append(f"{where}: version must be a string of digits or \"\", got {a.version!r}")
-        if not _is_number(a.weight) or a.weight < 0 or a.weight != a.weight:
-            problems.append(f"{where}: weight must be a number >= 0, got {a.weight!r}")
-    weights_ok = all(_is_number(a.weight) and a.weight >= 0 for a in exp.arms)
-    if weights_ok and exp.arms and sum(a.weight for a in exp.arms) <= 0:
-        problems.append("the weights sum to 0; at least one arm needs a positive weight")
-    elif weights_ok and len(exp.arms) > 2 and not dupes:
-        # Each treatment grows inside its own lane of width 1/(number of treatments); see assignment.py.
-        lane = 1.0 / (len(exp.arms) - 1)
-        for name, share in list(exp.shares.items())[1:]:
-            if share > lane + 1e-12:
-                problems.append(
-                    f"treatment {name!r} has share {share:.3f}, over its lane of {lane:.3f} "
-                    f"(1 / number of treatments); with {len(exp.arms)} arms no treatment may exceed {lane:.3f}"
-                )
-    if exp.sticky.source not in (None, *STICKY_SOURCES):
-        problems.append(f"sticky source {exp.sticky.source!r} is unknown; expected one of {STICKY_SOURCES} or random")
-    elif exp.sticky.source and not (isinstance(exp.sticky.key, str) and exp.sticky.key):
-        problems.append(f"sticky {exp.sticky.source} needs a non-empty name, e.g. X-User-Id")
-    if exp.fallback is not None and exp.fallback not in names:
-        problems.append(f"fallback {exp.fallback!r} is not an arm; expected one of {names}")
-    if exp.shadow is not None:
-        s = exp.shadow
-        if not isinstance(s.model, str) or not s.model:
-            problems.append(f"shadow: model must be a non-empty Triton model name, got {s.model!r}")
-        if not isinstance(s.version, str) or not (s.version == "" or s.version.isdigit()):
-            problems.append(f"shadow: version must be a string of digits or \"\", got {s.version!r}")
-        if not _is_number(s.fraction) or not 0 < s.fraction <= 1:
-            problems.append(f"shadow: fraction must be in (0, 1], got {s.fraction!r}")
-        if s.name in names:
-            problems.append(f"shadow: name {s.name!r} clashes with an arm name")
-    if not _is_number(exp.timeout_s) or not 0 < exp.timeout_s <= 300:
-        problems.append(f"timeout_s must be a number in (0, 300] seconds, got {exp.timeout_s!r}")
-    for label, url in [("upstream", exp.upstream)] + [(f"arm {a.name!r} upstream", a.upstream) for a in exp.arms]:
-        if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/]+", url)):
-            problems.append(f"{label} must be an http(s) URL like {DEFAULT_UPSTREAM}, got {url!r}")
-    grpc = [("grpc_upstream", exp.grpc_upstream)] + [(f"arm {a.name!r} grpc_upstream", a.grpc_upstream) for a in exp.arms]
-    if exp.shadow is not None:
-        grpc.append(("shadow grpc_upstream", exp.shadow.grpc_upstream))
-    for label, address in grpc:
-        if address is not None and not (isinstance(address, str) and GRPC_ADDRESS_RE.match(address)):
-            problems.append(f"{label} must be a gRPC address host:port like 127.0.0.1:{TRITON_GRPC_PORT}, got {address!r}")
-    if problems:
-        raise ExperimentError(problems, source)
-    return exp
 
 
 def _version(v: Any) -> Any:
@@ -414,13 +329,20 @@ class RouterConfig:
 
 
 def write_experiment(path: str | Path, name: str, arms: list[tuple[str, str, float]], model: str,
-                     timeout_s: float = names.ROUTER_TIMEOUT_S, fallback: str | None = None, sticky_header: str = "X-User-Id") -> Path:
+                     timeout_s: float = names.ROUTER_TIMEOUT_S, fallback: str | None = None, sticky_header: str = "X-User-Id",
+                     upstream: str | None = None, shadow_version: str | None = None) -> Path:
     """Write a YAML experiment file, sticky by ``sticky_header``; ``arms`` are (arm name, model version,
-    weight) of ``model``, the first one the control. The file is read back, so an invalid spec raises here."""
+    weight) of ``model``, the first one the control; ``upstream`` is Triton's HTTP URL (None: the default);
+    ``shadow_version`` of ``model``, if given, gets a copy of every request. The file is read back, so an
+    invalid spec raises here."""
     spec: dict[str, Any] = {"name": name, "timeout_s": timeout_s, "sticky": {"header": sticky_header},
                             "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
+    if upstream:
+        spec["upstream"] = upstream
     if fallback:
         spec["fallback"] = fallback
+    if shadow_version is not None:
+        spec["shadow"] = {"name": "shadow", "model": model, "version": shadow_version, "fraction": 1.0}
     path = Path(path)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     load_experiment(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.router.config import store_url_problem
+from serving.router.schema import store_url_problem
 from serving.router.store.base import (
     AnswerRow,
     DuplicateFeedback,
