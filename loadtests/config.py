@@ -19,9 +19,11 @@ from tunestack import names
 from tunestack.configfile import ConfigFileError, load_config_file
 
 TARGETS = ("router", "triton")
+PROTOCOLS = ("http", "grpc")
 SHAPES = ("none", "steps", "spike")
 STICKY_CHECKS = ("count", "fail")
 DEFAULT_HOSTS = {"router": names.ROUTER_URL, "triton": names.TRITON_URL}
+DEFAULT_GRPC_HOSTS = {"router": f"{names.HOST}:{names.ROUTER_GRPC_PORT}", "triton": names.TRITON_GRPC_ADDRESS}
 
 
 class LoadTestError(Exception):
@@ -49,6 +51,10 @@ class LoadTestConfig:
     target: str = _f("router", "router: the A/B router's experiment route; triton: Triton's model route")
     experiment: str = _f("sentiment-ab", "experiment name (target router): POST /v2/models/EXPERIMENT/infer")
     model: str = _f(CONTRACT.default_model_name, "Triton model name (target triton)")
+    protocol: str = _f("http", "http: KServe v2 over HTTP to --host; grpc: over gRPC to --grpc-host (GrpcUser, "
+                       "closed loop; feedback still goes to the router's HTTP --host)")
+    grpc_host: str = _f("", "protocol grpc: HOST:PORT of the target's gRPC endpoint; default 127.0.0.1:8081 "
+                        "(router) or :8001 (triton)")
     versions: str = _f("", "target triton: comma-separated versions users are spread over (sticky by user id); "
                        "empty: Triton's default version")
     texts: str = _f("runs/demo/merged/heldout.jsonl", "held-out reviews, JSONL {\"text\", \"label\"}")
@@ -80,6 +86,12 @@ class LoadTestConfig:
         problems = []
         if self.target not in TARGETS:
             problems.append(f"unknown target {self.target!r}; expected one of: {', '.join(TARGETS)}")
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"unknown protocol {self.protocol!r}; expected one of: {', '.join(PROTOCOLS)}")
+        elif self.protocol == "grpc" and self.arrival_rate > 0:
+            problems.append(f"protocol grpc runs closed loop (GrpcUser); set arrival_rate 0, got {self.arrival_rate}")
+        if self.grpc_host and not re.fullmatch(r"[^/:\s]+:\d+", self.grpc_host):
+            problems.append(f"grpc_host must be HOST:PORT like {DEFAULT_GRPC_HOSTS[TARGETS[0]]}, got {self.grpc_host!r}")
         if self.sticky_check not in STICKY_CHECKS:
             problems.append(f"unknown sticky_check {self.sticky_check!r}; expected one of: {', '.join(STICKY_CHECKS)}")
         if self.shape not in SHAPES:
@@ -120,6 +132,11 @@ class LoadTestConfig:
         return (self.host or DEFAULT_HOSTS[self.target]).rstrip("/")
 
     @property
+    def grpc_address(self) -> str:
+        """``HOST:PORT`` of the target's gRPC endpoint (protocol grpc)."""
+        return self.grpc_host or DEFAULT_GRPC_HOSTS[self.target]
+
+    @property
     def run_time_s(self) -> float:
         return parse_timespan(self.run_time)
 
@@ -150,6 +167,8 @@ class LoadTestConfig:
             value = getattr(self, f.name)
             if f.name == "host":
                 value = self.base_url
+            elif f.name == "grpc_host":
+                value = self.grpc_address
             elif f.name == "spawn_rate" and not value:
                 value = max(self.users, 1)
             args += [f"--{f.name.replace('_', '-')}", str(value)]
@@ -231,6 +250,6 @@ def add_locust_arguments(parser) -> None:
         if not f.metadata.get("custom"):
             continue
         kind = type(f.default)
-        choices = {"target": TARGETS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(name)
+        choices = {"target": TARGETS, "protocol": PROTOCOLS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, choices=choices,
                             help=f.metadata["help"].replace("%%", "%"), include_in_web_ui=False)

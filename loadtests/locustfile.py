@@ -15,7 +15,9 @@ Three user classes, picked by name on Locust's command line (``loadtests.run`` d
 - ``OpenLoopUser``: arrival generators; together they send ``--arrival-rate`` requests per second with
   Poisson (exponential) inter-arrival times, whether or not earlier answers came back.
 - ``GrpcUser``: ``ClosedLoopUser`` over gRPC (``tritonclient.grpc``), to the router's ``--grpc-port`` or,
-  with ``--target triton``, to Triton's gRPC port: ``--host grpc://127.0.0.1:8081``.
+  with ``--target triton``, to Triton's gRPC port: ``--grpc-host 127.0.0.1:8081`` (or ``--host
+  grpc://127.0.0.1:8081``). Its feedback goes to the router's HTTP ``--host``, with the request id the
+  gRPC answer carries (``loadtests.run`` picks it with ``--protocol grpc``).
 
     locust -f loadtests/locustfile.py --headless -u 10 -t 30s --host http://127.0.0.1:8080 ClosedLoopUser
 """
@@ -187,12 +189,15 @@ class _ReviewUser(FastHttpUser):
         return f"{self.workload.model} v{served}" if served else None
 
     def feedback(self, request_id: str, labels: list[str]) -> None:
-        """Tell the router the true label(s) of an answered request: its report gains accuracy per arm."""
-        body = {"id": request_id, "labels": labels}
-        with self.client.post(self.workload.feedback_path, json=body, name=FEEDBACK, catch_response=True) as r:
-            r.request_meta["request_type"] = FEEDBACK
-            if r.status_code != 200:
-                r.failure(f"feedback refused: HTTP {r.status_code}: {(r.text or '')[:200]}")
+        send_feedback(self.client, self.workload.feedback_path, request_id, labels)
+
+
+def send_feedback(client, path: str, request_id: str, labels: list[str]) -> None:
+    """Tell the router the true label(s) of an answered request: its report gains accuracy per arm."""
+    with client.post(path, json={"id": request_id, "labels": labels}, name=FEEDBACK, catch_response=True) as r:
+        r.request_meta["request_type"] = FEEDBACK
+        if r.status_code != 200:
+            r.failure(f"feedback refused: HTTP {r.status_code}: {(r.text or '')[:200]}")
 
 
 class ClosedLoopUser(_ReviewUser):
@@ -265,16 +270,24 @@ def _grpc_client_module():
 
 
 class GrpcUser(User):
-    """``ClosedLoopUser`` over gRPC: the same reviews, user ids, checks and per-variant rows (no feedback:
-    that is an HTTP endpoint). ``--host`` is ``grpc://HOST:PORT`` (or ``HOST:PORT``)."""
+    """``ClosedLoopUser`` over gRPC: the same reviews, user ids, checks and per-variant rows. The address is
+    ``--grpc-host HOST:PORT``, else ``--host grpc://HOST:PORT``; feedback (target router, ``--feedback-fraction``)
+    goes over HTTP to ``--host`` when that is the router's ``http://`` URL."""
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
         self.grpc = _grpc_client_module()
         self.workload = workload_of(environment)
         self.timeout = environment.parsed_options.request_timeout
-        address = (self.host or "").split("://", 1)[-1].rstrip("/")
+        opts = environment.parsed_options
+        address = getattr(opts, "grpc_host", "") or (self.host or "").split("://", 1)[-1].rstrip("/")
         self.client = self.grpc.InferenceServerClient(address)
+        self.http = None  # the router's HTTP endpoint, for feedback
+        if self.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
+            from locust.contrib.fasthttp import FastHttpSession
+
+            self.http = FastHttpSession(self.host, environment.events.request, self)
+        self.sent = 0
         self.outputs = [self.grpc.InferRequestedOutput(n) for n in (CONTRACT.output_probabilities, CONTRACT.output_label)]
         self.rng = random.Random()
         count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
@@ -287,7 +300,10 @@ class GrpcUser(User):
     @task
     def review(self) -> None:
         w = self.workload
-        texts = [w.texts[self.rng.randrange(len(w.texts))] for _ in range(w.batch_size)]
+        picks = [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
+        texts = [w.texts[i] for i in picks]
+        self.sent += 1
+        request_id = f"{self.user_id}-{self.sent}"  # Triton echoes it in the answer's id, through the router
         version = ""
         if w.versions:  # target triton: each user sticks to one version, as the router's users do to an arm
             version = w.versions[int(uuid.uuid5(uuid.NAMESPACE_OID, self.user_id)) % len(w.versions)]
@@ -296,8 +312,8 @@ class GrpcUser(User):
         result, error, variant = None, None, NO_VARIANT
         try:
             result = self.client.infer(name, [text_input(self.grpc, texts)], model_version=version,
-                                       outputs=self.outputs, headers={"x-user-id": self.user_id},
-                                       client_timeout=self.timeout)
+                                       outputs=self.outputs, request_id=request_id,
+                                       headers={"x-user-id": self.user_id}, client_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - every failure is a failed request in Locust's statistics
             error = e
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -305,6 +321,10 @@ class GrpcUser(User):
             variant, error = self._judge(result, len(texts), version)
         self.environment.events.request.fire(request_type=INFER, name=variant, response_time=elapsed_ms,
                                              response_length=0, context={}, exception=error)
+        if (result is not None and error is None and self.http is not None and w.feedback_path
+                and self.rng.random() < w.feedback_fraction):
+            send_feedback(self.http, w.feedback_path, result.get_response().id or request_id,
+                          [w.labels[i] for i in picks])
 
     def _judge(self, result, count: int, version: str) -> tuple[str, Exception | None]:
         """(variant name, None) for a valid prediction; else the problem as an exception."""

@@ -70,7 +70,7 @@ def report_folder(out_dir: Path) -> Path:
 def locust_commands(cfg: LoadTestConfig, folder: Path) -> list[tuple[str, list[str]]]:
     """(role, argv) for each Locust process: ``local``, or ``master`` and ``worker-1..N``."""
     files = f"{LOCUSTFILE},{SHAPES}" if cfg.shape != "none" else str(LOCUSTFILE)
-    user_class = "OpenLoopUser" if cfg.open_loop else "ClosedLoopUser"
+    user_class = "GrpcUser" if cfg.protocol == "grpc" else "OpenLoopUser" if cfg.open_loop else "ClosedLoopUser"
     prefix = folder / PREFIX
     main = [sys.executable, "-m", "locust", "-f", files, "--headless", *cfg.locust_args(),
             "--csv", str(prefix), "--csv-full-history", "--html", str(folder / "locust.html"),
