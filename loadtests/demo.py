@@ -96,6 +96,7 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
     with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment_file, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          extra_args=["--model-repository", str(cfg.repository)],  # drift monitoring on
                           log_file=folder / "router.log") as router:
         _step(4, f"load: Locust, {cfg.rate:g} requests/s for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
         load_cfg = LoadTestConfig(
@@ -133,7 +134,12 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict,
             "throughput_rps": lat.get("throughput_rps"),
             "failures": lat.get("failures"),
         }
-    verdicts = {metric: value.get("verdict") for comp in ab.get("comparisons", {}).values() for metric, value in comp.items()}
+    judged = ab.get("judge", {}).get("treatment", {}).get("metrics", {})
+    verdicts = {metric: {k: m.get(k) for k in ("verdict", "estimate", "low", "high", "unit", "margin")}
+                for metric, m in judged.items()}
+    snapshot = {metric: value.get("verdict") for comp in ab.get("comparisons", {}).values() for metric, value in comp.items()}
+    drifted = sorted(f"{arm} {feature} (PSI {d['psi']:.2f})" for arm, feats in ab.get("drift", {}).items()
+                     for feature, d in feats.items() if d.get("drifted"))
     return {
         "folder": str(folder),
         "loadtest_report": str(loadtest_folder / "report.md"),
@@ -142,9 +148,20 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict,
                      "test_accuracy_after": training["test_after"]["accuracy"]},
         "arms": arms,
         "verdicts_treatment_vs_control": verdicts,
+        "snapshot_verdicts_treatment_vs_control": snapshot,
+        "drift": {"monitored": bool(ab.get("drift")), "drifted": drifted},
         "warnings": load.get("warnings", []),
         "seconds": round(seconds, 1),
     }
+
+
+def verdict_text(m: dict) -> str:
+    """``better (-2.1 ms [-3.0, -1.2])``: a judge's verdict, with the difference and its CS when it has a size."""
+    if m.get("verdict") not in ("better", "worse") or m.get("estimate") is None:
+        return str(m.get("verdict"))
+    if m.get("low") is None or m.get("high") is None:
+        return f"{m['verdict']} ({m['estimate']:.3g}{m.get('unit') or ''})"
+    return f"{m['verdict']} ({m['estimate']:.3g}{m.get('unit') or ''} [{m['low']:.3g}, {m['high']:.3g}])"
 
 
 def format_summary(summary: dict) -> str:
@@ -163,10 +180,11 @@ def format_summary(summary: dict) -> str:
         p99 = f"{a['p99_ms']:.1f}" if a["p99_ms"] is not None else "n/a"
         lines.append(f"| {arm} | {a['variant']} (v{a['version']}) | {a['requests']} | {acc} | {offline} | {p50} | {p99} | {a['failures']} |")
     lines.append("")
-    names = {"latency_p99_diff_ms": "P99 latency", "latency_mean_diff_ms": "mean latency",
-             "label_distribution": "predicted labels", "accuracy_diff": "accuracy"}
-    lines.append("verdict, treatment (int8) vs control (fp32): " + "; ".join(
-        f"{names.get(metric, metric)}: {verdict}" for metric, verdict in summary["verdicts_treatment_vs_control"].items()))
+    lines.append("judge (anytime-valid), treatment (int8) vs control (fp32): " + "; ".join(
+        f"{metric.replace('_', ' ')}: {verdict_text(m)}" for metric, m in summary["verdicts_treatment_vs_control"].items()))
+    drift = summary.get("drift", {})
+    if drift.get("monitored"):
+        lines.append("drift against the training reference: " + (", ".join(drift["drifted"]) or "none"))
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines += ["", f"load-test report: {summary['loadtest_report']}", f"A/B report:       {summary['ab_report']}",
