@@ -102,7 +102,7 @@ def test_worse_accuracy_rolls_back_at_the_first_step(url):
     fill(url, cand_correct=0.3)
     out = rollout(url)
     assert (out.result, out.step, out.percent) == (ROLLBACK, 1, 0.0)
-    assert out.reason.startswith("rollback: accuracy worse")
+    assert out.reason.startswith("accuracy worse")
     last = revisions(url)[-1]
     assert last.source == "rollout" and last.weights() == {"control": 100, "cand": 0}
     assert parse_why(last.why) == (1, 10.0, ROLLBACK)
@@ -211,6 +211,6 @@ def test_step_weights_keep_the_other_arms_proportions():
 def test_rollback_through_a_postgresql_store(postgres_url):
     fill(postgres_url, cand_correct=0.3)
     out = rollout(postgres_url)
-    assert out.result == ROLLBACK and out.reason.startswith("rollback: accuracy worse")
+    assert out.result == ROLLBACK and out.reason.startswith("accuracy worse")
     last = revisions(postgres_url)[-1]
     assert (last.source, last.who, last.weights()) == ("rollout", "rollout", {"control": 100, "cand": 0})

@@ -80,7 +80,7 @@ def test_bad_accuracy_is_rolled_back_at_the_first_step(tiny_onnx_dir, tmp_path):
     s = rollout_drill_run(drill_config(run, tmp_path), "bad", arms,
                           section([25, 50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 25.0}), 45)
     assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]
-    assert s["reason"].startswith("rollback: accuracy worse"), s["reason"]
+    assert s["reason"].startswith("accuracy worse"), s["reason"]
     assert s["decided_in_s"] is not None and s["decided_in_s"] > 0
     assert 0 < s["candidate_users"] <= s["candidate_requests"], "users exposed are counted from the store"
     assert s["failed_requests"] == 0

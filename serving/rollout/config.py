@@ -41,7 +41,8 @@ class RolloutConfig:
     """The treatment's share of traffic at each step, in percent, increasing, in (0, 100]."""
     guardrails: tuple[str, ...] = ("error_rate", "latency_p99", "label_distribution")
     """Metrics that must be "equivalent within margin" or "better" to promote; any "worse" (or "different"
-    label mix) rolls back. The router records no per-request confidence yet, so ``confidence_mean`` is off."""
+    label mix) rolls back. ``confidence_mean`` is off by default: "worse" has no size threshold, and an int8
+    export's confidence sits a steady ~1e-4 below its fp32's, which would roll back every quantized candidate."""
     rollback_on_accuracy: bool = True
     """Roll back when accuracy from feedback is "worse" (promotion never waits for feedback)."""
     min_step_requests: int = 200

@@ -31,7 +31,7 @@ class Decision:
     action: str
     """promote, rollback, hold or wait."""
     reason: str
-    """One line for the audit log: the metrics that decided it."""
+    """The evidence for the audit log: each deciding metric's verdict, interval and samples (no action prefix)."""
     failing: tuple[str, ...] = ()
     """The metrics that rolled back (or that held the step)."""
     verdicts: dict[str, Any] = field(default_factory=dict)
@@ -57,13 +57,13 @@ def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elaps
     bad = tuple(n for n in watched if metrics.get(n, {}).get("verdict") in BAD
                 and (n in cfg.guardrails or metrics[n]["verdict"] == "worse"))
     if bad:
-        return Decision(ROLLBACK, "rollback: " + evidence(metrics, bad), bad, metrics)
+        return Decision(ROLLBACK, evidence(metrics, bad), bad, metrics)
     pending = tuple(n for n in cfg.guardrails if metrics.get(n, {}).get("verdict") not in GOOD)
     if not pending and new_requests >= cfg.min_step_requests:
-        return Decision(PROMOTE, "promote: " + evidence(metrics, watched), (), metrics)
+        return Decision(PROMOTE, evidence(metrics, watched), (), metrics)
     if elapsed_s >= cfg.step_timeout_s:
         waiting = (f"undecided after {elapsed_s:.0f} s (timeout {cfg.step_timeout_s:g} s, {new_requests} new "
                    f"treatment requests, {cfg.min_step_requests} needed): ")
         action = HOLD if cfg.on_timeout == "hold" else ROLLBACK
-        return Decision(action, f"{action}: " + waiting + evidence(metrics, pending or watched), pending, metrics)
-    return Decision(WAIT, "wait: " + evidence(metrics, pending or watched), pending, metrics)
+        return Decision(action, waiting + evidence(metrics, pending or watched), pending, metrics)
+    return Decision(WAIT, evidence(metrics, pending or watched), pending, metrics)

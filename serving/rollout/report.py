@@ -45,7 +45,7 @@ def render_markdown(out: Outcome, audit: list[dict], alpha: float) -> str:
              f"**{out.result}** at step {out.step}/{len(out.steps)} ({out.percent:g} % of traffic to `{out.treatment}`); "
              f"steps {', '.join(f'{s:g}' for s in out.steps)} %; control `{out.control}`"
              + (" (resumed after a restart)" if out.resumed else "") + ".", "",
-             f"- final decision after {decided} at its step: {out.reason}",
+             f"- final decision ({out.result}) after {decided} at its step: {out.reason}",
              f"- the treatment served {out.treatment_requests} requests to {out.treatment_users} users (distinct "
              "sticky keys) during the rollout",
              f"- {len(out.looks)} looks at the evidence; revisions written: {out.revisions or 'none'}", "",
