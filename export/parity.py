@@ -105,6 +105,48 @@ def _check(name: str, value: float, threshold: float, passed: bool) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed)}
 
 
+def _measure_variant(path: Path, variant: str, cfg: ExportConfig, tokenizer, texts: list[str], y_true: list[int],
+                     labels: list[str], max_length: int, reference: np.ndarray) -> VariantParity:
+    """One variant's figures against the torch ``reference`` logits (no verdict yet); writes its drift reference."""
+    session = onnx_session(path)
+    logits = onnx_logits(session, tokenizer, texts, max_length, cfg.parity_batch_size)
+    write_reference(path.parent, variant, texts, tokenizer, logits, labels)  # the same outputs, not a rerun
+    diff = np.abs(logits - reference)
+    metrics = classification_metrics(y_true, logits.argmax(-1).tolist(), len(labels))
+    result = VariantParity(
+        variant=variant,
+        file=path.name,
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        label_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+    )
+    if cfg.batch_invariance_probes:
+        run = lambda batch: onnx_logits(session, tokenizer, batch, max_length, len(batch))  # noqa: E731
+        found = batch_invariance(run, texts, cfg.batch_invariance_probes, cfg.batch_invariance_tolerance)
+        result.batch_invariant = found.pop("invariant")
+        result.batch_invariance = found
+    return result
+
+
+def _apply_gate(results: dict[str, VariantParity], cfg: ExportConfig) -> None:
+    """Fill each variant's checks and verdict: fp32 against torch, every int8 variant against fp32."""
+    fp32 = results["fp32"]
+    fp32.checks = [
+        _check("max_abs_diff", fp32.max_abs_diff, cfg.fp32_max_abs_diff, fp32.max_abs_diff <= cfg.fp32_max_abs_diff),
+        _check("label_agreement", fp32.label_agreement, cfg.fp32_min_agreement, fp32.label_agreement >= cfg.fp32_min_agreement),
+    ]
+    fp32.publishable = all(c["passed"] for c in fp32.checks)
+    for int8 in (results[v] for v in INT8_VARIANTS if v in results):
+        drop = 100.0 * (fp32.accuracy - int8.accuracy)
+        int8.checks = [
+            _check("accuracy_drop_points", drop, cfg.int8_max_accuracy_drop, drop <= cfg.int8_max_accuracy_drop),
+            _check("fp32_export_passed", float(fp32.publishable), 1.0, fp32.publishable),
+        ]
+        int8.publishable = all(c["passed"] for c in int8.checks)
+
+
 def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     """Run the parity check and the gate; write ``onnx_dir/parity.json`` and return its content."""
     heldout = cfg.parity_data or merged_dir / "heldout.jsonl"
@@ -144,38 +186,8 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
         if not path.is_file():
             raise InputError(f"{path} does not exist; run the ONNX export with --variants {variant}")
         log.info("parity: %s (%s)", variant, path.name)
-        session = onnx_session(path)
-        logits = onnx_logits(session, tokenizer, texts, max_length, cfg.parity_batch_size)
-        write_reference(onnx_dir, variant, texts, tokenizer, logits, labels)  # the same outputs, not a rerun
-        diff = np.abs(logits - reference)
-        metrics = classification_metrics(y_true, logits.argmax(-1).tolist(), len(labels))
-        results[variant] = VariantParity(
-            variant=variant,
-            file=path.name,
-            max_abs_diff=float(diff.max()),
-            mean_abs_diff=float(diff.mean()),
-            label_agreement=float((logits.argmax(-1) == ref_labels).mean()),
-            accuracy=metrics["accuracy"],
-            macro_f1=metrics["macro_f1"],
-        )
-        if cfg.batch_invariance_probes:
-            run = lambda batch, s=session: onnx_logits(s, tokenizer, batch, max_length, len(batch))  # noqa: E731
-            found = batch_invariance(run, texts, cfg.batch_invariance_probes, cfg.batch_invariance_tolerance)
-            results[variant].batch_invariant = found.pop("invariant")
-            results[variant].batch_invariance = found
-    fp32 = results["fp32"]
-    fp32.checks = [
-        _check("max_abs_diff", fp32.max_abs_diff, cfg.fp32_max_abs_diff, fp32.max_abs_diff <= cfg.fp32_max_abs_diff),
-        _check("label_agreement", fp32.label_agreement, cfg.fp32_min_agreement, fp32.label_agreement >= cfg.fp32_min_agreement),
-    ]
-    fp32.publishable = all(c["passed"] for c in fp32.checks)
-    for int8 in (results[v] for v in INT8_VARIANTS if v in results):
-        drop = 100.0 * (fp32.accuracy - int8.accuracy)
-        int8.checks = [
-            _check("accuracy_drop_points", drop, cfg.int8_max_accuracy_drop, drop <= cfg.int8_max_accuracy_drop),
-            _check("fp32_export_passed", float(fp32.publishable), 1.0, fp32.publishable),
-        ]
-        int8.publishable = all(c["passed"] for c in int8.checks)
+        results[variant] = _measure_variant(path, variant, cfg, tokenizer, texts, y_true, labels, max_length, reference)
+    _apply_gate(results, cfg)
     torch_metrics = classification_metrics(y_true, ref_labels.tolist(), len(labels))
     report = {
         "heldout": str(heldout),
