@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -128,6 +126,41 @@ def stop_postgres(server) -> None:
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
 
+def check_feedback_across_the_fleet(a, b, answers_a: dict[str, tuple[str, float]]) -> None:
+    """Feedback for 30 of a's answers, sent to b, names a's arm; a second label sent to a is refused (409)."""
+    ids = sorted(answers_a)[:30]  # a's writer flushes within FLUSH_S; poll for the first
+    with httpx.Client(base_url=b.url, timeout=10, trust_env=False) as c:
+        wait_for(lambda: c.post(f"/v2/experiments/{EXPERIMENT}/feedback",
+                                json={"id": ids[0], "label": "POSITIVE"}).status_code == 200, 30, "first feedback")
+        for rid in ids[1:]:
+            r = c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": rid, "label": "POSITIVE"})
+            assert r.status_code == 200 and r.json()["arm"] == answers_a[rid][0], r.text
+    with httpx.Client(base_url=a.url, timeout=10, trust_env=False) as c:  # once across the fleet
+        assert c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": ids[0], "label": "NEGATIVE"}).status_code == 409
+
+
+def check_one_report(a, b, postgres_url: str, total: int) -> None:
+    """Both routers and ``serving report --store`` give the same report: every answer, 30 labels, the audit."""
+    reports = []
+    for router in (a, b):
+        with httpx.Client(base_url=router.url, timeout=60, trust_env=False) as c:
+            report = c.get(f"/v2/experiments/{EXPERIMENT}/report", params={"seed": 1}).json()
+        report.pop("generated_at")
+        reports.append(report)
+    assert reports[0] == reports[1]
+    arms = reports[0]["arms"]
+    assert arms["control"]["requests"] + arms["treatment"]["requests"] == total
+    assert arms["control"]["accuracy"]["n"] + (arms["treatment"]["accuracy"] or {"n": 0})["n"] == 30
+    audit = reports[0]["audit"]
+    assert [(e["source"], e["who"], e["why"]) for e in audit][-1] == ("admin", "admin", "p99 regression")
+
+    cli = subprocess.run([sys.executable, "-m", "serving", "report", "--store", postgres_url, "--format", "json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert {k: v["requests"] for k, v in json.loads(cli.stdout)["arms"].items()} == \
+        {k: v["requests"] for k, v in arms.items()}
+
+
 def test_two_routers_on_one_postgres(triton, postgres_url, tmp_path):
     for folder in (tmp_path / "a", tmp_path / "b"):
         folder.mkdir(exist_ok=True)
@@ -152,37 +185,10 @@ def test_two_routers_on_one_postgres(triton, postgres_url, tmp_path):
             wait_for(lambda: load_b.count() >= 40, 120, "40 answers from router b")
         assert not load_b.failures and {arm for arm, _ in load_b.answers.values()} == {"control"}
 
-        # feedback for a's answers, sent to b (a's writer flushes within FLUSH_S; poll for the first)
-        ids = sorted(load_a.answers)[:30]
-        with httpx.Client(base_url=b.url, timeout=10, trust_env=False) as c:
-            wait_for(lambda: c.post(f"/v2/experiments/{EXPERIMENT}/feedback",
-                                    json={"id": ids[0], "label": "POSITIVE"}).status_code == 200, 30, "first feedback")
-            for rid in ids[1:]:
-                r = c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": rid, "label": "POSITIVE"})
-                assert r.status_code == 200 and r.json()["arm"] == load_a.answers[rid][0], r.text
-        with httpx.Client(base_url=a.url, timeout=10, trust_env=False) as c:  # once across the fleet
-            assert c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": ids[0], "label": "NEGATIVE"}).status_code == 409
-
+        check_feedback_across_the_fleet(a, b, load_a.answers)
         total = len(load_a.answers) + len(load_b.answers)
         wait_for(lambda: len(store_ids(postgres_url)) == total, 30, "every answer in the store")
-        reports = []
-        for router in (a, b):
-            with httpx.Client(base_url=router.url, timeout=60, trust_env=False) as c:
-                report = c.get(f"/v2/experiments/{EXPERIMENT}/report", params={"seed": 1}).json()
-            report.pop("generated_at")
-            reports.append(report)
-        assert reports[0] == reports[1]
-        arms = reports[0]["arms"]
-        assert arms["control"]["requests"] + arms["treatment"]["requests"] == total
-        assert arms["control"]["accuracy"]["n"] + (arms["treatment"]["accuracy"] or {"n": 0})["n"] == 30
-        audit = reports[0]["audit"]
-        assert [(e["source"], e["who"], e["why"]) for e in audit][-1] == ("admin", "admin", "p99 regression")
-
-        cli = subprocess.run([sys.executable, "-m", "serving", "report", "--store", postgres_url, "--format", "json"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert cli.returncode == 0, cli.stderr
-        assert {k: v["requests"] for k, v in json.loads(cli.stdout)["arms"].items()} == \
-            {k: v["requests"] for k, v in arms.items()}
+        check_one_report(a, b, postgres_url, total)
 
         # a new experiment-file revision, reloaded on a, reaches b too
         (tmp_path / "a" / "experiment.yaml").write_text(yaml.safe_dump(spec(triton.http_url, weights=(60, 40))))
@@ -206,9 +212,7 @@ def test_kill_9_under_load_loses_at_most_the_flush_interval_and_keeps_the_weight
         with Load(router.url, 3) as load:
             wait_for(lambda: load.count() >= 300, 180, "300 answers")
             killed_at = time.monotonic()
-            os.killpg(router.process.pid, signal.SIGKILL)
-            router.process.wait(timeout=30)
-        router.stop()
+            router.kill()
         stored = store_ids(store_url)
         lost = {rid: t for rid, (_, t) in load.answers.items() if rid not in stored}
         oldest_lost = max((killed_at - t for t in lost.values()), default=0.0)

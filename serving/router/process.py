@@ -58,7 +58,7 @@ class RouterProcess:
     @property
     def grpc_address(self) -> str:
         """``127.0.0.1:PORT`` for ``tritonclient.grpc.InferenceServerClient``."""
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{HOST}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -93,6 +93,11 @@ class RouterProcess:
         """SIGTERM (in-flight requests finish), then SIGKILL of its process group after ``timeout`` s."""
         child, self.child = self.child, None
         return child.stop(timeout) if child else None
+
+    def kill(self) -> int | None:
+        """SIGKILL its whole process group at once (a crash, for drills and tests); the exit code."""
+        child, self.child = self.child, None
+        return child.kill() if child else None
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
