@@ -119,10 +119,12 @@ class Store(abc.ABC):
     """The experiment store. Every method is async; a store that cannot be reached raises ``StoreUnavailable``.
 
     Back-ends implement ``_run`` (statements in one transaction) and ``_query`` (rows of one SELECT),
-    with ``?`` placeholders, plus opening, closing and ``wait_for_change``.
+    with ``?`` placeholders, plus opening, closing, ``wait_for_change`` and ``_unique_violation``.
     """
 
     url: str
+    _unique_violation: type[Exception]
+    """The back-end's error for a row that breaks a UNIQUE constraint (feedback sent twice)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -234,10 +236,15 @@ class Store(abc.ABC):
                                  "ORDER BY id DESC LIMIT 1", [experiment, request_id])
         return (rows[0][0], _labels(rows[0][1])) if rows else None
 
-    @abc.abstractmethod
     async def add_feedback(self, experiment: str, request_id: str, arm: str, labels: tuple[str, ...],
                            correct: bool) -> None:
         """Record feedback once per request id; raises ``DuplicateFeedback`` the second time."""
+        try:
+            await self._run([("INSERT INTO feedback (experiment, request_id, arm, labels, correct, at) "
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              [(experiment, request_id, arm, LABEL_SEP.join(labels), int(correct), time.time())])])
+        except self._unique_violation:
+            raise DuplicateFeedback(request_id) from None
 
     # -- the report's data ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from serving.router.store.base import LABEL_SEP, DuplicateFeedback, Store, StoreUnavailable
+from serving.router.store.base import Store, StoreUnavailable
 from serving.router.store.schema import SCHEMA_VERSION_TABLE, pending, statements
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def _sql(sql: str) -> str:
 
 class PostgresStore(Store):
     """An experiment store in a PostgreSQL database (``postgresql://user:pass@host/db`` or a unix socket)."""
+
+    _unique_violation = psycopg.errors.UniqueViolation
 
     def __init__(self, url: str, pool_size: int = 4):
         self.url = url
@@ -99,15 +101,6 @@ class PostgresStore(Store):
             except psycopg.errors.UniqueViolation:
                 log.info("revision number taken by another replica; retrying (%d)", attempt + 1)
         raise StoreUnavailable(f"could not store a revision of {experiment!r}: the revision number kept clashing")
-
-    async def add_feedback(self, experiment: str, request_id: str, arm: str, labels: tuple[str, ...],
-                           correct: bool) -> None:
-        try:
-            await self._run([("INSERT INTO feedback (experiment, request_id, arm, labels, correct, at) "
-                              "VALUES (?, ?, ?, ?, ?, ?)",
-                              [(experiment, request_id, arm, LABEL_SEP.join(labels), int(correct), time.time())])])
-        except psycopg.errors.UniqueViolation:
-            raise DuplicateFeedback(request_id) from None
 
     async def wait_for_change(self, experiment: str, timeout: float) -> None:
         """Wait for a NOTIFY on ``CHANNEL`` (any experiment: the caller re-reads its own) or ``timeout``."""

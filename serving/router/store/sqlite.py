@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.router.store.base import LABEL_SEP, DuplicateFeedback, Store, StoreUnavailable
+from serving.router.store.base import Store, StoreUnavailable
 from serving.router.store.schema import SCHEMA_VERSION_TABLE, pending, statements
 
 ID_COLUMN = "INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -23,6 +23,8 @@ ID_COLUMN = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
 class SqliteStore(Store):
     """An experiment store in one SQLite file (``sqlite:///relative/path`` or ``sqlite:////absolute/path``)."""
+
+    _unique_violation = sqlite3.IntegrityError
 
     def __init__(self, url: str, path: Path):
         self.url = url
@@ -91,15 +93,6 @@ class SqliteStore(Store):
         await self._run([("INSERT INTO revisions (experiment, revision, spec, source, who, why, at) "
                           "SELECT ?, COALESCE(MAX(revision), 0) + 1, ?, ?, ?, ?, ? FROM revisions WHERE experiment = ?",
                           [(*row, experiment)])])
-
-    async def add_feedback(self, experiment: str, request_id: str, arm: str, labels: tuple[str, ...],
-                           correct: bool) -> None:
-        try:
-            await self._run([("INSERT INTO feedback (experiment, request_id, arm, labels, correct, at) "
-                              "VALUES (?, ?, ?, ?, ?, ?)",
-                              [(experiment, request_id, arm, LABEL_SEP.join(labels), int(correct), time.time())])])
-        except sqlite3.IntegrityError:
-            raise DuplicateFeedback(request_id) from None
 
 
 def sqlite_path(url: str) -> Path:
