@@ -148,7 +148,7 @@ def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], secti
     summary = {"drill": f"rollout-{drill}", "folder": str(folder), "rollout_report": str(md),
                "loadtest_report": str(result.report), "rate": cfg.rate, "control": out.control,
                "candidate": out.treatment, "decision": out.result, "step": out.step, "steps": out.steps,
-               "percent": out.percent, "reason": out.reason, "decided_in_s": out.decided_in_s,
+               "percent": out.percent, "reason": out.reason, "decided_in_s": out.decided_in_s, "rollout_s": out.duration_s,
                "candidate_requests": out.treatment_requests, "candidate_users": out.treatment_users,
                "revisions": out.revisions, **_locust_totals(result.folder)}
     write_report(folder, summary, drill_markdown(summary))
@@ -167,9 +167,11 @@ def drill_markdown(s: dict) -> str:
         f"# Rollout drill `{s['drill']}`", "",
         f"`{s['candidate']}` behind the control `{s['control']}`, steps {', '.join(f'{x:g}' for x in s['steps'])} %, "
         f"open-loop load at {s['rate']:g} requests/s with feedback on every answer.", "",
-        "| decision | step | candidate requests / users | seconds to decide | requests | failed | feedback failed |",
-        "|---|---|---|---|---|---|---|",
-        f"| **{s['decision']}** | {s['step']}/{len(s['steps'])} ({s['percent']:g} %) | {s['candidate_requests']} / "
-        f"{s['candidate_users']} | {decided} | {s['requests']} | {s['failed_requests']} | {s['failed_feedback']} |",
+        "| decision | at step | candidate requests / users | seconds to decide (at its step) | rollout seconds | requests "
+        "| failed | feedback failed |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| **{s['decision']}** | {s['step']}/{len(s['steps'])} ({s['steps'][s['step'] - 1]:g} %) | "
+        f"{s['candidate_requests']} / {s['candidate_users']} | {decided} | {s['rollout_s']:.1f} | {s['requests']} | "
+        f"{s['failed_requests']} | {s['failed_feedback']} |",
         "", f"Why: {s['reason']}", "", f"Rollout report: {s['rollout_report']}",
         f"Load-test report: {s['loadtest_report']}", ""])

@@ -71,6 +71,8 @@ class Outcome:
     started_at: float = 0.0
     decided_in_s: float | None = None
     """Seconds from the start of the final step to the final decision."""
+    duration_s: float = 0.0
+    """Seconds from the rollout's start to its end (this process's part of it, when resumed)."""
     treatment_requests: int = 0
     """Answers the treatment served since the rollout started (every replica's)."""
     treatment_users: int = 0
@@ -183,6 +185,7 @@ class RolloutController:
             else:
                 step, since = done
         out.treatment_requests, out.treatment_users = await self.store.exposure(self.name, treatment, out.started_at)
+        out.duration_s = round(time.time() - out.started_at, 1)
         return out
 
     async def _look(self, out: Outcome, step: int, since: float) -> tuple[int, float] | bool | None:
