@@ -34,9 +34,7 @@ def fill(url: str, n: int = 400, cand_correct: float = 0.8, cand_slowdown_ms: fl
     rng = np.random.default_rng(0)
 
     async def work() -> None:
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             await store.add_revision("exp", spec_of(experiment_from_dict(SPEC)), "file", "file exp.yaml", "first start")
             rows, truth = [], {}
             for arm, extra, p in (("control", 0.0, 0.8), ("cand", cand_slowdown_ms, cand_correct)):
@@ -50,32 +48,22 @@ def fill(url: str, n: int = 400, cand_correct: float = 0.8, cand_slowdown_ms: fl
             for rid, (arm, label) in truth.items():
                 predicted = "pos" if int(rid.split("-")[1]) % 2 else "neg"
                 await store.add_feedback("exp", rid, arm, (label,), predicted == label)
-        finally:
-            await store.close()
 
     asyncio.run(work())
 
 
 def revisions(url: str) -> list:
     async def work():
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             return await store.revisions("exp", 100)
-        finally:
-            await store.close()
 
     return asyncio.run(work())
 
 
 def rollout(url: str, section: dict | None = None):
     async def work():
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             return await RolloutController(store, "exp", RolloutConfig.from_dict(section or SECTION)).run()
-        finally:
-            await store.close()
 
     return asyncio.run(work())
 
@@ -120,14 +108,10 @@ def test_restart_resumes_at_the_stored_step_and_a_finished_rollout_is_not_repeat
     exp = experiment_from_dict(SPEC)
 
     async def promote_to_step_2():
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             for step, pct, action in ((1, 10, "start"), (2, 50, "promote")):
                 new = exp.with_weights(step_weights(exp, "cand", pct))
                 await store.add_revision("exp", spec_of(new), "rollout", "rollout", f"step {step}/3 ({pct} %): {action}: x")
-        finally:
-            await store.close()
 
     asyncio.run(promote_to_step_2())
     out = rollout(url)
@@ -142,14 +126,10 @@ def test_a_person_changing_the_weights_mid_rollout_stops_it(url):
     exp = experiment_from_dict(SPEC)
 
     async def start_then_admin():
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             new = exp.with_weights(step_weights(exp, "cand", 10))
             await store.add_revision("exp", spec_of(new), "rollout", "rollout", "step 1/3 (10 %): start: x")
             await store.add_revision("exp", spec_of(exp), "admin", "alice", "manual stop")
-        finally:
-            await store.close()
 
     asyncio.run(start_then_admin())
     out = rollout(url)

@@ -95,12 +95,8 @@ class Load:
 
 def store_ids(url: str) -> set[str]:
     async def go() -> set[str]:
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             return await store.answer_ids(EXPERIMENT)
-        finally:
-            await store.close()
     return asyncio.run(go())
 
 

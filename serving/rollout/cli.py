@@ -47,13 +47,9 @@ def store_url(args: RolloutArgs, env_url: str | None) -> str:
 
 
 async def _run(url: str, name: str, cfg: RolloutConfig, who: str) -> tuple[Outcome, list[dict]]:
-    store = open_store(url)
-    await store.open()
-    try:
+    async with open_store(url) as store:
         out = await RolloutController(store, name, cfg, who).run()
         return out, [audit_entry(r) for r in await store.revisions(name, 1000)]
-    finally:
-        await store.close()
 
 
 def run_rollout(args: RolloutArgs, env_url: str | None = None) -> tuple[Outcome, Path]:

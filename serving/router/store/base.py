@@ -147,6 +147,14 @@ class Store(abc.ABC):
         """Insert ``(experiment, spec, source, who, why, at)`` as the next revision number and wake up the
         other replicas, in one transaction."""
 
+    async def __aenter__(self) -> Store:
+        """``async with open_store(url) as store:`` opens it (schema migrated) and closes it on the way out."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
     async def wait_for_change(self, experiment: str, timeout: float) -> None:
         """Return when a new revision of ``experiment`` may exist, or after ``timeout`` s (polling)."""
         import asyncio

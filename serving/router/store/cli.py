@@ -23,12 +23,8 @@ LATENCY_WINDOW = 50_000
 
 
 async def _with_store(url: str, work) -> Any:
-    store = open_store(url)
-    await store.open()
-    try:
+    async with open_store(url) as store:
         return await work(store)
-    finally:
-        await store.close()
 
 
 async def _experiment_name(store: Store, name: str | None) -> str:
