@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import threading
 import time
 from collections import Counter
@@ -22,24 +21,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from export.config import ExportConfig
 from export.contract import CONTRACT
-from export.publish import publish
 from loadtests.config import LoadTestConfig
 from loadtests.run import run_loadtest
-from serving.router.process import RouterProcess
-from serving.triton import TritonServer
+from tests.flood import (
+    FLOOD_RATE,
+    MIN_RATE,
+    SHARES,
+    assert_shares,
+    counters_moved,
+    flood_stack,
+    router_counters,
+)
 
 pytestmark = pytest.mark.e2e
 
-MODEL = CONTRACT.default_model_name
 EXPERIMENT = "flood-ab"
-SHARES = {"control": 0.7, "treatment": 0.3}
-FLOOD_RATE = 60.0  # malformed requests per second the flooding client aims at
-MIN_RATE = 50.0
 
 
 def _text(data, shape=(1, 1), datatype="BYTES") -> bytes:
@@ -61,19 +59,10 @@ MALFORMED = {  # name -> (body, the status the router must answer)
 @pytest.fixture(scope="module")
 def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("flood")
-    cfg = ExportConfig(repository=tmp / "repository", model_name=MODEL, max_batch_size=8, max_queue_delay_us=0)
-    publish(tiny_onnx_dir, "fp32", cfg)
-    publish(tiny_onnx_dir, "int8", cfg)
     texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
                  if p.is_file())
-    with TritonServer(cfg.repository, models=[MODEL], startup_timeout=90) as triton:
-        (tmp / "experiment.yaml").write_text(yaml.safe_dump({  # no sticky key: every request drawn at random
-            "name": EXPERIMENT, "upstream": triton.http_url, "timeout_s": 5.0, "fallback": "control",
-            "arms": [{"name": arm, "model": MODEL, "version": str(v), "weight": round(share * 100)}
-                     for v, (arm, share) in enumerate(SHARES.items(), start=1)]}))
-        with RouterProcess(tmp / "experiment.yaml", log_file=tmp / "router.log",
-                           extra_args=["--log-level", "warning"]) as router:
-            yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
+    with flood_stack(tiny_onnx_dir, tmp, EXPERIMENT) as (triton, router):
+        yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
 
 
 class Flood(threading.Thread):
@@ -112,18 +101,6 @@ class Flood(threading.Thread):
         return sum(self.answers.values())
 
 
-def router_counters(url: str) -> dict[str, float]:
-    """Client errors, server errors and fallbacks from the router's /metrics, over all arms."""
-    out = Counter()
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text):
-        for sample in family.samples:
-            if sample.name == "router_errors_total":
-                out[f"{sample.labels['kind']}_{sample.labels['code']}"] += sample.value
-            elif sample.name == "router_fallbacks_total":
-                out["fallbacks"] += sample.value
-    return dict(out)
-
-
 def locust_rows(folder: Path) -> dict[str, dict[str, str]]:
     with open(folder / "locust_stats.csv", newline="") as f:
         return {r["Name"]: r for r in csv.DictReader(f) if r["Name"] != "Aggregated"}
@@ -148,16 +125,11 @@ def test_a_malformed_flood_hurts_only_its_sender(stack):
     # every good request succeeded, on the arms the experiment sets, in its shares
     rows = locust_rows(result.folder)
     assert all(r["Failure Count"] == "0" for r in rows.values()), rows
-    served = {arm: int(rows[arm]["Request Count"]) for arm in SHARES}
-    n = sum(served.values())
-    assert n >= 100, served
-    p = SHARES["treatment"]
-    assert abs(served["treatment"] / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n), served  # ~1e-5 false alarms
+    assert_shares({arm: int(rows[arm]["Request Count"]) for arm in SHARES})
     # no breaker opened: no fallback, no server error; the client errors are exactly the flood's answers
-    after = router_counters(router.url)
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
+    moved = counters_moved(before, router_counters(router.url))
     sent_by_code = Counter(f"client_{status}" for (_, status), count in flood.answers.items() for _ in range(count))
-    assert {k: v for k, v in delta.items() if v} == dict(sent_by_code), (delta, flood.answers)
+    assert moved == dict(sent_by_code), (moved, flood.answers)
     with httpx.Client(base_url=router.url, timeout=10, trust_env=False) as client:
         variants = Counter(client.post(f"/v2/models/{EXPERIMENT}/infer", content=_text(["a warm film"])).headers.get(
             "X-Variant") for _ in range(40))

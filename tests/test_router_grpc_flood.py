@@ -12,36 +12,32 @@ exactly what the flooding client was answered.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from export.config import ExportConfig
 from export.contract import CONTRACT
-from export.publish import publish
-from serving.router.process import RouterProcess
-from serving.triton import TritonServer
+from tests.flood import (
+    FLOOD_RATE,
+    MIN_RATE,
+    assert_shares,
+    counters_moved,
+    flood_stack,
+    router_counters,
+)
 from tests.test_router_fuzz import bytes_tensor
 
 pytestmark = pytest.mark.e2e
 
-MODEL = CONTRACT.default_model_name
 EXPERIMENT = "grpc-flood-ab"
-SHARES = {"control": 0.7, "treatment": 0.3}
-FLOOD_RATE = 60.0  # malformed requests per second the flooding client aims at
-MIN_RATE = 50.0
 GOOD_CLIENTS = 4
 GOOD_RATE = 8.0  # good requests per second per client (paced, as Locust's users are: not a closed loop)
 RUN_S = 8.0
@@ -89,18 +85,9 @@ COUNTED = {INVALID: "client_400", NOT_FOUND: "client_404"}
 
 @pytest.fixture(scope="module")
 def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("grpc-flood")
-    cfg = ExportConfig(repository=tmp / "repository", model_name=MODEL, max_batch_size=8, max_queue_delay_us=0)
-    publish(tiny_onnx_dir, "fp32", cfg)
-    publish(tiny_onnx_dir, "int8", cfg)
-    with TritonServer(cfg.repository, models=[MODEL], startup_timeout=90) as triton:
-        (tmp / "experiment.yaml").write_text(yaml.safe_dump({  # no sticky key: every request drawn at random
-            "name": EXPERIMENT, "upstream": triton.http_url, "timeout_s": 5.0, "fallback": "control",
-            "arms": [{"name": arm, "model": MODEL, "version": str(v), "weight": round(share * 100)}
-                     for v, (arm, share) in enumerate(SHARES.items(), start=1)]}))
-        with RouterProcess(tmp / "experiment.yaml", log_file=tmp / "router.log", triton_grpc_url=triton.grpc_url,
-                           extra_args=["--log-level", "warning", "--max-body-bytes", str(MAX_BODY)]) as router:
-            yield {"triton": triton, "router": router}
+    with flood_stack(tiny_onnx_dir, tmp_path_factory.mktemp("grpc-flood"), EXPERIMENT,
+                     extra_args=["--max-body-bytes", str(MAX_BODY)]) as (triton, router):
+        yield {"triton": triton, "router": router}
 
 
 class Flood(threading.Thread):
@@ -161,18 +148,6 @@ def good_traffic(address: str, deadline: float, served: Counter, failures: list[
         client.close()
 
 
-def router_counters(url: str) -> dict[str, float]:
-    """Client errors, server errors and fallbacks from the router's /metrics, over all arms."""
-    out = Counter()
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text):
-        for sample in family.samples:
-            if sample.name == "router_errors_total":
-                out[f"{sample.labels['kind']}_{sample.labels['code']}"] += sample.value
-            elif sample.name == "router_fallbacks_total":
-                out["fallbacks"] += sample.value
-    return dict(out)
-
-
 def test_a_malformed_grpc_flood_hurts_only_its_sender(stack):
     router = stack["router"]
     before = router_counters(router.url)
@@ -198,15 +173,11 @@ def test_a_malformed_grpc_flood_hurts_only_its_sender(stack):
     assert not flood.unexpected, flood.unexpected[:10]
     # every good request succeeded, on the arms the experiment sets, in its shares
     assert not failures, failures[:5]
-    n = sum(served.values())
-    assert set(served) == set(SHARES) and n >= 100, served
-    p = SHARES["treatment"]
-    assert abs(served["treatment"] / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n), served  # ~1e-5 false alarms
+    assert_shares(served)
     # no breaker opened: no fallback, no server error; the client errors are exactly the flood's answers
-    after = router_counters(router.url)
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
+    moved = counters_moved(before, router_counters(router.url))
     counted = Counter({COUNTED[code]: 0 for code in COUNTED})
     for (_, code), count in flood.answers.items():
         if code in COUNTED:
             counted[COUNTED[code]] += count
-    assert {k: v for k, v in delta.items() if v} == dict(counted), (delta, flood.answers)
+    assert moved == dict(counted), (moved, flood.answers)
