@@ -14,8 +14,8 @@ A path is a ``LoadPath``: a name, a closed-loop load function, the path it is co
 process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" to Triton's gRPC port,
 "router grpc" to the router's ``--grpc-port``) each get their own rows. ``--compare-tree DIR`` adds a
 second router run from another checkout (``git worktree add DIR COMMIT``, or ``git archive COMMIT | tar -x
--C DIR``): its HTTP path, "router DIR-NAME", is measured against the same direct path in the same phases,
-so a change to the router is shown before and after in one run.
+-C DIR``): its paths, "router DIR-NAME" and "router grpc DIR-NAME", are measured against the same direct
+paths in the same phases, so a change to the router is shown before and after in one run.
 """
 
 from __future__ import annotations
@@ -97,11 +97,14 @@ class LoadPath:
 
 def load_paths(triton_address: str, triton_grpc: str, router: RouterProcess, model: str, version: str,
                experiment: str, other: RouterProcess | None = None) -> list[LoadPath]:
-    """The four paths above; with ``other`` (a router from another checkout) its HTTP path too."""
+    """The four paths above; with ``other`` (a router from another checkout) its HTTP and gRPC paths too."""
     pid = router.process.pid if router.process else None
     others = [] if other is None or other.process is None else [
         LoadPath(f"router {other.root.name}", partial(run_load, other.address, experiment, ""), baseline="direct",
-                 pid=other.process.pid)]
+                 pid=other.process.pid),
+        LoadPath(f"router grpc {other.root.name}", partial(run_load, other.grpc_address, experiment, "",
+                                                           client_module=grpcclient),
+                 baseline="direct grpc", pid=other.process.pid)]
     return [LoadPath("direct", partial(run_load, triton_address, model, version)), *others,
             LoadPath("router", partial(run_load, router.address, experiment, ""), baseline="direct", pid=pid),
             LoadPath("direct grpc", partial(run_load, triton_grpc, model, version, client_module=grpcclient)),
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None, help="the router's --store (default: the router's own default); "
                    "'memory' leaves out the experiment store's writes")
     p.add_argument("--compare-tree", default=None, help="another checkout of this repository (the code before a "
-                   "change): its router runs beside this one, same Triton, same phases (HTTP rows only)")
+                   "change): its router runs beside this one, same Triton, same phases (HTTP and gRPC rows)")
     p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]

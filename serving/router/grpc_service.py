@@ -15,17 +15,23 @@ gRPC metadata keys are lower case) or from a request parameter; the arm comes ba
 ``ModelStreamInfer`` answers each message of a stream as ``ModelInfer`` would, an error as the
 message's ``error_message``, as Triton does. Errors map to gRPC codes by their HTTP status: 400
 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.
+
+``ModelInfer`` is served on the wire bytes (``add_service``): the request is parsed for the checks and the
+sticky key, but Triton gets the bytes that came in (with its model name and version appended) and the
+caller gets Triton's bytes (with the arm appended): nothing is re-serialised on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -130,9 +136,16 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         answer.config.name = exp.name
         return answer
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    async def ModelInferBytes(self, raw: bytes, context) -> bytes:
+        """``ModelInfer`` on the wire bytes (the handler ``start_grpc_server`` serves): the request is parsed
+        for the checks and the sticky key but forwarded as it came, and the answer goes back as Triton sent
+        it, with the arm appended to its parameters; nothing is re-serialised."""
         try:
-            response, served, request_id = await self._infer(request, context)
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the message is not a ModelInferRequest: {e}")
+        try:
+            response, served, request_id = await self._infer(request, context, raw)
         except _Refused as r:
             context.set_trailing_metadata(r.metadata)
             await context.abort(grpc_status(r.error), str(r.error))
@@ -190,8 +203,10 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         ok = await asyncio.gather(*(state.grpc_upstream.ready(t, min(1.0, exp.timeout_s)) for t in targets))
         return all(ok)
 
-    async def _infer(self, request: pb.ModelInferRequest, context) -> tuple[pb.ModelInferResponse, str, str]:
-        """Assign, validate, forward (with fallback) and record one request; ``_Refused`` when it fails."""
+    async def _infer(self, request: pb.ModelInferRequest, context,
+                     raw: bytes | None = None) -> tuple[pb.ModelInferResponse | bytes, str, str]:
+        """Assign, validate, forward (with fallback) and record one request; ``_Refused`` when it fails.
+        With ``raw`` (``request`` serialised, as it arrived) the bytes are forwarded and bytes come back."""
         start = time.perf_counter()
         state = self.state
         exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
@@ -216,9 +231,11 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
                           state.grpc_upstream.metadata_dict(target))
             shadow_copy = self._shadow_copy(exp, request)
 
-            def send(name: str) -> Awaitable[pb.ModelInferResponse]:
-                return state.grpc_upstream.infer(target if name == arm else state.grpc_target(exp, name), request,
-                                                 exp.timeout_s)
+            def send(name: str) -> Awaitable[pb.ModelInferResponse | bytes]:
+                where = target if name == arm else state.grpc_target(exp, name)
+                if raw is not None:
+                    return state.grpc_upstream.infer_bytes(where, raw, exp.timeout_s)
+                return state.grpc_upstream.infer(where, request, exp.timeout_s)
 
             response, served = await with_fallback(state, exp, arm, send)
         except RouterError as e:
@@ -229,18 +246,23 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise _Refused(e, arm, request_id) from None
         finally:
             inflight.dec()
-        tag_answer(response, served)
-        labels = answer_labels(response, CONTRACT.output_label)
+        if raw is None:
+            tag_answer(response, served)
+        else:
+            response += variant_parameter(served)
         request_id = request_id or uuid.uuid4().hex
         latency_s = time.perf_counter() - start
         # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
         asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
-                                             labels, key, arm, request, response)
+                                             key, arm, request, response)
         return response, served, request_id
 
     def _after_answer(self, exp: Experiment, shadow_copy: pb.ModelInferRequest | None, request_id: str, served: str,
-                      latency_s: float, labels: tuple[str, ...], key: str | None, arm: str,
-                      request: pb.ModelInferRequest, response: pb.ModelInferResponse) -> None:
+                      latency_s: float, key: str | None, arm: str, request: pb.ModelInferRequest,
+                      response: pb.ModelInferResponse | bytes) -> None:
+        if isinstance(response, bytes):
+            response = pb.ModelInferResponse.FromString(response)
+        labels = answer_labels(response, CONTRACT.output_label)
         confidences = grpc_confidences(response, CONTRACT.output_probabilities)
         self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
         if self.state.drift is not None:  # the texts are decoded in the drift worker, only if sampled
@@ -284,6 +306,15 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         state.recorder.shadow_result(name, primary_arm, time.perf_counter() - start, primary_labels, labels)
 
 
+@functools.lru_cache(maxsize=256)
+def variant_parameter(arm: str) -> bytes:
+    """``parameters["variant"] = arm`` as ModelInferResponse bytes: appended to a serialised answer, it adds
+    the entry (protobuf merges map entries on parsing; a later one for the same key wins)."""
+    answer = pb.ModelInferResponse()
+    tag_answer(answer, arm)
+    return answer.SerializeToString()
+
+
 class _Refused(Exception):
     """A request the router answers with an error: the ``RouterError`` and the trailing metadata to send."""
 
@@ -293,12 +324,32 @@ class _Refused(Exception):
         self.metadata = (("x-request-id", request_id or uuid.uuid4().hex),) + ((("x-variant", arm),) if arm else ())
 
 
+class _Handlers:
+    """Stands in for a server to catch the method handlers the generated ``add_..._to_server`` registers."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_service(service: RouterService, server: grpc.aio.Server) -> None:
+    """The generated handlers of ``GRPCInferenceService``, but ``ModelInfer`` takes and returns bytes
+    (``RouterService.ModelInferBytes``): no deserialiser or serialiser runs on the hot path."""
+    caught = _Handlers()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, caught)
+    caught.handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(service.ModelInferBytes)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, caught.handlers),))
+    server.add_registered_method_handlers(caught.service, caught.handlers)
+
+
 async def start_grpc_server(state: RouterState, host: str, port: int) -> grpc.aio.Server:
     """Serve ``RouterService`` on ``host:port`` in the running event loop (``OSError`` when the port is
     taken); requests over the router's ``max_body_bytes`` get RESOURCE_EXHAUSTED from gRPC itself."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", state.config.max_body_bytes),
                                       ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(RouterService(state), server)
+    add_service(RouterService(state), server)
     try:
         server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as e:  # grpcio's way of saying the address is taken
