@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export.errors import ConfigError
 from export.s3 import S3Location
+from tunestack.problems import raise_problems
 
 KINDS = ("kserve", "deployment")
 """How Triton runs in the cluster: a KServe InferenceService, or a plain Deployment + Service."""
@@ -108,5 +109,4 @@ class K8sConfig:
                             f"router replica shares, got {self.store_url!r}")
         if self.store_url and self.store_postgres:
             problems.append("give store_url or store_postgres, not both: store_postgres renders its own URL")
-        if problems:
-            raise K8sError("invalid k8s render config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, K8sError, "k8s render config")

@@ -10,6 +10,7 @@ from typing import Any
 from export.contract import VARIANT_FILES
 from export.errors import ConfigError
 from training.cli import config_from_dict, config_to_dict
+from tunestack.problems import raise_problems
 
 LAYOUTS = ("python", "onnxruntime")
 INT8_VARIANTS = ("int8", "int8-static")
@@ -163,8 +164,7 @@ class ExportConfig:
             problems.append("gate thresholds must be >= 0")
         if not self.model_name or "/" in self.model_name:
             problems.append(f"model_name {self.model_name!r} must be a non-empty folder name")
-        if problems:
-            raise ConfigError("invalid export config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, ConfigError, "export config")
 
     @property
     def run_name(self) -> str:

@@ -39,6 +39,7 @@ from loadtests.bench_report import ratios_and_targets, render
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
+from tunestack.problems import raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ class BenchConfig:
             problems.append("rate, p99_bound_ms, threads and in_process_s must be > 0")
         if not all(u.strip().isdigit() and int(u) > 0 for u in self.users.split(",")):
             problems.append(f"users must be comma-separated positive integers, got {self.users!r}")
-        if problems:
-            raise LoadTestError("invalid bench config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, LoadTestError, "bench config")
 
     @property
     def option_list(self) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from training.cli import config_from_dict, config_to_dict
 from training.errors import ConfigError
 from training.methods import METHODS, check_method
+from tunestack.problems import raise_problems
 
 SCHEDULES = ("linear", "cosine", "constant")
 """Learning-rate decay shapes after warm-up (transformers' ``get_scheduler`` names)."""
@@ -164,8 +165,7 @@ class TrainConfig:
             problems.append(f"epochs must be > 0, got {self.epochs}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             problems.append(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
-        if problems:
-            raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, ConfigError, "training config")
 
     @property
     def lr(self) -> float:

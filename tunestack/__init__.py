@@ -3,6 +3,7 @@
 - ``tunestack.names``: shared literal names (ports, the router timeout, file names), each defined once.
 - ``tunestack.configfile``: one YAML/TOML/JSON config-file loader whose errors name the file.
 - ``tunestack.cli``: one dataclass -> command-line helper (jsonargparse) with ``--config FILE``.
+- ``tunestack.problems``: ``raise_problems``, the one way a config raises every problem it collected, at once.
 - ``tunestack.procs``: child processes in their own process group: start, wait until ready, stop; ``free_port``.
 
 The stages (training -> export -> serving -> loadtests -> deploy) import from here, never the reverse.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from export.contract import CONTRACT
 from serving.tune.search import OFF, Objective, Space
+from tunestack.problems import raise_problems
 
 SEARCHES = ("quick", "brute")
 QUICK_TRIALS = 8
@@ -99,8 +100,7 @@ class TuneConfig:
         except ValueError as e:
             problems.append(str(e).replace("\n  - ", " "))
         self._space(problems)
-        if problems:
-            raise TuneError("invalid tune config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, TuneError, "tune config")
 
     def _space(self, problems: list[str]) -> Space:
         preferred = _ints(self.preferred_batch_sizes, "preferred_batch_sizes", []) if self.preferred_batch_sizes else ()

@@ -21,6 +21,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from tunestack.problems import raise_problems
+
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("max-throughput", "min-p99")
@@ -131,8 +133,7 @@ class Objective:
             problems.append(f"p99_bound_ms must be > 0, got {self.p99_bound_ms}")
         if self.kind == "min-p99" and self.rate <= 0:
             problems.append(f"objective min-p99 needs a rate > 0 (requests/s), got {self.rate}")
-        if problems:
-            raise ValueError("invalid objective:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, ValueError, "objective")
 
     def usable(self, level: dict) -> bool:
         return level.get("p99_ms") is not None and level.get("error_rate", 1.0) <= self.max_error_rate
