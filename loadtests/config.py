@@ -17,6 +17,7 @@ from typing import Any
 from export.contract import CONTRACT
 from tunestack import names
 from tunestack.configfile import ConfigFileError, load_config_file
+from tunestack.problems import raise_problems
 
 TARGETS = ("router", "triton")
 PROTOCOLS = ("http", "grpc")
@@ -123,8 +124,7 @@ class LoadTestConfig:
             problems.append(f"versions must be comma-separated version numbers like 1,2, got {self.versions!r}")
         if not 0 < self.saturation_fraction <= 1 or not 0 < self.saturation_cpu <= 100:
             problems.append("saturation_cpu must lie in (0, 100] and saturation_fraction in (0, 1]")
-        if problems:
-            raise LoadTestError("invalid load test config:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, LoadTestError, "load test config")
 
     # -- derived values --------------------------------------------------------------------------
     @property
@@ -195,8 +195,7 @@ class LoadTestConfig:
                     continue
                 if value is not None:
                     values[name] = _coerce(known[name], value)
-        if problems:
-            raise LoadTestError("invalid load test settings:\n  - " + "\n  - ".join(problems))
+        raise_problems(problems, LoadTestError, "load test settings")
         return values
 
 
