@@ -28,7 +28,8 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -52,6 +53,7 @@ from serving.router.state import RouterState
 from serving.router.validate import check_request
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
@@ -113,11 +115,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         """The experiment as a model: the control arm's metadata, renamed, with no versions."""
-        exp = await self._check(context, request.name, request.version)
-        try:
-            meta = await self.state.grpc_upstream.metadata(self.state.grpc_target(exp, exp.arms[0].name))
-        except RouterError as e:
-            await context.abort(grpc_status(e), str(e))
+        exp, meta = await self._from_control(context, request.name, request.version, self.state.grpc_upstream.metadata)
         answer = pb.ModelMetadataResponse()
         answer.CopyFrom(meta)
         answer.name = exp.name
@@ -126,11 +124,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
         """The control arm's configuration, renamed (clients read the label names from it)."""
-        exp = await self._check(context, request.name, request.version)
-        try:
-            config = await self.state.grpc_upstream.config(self.state.grpc_target(exp, exp.arms[0].name))
-        except RouterError as e:
-            await context.abort(grpc_status(e), str(e))
+        exp, config = await self._from_control(context, request.name, request.version, self.state.grpc_upstream.config)
         answer = pb.ModelConfigResponse()
         answer.CopyFrom(config)
         answer.config.name = exp.name
@@ -195,6 +189,15 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         except RouterError as e:
             await context.abort(grpc_status(e), str(e))
         return exp
+
+    async def _from_control(self, context, name: str, version: str, fetch: Callable[[str], Awaitable[T]]) -> tuple[Experiment, T]:
+        """The experiment ``name`` and what ``fetch(target)`` answers from its control arm's Triton; an
+        unknown name or a failing upstream aborts the call with its status."""
+        exp = await self._check(context, name, version)
+        try:
+            return exp, await fetch(self.state.grpc_target(exp, exp.arms[0].name))
+        except RouterError as e:
+            await context.abort(grpc_status(e), str(e))
 
     async def _arms_ready(self) -> bool:
         state = self.state
