@@ -90,6 +90,21 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+FASTEST_CPU_VARIANT = "int8"
+"""The variant the benches and ``serving tune`` pick by default: dynamic int8 is the fastest on CPU here
+(static int8 trades speed for batch invariance; README, export section)."""
+
+
+def default_version(model_dir: Path, variant: str = FASTEST_CPU_VARIANT) -> int | None:
+    """The newest version published from ``variant`` (its provenance says so), else the newest; None if none."""
+    versions = existing_versions(model_dir)
+    for v in reversed(versions):
+        provenance = model_dir / str(v) / PROVENANCE_FILE
+        if provenance.is_file() and json.loads(provenance.read_text()).get("variant") == variant:
+            return v
+    return versions[-1] if versions else None
+
+
 def read_config(model_dir: Path):
     path = model_dir / "config.pbtxt"
     return triton_config.parse_pbtxt(path.read_text()) if path.is_file() else None

@@ -61,7 +61,7 @@ class BenchConfig:
     repository: str = _f("model_repository", "Triton serves MODEL's newest version from here (else the run's int8, "
                                               "published as make export would, into a temporary repository)")
     model: str = _f(CONTRACT.default_model_name, "Triton model name")
-    version: int = _f(0, "version to serve and compare (0: the newest)")
+    version: int = _f(0, "version to serve and compare (0: the newest dynamic-int8 version, else the newest)")
     out_dir: str = _f("reports", "results go to OUT_DIR/bench-TIMESTAMP/")
     options: str = _f(",".join(SERVED), f"served options to measure, comma-separated: {', '.join(SERVED)}")
     in_process: bool = _f(True, "also measure the in-process limit (tokenizers + ORT, no server)")
@@ -154,12 +154,12 @@ def max_throughput(levels: list[dict], bound_ms: float, max_error_rate: float = 
 def served_version(cfg: BenchConfig, tmp: Path) -> tuple[Path, int]:
     """(repository, version) Triton serves: the published model, or the run's int8 published into ``tmp``."""
     from export.config import ExportConfig
-    from export.publish import existing_versions, publish
+    from export.publish import default_version, existing_versions, publish
 
     repository = Path(cfg.repository)
     versions = existing_versions(repository / cfg.model)
     if versions:
-        version = cfg.version or versions[-1]
+        version = cfg.version or default_version(repository / cfg.model)
         if version not in versions:
             raise LoadTestError(f"{repository / cfg.model} has no version {version} (versions: {versions})")
         return repository, version

@@ -176,3 +176,17 @@ def test_bad_text_is_a_request_error(value, message):
     with pytest.raises(RequestError, match=message):
         decode_texts(np.array([[b"fine"], [value]], dtype=object))
     assert decode_texts(np.array([["caf\u00e9".encode()]], dtype=object)) == ["caf\u00e9"]
+
+
+def test_default_version_prefers_the_newest_dynamic_int8(tmp_path):
+    """Benches and tune pick the newest dynamic-int8 version (fastest on CPU), else the newest version."""
+    from export.publish import PROVENANCE_FILE, default_version
+
+    model = tmp_path / "m"
+    assert default_version(model) is None
+    for version, variant in [(1, "fp32"), (2, "int8"), (3, "int8-static"), (4, "int8"), (5, "int8-static")]:
+        (model / str(version)).mkdir(parents=True)
+        (model / str(version) / PROVENANCE_FILE).write_text(json.dumps({"variant": variant}))
+    assert default_version(model) == 4
+    assert default_version(model, "fp32") == 1
+    assert default_version(model, "none-such") == 5

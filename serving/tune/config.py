@@ -48,7 +48,7 @@ class TuneConfig:
     model: str = CONTRACT.default_model_name
     """Triton model name to tune"""
     version: int = 0
-    """published version to tune (0: the newest); the winner is published as a NEW version"""
+    """published version to tune (0: the newest dynamic-int8 version, else the newest); the winner is published as a NEW version"""
     objective: str = 'max-throughput'
     """what best means: max-throughput (with P99 <= --p99-bound-ms) or min-p99 (at --rate)"""
     p99_bound_ms: float = 100.0

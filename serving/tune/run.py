@@ -16,7 +16,7 @@ from pathlib import Path
 
 from export import triton_config
 from export.config import ExportConfig
-from export.publish import PROVENANCE_FILE, existing_versions, publish
+from export.publish import PROVENANCE_FILE, default_version, existing_versions, publish
 from serving.triton import TritonServer
 from serving.tune import report
 from serving.tune.config import TuneConfig, TuneError
@@ -39,7 +39,7 @@ def tuned_version(cfg: TuneConfig) -> tuple[Path, int, dict]:
     if not (model_dir / "config.pbtxt").is_file():
         raise TuneError(f"{model_dir} has no config.pbtxt; publish the model first (`make export`)")
     versions = existing_versions(model_dir)
-    version = cfg.version or (versions[-1] if versions else 0)
+    version = cfg.version or default_version(model_dir) or 0
     if version not in versions:
         raise TuneError(f"{model_dir} has no version {cfg.version} (versions: {versions or 'none'})")
     provenance = model_dir / str(version) / PROVENANCE_FILE
