@@ -177,17 +177,13 @@ def test_confidences_reach_the_judge_from_the_recorder_and_from_the_store(tmp_pa
     assert conf["estimate"] == pytest.approx(-0.3)
 
     async def go():
-        store = open_store(f"sqlite:///{tmp_path / 'store.sqlite'}")
-        await store.open()
-        try:
+        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
             now = time.time()
             await store.write_batch([AnswerRow("ab", "r1", "control", "control", "1", None, 0.01, ("a", "b"), now,
                                                (0.9, 0.7)),
                                      AnswerRow("ab", "r2", "control", "control", "1", None, 0.01, ("a",), now, (0.5,)),
                                      AnswerRow("ab", "r3", "treatment", "treatment", "2", None, 0.01, ("a",), now)])
             return await store.snapshot("ab", latency_window=10)
-        finally:
-            await store.close()
     arms = asyncio.run(go())["arms"]
     c = arms["control"].confidence
     assert (c.n, c.total, c.total_sq) == (3, pytest.approx(2.1), pytest.approx(0.81 + 0.49 + 0.25))

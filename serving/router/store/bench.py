@@ -65,12 +65,10 @@ def latency_rows(triton_url: str, model: str, version: str, store: str | None, r
 
 async def _report_timing(url: str, rows: int, batch: int = 50_000) -> dict:
     """Insert ``rows`` answers (two arms), then time the snapshot query and the report built on it."""
-    store = open_store(url)
-    await store.open()
     rng = np.random.default_rng(0)
     exp = experiment_from_dict({"name": "million", "arms": [{"name": "control", "model": "m", "weight": 50},
                                                              {"name": "treatment", "model": "m", "weight": 50}]})
-    try:
+    async with open_store(url) as store:
         start = time.perf_counter()
         now = time.time()
         for lo in range(0, rows, batch):
@@ -87,8 +85,6 @@ async def _report_timing(url: str, rows: int, batch: int = 50_000) -> dict:
         start = time.perf_counter()
         build_report(exp, snapshot, 0.05, 2000, np.random.default_rng(0))
         built = time.perf_counter() - start
-    finally:
-        await store.close()
     return {"rows": rows, "insert_s": round(inserted, 2), "snapshot_query_s": round(queried, 3),
             "report_from_snapshot_s": round(built, 3)}
 
