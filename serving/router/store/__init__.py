@@ -1,7 +1,7 @@
 """The experiment store: state that survives restarts and is shared by a fleet of routers.
 
-    store = open_store("sqlite:///reports/ab.store.sqlite")     # or "postgresql://user:pw@host/db"
-    await store.open()
+    async with open_store("sqlite:///reports/ab.store.sqlite") as store:   # or "postgresql://user:pw@host/db"
+        ...                                                             # opened (schema migrated), closed after
 
 One interface (``base.Store``), two back-ends (``sqlite.py``, the default for one router;
 ``postgres.py`` for several), a versioned schema (``schema.py``), the background writer that keeps the
