@@ -40,7 +40,7 @@ from training.data import read_jsonl
 
 log = logging.getLogger(__name__)
 
-IN_DOMAIN_S, OOD_S, OOD_SHARE = 10.0, 20.0, 0.5
+IN_DOMAIN_S, OOD_S, OOD_SHARE = 20.0, 20.0, 0.5
 """Seconds of in-domain load, seconds of mixed load, and the share of out-of-domain texts after the switch."""
 MAX_REQUESTS = 300
 """The stated bound: each arm's text-length drift shows within this many monitored requests after the switch."""

@@ -133,9 +133,9 @@ class DriftMonitor:
     """Keeps the last ``window`` live samples per arm and feature; ``report()`` compares them with the reference."""
 
     def __init__(self, reference: Reference, tokenizer, window: int = 2000, psi_threshold: float = 0.2,
-                 ks_alpha: float = 0.01):
+                 ks_alpha: float = 0.01, min_samples: int = 50):
         self.reference, self.tokenizer, self.window = reference, tokenizer, window
-        self.psi_threshold, self.ks_alpha = psi_threshold, ks_alpha
+        self.psi_threshold, self.ks_alpha, self.min_samples = psi_threshold, ks_alpha, min_samples
         self._lock = threading.Lock()
         self._live: dict[str, dict[str, deque]] = {}
         self._labels: dict[str, deque] = {}
@@ -162,7 +162,7 @@ class DriftMonitor:
         with self._lock:
             snap = {arm: ({k: list(v) for k, v in live.items()}, Counter(self._labels[arm]))
                     for arm, live in self._live.items()}
-        return {arm: compare(self.reference, live, labels, self.psi_threshold, self.ks_alpha)
+        return {arm: compare(self.reference, live, labels, self.psi_threshold, self.ks_alpha, self.min_samples)
                 for arm, (live, labels) in snap.items()}
 
     def export(self, registry, experiment: str) -> None:

@@ -8,7 +8,9 @@ default 0.1: one request in ten) and appends a few references to a bounded queue
 the queue to a worker thread, which decodes the sampled texts (a BYTES tensor: JSON data or 4-byte
 length-prefixed strings), tokenizes them with the version's own tokenizer and feeds
 ``serving.judge.drift.DriftMonitor``; then it sets the Prometheus gauges ``drift_psi`` and
-``drift_detected`` (labels experiment, arm, feature). The report reads ``report()``.
+``drift_detected`` (labels experiment, arm, feature) once an arm has ``MIN_SAMPLES`` (200) monitored texts:
+below that the PSI of an unchanged distribution (about 9 / n on 10 bins) is too close to the 0.2 threshold.
+The report reads ``report()``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tokenizers import Tokenizer
 
 from export.contract import CONTRACT
 from serving.judge.drift import DriftMonitor, FeatureDrift, Reference
+from serving.judge.drift_guardrail import MIN_SAMPLES
 from serving.router.config import Experiment
 
 log = logging.getLogger(__name__)
@@ -125,7 +128,7 @@ class DriftFeed:
         found = self._reference(source)
         if found is None:
             return None
-        monitor = DriftMonitor(found[0], found[1], self.window, self.psi_threshold, self.ks_alpha)
+        monitor = DriftMonitor(found[0], found[1], self.window, self.psi_threshold, self.ks_alpha, MIN_SAMPLES)
         self._monitors[arm] = (source, monitor)  # a new version of the arm starts a fresh window
         return monitor
 
