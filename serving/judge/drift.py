@@ -16,68 +16,20 @@ monitoring (gauges, a report section), not verdicts with a sequential error guar
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
+
+from export.drift_reference import Reference, text_features
 
 NUMERIC = ("text_length", "unknown_token_rate", "confidence")
 """The numeric features, compared by PSI and KS."""
 EPS = 1e-4
 """Floor of a bin's share in the PSI (an empty bin would make it infinite)."""
-
-
-def text_features(texts: Sequence[str], tokenizer) -> dict[str, np.ndarray]:
-    """``text_length`` and ``unknown_token_rate`` per text, with a Hugging Face (fast) tokenizer."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    unk = tokenizer.unk_token_id
-    lengths = np.array([len(x) for x in ids], dtype=np.float64)
-    unknown = np.array([sum(t == unk for t in x) / len(x) if x else 0.0 for x in ids], dtype=np.float64)
-    return {"text_length": lengths, "unknown_token_rate": unknown}
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The training-time distribution of each feature (written at export time, read by the monitor)."""
-
-    text_length: list[float]
-    """Tokens per text of a reference sample (e.g. the held-out set)."""
-    unknown_token_rate: list[float]
-    """Unknown-token fraction per text of the same sample."""
-    confidence: list[float] = field(default_factory=list)
-    """Top-class probability of the model on the same sample (empty: not compared)."""
-    label_shares: dict[str, float] = field(default_factory=dict)
-    """Predicted-label shares on the same sample (empty: not compared)."""
-
-    def __post_init__(self) -> None:
-        problems = [f"{name}: empty reference sample" for name in ("text_length", "unknown_token_rate")
-                    if len(getattr(self, name)) == 0]
-        if self.label_shares and abs(sum(self.label_shares.values()) - 1) > 1e-6:
-            problems.append(f"label_shares={self.label_shares}: expected shares summing to 1")
-        if problems:
-            raise ValueError("invalid drift reference: " + "; ".join(problems))
-
-    @classmethod
-    def from_texts(cls, texts: Sequence[str], tokenizer, labels: Iterable[str] = (),
-                   confidences: Iterable[float] = ()) -> Reference:
-        """The reference of a sample of texts, with the model's predictions on them if given."""
-        feats = text_features(texts, tokenizer)
-        counts = Counter(labels)
-        total = sum(counts.values())
-        return cls(feats["text_length"].tolist(), feats["unknown_token_rate"].tolist(),
-                   [float(c) for c in confidences], {k: v / total for k, v in sorted(counts.items())})
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, path: Path) -> Reference:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
