@@ -9,6 +9,7 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from export.config import ExportConfig
+from export.contract import VARIANT_FILES
 from export.pipeline import run_export
 from training.bundled import bundled_model_dir
 from training.config import TrainConfig
@@ -75,13 +76,14 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(tiny_adapter_dir) -> Path:
-    """``runs/tiny/onnx`` (fp32 + int8, parity.json) exported by the real export code, not published.
+    """``runs/tiny/onnx`` (fp32, int8, int8-static, parity.json) exported by the real export code, not published.
 
     The tiny random model sits near chance, where one flipped label moves accuracy by several points,
     so the int8 accuracy gate is relaxed here; the gate itself is tested in test_export.py.
     """
     cfg = ExportConfig(
-        adapter=tiny_adapter_dir, runs_dir=tiny_adapter_dir.parent.parent, publish=False, int8_max_accuracy_drop=100.0
+        adapter=tiny_adapter_dir, runs_dir=tiny_adapter_dir.parent.parent, publish=False, int8_max_accuracy_drop=100.0,
+        variants=tuple(VARIANT_FILES),
     )
     result = run_export(cfg)
     assert result.passed, result.parity

@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from export.__main__ import main as export_main
 from export.config import ExportConfig
+from export.contract import VARIANT_FILES
 from export.errors import ConfigError, InputError
 from export.merge import merge
 from export.parity import check_parity
@@ -127,7 +128,8 @@ def test_cli_exits_nonzero_when_the_gate_fails(tiny_onnx_dir, tmp_path, capsys):
 
 def test_export_is_safe_to_run_twice(tiny_onnx_dir, caplog):
     runs = tiny_onnx_dir.parent.parent
-    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0)
+    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0,
+                       variants=tuple(VARIANT_FILES))  # as the fixture exported it
     with caplog.at_level("INFO"):
         result = run_export(cfg)
     assert "already merged" in caplog.text and "already exported" in caplog.text
@@ -164,7 +166,7 @@ def test_parity_reports_onnx_equal_to_torch_on_real_text(tiny_onnx_dir):
 def test_publishing_the_same_export_twice_adds_no_version(tiny_onnx_dir, tmp_path):
     runs = tiny_onnx_dir.parent.parent
     cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, repository=tmp_path / "repo",
-                       int8_max_accuracy_drop=100.0)
+                       int8_max_accuracy_drop=100.0, variants=tuple(VARIANT_FILES))
     first = run_export(cfg)
     assert {v: p.name for v, p in first.published.items()} == {"fp32": "1", "int8": "2", "int8-static": "3"}
     assert first.already_published == []

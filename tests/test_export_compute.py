@@ -68,7 +68,8 @@ def test_static_int8_is_gated_like_dynamic(tiny_onnx_dir, tmp_path):
     rare = int(np.argmin(np.bincount(predicted, minlength=len(labels))))
     _shift_bias(onnx_dir / VARIANT_FILES["int8-static"], rare, 50.0)
 
-    report = check_parity(onnx_dir, merged, ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False))
+    report = check_parity(onnx_dir, merged, ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False,
+                                                         variants=tuple(VARIANT_FILES)))
     static = report["variants"]["int8-static"]
     assert report["variants"]["fp32"]["accuracy"] == 1.0 and not report["passed"]
     assert not static["publishable"] and static["checks"][0]["name"] == "accuracy_drop_points"

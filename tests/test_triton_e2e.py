@@ -35,6 +35,7 @@ from serving.client import TritonClassifier, text_input
 from serving.errors import InferenceError, TritonStartError
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
+from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -132,6 +133,8 @@ def test_dynamic_batching_shows_in_the_stats(server):
     finally:
         for c in clients:
             c.close()
+    # Triton updates its statistics after it has sent the answers: wait until all 16 are counted
+    wait_for(lambda: model_stats(server)["inferences"] - before["inferences"] >= 16, 30.0, "16 inferences in the stats")
     after = model_stats(server)
     assert after["inferences"] - before["inferences"] == 16
     assert after["executions"] - before["executions"] < 16, f"no request was batched: {before} -> {after}"
