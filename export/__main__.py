@@ -9,7 +9,7 @@ from export.config import ExportConfig
 from export.errors import ExportError
 from export.parity import format_table
 from export.pipeline import run_export
-from training.cli import parse_config
+from tunestack.cli import parse_config
 
 
 def main(argv: list[str] | None = None) -> int:

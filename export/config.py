@@ -9,7 +9,7 @@ from typing import Any
 
 from export.contract import VARIANT_FILES
 from export.errors import ConfigError
-from training.cli import config_from_dict, config_to_dict
+from tunestack.configfile import config_from_dict, config_to_dict
 from tunestack.problems import raise_problems
 
 LAYOUTS = ("python", "onnxruntime")

@@ -17,10 +17,10 @@ from peft import PeftModel
 
 from export.contract import CONTRACT
 from export.errors import InputError
-from training.files import atomic_folder, sha256
 from training.model import load_classifier, load_tokenizer
-from training.tracking import TRACKING_FILE
 from tunestack import names
+from tunestack.files import atomic_folder, sha256
+from tunestack.tracking import TRACKING_FILE
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from export import triton_config
 from export.config import ExportConfig
 from export.errors import InputError, PublishError
 from export.s3 import S3Location, endpoint_from_env, is_s3_uri, make_client  # noqa: F401  (re-exported)
-from training.files import atomic_folder, sha256
+from tunestack.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
 

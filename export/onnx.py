@@ -28,7 +28,7 @@ from export.quantize import (
     quantize_int8_static,
     training_texts,
 )
-from training.files import atomic_folder, sha256
+from tunestack.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from export.contract import CONTRACT, VARIANT_FILES
 from export.drift_reference import reference_path, write_reference
 from export.errors import InputError
 from training.data import read_jsonl
-from training.files import sha256
 from training.metrics import classification_metrics, encode, torch_logits
+from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
 

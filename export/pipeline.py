@@ -13,8 +13,8 @@ from export.errors import InputError
 from export.merge import check_adapter_dir, merge
 from export.onnx import export_onnx
 from export.parity import check_parity
-from training import tracking
-from training.files import sha256
+from tunestack import tracking
+from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.drift_reference import reference_path
 from export.errors import GateError, InputError, PublishError
-from training.files import sha256
-from training.tracking import read_link
+from tunestack.files import sha256
+from tunestack.tracking import read_link
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from loadtests import plots
 from loadtests.config import LoadTestConfig, LoadTestError
-from training import tracking
+from tunestack import tracking
 
 log = logging.getLogger(__name__)
 

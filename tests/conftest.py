@@ -22,7 +22,7 @@ def pytest_configure(config):
     """Experiment tracking is off in tests (and the processes they start) unless a test turns it on."""
     import os
 
-    from training.tracking import SWITCH_ENV
+    from tunestack.tracking import SWITCH_ENV
 
     os.environ[SWITCH_ENV] = "off"
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -26,8 +26,8 @@ from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
-from tunestack.procs import ChildProcess, free_port, wait_for
 from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, repository, spec, triton  # noqa: F401
+from tunestack.procs import ChildProcess, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -141,7 +141,7 @@ def test_config_collects_every_problem():
 
 
 def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
-    from training.cli import parse_config
+    from tunestack.cli import parse_config
 
     (tmp_path / "train.yaml").write_text("name: fromfile\nlora_r: 16\ntarget-modules: query,key\ntime_budget_s: 60\n")
     (tmp_path / "train.toml").write_text('name = "toml"\nlora_alpha = 8\n')

@@ -7,8 +7,8 @@ import json
 from export.config import ExportConfig
 from export.pipeline import run_export
 from tests.conftest import tiny_train_config
-from training import tracking
 from training.train import train
+from tunestack import tracking
 
 
 def test_where_runs_go():

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from training.cli import parse_config
 from training.config import TrainConfig
 from training.distributed import Dist
 from training.errors import TrainingError
 from training.train import train
+from tunestack.cli import parse_config
 
 
 def compare_main(argv: list[str]) -> int:

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import psutil
 
-from training import tracking
-from training.cli import config_to_dict
 from training.compare_report import headline, render_markdown, write_plot
 from training.config import TrainConfig
 from training.data import read_jsonl
 from training.errors import ConfigError
 from training.methods import METHODS, check_method
 from training.train import train
+from tunestack import tracking
+from tunestack.configfile import config_to_dict
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.cli import config_from_dict, config_to_dict
 from training.errors import ConfigError
 from training.methods import METHODS, check_method
+from tunestack.configfile import config_from_dict, config_to_dict
 from tunestack.problems import raise_problems
 
 SCHEDULES = ("linear", "cosine", "constant")

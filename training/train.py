@@ -18,18 +18,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from training import tracking
 from training.config import TrainConfig
 from training.data import Example, Splits, load_splits, write_jsonl
 from training.distributed import Dist
 from training.errors import ConfigError
-from training.files import atomic_folder
 from training.methods import count_parameters, model_depth, prepare
 from training.metrics import encode, logit_metrics, torch_logits
 from training.model import load_classifier, load_tokenizer, resolve_model_dir
 from training.optim import Precision, make_optimizer
 from training.progress import Progress
-from tunestack import names
+from tunestack import names, tracking
+from tunestack.files import atomic_folder
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,8 @@
 - ``tunestack.cli``: one dataclass -> command-line helper (jsonargparse) with ``--config FILE``.
 - ``tunestack.problems``: ``raise_problems``, the one way a config raises every problem it collected, at once.
 - ``tunestack.procs``: child processes in their own process group: start, wait until ready, stop; ``free_port``.
+- ``tunestack.files``: content hashes and folders that appear whole or not at all (every stage's outputs).
+- ``tunestack.tracking``: MLflow runs for training, export and load tests, linked through provenance.
 
 The stages (training -> export -> serving -> loadtests -> deploy) import from here, never the reverse.
 """

@@ -197,3 +197,8 @@ def dataclass_cli(cls: type, prog: str | None = None, description: str | None = 
                   **kwargs: Any) -> Callable[[list[str] | None], Any]:
     """``parse_dataclass`` with the parser settings bound: ``parse = dataclass_cli(Cfg, "prog"); parse(argv)``."""
     return lambda argv: parse_dataclass(cls, argv, prog, description, **kwargs)
+
+
+def parse_config(cls: type, argv: list[str] | None, prog: str, description: str):
+    """Parse ``argv`` into an instance of ``cls`` (``cls.from_dict`` validates); its errors propagate."""
+    return parse_dataclass(cls, argv, prog, description, errors=())

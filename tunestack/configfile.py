@@ -12,6 +12,7 @@ flags do.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -52,3 +53,17 @@ def load_config_file(path: str | Path, *, normalize_keys: bool = False) -> dict[
     if normalize_keys:
         data = {str(key).replace("-", "_"): value for key, value in data.items()}
     return data
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (paths as strings), for the resolved config file."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_dict(cls: type, data: dict[str, Any], error: type[Exception], stage: str) -> Any:
+    """``cls(**data)``, refusing unknown keys with the list of the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {stage} config key(s) {unknown}; expected some of: {', '.join(sorted(known))}")
+    return cls(**data)
