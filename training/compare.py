@@ -1,8 +1,11 @@
 """``python -m training compare``: every method on the same split, seed and budget, exported and timed.
 
 For each method: train (``--time-budget-s`` each, same data/seed/batch), export through the parity
-gate (no publish), and time the exported model in-process with ONNX Runtime (batch 1, the held-out
-texts, P50 over ``latency_requests`` calls; int8 if it passed the gate, else fp32). The peak resident
+gate (no publish to the project's repository), publish its int8 (fp32 if int8 failed the gate) as a model
+named after the method into a temporary repository, and time it in-process with ONNX Runtime. When every
+method is done, one real tritonserver serves them all and each is timed through it (``compare_served``:
+batch 1, the held-out texts, ``latency_requests`` requests each, round-robin): ``served_p50_ms`` is that
+figure, ``inprocess_p50_ms`` the in-process one. The peak resident
 memory is sampled while the method trains (it includes what the process held before, so read it as
 an upper bound). Output: ``reports/compare-TIMESTAMP/`` with compare.json, compare.md and compare.png.
 """
@@ -13,6 +16,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -24,6 +28,7 @@ import numpy as np
 import psutil
 
 from training.compare_report import headline, render_markdown, write_plot
+from training.compare_served import publish_for_serving, served_latencies
 from training.config import TrainConfig
 from training.data import read_jsonl
 from training.errors import ConfigError
@@ -33,6 +38,11 @@ from tunestack import tracking
 from tunestack.configfile import config_to_dict
 
 log = logging.getLogger(__name__)
+
+SERVED_LATENCY = ("through a real tritonserver: each method's variant published as the project publishes it (python "
+                  "backend, this machine's default settings), tritonclient.http, batch 1, held-out texts, round-robin "
+                  "over the methods; P50 and P99 of the client-side round trip")
+INPROCESS_LATENCY = "in process: tokenizer + ONNX Runtime session, batch 1, held-out texts, P50"
 
 
 @dataclass
@@ -70,7 +80,9 @@ class CompareConfig:
     variants: tuple[str, ...] = ("fp32", "int8")
     """ONNX variants to export and gate for each method."""
     latency_requests: int = 200
-    """Batch-1 ONNX Runtime calls timed per method (the P50 is reported)."""
+    """Batch-1 requests timed per method through tritonserver, and ONNX Runtime calls in process (P50s reported)."""
+    served: bool = True
+    """Time each method through a real tritonserver (False: in process only, served_p50_ms is null)."""
     runs_dir: Path = Path("runs")
     """Where each method's run goes (runs_dir/compare-TIMESTAMP-METHOD/)."""
     reports_dir: Path = Path("reports")
@@ -131,7 +143,7 @@ class PeakRss:
         return round(self.peak / 2**20, 1)
 
 
-def served_p50_ms(onnx_file: Path, heldout: Path, max_length: int, requests: int, threads: int | None) -> float:
+def inprocess_p50_ms(onnx_file: Path, heldout: Path, max_length: int, requests: int, threads: int | None) -> float:
     """P50 latency (ms) of batch-1 ONNX Runtime calls on the held-out texts, tokenization included."""
     from transformers import AutoTokenizer
 
@@ -152,8 +164,9 @@ def served_p50_ms(onnx_file: Path, heldout: Path, max_length: int, requests: int
     return round(float(np.median(timings)), 3)
 
 
-def compare_one(cfg: CompareConfig, method: str, name: str) -> dict:
-    """Train, export and time one method; its row of the table."""
+def compare_one(cfg: CompareConfig, method: str, name: str, served_repo: Path | None) -> dict:
+    """Train, export and time one method in process; its row of the table. With ``served_repo``, the timed
+    variant is also published there as model ``method`` (for ``compare_served``)."""
     from export.config import ExportConfig
     from export.pipeline import run_export
 
@@ -166,6 +179,8 @@ def compare_one(cfg: CompareConfig, method: str, name: str) -> dict:
     timed = "int8" if variants.get("int8", {}).get("publishable") else "fp32"
     m, after = result.metrics, result.metrics["test_after"]
     test_labels = Counter(ex.label for ex in read_jsonl(result.adapter_dir / "heldout.jsonl"))
+    if served_repo is not None and variants[timed]["publishable"]:
+        publish_for_serving(export.onnx_dir, timed, served_repo, method)
     return {
         "method": method, "accuracy": after["accuracy"], "macro_f1": after["macro_f1"], "auc": after["auc"],
         "trainable_params": m["trainable_parameters"], "total_params": m["total_parameters"],
@@ -176,8 +191,8 @@ def compare_one(cfg: CompareConfig, method: str, name: str) -> dict:
         "export_parity": "pass" if export.passed else "fail",
         "parity": {v: {"max_abs_diff": e["max_abs_diff"], "label_agreement": e["label_agreement"],
                        "accuracy": e["accuracy"], "publishable": e["publishable"]} for v, e in variants.items()},
-        "served_variant": timed,
-        "served_p50_ms": served_p50_ms(export.onnx_dir / variants[timed]["file"], export.onnx_dir / "heldout.jsonl",
+        "served_variant": timed, "served_p50_ms": None, "served_p99_ms": None,
+        "inprocess_p50_ms": inprocess_p50_ms(export.onnx_dir / variants[timed]["file"], export.onnx_dir / "heldout.jsonl",
                                        tcfg.max_length, cfg.latency_requests, cfg.threads),
         "adapter_dir": str(result.adapter_dir), "training_run_id": result.run_id,
     }
@@ -187,13 +202,24 @@ def run_compare(cfg: CompareConfig) -> Path:
     """Compare every method of ``cfg``; returns the report folder."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = cfg.reports_dir / f"compare-{stamp}"
-    rows = []
-    for i, method in enumerate(cfg.methods, 1):
-        log.info("compare %d/%d: %s (budget %.0f s)", i, len(cfg.methods), method, cfg.time_budget_s)
-        rows.append(compare_one(cfg, method, f"compare-{stamp}-{method}"))
     folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compare-served-") as tmp:
+        served_repo = Path(tmp) / "model_repository" if cfg.served else None
+        for i, method in enumerate(cfg.methods, 1):
+            log.info("compare %d/%d: %s (budget %.0f s)", i, len(cfg.methods), method, cfg.time_budget_s)
+            rows.append(compare_one(cfg, method, f"compare-{stamp}-{method}", served_repo))
+        if served_repo is not None:
+            texts = [ex.text for ex in read_jsonl(Path(rows[0]["adapter_dir"]) / "heldout.jsonl")]
+            log.info("timing %d methods through tritonserver (%d requests each)", len(rows), cfg.latency_requests)
+            gated = [r["method"] for r in rows if r["parity"][r["served_variant"]]["publishable"]]
+            served = served_latencies(served_repo, gated, texts, cfg.latency_requests,
+                                      log_file=folder / "tritonserver.log") if gated else {}
+            for row in (r for r in rows if r["method"] in served):
+                row["served_p50_ms"], row["served_p99_ms"] = (served[row["method"]][k] for k in ("p50_ms", "p99_ms"))
     report = {"created": stamp, "config": config_to_dict(cfg), "rows": rows, "headline": headline(rows),
-              "served_latency": "in-process ONNX Runtime, batch 1, tokenization included, P50 (not through Triton)"}
+              "served_latency": SERVED_LATENCY if cfg.served else "not measured (served: false)",
+              "inprocess_latency": INPROCESS_LATENCY}
     (folder / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     write_plot(rows, folder / "compare.png")
     (folder / "compare.md").write_text(render_markdown(report, "compare.png"))

@@ -50,15 +50,16 @@ def render_markdown(report: dict, plot_file: str) -> str:
     out = [f"# Fine-tuning methods compared ({report['created']})", "",
            f"Same split, seed and batch for every method; budget {report['config']['time_budget_s']:.0f} s of training "
            "each. Accuracy, macro-F1 and ROC-AUC on the held-out test split (best validation checkpoint). "
-           f"Served latency: {report['served_latency']}.", "",
+           f"Served latency: {report['served_latency']}. In-process latency: {report.get('inprocess_latency', '-')}.", "",
            "| method | accuracy | macro-F1 | AUC | trainable params | % of all | steps | s/step | s to best val | "
-           "train s | peak RSS MB | export parity | served P50 ms |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+           "train s | peak RSS MB | export parity | served P50 / P99 ms | in-process P50 ms |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         out.append(f"| {r['method']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {_fmt(r['auc'], '.4f')} | "
                    f"{r['trainable_params']:,} | {100 * r['trainable_params'] / r['total_params']:.3f} | {r['steps']} | "
                    f"{r['seconds_per_step']:.3f} | {_fmt(r['seconds_to_best'], '.0f')} | {r['train_seconds']:.0f} | "
-                   f"{r['peak_rss_mb']:.0f} | {r['export_parity']} | {r['served_p50_ms']:.2f} ({r['served_variant']}) |")
+                   f"{r['peak_rss_mb']:.0f} | {r['export_parity']} | {_fmt(r['served_p50_ms'], '.2f')} / "
+                   f"{_fmt(r.get('served_p99_ms'), '.2f')} ({r['served_variant']}) | {_fmt(r.get('inprocess_p50_ms'), '.2f')} |")
     out += ["", f"![accuracy against trainable parameters and time]({plot_file})", ""]
     h = report.get("headline")
     if h:
