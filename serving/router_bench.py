@@ -15,13 +15,19 @@ process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" 
 "router grpc" to the router's ``--grpc-port``) each get their own rows. ``--compare-tree DIR`` adds a
 second router run from another checkout (``git worktree add DIR COMMIT``, or ``git archive COMMIT | tar -x
 -C DIR``): its paths, "router DIR-NAME" and "router grpc DIR-NAME", are measured against the same direct
-paths in the same phases, so a change to the router is shown before and after in one run.
+paths in the same phases, so a change to the router is shown before and after in one run. ``--floor``
+adds the pass-through proxies of ``serving.proxy_floor`` ("floor raw", "floor asgi", "floor grpc"):
+what a Python hop costs here before any router work, measured the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +48,8 @@ from serving.router import stats
 from serving.router.config import load_experiment, write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
+from tunestack.names import HOST
+from tunestack.procs import ChildProcess, free_port
 
 TEXT = "A quietly moving film whose performances carry a thin script further than it deserves to go."
 
@@ -112,6 +120,34 @@ def load_paths(triton_address: str, triton_grpc: str, router: RouterProcess, mod
                      baseline="direct grpc", pid=pid)]
 
 
+def floor_paths(floor: ChildProcess, ports: dict[str, int], model: str, version: str) -> list[LoadPath]:
+    """The pass-through proxies of ``serving.proxy_floor``: the client addresses Triton's model itself."""
+    address = {name: f"{HOST}:{port}" for name, port in ports.items()}
+    return [LoadPath("floor raw", partial(run_load, address["raw"], model, version), baseline="direct", pid=floor.pid),
+            LoadPath("floor asgi", partial(run_load, address["asgi"], model, version), baseline="direct", pid=floor.pid),
+            LoadPath("floor grpc", partial(run_load, address["grpc"], model, version, client_module=grpcclient),
+                     baseline="direct grpc", pid=floor.pid)]
+
+
+def start_floor(triton_url: str, triton_grpc: str, log_file: Path) -> tuple[ChildProcess, dict[str, int]]:
+    ports = {name: free_port() for name in ("raw", "asgi", "grpc")}
+    argv = [sys.executable, "-m", "serving.proxy_floor", "--upstream", triton_url, "--grpc-upstream", triton_grpc,
+            *(x for name, port in ports.items() for x in (f"--{name}-port", str(port)))]
+    child = ChildProcess("proxy floor", argv, log_file, cwd=Path(__file__).resolve().parents[1]).start()
+    try:
+        child.wait_until(lambda: all(_listening(port) for port in ports.values()), 30.0)
+    except BaseException:
+        child.stop()
+        raise
+    return child, ports
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+        return True
+    return False
+
+
 def ms(x: float) -> float:
     return round(x * 1000, 3)
 
@@ -154,7 +190,7 @@ def bench(paths: list[LoadPath], requests: int, concurrency: int, phases: int, w
 def table(rows: list[dict]) -> str:
     """Markdown: one line per concurrency level and compared path."""
     lines = ["| concurrency | path | requests | baseline p50 ms | p50 ms | overhead p50 ms (95% CI) "
-             "| baseline p99 ms | p99 ms | overhead p99 ms (95% CI) | router CPU us/request |",
+             "| baseline p99 ms | p99 ms | overhead p99 ms (95% CI) | proxy CPU us/request |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, p in r["paths"].items():
@@ -186,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                    "'memory' leaves out the experiment store's writes")
     p.add_argument("--compare-tree", default=None, help="another checkout of this repository (the code before a "
                    "change): its router runs beside this one, same Triton, same phases (HTTP and gRPC rows)")
+    p.add_argument("--floor", action="store_true", help="also measure bare pass-through proxies (serving.proxy_floor: "
+                   "asyncio+httptools, uvicorn ASGI, grpc.aio), the floor of a Python hop on this machine")
     p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
+    # SIGTERM (a CI timeout, kill) unwinds like an error, so Triton, the routers and the floor are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
         triton_url = args.triton_url
         if triton_url is None:
@@ -211,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
                                                       root=Path(args.compare_tree).resolve()))
         paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
                            spec.name, other)
+        if args.floor:
+            floor, ports = start_floor(triton_url, triton_grpc, Path(tmp) / "proxy_floor.log")
+            stack.callback(floor.stop)
+            paths += floor_paths(floor, ports, args.model, args.version)
         rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
     result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
               "model": args.model, "version": args.version, "shadow": args.shadow, "store": args.store,
-              "compare_tree": args.compare_tree,
+              "compare_tree": args.compare_tree, "floor": args.floor,
               "load_average": list(psutil.getloadavg()), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
