@@ -152,7 +152,7 @@ bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 
 # make tune: search serving configs on the real tritonserver (serving/tune), publish the winner as a new version
 # of $(MODEL), report in reports/tune-TIMESTAMP/. Knobs:
-#   make tune SEARCH=brute TRIALS=0 OBJECTIVE=min-p99 TUNE_ARGS="--rate 20 --step-time-s 10 --instance-counts 1,2,4"
+#   make tune SEARCH=brute TRIALS=0 OBJECTIVE=min-p99 TUNE_ARGS="--rate 20 --step-time-s 10 --instance-counts 1,2,4 --spinning off,on"
 SEARCH ?=
 TRIALS ?=
 OBJECTIVE ?=

@@ -114,6 +114,10 @@ class ExportConfig:
     """instance_group count (KIND_CPU) (None: derived, cores // intra_op_threads)."""
     intra_op_threads: int | None = None
     """ONNX Runtime intra-op threads per Triton model instance (None: derived, min(cores, 4))."""
+    intra_op_spinning: bool = False
+    """Let those threads busy-wait between and after runs (python layout): lower latency at low load for
+    several times the CPU, and slower when the cores are shared (other versions, the router, a load
+    generator). Off by default; ``make tune`` measures it (``--spinning off,on``)."""
     served_versions: int = 3
     """version_policy: Triton loads the newest N versions (0: all); 3 serves one export's fp32 and int8 plus
     one more (int8-static when exported, or a version ``serving tune`` published)."""

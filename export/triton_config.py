@@ -82,7 +82,8 @@ def python_model_config(cfg: ExportConfig, labels: list[str]) -> mc.ModelConfig:
     _text_input(config)
     _label_outputs(config, labels)
     _batching(config, cfg)
-    _params(config, role="classify", labels=json.dumps(labels), intra_op_threads=cfg.intra_op_threads)
+    _params(config, role="classify", labels=json.dumps(labels), intra_op_threads=cfg.intra_op_threads,
+            intra_op_spinning=int(cfg.intra_op_spinning))
     return config
 
 

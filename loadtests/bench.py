@@ -187,7 +187,8 @@ def published_settings(model_dir: Path, version: int):
     c = json.loads((model_dir / str(source) / "provenance.json").read_text())["export_config"]
     delay = c["max_queue_delay_us"] if c.get("dynamic_batching", True) else OFF
     return int(source), Candidate(c["instance_count"], c["intra_op_threads"], delay,
-                                  tuple(c.get("preferred_batch_sizes") or ()), c["max_batch_size"])
+                                  tuple(c.get("preferred_batch_sizes") or ()), c["max_batch_size"],
+                                  bool(c.get("intra_op_spinning", False)))
 
 
 def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, common: dict, out: Path,

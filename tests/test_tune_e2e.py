@@ -20,7 +20,7 @@ def test_tune_publishes_the_winner_as_a_new_version_with_its_report(tiny_onnx_di
     v1 = repository / "sentiment" / "1"
     v1_files = {p.name: p.read_bytes() for p in v1.iterdir() if p.is_file()}
     code = serving_main(["tune", "--repository", str(repository), "--model", "sentiment", "--instance-counts", "1,2",
-                         "--threads", "1", "--queue-delays-us", "off,2000", "--max-batch-sizes", "8",
+                         "--threads", "1", "--queue-delays-us", "off,2000", "--spinning", "off,on", "--max-batch-sizes", "8",
                          "--max-trials", "2", "--users", "2", "--steps", "2", "--step-time-s", "2",
                          "--p99-bound-ms", "5000", "--out-dir", str(tmp_path / "reports")])
     assert code == 0
@@ -39,6 +39,7 @@ def test_tune_publishes_the_winner_as_a_new_version_with_its_report(tiny_onnx_di
     config = triton_config.parse_pbtxt((repository / "sentiment" / "config.pbtxt").read_text())
     assert config.instance_group[0].count == best["instance_count"]
     assert config.parameters["intra_op_threads"].string_value == str(best["intra_op_threads"])
+    assert config.parameters["intra_op_spinning"].string_value == str(int(best["intra_op_spinning"]))
     assert config.HasField("dynamic_batching") == (best["max_queue_delay_us"] >= 0)
     if best["max_queue_delay_us"] >= 0:
         assert config.dynamic_batching.max_queue_delay_microseconds == best["max_queue_delay_us"]

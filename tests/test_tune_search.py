@@ -130,3 +130,26 @@ def test_hill_climb_walks_towards_the_objective_when_no_neighbour_meets_it_yet()
     assert [t.candidate.instance_count for t in result.trials if t.score is None][:1] == [1]
     nothing = hill_climb(SPACE, Candidate(1, 1, OFF, (), 64), slow, Objective(p99_bound_ms=10))
     assert nothing.best is None and nothing.best_score is None  # closeness steers; it never publishes a miss
+
+
+def test_spinning_is_a_dimension_written_to_and_read_from_the_config():
+    from export.config import ExportConfig
+    from export.triton_config import python_model_config
+    from serving.tune.trial import candidate_of, trial_config
+
+    space = TuneConfig(spinning="on,off").space()
+    assert space.intra_op_spinning == (False, True)
+    quiet = Candidate(1, 2, 0, (), 64)
+    assert Candidate(1, 2, 0, (), 64, True) in space.neighbours(quiet) and "spinning" not in quiet.label()
+    assert Candidate(1, 1, 0, (), 64, True).canonical() == Candidate(1, 1, 0, (), 64)  # one thread: no pool to spin
+    assert Candidate(1, 1, 0, (), 64, True) not in space.neighbours(Candidate(1, 1, 0, (), 64))
+    with pytest.raises(TuneError, match="'sometimes' is not valid"):
+        TuneConfig(spinning="off,sometimes")
+    published = python_model_config(ExportConfig(intra_op_threads=2, instance_count=1, intra_op_spinning=True), ["a", "b"])
+    assert published.parameters["intra_op_spinning"].string_value == "1"
+    assert candidate_of(published).intra_op_spinning is True
+    off = trial_config(published, 3, Candidate(2, 1, OFF, (), 8, False))
+    assert off.parameters["intra_op_spinning"].string_value == "0" and candidate_of(off) == Candidate(2, 1, OFF, (), 8)
+    older = python_model_config(ExportConfig(), ["a", "b"])  # a config published before the parameter existed
+    del older.parameters["intra_op_spinning"]
+    assert candidate_of(older).intra_op_spinning is False

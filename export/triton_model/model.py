@@ -33,6 +33,8 @@ except ImportError:  # imported in-process: TextClassifier and the helpers still
 
 SETTINGS_FILE = "serving.json"
 LABEL_MAP_FILE = "label_map.json"
+SPINNING_PARAMETER = "intra_op_spinning"
+"""Config parameter: "1" lets ONNX Runtime's intra-op threads busy-wait (lower latency, more CPU)."""
 
 
 class RequestError(ValueError):
@@ -144,7 +146,8 @@ class TextClassifier:
     makes a batch slower per text than its texts one by one; answers come back in request order.
     """
 
-    def __init__(self, folder: Path, intra_op_threads: int = 1, max_padding: float | None = MAX_PADDING):
+    def __init__(self, folder: Path, intra_op_threads: int = 1, max_padding: float | None = MAX_PADDING,
+                 spinning: bool = False):
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -153,9 +156,12 @@ class TextClassifier:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = 1
-        # no busy-waiting between requests: the cores are shared with the other versions' instances, the
-        # router and often the load generator (make demo, fp32 arm: P50 27 -> 11 ms, P99 190 -> 29 ms)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # by default no busy-waiting: the cores are shared with the other versions' instances, the router and
+        # often the load generator (make demo, fp32 arm: P50 27 -> 11 ms, P99 190 -> 29 ms). ``spinning``
+        # (config parameter intra_op_spinning, a `make tune` dimension) trades CPU for latency: the pool's
+        # threads busy-wait between and after runs (MiniLM int8, batch 1, 2 threads, one request every 10 ms:
+        # P50 5.4 -> 3.5 ms for ~3x the CPU per request)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(folder / self.settings["onnx_file"]), options,
                                             providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -191,7 +197,7 @@ class TritonPythonModel:
         self.outputs = {o["name"]: o for o in self.config["output"]}
         threads = int(params.get("intra_op_threads", "1"))
         if self.role == "classify":
-            self.classifier = TextClassifier(folder, threads)
+            self.classifier = TextClassifier(folder, threads, spinning=params.get(SPINNING_PARAMETER, "0") == "1")
             self.labels = self.classifier.labels
         elif self.role == "tokenize":
             settings, _ = read_settings(folder)

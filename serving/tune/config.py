@@ -34,6 +34,18 @@ def _ints(text: str, name: str, problems: list[str], allow_off: bool = False) ->
     return tuple(values)
 
 
+def _switches(text: str, name: str, problems: list[str]) -> tuple[bool, ...]:
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in ("off", "on"):
+            values.append(part == "on")
+        else:
+            problems.append(f"{name}: {part!r} is not valid; expected 'off', 'on' or 'off,on'")
+    if not values:
+        problems.append(f"{name} is empty; give 'off', 'on' or 'off,on'")
+    return tuple(sorted(set(values)))
+
+
 def default_counts() -> str:
     """1 .. the machine's cores: instance counts and ORT threads worth trying here."""
     return ",".join(str(n) for n in range(1, (os.cpu_count() or 1) + 1))
@@ -69,6 +81,8 @@ class TuneConfig:
     """one preferred_batch_size set to try besides none, e.g. 4,8 (empty: none only)"""
     max_batch_sizes: str = '64'
     """max_batch_size values to try"""
+    spinning: str = 'off,on'
+    """ONNX Runtime intra-op threads busy-waiting: 'off' and/or 'on' (on: lower latency at low load for more CPU)"""
     users: int = 8
     """max-throughput: closed-loop Locust users at the top of each trial's ramp (2 cores saturate at 2-4)"""
     steps: int = 4
@@ -108,7 +122,8 @@ class TuneConfig:
                      intra_op_threads=_ints(self.threads, "threads", problems),
                      max_queue_delay_us=_ints(self.queue_delays_us, "queue_delays_us", problems, allow_off=True),
                      preferred_batch_sizes=((), preferred) if preferred else ((),),
-                     max_batch_size=_ints(self.max_batch_sizes, "max_batch_sizes", problems))
+                     max_batch_size=_ints(self.max_batch_sizes, "max_batch_sizes", problems),
+                     intra_op_spinning=_switches(self.spinning, "spinning", problems))
 
     def space(self) -> Space:
         return self._space([])

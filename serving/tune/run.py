@@ -60,7 +60,7 @@ def publish_winner(cfg: TuneConfig, provenance: dict, best: Candidate, tuned: in
         **settings, "repository": cfg.repository, "model_name": cfg.model, "instance_count": best.instance_count,
         "intra_op_threads": best.intra_op_threads, "dynamic_batching": best.batching,
         "max_queue_delay_us": max(best.max_queue_delay_us, 0), "preferred_batch_sizes": best.preferred_batch_sizes,
-        "max_batch_size": best.max_batch_size, "extra": extra})
+        "max_batch_size": best.max_batch_size, "intra_op_spinning": best.intra_op_spinning, "extra": extra})
     return publish(onnx_dir, provenance["variant"], export_cfg)
 
 

@@ -40,25 +40,30 @@ class Candidate:
     """Dynamic batching window in microseconds; ``OFF`` (-1): no dynamic batching."""
     preferred_batch_sizes: tuple[int, ...]
     max_batch_size: int
+    intra_op_spinning: bool = False
+    """ONNX Runtime's intra-op threads busy-wait (config parameter ``intra_op_spinning``)."""
 
     @property
     def batching(self) -> bool:
         return self.max_queue_delay_us != OFF
 
     def canonical(self) -> Candidate:
-        """Preferred sizes only with batching and only up to max_batch_size: equal configs compare equal."""
+        """Preferred sizes only with batching and only up to max_batch_size; spinning only with more than one
+        intra-op thread (one thread has no pool to spin): equal configs compare equal."""
         preferred = tuple(b for b in self.preferred_batch_sizes if b <= self.max_batch_size) if self.batching else ()
-        return replace(self, preferred_batch_sizes=preferred)
+        return replace(self, preferred_batch_sizes=preferred,
+                       intra_op_spinning=self.intra_op_spinning and self.intra_op_threads > 1)
 
     def label(self) -> str:
         batching = "no batching" if not self.batching else f"batching {self.max_queue_delay_us} us"
         if self.preferred_batch_sizes:
             batching += f" pref {','.join(map(str, self.preferred_batch_sizes))}"
-        return (f"{self.instance_count} inst x {self.intra_op_threads} thr, {batching}, "
-                f"max batch {self.max_batch_size}")
+        return (f"{self.instance_count} inst x {self.intra_op_threads} thr{' spinning' if self.intra_op_spinning else ''}, "
+                f"{batching}, max batch {self.max_batch_size}")
 
 
-DIMENSIONS = ("instance_count", "intra_op_threads", "max_queue_delay_us", "preferred_batch_sizes", "max_batch_size")
+DIMENSIONS = ("instance_count", "intra_op_threads", "max_queue_delay_us", "preferred_batch_sizes", "max_batch_size",
+              "intra_op_spinning")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Space:
     max_queue_delay_us: tuple[int, ...]
     preferred_batch_sizes: tuple[tuple[int, ...], ...]
     max_batch_size: tuple[int, ...]
+    intra_op_spinning: tuple[bool, ...] = (False,)
 
     def with_start(self, start: Candidate) -> Space:
         """This space with ``start``'s value added to each dimension (kept sorted), so the climb can begin there."""

@@ -19,6 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from export import triton_config
+from export.triton_model.model import SPINNING_PARAMETER
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
@@ -39,7 +40,9 @@ def candidate_of(config) -> Candidate:
     return Candidate(instance_count=int(config.instance_group[0].count if config.instance_group else 1) or 1,
                      intra_op_threads=int(config.parameters["intra_op_threads"].string_value or 1),
                      max_queue_delay_us=delay, preferred_batch_sizes=preferred,
-                     max_batch_size=int(config.max_batch_size or 1))
+                     max_batch_size=int(config.max_batch_size or 1),
+                     intra_op_spinning=(SPINNING_PARAMETER in config.parameters
+                                        and config.parameters[SPINNING_PARAMETER].string_value == "1"))
 
 
 def trial_config(base, version: int, c: Candidate):
@@ -53,6 +56,7 @@ def trial_config(base, version: int, c: Candidate):
         config.instance_group.add()
     config.instance_group[0].count = c.instance_count
     config.parameters["intra_op_threads"].string_value = str(c.intra_op_threads)
+    config.parameters[SPINNING_PARAMETER].string_value = str(int(c.intra_op_spinning))
     config.max_batch_size = c.max_batch_size
     config.ClearField("dynamic_batching")
     if c.batching:
