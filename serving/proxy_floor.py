@@ -101,7 +101,8 @@ def asgi_app(pool: HttpPool):
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in _PASSED_ON}
         status, answer_headers, content = await pool.request(scope["method"], scope["path"], b"".join(chunks), headers)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(k, answer_headers[k]) for k in _PASSED_ON if k in answer_headers]})
+                    "headers": [(b"content-length", b"%d" % len(content)),
+                                *((k, answer_headers[k]) for k in _PASSED_ON if k in answer_headers)]})
         await send({"type": "http.response.body", "body": content})
     return app
 
