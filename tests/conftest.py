@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random BERT, and a tiny run trained and exported with the real code."""
+"""Shared fixtures: a tiny random BERT, a tiny run trained and exported with the real code, and (per module)
+that run published as versions 1 (fp32) and 2 (int8) and served by a real tritonserver."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from export.config import ExportConfig
-from export.contract import VARIANT_FILES
+from export.contract import CONTRACT, VARIANT_FILES
 from export.pipeline import run_export
+from export.publish import publish
+from serving.triton import TritonServer
 from training.bundled import bundled_model_dir
 from training.config import TrainConfig
 from training.train import train
@@ -123,3 +126,20 @@ def postgres_url(postgres) -> str:
     with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres.get_uri(database=name)
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
+    """The tiny run published as model ``sentiment``: version 1 fp32, version 2 int8 (no batching window)."""
+    cfg = ExportConfig(repository=tmp_path_factory.mktemp("router") / "model_repository",
+                       model_name=CONTRACT.default_model_name, max_batch_size=8, max_queue_delay_us=0)
+    assert publish(tiny_onnx_dir, "fp32", cfg).name == "1"
+    assert publish(tiny_onnx_dir, "int8", cfg).name == "2"
+    return cfg.repository
+
+
+@pytest.fixture(scope="module")
+def triton(repository):
+    """A tritonserver on ``repository``, one per test module; stopped when the module is done."""
+    with TritonServer(repository, models=[CONTRACT.default_model_name], startup_timeout=90) as server:
+        yield server

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.judge.drift_guardrail import MIN_SAMPLES
-from tests.test_router_e2e import make_router, metric, repository, spec, triton  # noqa: F401
+from tests.test_router_e2e import make_router, metric, spec
 from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e

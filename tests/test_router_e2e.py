@@ -22,9 +22,7 @@ import tritonclient.http as httpclient
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from export.config import ExportConfig
 from export.contract import CONTRACT
-from export.publish import publish
 from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
@@ -35,24 +33,9 @@ from tunestack.procs import free_port, wait_for
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parents[1]
-MODEL = "sentiment"
+MODEL = CONTRACT.default_model_name  # what the conftest fixtures `repository` and `triton` publish and serve
 TOKEN = "e2e-secret-token"
 TEXTS = ["a fine film", "A dull, overlong mess.", "not bad at all"]
-
-
-@pytest.fixture(scope="module")
-def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
-    cfg = ExportConfig(repository=tmp_path_factory.mktemp("router") / "model_repository", model_name=MODEL,
-                       max_batch_size=8, max_queue_delay_us=0)
-    assert publish(tiny_onnx_dir, "fp32", cfg).name == "1"
-    assert publish(tiny_onnx_dir, "int8", cfg).name == "2"
-    return cfg.repository
-
-
-@pytest.fixture(scope="module")
-def triton(repository) -> Iterator[TritonServer]:
-    with TritonServer(repository, models=[MODEL], startup_timeout=90) as server:  # stopped on exit
-        yield server
 
 
 def spec(upstream: str, weights=(70, 30), **extra) -> dict:

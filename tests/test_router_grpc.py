@@ -26,7 +26,7 @@ from serving.client import text_input
 from serving.router.assignment import Assigner
 from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
-from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, repository, spec, triton  # noqa: F401
+from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, spec
 from tunestack.procs import ChildProcess, free_port, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.run import locust_commands, run_loadtest
-from tests.test_router_e2e import repository, triton  # noqa: F401
 from tests.test_router_grpc import EXPERIMENT, router  # noqa: F401
 
 
