@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SERVED_LATENCY = ("through a real tritonserver: each method's variant published as the project publishes it (python "
                   "backend, this machine's default settings), tritonclient.http, batch 1, held-out texts, round-robin "
                   "over the methods; P50 and P99 of the client-side round trip")
-INPROCESS_LATENCY = "in process: tokenizer + ONNX Runtime session, batch 1, held-out texts, P50"
+INPROCESS_LATENCY = "tokenizer + ONNX Runtime session inside the compare process, batch 1, held-out texts, P50"
 
 
 @dataclass
