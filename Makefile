@@ -165,8 +165,10 @@ tune: install
 bench-serving: install
 	$(PY) -m serving.bench --repository $(REPOSITORY) --model $(MODEL)
 
+# make bench-router ROUTER_BENCH_ARGS="--floor --concurrency 1,4,16": also the do-nothing pass-through proxies
+ROUTER_BENCH_ARGS ?=
 bench-router: install
-	$(PY) -m serving.router_bench --repository $(REPOSITORY)
+	$(PY) -m serving.router_bench --repository $(REPOSITORY) $(ROUTER_BENCH_ARGS)
 
 serve: install
 	$(PY) -m serving triton --repository $(REPOSITORY)
