@@ -130,6 +130,8 @@ def floor_paths(floor: ChildProcess, ports: dict[str, int], model: str, version:
 
 
 def start_floor(triton_url: str, triton_grpc: str, log_file: Path) -> tuple[ChildProcess, dict[str, int]]:
+    """Start ``serving.proxy_floor`` in front of Triton on free ports; (the process, {"raw"|"asgi"|"grpc": port}),
+    returned once all three listen. The caller stops it (``ChildProcess.stop``)."""
     ports = {name: free_port() for name in ("raw", "asgi", "grpc")}
     argv = [sys.executable, "-m", "serving.proxy_floor", "--upstream", triton_url, "--grpc-upstream", triton_grpc,
             *(x for name, port in ports.items() for x in (f"--{name}-port", str(port)))]
