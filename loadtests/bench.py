@@ -16,7 +16,9 @@ and the in-process limit (``loadtests.peers.inprocess``: tokenizers + ORT, no se
 
 For each served option: P50/P99 at a fixed Poisson rate (open loop) and the server's CPU there (psutil over
 its process tree, % of one core), then closed-loop levels (users doubling) for the maximum throughput whose
-P99 stays under the bound. Percentiles are exact, from every request's own time (``loadtests.measure``),
+P99 stays under the bound. Every server runs for the whole bench and the options are interleaved (the fixed
+rate for each option in turn, then each user count for each option in turn), so background noise spreads
+over all of them instead of landing on whichever ran during it. Percentiles are exact, from every request's own time (``loadtests.measure``),
 not Locust's buckets. Writes ``reports/bench-TIMESTAMP/bench.json`` (with ``ratios`` and ``targets``) and
 ``bench.md``. Figures, not pass/fail: the load generator shares the machine with the servers.
 """
@@ -111,28 +113,47 @@ def exact(folder: Path) -> tuple[dict, tuple[float, float]]:
     return window_stats(rows, start, None), (start, end)
 
 
-def measure(base: LoadTestConfig, cfg: BenchConfig, out: Path, server_pids: list[int]) -> dict:
-    """Fixed rate (P50/P99, server CPU), then closed-loop levels until P99 passes twice the bound or errors appear."""
+def fixed_rate(base: LoadTestConfig, cfg: BenchConfig, out: Path, server_pids: list[int]) -> dict:
+    """One option at the fixed arrival rate: exact P50/P99 and the server's CPU over the measured window."""
     with ProcessTreeCPU(*server_pids) as cpu:
         fixed = run_loadtest(LoadTestConfig(**{**asdict(base), "arrival_rate": cfg.rate, "users": 1,
                                                "run_time": cfg.rate_time, "out_dir": str(out / "fixed-rate")}))
     stats, window = exact(fixed.folder)
     summary = json.loads((fixed.folder / "summary.json").read_text())
-    result = {"fixed_rate": {"rate": cfg.rate, **stats, "server_cpu_percent": cpu.percent(*window),
-                             "client_saturated": summary["client_saturated"], "machine_busy": summary["machine_busy"],
-                             "locust_cpu_percent": locust_cpu(summary), "report": str(fixed.report)}, "levels": []}
+    return {"rate": cfg.rate, **stats, "server_cpu_percent": cpu.percent(*window),
+            "client_saturated": summary["client_saturated"], "machine_busy": summary["machine_busy"],
+            "locust_cpu_percent": locust_cpu(summary), "report": str(fixed.report), "window": list(window)}
+
+
+def closed_level(base: LoadTestConfig, cfg: BenchConfig, out: Path, users: int) -> dict:
+    """One option at one closed-loop user count: exact throughput, P50/P99, errors."""
+    level = run_loadtest(LoadTestConfig(**{**asdict(base), "users": users, "run_time": cfg.level_time,
+                                           "out_dir": str(out / f"users-{users}")}))
+    s = json.loads((level.folder / "summary.json").read_text())
+    stats, window = exact(level.folder)
+    return {"users": users, **stats, "client_saturated": s["client_saturated"], "machine_busy": s["machine_busy"],
+            "locust_cpu_percent": locust_cpu(s), "report": str(level.report), "window": list(window)}
+
+
+def measure(targets: dict[str, tuple[LoadTestConfig, list[int]]], cfg: BenchConfig, out: Path) -> dict[str, dict]:
+    """Every option, interleaved so that a slow minute of the machine lands on all of them alike: the fixed
+    rate for each option in turn, then each closed-loop user count for each option in turn. An option stops
+    climbing once its P99 passes twice the bound or errors appear; the others go on."""
+    results = {}
+    for option, (base, pids) in targets.items():
+        log.info("served option %s: %g req/s", option, cfg.rate)
+        results[option] = {"fixed_rate": fixed_rate(base, cfg, out / option, pids), "levels": []}
+    climbing = list(targets)
     for users in (int(u) for u in cfg.users.split(",")):
-        level = run_loadtest(LoadTestConfig(**{**asdict(base), "users": users, "run_time": cfg.level_time,
-                                               "out_dir": str(out / f"users-{users}")}))
-        s = json.loads((level.folder / "summary.json").read_text())
-        stats, _ = exact(level.folder)
-        result["levels"].append({"users": users, **stats, "client_saturated": s["client_saturated"],
-                                 "machine_busy": s["machine_busy"], "locust_cpu_percent": locust_cpu(s),
-                                 "report": str(level.report)})
-        if stats["error_rate"] > 0.01 or (stats["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
-            break
-    result["max_throughput"] = max_throughput(result["levels"], cfg.p99_bound_ms)
-    return result
+        for option in list(climbing):
+            log.info("served option %s: %d users", option, users)
+            level = closed_level(targets[option][0], cfg, out / option, users)
+            results[option]["levels"].append(level)
+            if level["error_rate"] > 0.01 or (level["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
+                climbing.remove(option)
+    for result in results.values():
+        result["max_throughput"] = max_throughput(result["levels"], cfg.p99_bound_ms)
+    return results
 
 
 def locust_cpu(summary: dict) -> float | None:
@@ -208,11 +229,11 @@ def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, c
     load_config(triton, trial_config(base, source, settings), source)
     target = {"target": "triton", "host": triton.http_url, "model": cfg.model, "versions": str(source),
               "triton_metrics_url": triton.metrics_url}
-    return measure(LoadTestConfig(**{**common, **target}), cfg, out / "triton-published", [triton.pid])
+    return measure({"triton-published": (LoadTestConfig(**{**common, **target}), [triton.pid])}, cfg, out)["triton-published"]
 
 
 def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
-    """Start every server, measure each option in turn; (results by option, what Triton served)."""
+    """Start every server, measure the options interleaved; (results by option, what Triton served)."""
     from loadtests.peers import peer_service
     from loadtests.services import Service
     from serving.router.config import write_experiment
@@ -252,10 +273,8 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
                                                             log_path=out / "baseline.log"))
             targets["baseline"] = ({"target": "triton", "host": baseline.url, "model": "baseline"},
                                    [baseline.child.pid])
-        for option in (o for o in cfg.option_list if o in targets):
-            log.info("served option %s", option)
-            settings, pids = targets[option]
-            results[option] = measure(LoadTestConfig(**{**common, **settings}), cfg, out / option, pids)
+        results.update(measure({o: (LoadTestConfig(**{**common, **targets[o][0]}), targets[o][1])
+                                for o in cfg.option_list if o in targets}, cfg, out))
         if "triton-published" in cfg.option_list:  # last: it reloads the model with other settings
             published = measure_published(triton, cfg, repository / cfg.model, version, common, out, served)
             if published is not None:
