@@ -18,7 +18,8 @@ For each served option: P50/P99 at a fixed Poisson rate (open loop) and the serv
 its process tree, % of one core), then closed-loop levels (users doubling) for the maximum throughput whose
 P99 stays under the bound. Every server runs for the whole bench and the options are interleaved (the fixed
 rate for each option in turn, then each user count for each option in turn), so background noise spreads
-over all of them instead of landing on whichever ran during it. Percentiles are exact, from every request's own time (``loadtests.measure``),
+over all of them instead of landing on whichever ran during it; the peers not under load are paused
+(SIGSTOP), so an idle server that polls takes nothing from the one measured. Percentiles are exact, from every request's own time (``loadtests.measure``),
 not Locust's buckets. Writes ``reports/bench-TIMESTAMP/bench.json`` (with ``ratios`` and ``targets``) and
 ``bench.md``. Figures, not pass/fail: the load generator shares the machine with the servers.
 """
@@ -30,7 +31,8 @@ import logging
 import platform
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,19 +137,50 @@ def closed_level(base: LoadTestConfig, cfg: BenchConfig, out: Path, users: int) 
             "locust_cpu_percent": locust_cpu(s), "report": str(level.report), "window": list(window)}
 
 
-def measure(targets: dict[str, tuple[LoadTestConfig, list[int]]], cfg: BenchConfig, out: Path) -> dict[str, dict]:
+@contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP these processes and their children for the duration, SIGCONT after (also on errors)."""
+    processes = []
+    for pid in pids:
+        with suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            processes += [root, *root.children(recursive=True)]
+    stopped = []
+    try:
+        for p in processes:
+            with suppress(psutil.NoSuchProcess):
+                p.suspend()
+                stopped.append(p)
+        yield
+    finally:
+        for p in stopped:
+            with suppress(psutil.NoSuchProcess):
+                p.resume()
+
+
+def measure(targets: dict[str, tuple[LoadTestConfig, list[int]]], cfg: BenchConfig, out: Path,
+            pausable: dict[str, list[int]] | None = None) -> dict[str, dict]:
     """Every option, interleaved so that a slow minute of the machine lands on all of them alike: the fixed
     rate for each option in turn, then each closed-loop user count for each option in turn. An option stops
-    climbing once its P99 passes twice the bound or errors appear; the others go on."""
+    climbing once its P99 passes twice the bound or errors appear; the others go on. ``pausable``: each
+    option's own processes (the peers), stopped while another option is measured: an idle server that polls
+    (LitServe idles at ~17 % of a core here) would otherwise take CPU from the one under load."""
+    pausable = pausable or {}
+
+    def others(option: str):
+        return paused([pid for other, pids in pausable.items() if other != option for pid in pids])
+
     results = {}
     for option, (base, pids) in targets.items():
         log.info("served option %s: %g req/s", option, cfg.rate)
-        results[option] = {"fixed_rate": fixed_rate(base, cfg, out / option, pids), "levels": []}
+        with others(option):
+            results[option] = {"fixed_rate": fixed_rate(base, cfg, out / option, pids), "levels": []}
     climbing = list(targets)
     for users in (int(u) for u in cfg.users.split(",")):
         for option in list(climbing):
             log.info("served option %s: %d users", option, users)
-            level = closed_level(targets[option][0], cfg, out / option, users)
+            with others(option):
+                level = closed_level(targets[option][0], cfg, out / option, users)
             results[option]["levels"].append(level)
             if level["error_rate"] > 0.01 or (level["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
                 climbing.remove(option)
@@ -273,10 +306,12 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
                                                             log_path=out / "baseline.log"))
             targets["baseline"] = ({"target": "triton", "host": baseline.url, "model": "baseline"},
                                    [baseline.child.pid])
+        peers = {o: pids for o, (_, pids) in targets.items() if o not in ("triton", "router")}
         results.update(measure({o: (LoadTestConfig(**{**common, **targets[o][0]}), targets[o][1])
-                                for o in cfg.option_list if o in targets}, cfg, out))
+                                for o in cfg.option_list if o in targets}, cfg, out, pausable=peers))
         if "triton-published" in cfg.option_list:  # last: it reloads the model with other settings
-            published = measure_published(triton, cfg, repository / cfg.model, version, common, out, served)
+            with paused([pid for pids in peers.values() for pid in pids]):
+                published = measure_published(triton, cfg, repository / cfg.model, version, common, out, served)
             if published is not None:
                 results["triton-published"] = published
     return results, served

@@ -78,3 +78,34 @@ def test_published_settings_of_a_tuned_version(tmp_path):
     version(2, {"tuned_from_version": 1}, instance_count=2)
     assert published_settings(tmp_path, 2) == (1, Candidate(1, 2, OFF, (), 64))
     assert published_settings(tmp_path, 1) is None  # not made by make tune
+
+
+def test_paused_stops_a_process_tree_and_resumes_it_even_after_an_error():
+    import subprocess
+    import sys
+
+    import psutil
+
+    from loadtests.bench import paused
+    from tunestack.procs import wait_for
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])
+    try:
+        root = psutil.Process(parent.pid)
+        wait_for(lambda: len(root.children()) == 1, 30, "the child process")
+        tree = [root, *root.children()]
+        def stopped() -> set[bool]:
+            return {p.status() == psutil.STATUS_STOPPED for p in tree}
+
+        with pytest.raises(RuntimeError), paused([parent.pid]):
+            wait_for(lambda: stopped() == {True}, 30, "both processes stopped")  # SIGSTOP lands asynchronously
+            raise RuntimeError("a failed measurement")
+        wait_for(lambda: stopped() == {False}, 30, "both processes running again")
+        with paused([parent.pid, 2**22 + 7]):  # a pid that is gone is skipped
+            wait_for(lambda: stopped() == {True}, 30, "both processes stopped")
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait()
