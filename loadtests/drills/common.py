@@ -93,13 +93,16 @@ class Background:
 
 
 def router_counts(url: str) -> dict[str, float]:
-    """Totals from the router's /metrics: answered requests and errors by code, over all arms."""
+    """Totals from the router's /metrics: answered requests, errors by code, and the texts the drift monitor
+    has taken in (``drift_monitored``) or dropped (``drift_dropped``), over all arms."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    out: dict[str, float] = {"answered": 0.0}
+    out: dict[str, float] = {"answered": 0.0, "drift_monitored": 0.0, "drift_dropped": 0.0}
+    totals = {"router_requests_total": "answered", "router_drift_samples_total": "drift_monitored",
+              "router_drift_dropped_samples_total": "drift_dropped"}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "router_requests_total" and sample.labels.get("experiment") == EXPERIMENT:
-                out["answered"] += sample.value
+            if sample.name in totals and sample.labels.get("experiment") == EXPERIMENT:
+                out[totals[sample.name]] += sample.value
             elif sample.name == "router_errors_total":
                 key = f"errors_{sample.labels.get('code')}"
                 out[key] = out.get(key, 0.0) + sample.value

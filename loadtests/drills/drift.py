@@ -31,12 +31,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.contract import CONTRACT
 from export.publish import publish
-from loadtests.drills.common import EXPERIMENT, Background, DrillConfig, load_config, prepare, write_report
+from loadtests.drills.common import (
+    EXPERIMENT,
+    Background,
+    DrillConfig,
+    load_config,
+    prepare,
+    router_counts,
+    write_report,
+)
 from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.bundled import bundled_data_file
 from training.data import read_jsonl
+from tunestack.procs import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,15 @@ def drift_state(url: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def wait_drained(url: str, timeout: float = 60.0) -> None:
+    """Block until the drift worker has taken in (or dropped) a text for every answered request (one text per
+    request, every answer sampled): its gauges then include all the load so far."""
+    def drained() -> bool:
+        c = router_counts(url)
+        return c["drift_monitored"] + c["drift_dropped"] >= c["answered"]
+    wait_for(drained, timeout, "the drift monitor to take in every answered request", interval=0.2)
+
+
 def watch(url: str, background: Background, start: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Poll the gauges while the mixed load runs: per arm, the texts monitored since the switch when drift showed."""
     found: dict[str, dict] = {}
@@ -111,12 +129,12 @@ def drift_drill(cfg: DrillConfig, in_domain_s: float = IN_DOMAIN_S, ood_s: float
         base = load_config(cfg, router, triton, folder, in_domain_s)
         with Background(base) as background:
             in_domain = background.join()
-        time.sleep(1.0)  # the drift worker drains every 0.5 s
+        wait_drained(router.url)
         before = drift_state(router.url)
         with Background(replace(base, texts=str(mixed), run_time=f"{int(ood_s)}s")) as background:
             detected = watch(router.url, background, before)
             switched = background.join()
-        time.sleep(1.0)
+        wait_drained(router.url)
         after = drift_state(router.url)
         report_md = httpx.get(f"{router.url}/v2/experiments/{EXPERIMENT}/report", params={"format": "markdown"},
                               timeout=60).text

@@ -134,7 +134,7 @@ class DriftFeed:
 
     def drain(self) -> int:
         """In the worker thread: feed every queued sample to its arm's monitor, then set the gauges."""
-        done = 0
+        done, texts_by_arm = 0, {}
         while self._pending:
             s = self._pending.popleft()
             monitor = self._monitor(s.arm, s.source)
@@ -144,11 +144,13 @@ class DriftFeed:
             labels = s.labels if len(s.labels) == len(texts) else ()
             confidences = s.confidences if len(s.confidences) == len(texts) else ()
             monitor.observe(s.arm, texts, labels, confidences)
-            self.m_sampled.labels(self.experiment, s.arm).inc(len(texts))
+            texts_by_arm[s.arm] = texts_by_arm.get(s.arm, 0) + len(texts)
             done += 1
         if done:
             for _, monitor in list(self._monitors.values()):
                 monitor.export(self.registry, self.experiment)
+        for arm, n in texts_by_arm.items():  # counted after the gauges are set: a count seen means gauges that include it
+            self.m_sampled.labels(self.experiment, arm).inc(n)
         return done
 
     def report(self) -> dict[str, dict[str, FeatureDrift]]:
