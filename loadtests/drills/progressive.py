@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from serving.rollout.config import RolloutArgs
 from serving.router.process import RouterProcess
 from serving.router.store import default_store_url, open_store
 from serving.triton import TritonServer
+from tunestack.procs import wait_for
 
 ROLLOUT_DRILLS = ("good", "bad", "slow")
 EXPECTED = {"good": "complete", "bad": "rollback", "slow": "rollback"}
@@ -111,19 +111,16 @@ def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0
     """Return once the router has stored its first answer (Locust is up), so no step's clock runs without load."""
 
     async def answers() -> int:
-        store = open_store(url)
-        await store.open()
-        try:
+        async with open_store(url) as store:
             return await store.count_answers(EXPERIMENT)
-        finally:
-            await store.close()
 
-    end = time.monotonic() + deadline_s
-    while asyncio.run(answers()) == 0:
-        if time.monotonic() > end or not background.thread.is_alive():
-            raise RuntimeError(f"no answer reached the store {url} within {deadline_s:.0f} s of starting the load; "
+    def answered() -> bool:
+        if not background.thread.is_alive():
+            raise RuntimeError(f"the load test ended before any answer reached the store {url}; "
                                "see the drill folder's router.log and the load test's logs")
-        time.sleep(0.5)
+        return asyncio.run(answers()) > 0
+
+    wait_for(answered, deadline_s, f"an answer in the store {url} (see the drill folder's router.log)", interval=0.5)
 
 
 def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], section: dict[str, Any],

@@ -9,11 +9,13 @@ tensor is absent or unreadable: the request was valid for Triton, so a surprise 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 from tritonclient.grpc import service_pb2 as pb
+
+from serving.router.schema import is_number
 
 _LENGTH = struct.Struct("<I")
 
@@ -28,16 +30,15 @@ def bytes_elements(raw: bytes | memoryview) -> list[str]:
     return out
 
 
-def _flatten_numbers(data: Any) -> list[float]:
+def _flatten(data: Any, keep: Callable[[Any], bool]) -> list:
+    """The leaves of nested JSON ``data`` lists that ``keep`` accepts, in order."""
     if isinstance(data, list):
-        return [x for item in data for x in _flatten_numbers(item)]
-    return [data] if isinstance(data, (int, float)) and not isinstance(data, bool) else []
+        return [x for item in data for x in _flatten(item, keep)]
+    return [data] if keep(data) else []
 
 
-def _flatten(data: Any) -> list[str]:
-    if isinstance(data, list):
-        return [x for item in data for x in _flatten(item)]
-    return [data] if isinstance(data, str) else []
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str)
 
 
 def http_texts(header: dict[str, Any], body: bytes, header_length: int | None, input_name: str) -> list[str]:
@@ -47,7 +48,7 @@ def http_texts(header: dict[str, Any], body: bytes, header_length: int | None, i
         size = (inp.get("parameters") or {}).get("binary_data_size")
         if inp.get("name") == input_name:
             if "data" in inp:
-                return _flatten(inp["data"])
+                return _flatten(inp["data"], _is_text)
             return bytes_elements(memoryview(body)[offset:offset + size]) if size is not None else []
         offset += size or 0
     return []
@@ -73,7 +74,7 @@ def http_confidences(content: bytes, header_length: int | None, output_name: str
         size = (out.get("parameters") or {}).get("binary_data_size")
         if out.get("name") == output_name:
             if "data" in out:
-                values = _flatten_numbers(out["data"])
+                values = _flatten(out["data"], is_number)
             elif size is not None and offset + size <= len(content):
                 values = struct.unpack_from(f"<{size // 4}f", content, offset)
             else:

@@ -25,7 +25,8 @@ STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A JSON/YAML number: int or float, not a bool."""
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
@@ -56,9 +57,9 @@ def _arm_problems(exp: Experiment, dupes: list[str]) -> list[str]:
         if not isinstance(a.name, str) or not NAME_RE.match(a.name):
             problems.append(f"{where}: name must match {NAME_RE.pattern}")
         problems += _model_problem(where, a.model) + _version_problem(where, a.version)
-        if not _is_number(a.weight) or a.weight < 0 or a.weight != a.weight:
+        if not is_number(a.weight) or a.weight < 0 or a.weight != a.weight:
             problems.append(f"{where}: weight must be a number >= 0, got {a.weight!r}")
-    weights_ok = all(_is_number(a.weight) and a.weight >= 0 for a in exp.arms)
+    weights_ok = all(is_number(a.weight) and a.weight >= 0 for a in exp.arms)
     if weights_ok and exp.arms and sum(a.weight for a in exp.arms) <= 0:
         problems.append("the weights sum to 0; at least one arm needs a positive weight")
     elif weights_ok and len(exp.arms) > 2 and not dupes:
@@ -78,7 +79,7 @@ def _shadow_problems(exp: Experiment, arm_names: list[str]) -> list[str]:
     if s is None:
         return []
     problems = _model_problem("shadow", s.model) + _version_problem("shadow", s.version)
-    if not _is_number(s.fraction) or not 0 < s.fraction <= 1:
+    if not is_number(s.fraction) or not 0 < s.fraction <= 1:
         problems.append(f"shadow: fraction must be in (0, 1], got {s.fraction!r}")
     if s.name in arm_names:
         problems.append(f"shadow: name {s.name!r} clashes with an arm name")
@@ -121,7 +122,7 @@ def validate(exp: Experiment, source: str = "experiment") -> Experiment:
     if exp.fallback is not None and exp.fallback not in arm_names:
         problems.append(f"fallback {exp.fallback!r} is not an arm; expected one of {arm_names}")
     problems += _shadow_problems(exp, arm_names)
-    if not _is_number(exp.timeout_s) or not 0 < exp.timeout_s <= 300:
+    if not is_number(exp.timeout_s) or not 0 < exp.timeout_s <= 300:
         problems.append(f"timeout_s must be a number in (0, 300] seconds, got {exp.timeout_s!r}")
     problems += _address_problems(exp)
     if problems:
