@@ -21,6 +21,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.config import ExportConfig
 from export.contract import CONTRACT
+from export.triton_model.model import SPINNING_PARAMETER
 
 LABELS_PARAMETER = "labels"
 """config.pbtxt parameter holding the label names as a JSON list (index -> name)."""
@@ -83,7 +84,7 @@ def python_model_config(cfg: ExportConfig, labels: list[str]) -> mc.ModelConfig:
     _label_outputs(config, labels)
     _batching(config, cfg)
     _params(config, role="classify", labels=json.dumps(labels), intra_op_threads=cfg.intra_op_threads,
-            intra_op_spinning=int(cfg.intra_op_spinning))
+            **{SPINNING_PARAMETER: int(cfg.intra_op_spinning)})
     return config
 
 

@@ -82,7 +82,12 @@ class RawProxy(asyncio.Protocol):
         while True:
             path, headers, body = await self.queue.get()
             forwarded = {k.decode(): headers[k].decode() for k in _PASSED_ON if k in headers}
-            status, answer_headers, content = await self.pool.request("POST", path, body, forwarded)
+            try:
+                status, answer_headers, content = await self.pool.request("POST", path, body, forwarded)
+            except OSError:  # Triton unreachable: close, so the client fails at once instead of waiting
+                if self.transport is not None:
+                    self.transport.close()
+                return
             if self.transport is None:
                 return
             self.transport.write(_answer_head(status, answer_headers, len(content)) + content)
