@@ -20,7 +20,7 @@ NPROC ?= 1
 # NPROC > 1: data-parallel training under torchrun (gloo on CPU, NCCL on GPUs)
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
-.PHONY: help install demo test test-fast train export bench-export bench-serving bench-router serve router \
+.PHONY: help install demo test test-fast train export bench-export bench-serving bench-router bench-handler serve router \
 	rollout-drill fault-drill loadtest bench tune lint clean compare \
 	rollout-drills rollout-drill-good rollout-drill-bad rollout-drill-slow
 
@@ -35,6 +35,7 @@ help:
 	@echo "make router         the A/B router (EXPERIMENT=serving/experiments/sentiment-ab.yaml)"
 	@echo "make bench-serving  in-process ORT vs Triton HTTP vs gRPC, dynamic batching -> reports/bench-serving.json"
 	@echo "make bench-router   router overhead: through the router minus direct to Triton"
+	@echo "make bench-handler  the router's own work per request, in process (HANDLER_BENCH_ARGS=--compare-tree DIR)"
 	@echo "make loadtest       Locust headless -> reports/loadtest-TIMESTAMP/ (TARGET USERS RATE DURATION WORKERS SHAPE)"
 	@echo "make bench          Triton vs router, FastAPI + ORT, LitServe, transformers baseline, in-process -> reports/bench-TIMESTAMP/"
 	@echo "make tune           search instances x ORT threads x batching on tritonserver; winner -> a new version"
@@ -169,6 +170,11 @@ bench-serving: install
 ROUTER_BENCH_ARGS ?=
 bench-router: install
 	$(PY) -m serving.router_bench --repository $(REPOSITORY) $(ROUTER_BENCH_ARGS)
+
+# make bench-handler HANDLER_BENCH_ARGS="--compare-tree ../before": the router app's infer path, no network
+HANDLER_BENCH_ARGS ?=
+bench-handler: install
+	$(PY) -m serving.handler_bench $(HANDLER_BENCH_ARGS)
 
 serve: install
 	$(PY) -m serving triton --repository $(REPOSITORY)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.router.app import RequestIds
 from serving.router.errors import BadRequest
+from serving.router.infer_http import RequestIds
 from serving.router.metrics import Recorder
 from serving.router.validate import ModelSpec, SpecCache, TensorIn, check_request
 

@@ -13,8 +13,10 @@ class Server:
     """A tiny HTTP/1.1 server on 127.0.0.1 that answers from a script and counts connections."""
 
     def __init__(self, answer=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Test: yes\r\n\r\nok", close_after=None,
-                 hang=False):
-        self.answer, self.close_after, self.hang = answer, close_after, hang
+                 hang=False, hang_from=None):
+        """``hang``: never answer; ``hang_from``: answer that many requests on a connection, then never."""
+        self.answer, self.close_after = answer, close_after
+        self.hang_from = 0 if hang else hang_from
         self.connections = 0
         self.requests: list[bytes] = []
 
@@ -27,7 +29,7 @@ class Server:
                 length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                                   if line.lower().startswith(b"content-length")))
                 self.requests.append(head + await reader.readexactly(length))
-                if self.hang:
+                if self.hang_from is not None and served >= self.hang_from:
                     await asyncio.sleep(3600)
                 writer.write(self.answer)
                 await writer.drain()
@@ -89,6 +91,37 @@ def test_a_cancelled_request_closes_its_connection():
                 async with asyncio.timeout(0.2):
                     await pool.request("GET", "/slow")
             assert pool._idle == []  # never reused: a late answer must not reach the next request
+            await pool.aclose()
+    run(main())
+
+
+def test_a_timeout_on_a_pooled_connection_raises_and_drops_that_connection():
+    async def main():
+        server = Server(hang_from=1)  # the first answer comes, the second never
+        async with server as url:
+            pool = HttpPool(url)
+            assert (await pool.request("GET", "/fast", timeout=5))[0] == 200
+            assert len(pool._idle) == 1  # the next request reuses it: the deadline is the pool's own timer
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", "/slow", timeout=0.2)
+            assert pool._idle == []
+            assert (await pool.request("GET", "/fast again", timeout=5))[0] == 200  # on a fresh connection
+            await pool.aclose()
+        assert server.connections == 2
+    run(main())
+
+
+def test_a_timeout_covers_the_wait_for_a_free_connection():
+    async def main():
+        async with Server(hang=True) as url:
+            pool = HttpPool(url, max_connections=1)
+            stuck = asyncio.ensure_future(pool.request("GET", "/holds-the-only-slot"))
+            await asyncio.sleep(0)  # it runs up to its first wait, holding the slot
+            assert pool._slots.locked()
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", "/waits-for-a-slot", timeout=0.2)
+            assert not stuck.done()
+            stuck.cancel()
             await pool.aclose()
     run(main())
 

@@ -1,193 +1,36 @@
 """The router's HTTP service: KServe v2 in front, Triton behind, one experiment in between.
 
 ``create_app`` builds a Starlette app. Callers treat the experiment as a model:
-``POST /v2/models/{experiment}/infer`` is assigned to an arm (sticky by key, see ``assignment.py``),
-forwarded to that arm's Triton model version over pooled connections, and answered with
-``X-Variant`` / ``parameters.variant`` naming the arm that served it. The admin, feedback and report
-endpoints live in ``serving.router.admin``.
+``POST /v2/models/{experiment}/infer`` is assigned to an arm, forwarded to that arm's Triton model
+version and answered with the arm's name (``serving.router.infer_http``, the hot path). Health, readiness
+and metadata are here; the admin, feedback and report endpoints live in ``serving.router.admin``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import secrets
 import signal
-import time
-from collections.abc import Awaitable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from export.contract import CONTRACT
 from serving.router import admin
-from serving.router.breaker import with_fallback
 from serving.router.config import Experiment, RouterConfig
-from serving.router.drift_read import http_confidences, http_texts
-from serving.router.errors import BadRequest, NotFound, PayloadTooLarge, RouterError, UpstreamError
-from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
+from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
+from serving.router.infer_http import InferEndpoint, RequestIds, infer
 from serving.router.state import RouterState, get_state
-from serving.router.upstream import Answer
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_ID = 256
-UNASSIGNED = "unassigned"  # the arm label of requests refused before an arm was chosen
-DRAIN_LIMIT = 64 << 20
-"""An oversize body is read and dropped up to this many bytes before the 413, so the client gets the answer
-instead of a connection reset (closing a socket with unread data makes the kernel send RST)."""
-
-
-class RequestIds:
-    """Ids for requests that bring none: a random prefix per app and a counter, ``9f2c...-1a``. Unique
-    across replicas and restarts (64 random bits), and several times cheaper than ``uuid4().hex``."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._count = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self._prefix}-{next(self._count):x}"
 
 
 def error_response(exc: RouterError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body; over ``limit`` bytes it is drained (not kept) and refused with a 413."""
-    declared = request.headers.get("content-length", "")
-    too_large = declared.isdigit() and int(declared) > limit
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            too_large = True
-        if too_large:
-            if size > DRAIN_LIMIT:
-                break  # not worth reading on: answer, and let the connection close
-            continue
-        chunks.append(chunk)
-    if too_large:
-        what = f"of {int(declared)} bytes " if declared.isdigit() else ""
-        raise PayloadTooLarge(f"request body {what}is over the limit of {limit} bytes (--max-body-bytes)")
-    return b"".join(chunks)
-
-
-def sticky_key(exp: Experiment, request: Request, req: InferRequest) -> str | None:
-    if exp.sticky.source == "header":
-        return request.headers.get(exp.sticky.key) or None
-    if exp.sticky.source == "parameter":
-        value = req.parameters.get(exp.sticky.key)
-        return None if value is None or value == "" else str(value)
-    return None
-
-
-async def forward(state: RouterState, exp: Experiment, arm: str, req: InferRequest) -> tuple[Answer, str]:
-    """Send ``req`` to ``arm``, or to the fallback arm when its upstream fails. Returns (answer, arm served)."""
-    def send(name: str) -> Awaitable[Answer]:
-        return state.upstream.infer(state.target(exp, name), req.body, req.header_length, exp.timeout_s)
-    return await with_fallback(state, exp, arm, send)
-
-
-async def run_shadow(state: RouterState, exp: Experiment, req: InferRequest, primary_arm: str,
-                     primary_labels: tuple[str, ...]) -> None:
-    """Send the copy to the shadow and record latency and agreement; never raises."""
-    assert exp.shadow is not None
-    start = time.perf_counter()
-    try:
-        answer = await state.upstream.infer(state.target(exp, exp.shadow.name), req.body, req.header_length,
-                                            exp.timeout_s)
-        labels = labels_of(answer, CONTRACT.output_label)
-    except Exception as e:  # the shadow's failures are recorded, never raised
-        log.debug("shadow %s failed: %s", exp.shadow.name, e)
-        state.recorder.shadow_result(exp.shadow.name, primary_arm, None, primary_labels, None)
-        return
-    state.recorder.shadow_result(exp.shadow.name, primary_arm, time.perf_counter() - start, primary_labels, labels)
-
-
-async def spawn_shadow(state: RouterState, exp: Experiment, req: InferRequest, primary_arm: str,
-                       primary_labels: tuple[str, ...]) -> None:
-    """Runs after the primary answer is sent: starts the shadow copy as its own task, or drops it."""
-    assert exp.shadow is not None
-    if len(state.shadow_tasks) >= state.config.max_shadow_in_flight:
-        state.recorder.shadow_dropped(exp.shadow.name, primary_arm)
-        return
-    task = asyncio.get_running_loop().create_task(run_shadow(state, exp, req, primary_arm, primary_labels))
-    state.shadow_tasks.add(task)
-    task.add_done_callback(state.shadow_tasks.discard)
-
-
-async def infer(request: Request) -> Response:
-    start = time.perf_counter()
-    state = get_state(request)
-    exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
-    request_id = request.headers.get("x-request-id") or None
-    arm = None
-    inflight = state.recorder.inflight
-    inflight.inc()
-    try:
-        state.check_experiment(request.path_params["name"])
-        if request_id is not None and len(request_id) > MAX_REQUEST_ID:
-            raise BadRequest(f"X-Request-Id is {len(request_id)} characters; at most {MAX_REQUEST_ID} allowed")
-        body = await read_body(request, state.config.max_body_bytes)
-        req = parse_request(decode_body(body, request.headers.get("content-encoding")),
-                            request.headers.get("inference-header-content-length"))
-        body_id = req.header.get("id")
-        if request_id is None and body_id and body_id.isascii() and body_id.isprintable():
-            request_id = body_id[:MAX_REQUEST_ID]  # echoed in X-Request-Id: printable ASCII only
-        key = sticky_key(exp, request, req)
-        if key is None and exp.sticky.source:
-            state.recorder.unkeyed()
-        arm = assigner.assign(key, state.rng)
-        validate(req, await state.upstream.metadata_for_checks(state.target(exp, arm), min(1.0, exp.timeout_s)))
-        answer, served = await forward(state, exp, arm, req)
-        content, header_length, labels = tag_answer(answer, served, CONTRACT.output_label)
-    except RouterError as e:
-        if e.status_code < 500:  # the caller's mistake: recorded apart, never against the arm
-            state.recorder.client_error(arm or UNASSIGNED, e.status_code)
-        elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in forward()
-            state.recorder.error(arm or UNASSIGNED, e.status_code)
-        headers = {"X-Request-Id": request_id or request.app.request_ids.new()}
-        if arm:
-            headers["X-Variant"] = arm
-        return error_response(e, headers)
-    finally:
-        inflight.dec()
-    request_id = request_id or request.app.request_ids.new()
-    # recorded right after the answer is written, before this task yields: off the caller's latency,
-    # and still before any later request (feedback for this id included) can be read
-    after = BackgroundTask(after_answer, state, exp, req, request_id, served, time.perf_counter() - start, labels,
-                           key, arm, content, header_length)
-    media_type = "application/json" if header_length is None else "application/octet-stream"
-    response = Response(content, media_type=media_type, background=after)
-    response.raw_headers += [(b"x-variant", served.encode("latin-1")),
-                             (b"x-request-id", request_id.encode("latin-1"))]
-    if header_length is not None:
-        response.raw_headers.append((b"inference-header-content-length", b"%d" % header_length))
-    return response
-
-
-async def after_answer(state: RouterState, exp: Experiment, req: InferRequest, request_id: str, served: str,
-                       latency_s: float, labels: tuple[str, ...], key: str | None, arm: str, content: bytes = b"",
-                       header_length: int | None = None) -> None:
-    """Runs once the answer is sent: records the request with its predictions' top-class probabilities
-    (read from ``content``, the answer), offers it to the drift monitor's sample, then maybe starts its
-    shadow copy."""
-    confidences = http_confidences(content, header_length, CONTRACT.output_probabilities) if content else []
-    state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
-    if state.drift is not None:  # the texts are decoded in the drift worker, only if this request is sampled
-        state.drift.offer(exp, served, lambda: http_texts(req.header, req.body, req.header_length, CONTRACT.input_text),
-                          labels, confidences)
-    if exp.shadow is not None and state.rng.random() < exp.shadow.fraction:
-        await spawn_shadow(state, exp, req, served, labels)
 
 
 async def infer_version(request: Request) -> Response:
@@ -292,7 +135,7 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
         Route("/v2/health/ready", ready),
         Route("/v2/models/{name}", model_metadata),
         Route("/v2/models/{name}/ready", ready),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/infer", InferEndpoint(), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer_version, methods=["POST"]),
         *admin.routes,
     ]
@@ -305,8 +148,8 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
 
 class RouterApp(Starlette):
     """Starlette, plus a direct path for ``POST /v2/models/NAME/infer``: the one hot route skips the routing
-    table and the middleware stack (tens of microseconds a request); every other request, and any error
-    that escapes ``infer``, is handled exactly as Starlette would."""
+    table and the middleware stack (tens of microseconds a request); every other request is handled
+    exactly as Starlette would."""
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
@@ -315,9 +158,4 @@ class RouterApp(Starlette):
             return await super().__call__(scope, receive, send)
         scope["app"] = self
         scope["path_params"] = {"name": path[len("/v2/models/"):-len("/infer")]}
-        request = Request(scope, receive, send)
-        try:
-            response = await infer(request)
-        except Exception as e:  # what infer does not turn into an answer itself: a 500, logged
-            response = await _internal_error(request, e)
-        await response(scope, receive, send)
+        await infer(scope, receive, send)

@@ -37,7 +37,6 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from export.contract import CONTRACT
-from serving.router.app import MAX_REQUEST_ID, UNASSIGNED
 from serving.router.breaker import with_fallback
 from serving.router.config import Experiment
 from serving.router.drift_read import grpc_confidences, grpc_texts
@@ -49,6 +48,7 @@ from serving.router.grpc_protocol import (
     tag_answer,
     tensors_in,
 )
+from serving.router.infer_http import MAX_REQUEST_ID, UNASSIGNED
 from serving.router.state import RouterState
 from serving.router.validate import check_request
 

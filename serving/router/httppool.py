@@ -10,9 +10,12 @@ and keeps connections open between requests:
     status, headers, body = await pool.request("POST", "/v2/models/m/infer", body, {"Content-Type": "..."})
     await pool.aclose()
 
-Failures are ``OSError``s (``ConnectionError`` for a reset or an unparsable answer). A request cancelled
-mid-way (a deadline) closes its connection, so a late answer can never be read by the next request.
-A pooled connection that the server closed while idle is retried once on a fresh one.
+Failures are ``OSError``s (``ConnectionError`` for a reset or an unparsable answer); a request given a
+``timeout`` that runs past it raises ``TimeoutError``. The deadline is one timer on the event loop per
+request (not ``asyncio.timeout``'s task cancellation, which costs more on every request that meets it).
+A request that times out or is cancelled mid-way closes its connection, so a late answer can never be
+read by the next request. A pooled connection that the server closed while idle is retried once on a
+fresh one.
 """
 
 from __future__ import annotations
@@ -72,12 +75,20 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and self.keep_alive
 
-    async def send(self, data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    async def send(self, data: bytes, deadline: float | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Write one request, wait for its answer; past ``deadline`` (loop time) ``TimeoutError``."""
         assert self.waiter is None and self.transport is not None, "one request at a time per connection"
         self.headers, self.body, self.answered_bytes = {}, [], False
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
         self.transport.write(data)
-        return await self.waiter
+        if deadline is None:
+            return await waiter
+        timer = loop.call_at(deadline, self._fail, TimeoutError())
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
 
     def _fail(self, exc: Exception) -> None:
         waiter, self.waiter = self.waiter, None
@@ -113,36 +124,50 @@ class HttpPool:
         return (f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode() + self._host_header
                 + f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
-        """Send one request; return (status, headers with lower-case byte names, body)."""
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      timeout: float | None = None) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Send one request; return (status, headers with lower-case byte names, body). ``timeout``: seconds
+        for all of it (a free connection, connecting, the answer), else ``TimeoutError``."""
         if self.closed:
             raise ConnectionError("the HTTP pool is closed")
         data = self._encode(method, path, body, headers)
-        async with self._slots:
-            while True:
-                conn = self._idle.pop() if self._idle else None
-                reused = conn is not None
-                if conn is None:
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        if self._slots.locked():  # all connections busy: wait for one, within the deadline
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()  # returns at once
+        try:
+            return await self._exchange(data, deadline)
+        finally:
+            self._slots.release()
+
+    async def _exchange(self, data: bytes, deadline: float | None) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One request on an idle connection, or a new one, holding a slot."""
+        while True:
+            conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
                     conn = await self._connect()
-                elif not conn.usable:
-                    conn.close()
-                    continue
-                try:
-                    answer = await conn.send(data)
-                except ConnectionError:
-                    conn.close()
-                    if reused and not conn.answered_bytes:
-                        continue  # the server closed this idle connection: once more on another one
-                    raise
-                except BaseException:  # cancelled (a deadline) or worse: the connection's state is unknown
-                    conn.close()
-                    raise
-                if conn.usable and not self.closed:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
-                return answer
+            elif not conn.usable:
+                conn.close()
+                continue
+            try:
+                answer = await conn.send(data, deadline)
+            except ConnectionError:
+                conn.close()
+                if reused and not conn.answered_bytes:
+                    continue  # the server closed this idle connection: once more on another one
+                raise
+            except BaseException:  # timed out, cancelled or worse: the connection's state is unknown
+                conn.close()
+                raise
+            if conn.usable and not self.closed:
+                self._idle.append(conn)
+            else:
+                conn.close()
+            return answer
 
     async def aclose(self) -> None:
         self.closed = True

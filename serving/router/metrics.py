@@ -169,7 +169,7 @@ class Recorder:
                 c = rec.confidence
                 rec.confidence = Moments(c.n + len(confidences), c.total + sum(confidences),
                                          c.total_sq + sum(x * x for x in confidences))
-                observe = self.m_confidence.labels(self.experiment, arm).observe
+                observe = self._child(self.m_confidence, arm).observe
                 for x in confidences:
                     observe(x)
             self._served[request_id] = Served(arm, labels)

@@ -3,10 +3,10 @@
 One ``HttpPool`` (``serving.router.httppool``: keep-alive connections, ``httptools`` parsing) per Triton
 base URL, shared by every request. (Not aiohttp or httpx: per request they cost the router several times
 the CPU of the pool, and that CPU was most of the router's overhead.) Each call runs under a
-whole-request deadline (connect + send + answer), so a hung Triton costs at most ``timeout_s``; after
-``BREAKER_FAILURES`` consecutive failures an endpoint is skipped for ``BREAKER_COOLDOWN_S`` (requests
-fail fast, or go to the fallback arm), then tried again, so the router recovers by itself (the breaker,
-``serving.router.breaker.CircuitBreaker``, is shared with the gRPC upstream).
+whole-request deadline (a free connection, connect, send, answer), so a hung Triton costs at most
+``timeout_s``; after ``BREAKER_FAILURES`` consecutive failures an endpoint is skipped for
+``BREAKER_COOLDOWN_S`` (requests fail fast, or go to the fallback arm), then tried again, so the router
+recovers by itself (the breaker, ``serving.router.breaker.CircuitBreaker``, is shared with the gRPC upstream).
 
 Only the upstream's own failures count toward the breaker: transport errors, timeouts, 5xx answers and
 "model unavailable" 4xx answers. An answer that blames the request (any other 4xx, or a 5xx whose
@@ -87,9 +87,8 @@ class Upstream:
         self.breaker.check(target)
         headers = _JSON if header_length is None else {**_BINARY, "Inference-Header-Content-Length": str(header_length)}
         try:
-            async with asyncio.timeout(timeout_s):
-                status, answer_headers, content = await self._pool(target.base_url).request(
-                    "POST", f"{target.path}/infer", body, headers)
+            status, answer_headers, content = await self._pool(target.base_url).request(
+                "POST", f"{target.path}/infer", body, headers, timeout_s)
         except TimeoutError:
             self.breaker.record(target, ok=False)
             raise UpstreamTimeout(f"{target} did not answer within {timeout_s:g} s") from None
@@ -112,9 +111,8 @@ class Upstream:
         return UpstreamRejected(message, status)
 
     async def _get(self, target: Target, path: str, timeout_s: float) -> tuple[int, bytes]:
-        async with asyncio.timeout(timeout_s):
-            status, _, content = await self._pool(target.base_url).request("GET", path)
-            return status, content
+        status, _, content = await self._pool(target.base_url).request("GET", path, timeout=timeout_s)
+        return status, content
 
     async def ready(self, target: Target, timeout_s: float = 1.0) -> bool:
         """Whether Triton says this model version is ready (False on any error)."""
