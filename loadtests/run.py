@@ -11,6 +11,9 @@
    target router, the router's statistical report (``router_report.json`` and ``.md``);
 5. ``run.json`` (command, exit codes, times) and the report (``loadtests.report.build_report``).
 
+Locust runs for ``cfg.run_time``, or until the caller sets ``stop_event`` (a test that ends the load on a
+condition): then it gets SIGTERM and writes its statistics as at the end of its run time.
+
 Every process it starts is stopped before it returns, whatever happens.
 """
 
@@ -21,6 +24,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +110,11 @@ def stop(processes: list[LocustProcess], grace: float = 10.0) -> None:
     stop_process_groups([p.process for p in processes], grace, "locust")
 
 
-def watch(processes: list[LocustProcess], cpu_csv: Path, deadline_s: float, interval: float = 1.0) -> None:
-    """Sample the CPU of each Locust process and of the machine until the first one (local/master) exits."""
+def watch(processes: list[LocustProcess], cpu_csv: Path, deadline_s: float, interval: float = 1.0,
+          stop_event: threading.Event | None = None) -> None:
+    """Sample the CPU of each Locust process and of the machine until the first one (local/master) exits or
+    ``stop_event`` is set."""
+    stop_event = stop_event or threading.Event()
     handles = {}
     for p in processes:
         try:
@@ -120,8 +127,7 @@ def watch(processes: list[LocustProcess], cpu_csv: Path, deadline_s: float, inte
     with open(cpu_csv, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["elapsed_s", "role", "pid", "cpu_percent"])
-        while main.poll() is None:
-            time.sleep(interval)
+        while main.poll() is None and not stop_event.wait(interval):
             elapsed = time.monotonic() - start_time
             for role, handle in handles.items():
                 try:
@@ -160,8 +166,9 @@ def check_target(cfg: LoadTestConfig) -> None:
                     response.status_code)
 
 
-def run_loadtest(cfg: LoadTestConfig) -> RunResult:
-    """Run the load test described by ``cfg`` and write its report; see the module docstring."""
+def run_loadtest(cfg: LoadTestConfig, stop_event: threading.Event | None = None) -> RunResult:
+    """Run the load test described by ``cfg`` (until ``stop_event`` is set, if that comes first) and write its
+    report; see the module docstring."""
     if not Path(cfg.texts).is_file():
         raise LoadTestError(f"texts file {cfg.texts} does not exist; run `make export` (it writes "
                             "runs/NAME/merged/heldout.jsonl) or pass --texts FILE")
@@ -174,7 +181,7 @@ def run_loadtest(cfg: LoadTestConfig) -> RunResult:
     processes = start(commands, folder)
     log.info("locust running (%s), %s; output in %s", ", ".join(p.role for p in processes), cfg.run_time, folder)
     try:
-        watch(processes, folder / "client_cpu.csv", deadline_s=cfg.run_time_s + 90)
+        watch(processes, folder / "client_cpu.csv", deadline_s=cfg.run_time_s + 90, stop_event=stop_event)
     finally:
         stop(processes)
     exit_code = processes[0].process.returncode

@@ -1,22 +1,24 @@
 """A flood of malformed requests hurts only its sender (issue #10).
 
 Real processes: tritonserver on the tiny model (two versions), the router as a subprocess on a 70/30
-experiment with a fallback arm, and a real headless Locust run of good traffic. While Locust runs, one
-client sends at least 50 malformed requests a second (the bodies from the issue: ``"data": null``, a
-negative dimension, a number where BYTES text is expected, 100,000 nested ``[``, a blank text the model
-itself refuses, an oversize body). Every good request must succeed, the arm shares must stay as set,
-no breaker may open (no fallback, no server error), and the router's client-error counters must hold
-exactly what the flooding client was answered.
+experiment with a fallback arm, and a real headless Locust run of good traffic. Once the router has answered
+some of it, one client sends ``FLOOD_COUNT`` malformed requests, paced at ``FLOOD_RATE`` a second (the bodies
+from the issue: ``"data": null``, a negative dimension, a number where BYTES text is expected, 100,000 nested
+``[``, a blank text the model itself refuses, an oversize body); Locust is stopped only after the router has
+answered more good requests after the flood's last (``tests.flood.flood_amid_good_traffic``: an order of
+events, not a clock). Every malformed request must get its 4xx with a JSON error, every good request must
+succeed, the arm shares must stay as set, no breaker may open (no fallback, no server error), and the router's
+client-error counters must hold exactly what the flooding client was answered.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,13 +26,14 @@ import pytest
 
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig
-from loadtests.run import run_loadtest
+from loadtests.run import PREFIX, run_loadtest
 from tests.flood import (
+    FLOOD_COUNT,
     FLOOD_RATE,
-    MIN_RATE,
     SHARES,
     assert_shares,
     counters_moved,
+    flood_amid_good_traffic,
     flood_stack,
     router_counters,
 )
@@ -65,23 +68,20 @@ def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
         yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
 
 
-class Flood(threading.Thread):
-    """One client sending the malformed corpus round-robin at ``rate`` requests/s until stopped."""
+class Flood:
+    """One client sending the malformed corpus round-robin, ``FLOOD_COUNT`` requests paced at ``rate`` a second,
+    each after the answer to the one before."""
 
     def __init__(self, url: str, rate: float):
-        super().__init__(daemon=True)
         self.url, self.interval = url, 1.0 / rate
-        self.stop_event = threading.Event()
         self.answers: Counter = Counter()  # (name, status)
         self.unexpected: list[str] = []
-        self.elapsed = 0.0
 
     def run(self) -> None:
         names = list(MALFORMED)
         start = time.monotonic()
         with httpx.Client(base_url=self.url, timeout=30, trust_env=False) as client:
-            i = 0
-            while not self.stop_event.is_set():
+            for i in range(FLOOD_COUNT):
                 name = names[i % len(names)]
                 body, expected = MALFORMED[name]
                 try:
@@ -92,40 +92,35 @@ class Flood(threading.Thread):
                 self.answers[(name, status)] += 1
                 if status != expected or not error:
                     self.unexpected.append(f"{name}: {status} {error!r:.200}")
-                i += 1
-                self.stop_event.wait(max(0.0, start + i * self.interval - time.monotonic()))
-        self.elapsed = time.monotonic() - start
-
-    @property
-    def sent(self) -> int:
-        return sum(self.answers.values())
+                time.sleep(max(0.0, start + (i + 1) * self.interval - time.monotonic()))
 
 
-def locust_rows(folder: Path) -> dict[str, dict[str, str]]:
-    with open(folder / "locust_stats.csv", newline="") as f:
-        return {r["Name"]: r for r in csv.DictReader(f) if r["Name"] != "Aggregated"}
+def locust_entries(folder: Path) -> dict[str, dict]:
+    """Locust's final statistics by name (``--json-file``, written when it stops: every request counted)."""
+    return {e["name"]: e for e in json.loads((folder / f"{PREFIX}_stats.json").read_text())}
 
 
 def test_a_malformed_flood_hurts_only_its_sender(stack):
     router = stack["router"]
     before = router_counters(router.url)
-    flood = Flood(router.url, FLOOD_RATE)
-    flood.start()
-    try:
-        result = run_loadtest(LoadTestConfig(
-            target="router", host=router.url, experiment=EXPERIMENT, texts=stack["texts"], users=4, run_time="10s",
-            feedback_fraction=0.0, triton_metrics_url=stack["triton"].metrics_url, out_dir=str(stack["reports"])))
-    finally:
-        flood.stop_event.set()
-        flood.join(timeout=60)
-    assert not flood.is_alive()
-    # the flood was a flood, and every malformed request got its 4xx with a JSON error
-    assert flood.sent / flood.elapsed >= MIN_RATE, (flood.sent, flood.elapsed)
+    flood, stop = Flood(router.url, FLOOD_RATE), threading.Event()
+    cfg = LoadTestConfig(  # run_time only caps the run: Locust is stopped once the flood is over
+        target="router", host=router.url, experiment=EXPERIMENT, texts=stack["texts"], users=4, run_time="10m",
+        feedback_fraction=0.0, triton_metrics_url=stack["triton"].metrics_url, out_dir=str(stack["reports"]))
+    with ThreadPoolExecutor(1) as pool:
+        locust = pool.submit(run_loadtest, cfg, stop)
+        try:
+            flood_amid_good_traffic(router.url, flood.run)
+        finally:
+            stop.set()
+        result = locust.result()
+    # every malformed request was answered, with its 4xx and a JSON error
+    assert sum(flood.answers.values()) == FLOOD_COUNT, flood.answers
     assert not flood.unexpected, flood.unexpected[:10]
     # every good request succeeded, on the arms the experiment sets, in its shares
-    rows = locust_rows(result.folder)
-    assert all(r["Failure Count"] == "0" for r in rows.values()), rows
-    assert_shares({arm: int(rows[arm]["Request Count"]) for arm in SHARES})
+    entries = locust_entries(result.folder)
+    assert all(e["num_failures"] == 0 for e in entries.values()), entries
+    assert_shares({arm: entries[arm]["num_requests"] for arm in SHARES})
     # no breaker opened: no fallback, no server error; the client errors are exactly the flood's answers
     moved = counters_moved(before, router_counters(router.url))
     sent_by_code = Counter(f"client_{status}" for (_, status), count in flood.answers.items() for _ in range(count))

@@ -1,13 +1,16 @@
 """A flood of malformed gRPC requests hurts only its sender (issue #10, the gRPC twin of test_router_flood.py).
 
 Real processes: tritonserver on the tiny model (two versions), the router as a subprocess on a 70/30
-experiment with a fallback arm, its gRPC endpoint forwarding to Triton's gRPC port. While four
-``tritonclient.grpc`` clients send good requests (paced), one client sends at least 50 malformed ``ModelInferRequest``
-messages a second (a negative dimension, a wrong element count, numbers where BYTES text is expected, an
-unknown datatype, a raw entry too many, a blank text the model itself refuses, an unknown output, an unknown
-experiment, a message over the size limit). Every good request must succeed, the arm shares must stay as
-set, no breaker may open (no fallback, no server error), and the router's client-error counters must hold
-exactly what the flooding client was answered.
+experiment with a fallback arm, its gRPC endpoint forwarding to Triton's gRPC port. Four ``tritonclient.grpc``
+clients send good requests (paced); once the router has answered some, one client sends ``FLOOD_COUNT``
+malformed ``ModelInferRequest`` messages paced at ``FLOOD_RATE`` a second (a negative dimension, a wrong element
+count, numbers where BYTES text is expected, an unknown datatype, a raw entry too many, a blank text the model
+itself refuses, an unknown output, an unknown experiment, a message over the size limit); the good clients
+are stopped only after the router has answered more good requests after the flood's last answer
+(``tests.flood.flood_amid_good_traffic``: an order of events, not a clock). Every malformed message must get
+its client-error status with a message, every good request must succeed, the arm shares must stay as set, no
+breaker may open (no fallback, no server error), and the router's client-error counters must hold exactly
+what the flooding client was answered.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from tritonclient.grpc import service_pb2_grpc
 
 from export.contract import CONTRACT
 from tests.flood import (
+    FLOOD_COUNT,
     FLOOD_RATE,
-    MIN_RATE,
     assert_shares,
     counters_moved,
+    flood_amid_good_traffic,
     flood_stack,
     router_counters,
 )
@@ -40,7 +44,6 @@ pytestmark = pytest.mark.e2e
 EXPERIMENT = "grpc-flood-ab"
 GOOD_CLIENTS = 4
 GOOD_RATE = 8.0  # good requests per second per client (paced, as Locust's users are: not a closed loop)
-RUN_S = 8.0
 MAX_BODY = 64 << 10
 INVALID, NOT_FOUND, TOO_LARGE = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                                  grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -90,17 +93,15 @@ def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
         yield {"triton": triton, "router": router}
 
 
-class Flood(threading.Thread):
-    """One gRPC client sending the malformed messages round-robin at ``rate`` requests/s until stopped, open
-    loop (each sent without waiting for the answer before, as a flooding client does)."""
+class Flood:
+    """One gRPC client sending the malformed messages round-robin, ``FLOOD_COUNT`` of them paced at ``rate`` a
+    second, open loop (each sent without waiting for the answer before, as a flooding client does); ``run``
+    returns once every one is answered."""
 
     def __init__(self, address: str, rate: float):
-        super().__init__(daemon=True)
         self.address, self.interval = address, 1.0 / rate
-        self.stop_event = threading.Event()
         self.answers: Counter = Counter()  # (name, status code)
         self.unexpected: list[str] = []
-        self.sent, self.elapsed = 0, 0.0
 
     def run(self) -> None:
         names = list(MALFORMED)
@@ -108,12 +109,10 @@ class Flood(threading.Thread):
         with grpc.insecure_channel(self.address, options=[("grpc.max_send_message_length", -1)]) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             calls = []
-            while not self.stop_event.is_set():
-                name = names[self.sent % len(names)]
+            for i in range(FLOOD_COUNT):
+                name = names[i % len(names)]
                 calls.append((name, stub.ModelInfer.future(MALFORMED[name][0], timeout=60)))
-                self.sent += 1
-                self.stop_event.wait(max(0.0, start + self.sent * self.interval - time.monotonic()))
-            self.elapsed = time.monotonic() - start
+                time.sleep(max(0.0, start + (i + 1) * self.interval - time.monotonic()))
             for name, call in calls:
                 self._answered(name, call)
 
@@ -128,16 +127,15 @@ class Flood(threading.Thread):
             self.unexpected.append(f"{name}: {code} {details!r:.200}")
 
 
-def good_traffic(address: str, deadline: float, served: Counter, failures: list[str]) -> None:
-    """Good requests through ``tritonclient.grpc``, ``GOOD_RATE`` a second until ``deadline``; the arm of
+def good_traffic(address: str, stop: threading.Event, served: Counter, failures: list[str]) -> None:
+    """Good requests through ``tritonclient.grpc``, ``GOOD_RATE`` a second until ``stop`` is set; the arm of
     each answer counted."""
     client = grpcclient.InferenceServerClient(address)
     text = grpcclient.InferInput(CONTRACT.input_text, [1, 1], "BYTES")
     text.set_data_from_numpy(np.array([[b"a warm, funny film"]], dtype=np.object_))
     start, i = time.monotonic(), 0
     try:
-        while time.monotonic() < deadline:
-            time.sleep(max(0.0, start + i / GOOD_RATE - time.monotonic()))
+        while not stop.wait(max(0.0, start + i / GOOD_RATE - time.monotonic())):
             i += 1
             try:
                 result = client.infer(EXPERIMENT, [text], client_timeout=30)
@@ -151,25 +149,22 @@ def good_traffic(address: str, deadline: float, served: Counter, failures: list[
 def test_a_malformed_grpc_flood_hurts_only_its_sender(stack):
     router = stack["router"]
     before = router_counters(router.url)
-    flood = Flood(router.grpc_address, FLOOD_RATE)
+    flood, stop = Flood(router.grpc_address, FLOOD_RATE), threading.Event()
     served: Counter = Counter()
     failures: list[str] = []
-    deadline = time.monotonic() + RUN_S
-    clients = [threading.Thread(target=good_traffic, args=(router.grpc_address, deadline, served, failures))
+    clients = [threading.Thread(target=good_traffic, args=(router.grpc_address, stop, served, failures))
                for _ in range(GOOD_CLIENTS)]
-    flood.start()
     try:
         for c in clients:
             c.start()
-        for c in clients:
-            c.join(timeout=RUN_S + 120)
+        flood_amid_good_traffic(router.url, flood.run)
     finally:
-        flood.stop_event.set()
-        flood.join(timeout=120)
-    assert not flood.is_alive() and not any(c.is_alive() for c in clients)
-    # the flood was a flood, and every malformed message got its client-error status with a message
-    assert flood.sent / flood.elapsed >= MIN_RATE and sum(flood.answers.values()) == flood.sent, (flood.sent,
-                                                                                                  flood.elapsed)
+        stop.set()
+        for c in clients:
+            c.join(timeout=120)
+    assert not any(c.is_alive() for c in clients)
+    # every malformed message was answered, with its client-error status and a message
+    assert sum(flood.answers.values()) == FLOOD_COUNT, flood.answers
     assert not flood.unexpected, flood.unexpected[:10]
     # every good request succeeded, on the arms the experiment sets, in its shares
     assert not failures, failures[:5]
