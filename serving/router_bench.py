@@ -7,8 +7,12 @@ Every path sends the same request (one review, binary tensors) with one client p
 The router runs an A/A experiment (both arms on the same model version), so the only difference
 between a routed path and its baseline is the router hop. Phases alternate (direct, router, direct,
 router, ...) so drift hits every path alike. Writes ``reports/router_bench.json`` and prints a table:
-p50 and p99 per path, the differences from the baseline with 95 % bootstrap intervals, and the router
-process's CPU time per request (a figure that moves far less than latency on a busy machine).
+p50 and p99 per path, the overheads over the baseline with 95 % intervals, and the router process's CPU
+time per request (a figure that moves far less than latency on a busy machine). An overhead is the mean
+of its per-phase differences (phase k of the path against phase k of its baseline), its interval a t
+interval over them (``stats.blocked_quantile_diff_ci``): these machines drift by several percent between
+phases, and an interval that took every request as independent was far too narrow (it once put a
+do-nothing proxy 0.56 ms [0.49, 0.63] *faster* than direct Triton).
 
 A path is a ``LoadPath``: a name, a closed-loop load function, the path it is compared with, and the
 process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" to Triton's gRPC port,
@@ -180,10 +184,9 @@ def bench(paths: list[LoadPath], requests: int, concurrency: int, phases: int, w
                                 "p99_ms": ms(stats.quantile(x, 0.99)), "mean_ms": ms(float(x.mean()))}
         if p.pid is not None:
             row["paths"][p.name]["cpu_us_per_request"] = round(cpu[p.name] / len(x) * 1e6, 1)
-        if p.baseline is not None:
-            base = np.concatenate(latencies[p.baseline])
+        if p.baseline is not None:  # one difference per phase pair: drift between phases widens the interval
             for q in (0.5, 0.99):
-                ci = stats.quantile_diff_ci(base, x, q)
+                ci = stats.blocked_quantile_diff_ci(latencies[p.baseline], latencies[p.name], q)
                 row["paths"][p.name][f"overhead_p{round(q * 100)}_ms"] = {
                     "vs": p.baseline, "estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
     return row
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="1", help="model version both paths use")
     p.add_argument("--requests", type=int, default=2000, help="requests per path and concurrency level")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated closed-loop concurrency levels")
-    p.add_argument("--phases", type=int, default=4, help="alternating direct/router phases")
+    p.add_argument("--phases", type=int, default=8, help="alternating direct/router phases (>= 2); the "
+                   "overheads' intervals have phases - 1 degrees of freedom")
     p.add_argument("--warmup", type=int, default=100, help="warm-up requests per path (not measured)")
     p.add_argument("--shadow", action="store_true", help="also copy every request to a shadow (same version), to "
                    "show that the shadow adds no latency to the primary answer")
@@ -228,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                    "asyncio+httptools, uvicorn ASGI, grpc.aio), the floor of a Python hop on this machine")
     p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
     args = p.parse_args(argv)
+    if args.phases < 2:
+        p.error("--phases must be at least 2: the intervals are computed across phases")
     levels = [int(c) for c in args.concurrency.split(",")]
     # SIGTERM (a CI timeout, kill) unwinds like an error, so Triton, the routers and the floor are stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
