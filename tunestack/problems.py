@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def is_number(x: Any) -> bool:
+    """A JSON/YAML number: int or float, not a bool."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def raise_problems(problems: Sequence[str], error: Callable[[str], Exception], what: str) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunestack.problems import is_number
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tunestack"
@@ -65,7 +67,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def numeric(data: Mapping[str, Any]) -> dict[str, float]:
     """The int/float (not bool) values of a flattened mapping, for MLflow metrics."""
-    return {k: float(v) for k, v in flatten(data).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in flatten(data).items() if is_number(v)}
 
 
 def _client(uri: str):

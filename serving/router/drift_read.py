@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.router.schema import is_number
+from tunestack.problems import is_number
 
 _LENGTH = struct.Struct("<I")
 

@@ -7,10 +7,11 @@ and the file reader live in ``serving.router.config``.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from serving.router.errors import ExperimentError
 from tunestack import names
+from tunestack.problems import is_number
 
 if TYPE_CHECKING:
     from serving.router.config import Experiment
@@ -23,11 +24,6 @@ TRITON_GRPC_PORT = names.TRITON_GRPC_PORT
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 """The experiment store URLs the router accepts (see ``serving.router.store``)."""
 GRPC_ADDRESS_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}$")
-
-
-def is_number(x: Any) -> bool:
-    """A JSON/YAML number: int or float, not a bool."""
-    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def store_url_problem(url: object) -> str | None:
