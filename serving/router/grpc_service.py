@@ -27,7 +27,6 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -48,7 +47,7 @@ from serving.router.grpc_protocol import (
     tag_answer,
     tensors_in,
 )
-from serving.router.infer_http import MAX_REQUEST_ID, UNASSIGNED
+from serving.router.infer_http import MAX_REQUEST_ID, UNASSIGNED, RequestIds
 from serving.router.state import RouterState
 from serving.router.validate import check_request
 
@@ -99,6 +98,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, state: RouterState):
         self.state = state
+        self.request_ids = RequestIds()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -246,14 +246,14 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 state.recorder.client_error(arm or UNASSIGNED, e.status_code)
             elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in with_fallback()
                 state.recorder.error(arm or UNASSIGNED, e.status_code)
-            raise _Refused(e, arm, request_id) from None
+            raise _Refused(e, arm, request_id or self.request_ids.new()) from None
         finally:
             inflight.dec()
         if raw is None:
             tag_answer(response, served)
         else:
             response += variant_parameter(served)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or self.request_ids.new()
         latency_s = time.perf_counter() - start
         # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
         asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
@@ -321,10 +321,10 @@ def variant_parameter(arm: str) -> bytes:
 class _Refused(Exception):
     """A request the router answers with an error: the ``RouterError`` and the trailing metadata to send."""
 
-    def __init__(self, error: RouterError, arm: str | None, request_id: str | None):
+    def __init__(self, error: RouterError, arm: str | None, request_id: str):
         super().__init__(str(error))
         self.error = error
-        self.metadata = (("x-request-id", request_id or uuid.uuid4().hex),) + ((("x-variant", arm),) if arm else ())
+        self.metadata = (("x-request-id", request_id),) + ((("x-variant", arm),) if arm else ())
 
 
 class _Handlers:
