@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = b"A quietly moving film whose performances carry a thin script further than it deserves to go."
+from serving.router.process import ROOT
 
 
 def canned() -> tuple[bytes, int, tuple[int, dict[bytes, bytes], bytes], dict]:
@@ -41,9 +40,10 @@ def canned() -> tuple[bytes, int, tuple[int, dict[bytes, bytes], bytes], dict]:
     import tritonclient.http as httpclient
 
     from export.contract import CONTRACT
+    from serving.client import text_input
+    from serving.router_bench import TEXT  # router_bench's review, so both benches send the same request
 
-    text = httpclient.InferInput(CONTRACT.input_text, [1, 1], "BYTES")
-    text.set_data_from_numpy(np.array([[TEXT]], dtype=object))
+    text = text_input(httpclient, [TEXT])
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True)
                for name in (CONTRACT.output_label, CONTRACT.output_probabilities)]
     body, header_length = httpclient.InferenceServerClient.generate_request_body([text], outputs=outputs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serving.router.cli import router_parser
-from serving.router.config import RouterConfig, experiment_from_dict, load_experiment
+from serving.router.config import RouterConfig, Sticky, experiment_from_dict, load_experiment
 from serving.router.errors import ExperimentError
 
 ROOT = Path(__file__).parents[1]
@@ -135,3 +135,12 @@ def test_router_config_validation_and_cli_mirror():
     assert set(vars(args)) == {f.name for f in fields(RouterConfig)}
     config = RouterConfig(**vars(args))
     assert config.host == "127.0.0.1" and config.max_body_bytes == 2048
+
+
+def test_sticky_key_comes_from_the_named_header_or_parameter():
+    headers = {"x-user-id": "u1"}.get  # names arrive lower case, as ASGI and gRPC metadata give them
+    assert Sticky("header", "X-User-Id").key_of(headers, {"user": "p"}) == "u1"
+    assert Sticky("header", "X-Other").key_of(headers, {}) is None
+    assert Sticky("parameter", "user").key_of(headers, {"user": 42}) == "42"
+    assert Sticky("parameter", "user").key_of(headers, {"user": ""}) is None
+    assert Sticky(None).key_of(headers, {"user": "p"}) is None

@@ -20,6 +20,7 @@ An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the key
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,16 @@ class Sticky:
     """"header", "parameter" (a key in the v2 request's ``parameters``), or None for random."""
     key: str = ""
     """The header name (e.g. ``X-User-Id``) or parameter name (e.g. ``user_id``)."""
+
+    def key_of(self, header: Callable[[str], str | None], parameters: Mapping[str, Any]) -> str | None:
+        """A request's assignment key: ``header(name)`` reads a header (HTTP) or metadata entry (gRPC) by its
+        lower-case name, ``parameters`` are the request's; None (assign at random) when it has none."""
+        if self.source == "header":
+            return header(self.key.lower()) or None
+        if self.source == "parameter":
+            value = parameters.get(self.key)
+            return None if value is None or value == "" else str(value)
+        return None
 
 
 @dataclass(frozen=True)

@@ -83,15 +83,6 @@ def echoable_id(request_id: str) -> str | None:
     return request_id if request_id and request_id.isascii() and request_id.isprintable() else None
 
 
-def sticky_key(exp: Experiment, context: grpc.aio.ServicerContext, parameters: dict) -> str | None:
-    if exp.sticky.source == "header":
-        return metadata_value(context, exp.sticky.key.lower()) or None
-    if exp.sticky.source == "parameter":
-        value = parameters.get(exp.sticky.key)
-        return None if value is None or value == "" else str(value)
-    return None
-
-
 class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
     """``GRPCInferenceService`` for one router; the methods Triton has and the router does not (repository,
     shared memory, statistics, trace, log settings) answer UNIMPLEMENTED."""
@@ -225,7 +216,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
             if request_id is not None and len(request_id) > MAX_REQUEST_ID:
                 raise BadRequest(f"the request id is {len(request_id)} characters; at most {MAX_REQUEST_ID} allowed")
             parameters = parameters_of(request.parameters)
-            key = sticky_key(exp, context, parameters)
+            key = exp.sticky.key_of(lambda name: metadata_value(context, name), parameters)
             if key is None and exp.sticky.source:
                 state.recorder.unkeyed()
             arm = assigner.assign(key, state.rng)

@@ -89,15 +89,6 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def sticky_key(exp: Experiment, headers: dict[bytes, bytes], req: InferRequest) -> str | None:
-    if exp.sticky.source == "header":
-        return _text(headers.get(exp.sticky.key.lower().encode("latin-1"))) or None
-    if exp.sticky.source == "parameter":
-        value = req.parameters.get(exp.sticky.key)
-        return None if value is None or value == "" else str(value)
-    return None
-
-
 async def forward(state: RouterState, exp: Experiment, arm: str, req: InferRequest) -> tuple[Answer, str]:
     """Send ``req`` to ``arm``, or to the fallback arm when its upstream fails. Returns (answer, arm served)."""
     def send(name: str) -> Awaitable[Answer]:
@@ -140,7 +131,7 @@ async def infer(scope, receive, send) -> None:
         body_id = req.header.get("id")
         if request_id is None and body_id and body_id.isascii() and body_id.isprintable():
             request_id = body_id[:MAX_REQUEST_ID]  # echoed in X-Request-Id: printable ASCII only
-        key = sticky_key(exp, headers, req)
+        key = exp.sticky.key_of(lambda name: _text(headers.get(name.encode("latin-1"))), req.parameters)
         if key is None and exp.sticky.source:
             state.recorder.unkeyed()
         arm = assigner.assign(key, state.rng)
