@@ -227,18 +227,14 @@ def parse_timespan(value: str | int | float) -> float:
 
 def read_settings_file(path: Path) -> dict[str, Any]:
     """``[tool.locust]`` of a pyproject.toml, or a locust.conf read by the parser Locust itself uses
-    (configargparse's: ``key = value`` lines, comments, ``[sections]`` ignored)."""
-    import configargparse
-
+    (``tunestack.configfile``'s ``.conf`` format)."""
     path = Path(path)
     if not path.is_file():
         raise LoadTestError(f"settings file {path} does not exist")
+    toml = path.suffix == ".toml"
     try:
-        if path.suffix == ".toml":
-            return load_config_file(path).get("tool", {}).get("locust", {})
-        with open(path) as f:
-            return dict(configargparse.DefaultConfigFileParser().parse(f))
-    except (ConfigFileError, configargparse.ConfigFileParserException) as e:
+        return load_config_file(path, section="tool.locust" if toml else None, fmt=None if toml else "CONF")
+    except ConfigFileError as e:
         raise LoadTestError(f"settings file {path}: {e}") from None
 
 

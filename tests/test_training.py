@@ -141,17 +141,20 @@ def test_config_collects_every_problem():
 
 
 def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
-    from tunestack.cli import parse_config
+    from functools import partial
 
+    from tunestack.cli import parse_dataclass
+
+    parse_config = partial(parse_dataclass, TrainConfig, prog="t", description="d", errors=())
     (tmp_path / "train.yaml").write_text("name: fromfile\nlora_r: 16\ntarget-modules: query,key\ntime_budget_s: 60\n")
     (tmp_path / "train.toml").write_text('name = "toml"\nlora_alpha = 8\n')
-    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "train.yaml"), "--lora-r", "4"], "t", "d")
+    cfg = parse_config(["--config", str(tmp_path / "train.yaml"), "--lora-r", "4"])
     assert (cfg.name, cfg.lora_r, cfg.target_modules, cfg.time_budget_s) == ("fromfile", 4, ("query", "key"), 60.0)
-    assert parse_config(TrainConfig, ["--config", str(tmp_path / "train.toml")], "t", "d").lora_alpha == 8
-    assert parse_config(TrainConfig, ["--max-steps", "none", "--no-overwrite"], "t", "d").max_steps is None
+    assert parse_config(["--config", str(tmp_path / "train.toml")]).lora_alpha == 8
+    assert parse_config(["--max-steps", "none", "--no-overwrite"]).max_steps is None
     (tmp_path / "bad.yaml").write_text("lora_rank: 4\n")
     with pytest.raises(ConfigError, match=r"unknown training config key\(s\) \['lora_rank'\]"):
-        parse_config(TrainConfig, ["--config", str(tmp_path / "bad.yaml")], "t", "d")
+        parse_config(["--config", str(tmp_path / "bad.yaml")])
 
 
 def test_training_cli_reports_errors_without_a_traceback(tmp_path, capsys):

@@ -30,7 +30,7 @@ from export.contract import CONTRACT, VARIANT_FILES
 from export.publish import publish
 from export.triton_model.model import length_buckets, softmax
 from serving import client as client_cli
-from serving import triton_cli
+from serving.__main__ import main as serving_main
 from serving.client import TritonClassifier, text_input
 from serving.errors import InferenceError, TritonStartError
 from serving.repository import ModelRepository
@@ -282,8 +282,8 @@ def test_load_unload_and_rollback(server, repository, capsys):
             repo.rollback(MODEL, 7)
 
     cli = ["models", "--url", server.http_address, "--repository", str(repository)]
-    assert triton_cli.main(cli + ["load", MODEL]) == 0
-    assert triton_cli.main(cli + ["list"]) == 0
+    assert serving_main(cli + ["load", MODEL]) == 0
+    assert serving_main(cli + ["list"]) == 0
     listing = capsys.readouterr().out
     assert re.search(rf"{MODEL}\s+1\s+READY", listing) and re.search(rf"{MODEL}\s+2\s+READY", listing)
     assert served_by() == "2"
