@@ -327,13 +327,15 @@ def test_launcher_serves_until_sigterm(repository):
 def test_bench_writes_figures_for_every_path(repository, tmp_path, capsys):
     from serving import bench
 
-    out = tmp_path / "reports" / "bench-serving.json"
+    out = tmp_path / "reports" / "bench-serving"
     assert bench.main(["--repository", str(repository), "--model", MODEL, "--version", "1", "--requests", "30",
                        "--duration", "1", "--concurrency", "4", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = json.loads((out / "bench.json").read_text())
     assert set(report["batch1"]) == {"in-process ORT", "Triton HTTP", "Triton gRPC"}
-    assert all(s["requests"] == 30 and 0 < s["median_ms"] <= s["p99_ms"] for s in report["batch1"].values())
+    assert all(s["n"] == 30 and 0 < s["p50_ms"] <= s["p99_ms"] for s in report["batch1"].values())
+    assert report["batch1"]["Triton HTTP"]["diff_p50_ms"]["vs"] == "in-process ORT"
     throughput = report["throughput"]
     assert throughput["no dynamic batching"]["mean_batch_size"] == 1.0
     assert all(s["requests_per_s"] > 0 for s in throughput.values()) and len(throughput) == 3
-    assert out.with_suffix(".md").is_file() and "| Triton gRPC | 30 |" in capsys.readouterr().out
+    assert (out / "bench.md").is_file() and (out / "latency_cdf.png").is_file()
+    assert "| Triton gRPC | 30 |" in capsys.readouterr().out

@@ -38,7 +38,7 @@ def run_phases(arms: Mapping[str, Callable[[int], T]], phases: int, *,
     running = list(arms)
     for phase in range(phases):
         order = running[::-1] if mirror and phase % 2 else list(running)
-        log.debug("phase %d/%d: %s", phase + 1, phases, ", ".join(order))
+        log.debug("phase %d/%d: %s", phase + 1, phases, ", ".join(map(str, order)))
         for name in order:
             result = arms[name](phase)
             results[name].append(result)
