@@ -10,6 +10,7 @@ from typing import Any
 from export.contract import VARIANT_FILES
 from export.errors import ConfigError
 from tunestack.configfile import config_from_dict, config_to_dict
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 LAYOUTS = ("python", "onnxruntime")
@@ -183,11 +184,11 @@ class ExportConfig:
 
     @property
     def merged_dir(self) -> Path:
-        return self.runs_dir / self.run_name / "merged"
+        return RunLayout.of(self.runs_dir, self.run_name).merged
 
     @property
     def onnx_dir(self) -> Path:
-        return self.runs_dir / self.run_name / "onnx"
+        return RunLayout.of(self.runs_dir, self.run_name).onnx
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -33,16 +33,16 @@ FULL_MODEL_WEIGHTS = "model.safetensors"
 
 def is_full_model(adapter_dir: Path) -> bool:
     """True when the training folder holds a whole model (full / freeze) rather than a peft adapter."""
-    return not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "config.json").is_file()
+    return not (adapter_dir / names.ADAPTER_CONFIG_FILE).is_file() and (adapter_dir / "config.json").is_file()
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
     if not adapter_dir.is_dir():
         raise InputError(f"adapter dir {adapter_dir} does not exist; train one with `python -m training --name NAME`")
     if is_full_model(adapter_dir):
-        required, weights = ("config.json", CONTRACT.label_map_file, "training_config.json"), [adapter_dir / FULL_MODEL_WEIGHTS]
+        required, weights = ("config.json", CONTRACT.label_map_file, names.TRAINING_CONFIG_FILE), [adapter_dir / FULL_MODEL_WEIGHTS]
     else:
-        required, weights = ("adapter_config.json", CONTRACT.label_map_file, "training_config.json"), list(adapter_dir.glob("adapter_model.*"))
+        required, weights = (names.ADAPTER_CONFIG_FILE, CONTRACT.label_map_file, names.TRAINING_CONFIG_FILE), list(adapter_dir.glob("adapter_model.*"))
     missing = [name for name in required if not (adapter_dir / name).is_file()] + [p.name for p in weights if not p.is_file()]
     if missing or not weights:
         found = sorted(p.name for p in adapter_dir.iterdir())
@@ -55,7 +55,7 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
     check_adapter_dir(adapter_dir)
     full = is_full_model(adapter_dir)
     weights = adapter_dir / FULL_MODEL_WEIGHTS if full else sorted(adapter_dir.glob("adapter_model.*"))[0]
-    method = json.loads((adapter_dir / "training_config.json").read_text()).get("method", "lora")
+    method = json.loads((adapter_dir / names.TRAINING_CONFIG_FILE).read_text()).get("method", "lora")
     source = {"adapter_dir": str(adapter_dir.resolve()), "adapter_sha256": sha256(weights), "method": method}
     marker = merged_dir / SOURCE_FILE
     if marker.is_file():
@@ -76,7 +76,7 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
         return merged_dir
     labels = json.loads((adapter_dir / CONTRACT.label_map_file).read_text())["labels"]
-    base_dir = Path(json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
+    base_dir = Path(json.loads((adapter_dir / names.ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"])
     if not (base_dir / "config.json").is_file():
         raise InputError(f"the adapter's base model {base_dir} (from adapter_config.json) is not a local model folder")
     tokenizer = load_tokenizer(adapter_dir)

@@ -13,7 +13,7 @@ from export.errors import InputError
 from export.merge import check_adapter_dir, merge
 from export.onnx import export_onnx
 from export.parity import check_parity
-from tunestack import tracking
+from tunestack import names, tracking
 from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     check_adapter_dir(cfg.adapter)
     merged_dir = merge(cfg.adapter, cfg.merged_dir)
     onnx_dir = export_onnx(merged_dir, cfg.onnx_dir, cfg)
-    (onnx_dir / "export_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
     parity = check_parity(onnx_dir, merged_dir, cfg)
     result = ExportResult(merged_dir, onnx_dir, parity)
     if not result.passed:

@@ -17,6 +17,7 @@ from typing import Any
 from export.contract import CONTRACT
 from tunestack import names
 from tunestack.configfile import ConfigFileError, load_config_file
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 TARGETS = ("router", "triton")
@@ -58,7 +59,7 @@ class LoadTestConfig:
                         "(router) or :8001 (triton)")
     versions: str = _f("", "target triton: comma-separated versions users are spread over (sticky by user id); "
                        "empty: Triton's default version")
-    texts: str = _f("runs/demo/merged/heldout.jsonl", "held-out reviews, JSONL {\"text\", \"label\"}")
+    texts: str = _f(str(RunLayout.of("runs", "demo").heldout), "held-out reviews, JSONL {\"text\", \"label\"}")
     batch_size: int = _f(1, "texts per request")
     arrival_rate: float = _f(0.0, "open loop: requests per second in total, Poisson arrivals; 0: closed loop")
     think_time: float = _f(0.0, "closed loop: seconds a user waits after each answer")

@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from export import triton_config
 from export.config import ExportConfig
-from export.contract import CONTRACT, VARIANT_FILES
+from export.contract import VARIANT_FILES
 from export.publish import publish
 from export.triton_model.model import length_buckets, softmax
 from serving import client as client_cli
@@ -35,6 +35,7 @@ from serving.client import TritonClassifier, text_input
 from serving.errors import InferenceError, TritonStartError
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
+from tests.conftest import export_settings
 from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,12 +44,6 @@ MODEL = "sentiment"
 MAX_BATCH = 8
 TEXTS = ["a fine film", "A DULL, overlong mess that never ends.", "not bad at all", "word " * 4000]
 LONG_TEXT = "a " * 10_000  # 20,000 characters: accepted, truncated to the trained max_length tokens
-
-
-def export_settings(onnx_dir: Path) -> tuple[list[str], int]:
-    """The labels and the trained max_length an export folder carries."""
-    labels = json.loads((onnx_dir / CONTRACT.label_map_file).read_text())["labels"]
-    return labels, int(json.loads((onnx_dir / "training_config.json").read_text())["max_length"])
 
 
 @pytest.fixture(scope="module")
