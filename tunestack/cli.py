@@ -276,8 +276,7 @@ class Commands:
     def usage(self) -> str:
         width = max(map(len, self.commands))
         lines = [f"  {name:<{width}}  {c.help}" for name, c in self.commands.items()]
-        default = f" (default: {self.default})" if self.default else ""
-        return (f"usage: {self.prog} {{{','.join(self.commands)}}} [options]{default}\n\n{self.description}\n\n"
+        return (f"usage: {self.prog} {{{','.join(self.commands)}}} [options]\n\n{self.description}\n\n"
                 "commands:\n" + "\n".join(lines) + f"\n\nRun `{self.prog} COMMAND --help` for a command's options.")
 
     def __call__(self, argv: Sequence[str]) -> int:
