@@ -47,7 +47,9 @@ async def read_unit_table(store: Store, experiment: str, arms: Sequence[str], qu
     for *key, label, count in await store._query(_LABELS, [experiment]):
         i = position.get(tuple(key))
         if i is not None:
-            labels.setdefault(label, np.zeros(n, dtype=np.int64))[i] = int(count)
+            if label not in labels:
+                labels[label] = np.zeros(n, dtype=np.int64)
+            labels[label][i] = count
 
     first = await store._query(_FIRST_LATENCIES, [experiment, arms[0], needed])
     threshold = tail_threshold_ms(np.array([r[0] for r in first], dtype=np.float64) * 1000.0, quantile, needed)
