@@ -309,3 +309,20 @@ def test_postgres_restarted_under_load_no_request_fails(triton, postgres, postgr
         assert metric(router, "router_store_dropped_records") == 0
     finally:
         router.stop()
+
+
+def test_feedback_whose_answer_never_comes_expires_and_is_counted(tmp_path):
+    """A real router (no Triton needed) with --feedback-pending-s 1: feedback for an id no replica served is
+    kept pending (202), then expired by the router's sweep and counted in its metric and the report."""
+    router = make_router(tmp_path, spec("http://127.0.0.1:9"), "--feedback-pending-s", "1")
+    try:
+        router.start()
+        with httpx.Client(base_url=router.url, timeout=30, trust_env=False) as c:
+            r = c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": "never-served", "label": "POSITIVE"})
+            assert r.status_code == 202 and r.json() == {"id": "never-served", "status": "pending"}
+            assert metric(router, "router_feedback_pending_total") == 1
+            wait_for(lambda: metric(router, "router_feedback_expired_total") == 1, 60, "the expiry sweep")
+            report = c.get(f"/v2/experiments/{EXPERIMENT}/report", params={"resamples": 100}).json()
+        assert report["feedback"] == {"pending": 0, "expired": 1}
+    finally:
+        router.stop()

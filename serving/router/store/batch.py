@@ -35,10 +35,12 @@ _UNIT_KEY = "experiment, arm, assigned_arm, period, unit"
 UPSERT_UNIT_STATS = (
     f"INSERT INTO unit_stats ({_UNIT_KEY}, {', '.join(UNIT_SUMS)}) VALUES ({', '.join('?' * (5 + len(UNIT_SUMS)))}) "
     f"ON CONFLICT ({_UNIT_KEY}) DO UPDATE SET " + ", ".join(f"{c} = unit_stats.{c} + excluded.{c}" for c in UNIT_SUMS))
-_UPSERT_UNIT_LABELS = (f"INSERT INTO unit_labels ({_UNIT_KEY}, label, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                       f"ON CONFLICT ({_UNIT_KEY}, label) DO UPDATE SET n = unit_labels.n + excluded.n")
-_UPSERT_UNIT_LATENCY = (f"INSERT INTO unit_latency ({_UNIT_KEY}, bucket, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                        f"ON CONFLICT ({_UNIT_KEY}, bucket) DO UPDATE SET n = unit_latency.n + excluded.n")
+_ROW_ID = "SELECT ?, id, ?, ? FROM unit_stats WHERE experiment = ? AND arm = ? AND assigned_arm = ? AND period = ? AND unit = ?"
+"""A count (label or bucket, n) for the ``unit_stats`` row of a key: the row the same batch upserted first."""
+_UPSERT_UNIT_LABELS = (f"INSERT INTO unit_labels (experiment, row_id, label, n) {_ROW_ID} "
+                       "ON CONFLICT (experiment, row_id, label) DO UPDATE SET n = unit_labels.n + excluded.n")
+_UPSERT_UNIT_LATENCY = (f"INSERT INTO unit_latency (experiment, row_id, bucket, n) {_ROW_ID} "
+                        "ON CONFLICT (experiment, row_id, bucket) DO UPDATE SET n = unit_latency.n + excluded.n")
 _INSERT_ANSWERS = ("INSERT INTO answers (experiment, request_id, arm, assigned_arm, version, key_hash, latency_s, labels, "
                    "at, confidence, unit, period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_ERRORS = ("INSERT INTO errors (experiment, arm, code, kind, at, assigned_arm, unit, period) "
@@ -150,8 +152,8 @@ def batch_statements(records: Sequence[Record]) -> list[Statement]:
         (_UPSERT_ANSWER_COUNTS, [(*k, n) for k, n in sorted(counts.items())]),
         (_UPSERT_MOMENTS, [(*k, *m) for k, m in sorted(moments.items())]),
         (UPSERT_UNIT_STATS, [(*k, *s) for k, s in sorted(sums.items())]),
-        (_UPSERT_UNIT_LABELS, [(*k, n) for k, n in sorted(labels.items())]),
-        (_UPSERT_UNIT_LATENCY, [(*k, n) for k, n in sorted(buckets.items())]),
+        (_UPSERT_UNIT_LABELS, [(k[0], k[5], n, *k[:5]) for k, n in sorted(labels.items())]),
+        (_UPSERT_UNIT_LATENCY, [(k[0], k[5], n, *k[:5]) for k, n in sorted(buckets.items())]),
         *_drift(records),
     ]
     return [(sql, rows) for sql, rows in statements if rows]

@@ -37,8 +37,8 @@ _JOIN_INSERT = (
 _JOIN_UNITS = (
     f"INSERT INTO unit_stats (experiment, arm, assigned_arm, period, unit, {', '.join(UNIT_SUMS)}) "
     f"SELECT f.experiment, f.arm, f.assigned_arm, f.period, f.unit, {_FEEDBACK_SUMS}, COUNT(*), SUM(f.correct) "
-    "FROM feedback f JOIN pending_feedback p ON p.experiment = f.experiment AND p.request_id = f.request_id "
-    "WHERE f.experiment = ? AND f.period IS NOT NULL AND f.unit IS NOT NULL "
+    "FROM feedback f WHERE f.experiment = ? AND f.request_id IN (SELECT request_id FROM pending_feedback "
+    "WHERE experiment = ?) AND f.period IS NOT NULL AND f.unit IS NOT NULL "
     "GROUP BY f.experiment, f.arm, f.assigned_arm, f.period, f.unit "
     "ORDER BY f.experiment, f.arm, f.assigned_arm, f.period, f.unit "
     "ON CONFLICT (experiment, arm, assigned_arm, period, unit) DO UPDATE SET "
@@ -55,7 +55,7 @@ _EXPIRE_DELETE = "DELETE FROM pending_feedback WHERE experiment = ? AND at < ?"
 
 def join(experiment: str) -> list[Statement]:
     """Move ``experiment``'s pending feedback whose answer is in the store onto that answer (see above)."""
-    return [(_JOIN_INSERT, [(LABEL_SEP, experiment)]), (_JOIN_UNITS, [(experiment,)]),
+    return [(_JOIN_INSERT, [(LABEL_SEP, experiment)]), (_JOIN_UNITS, [(experiment, experiment)]),
             (_JOIN_DELETE, [(experiment,)])]
 
 

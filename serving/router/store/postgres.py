@@ -90,8 +90,10 @@ class PostgresStore(Store):
         return [("SELECT pg_advisory_xact_lock(?)", [(experiment_lock(experiment),)])]
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        async with self._connection() as conn:
-            return await (await conn.execute(_sql(sql), list(params))).fetchall()
+        """Rows in PostgreSQL's binary format: half the parsing of text for the unit table's numbers."""
+        async with self._connection() as conn, conn.cursor(binary=True) as cur:
+            await cur.execute(_sql(sql), list(params))
+            return await cur.fetchall()
 
     async def _add_revision_sql(self, row: tuple) -> None:
         experiment = row[0]

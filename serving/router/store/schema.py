@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 _UNIT_ROW = ("experiment TEXT NOT NULL, arm TEXT NOT NULL, assigned_arm TEXT NOT NULL, period INTEGER NOT NULL, "
              "unit TEXT NOT NULL")
-"""The key columns of a unit-table row: one (arm, assigned arm, period, unit) of an experiment."""
+"""The key columns of a unit-table row (``unit_stats``): one (arm, assigned arm, period, unit) of an experiment."""
 
 SCHEMA_VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
                         "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
@@ -70,17 +70,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE feedback ADD COLUMN assigned_arm TEXT",
         "ALTER TABLE feedback ADD COLUMN period INTEGER",
         "ALTER TABLE feedback ADD COLUMN unit TEXT",
-        f"CREATE TABLE unit_stats ({_UNIT_ROW}, requests BIGINT NOT NULL, server_errors BIGINT NOT NULL, "
+        f"CREATE TABLE unit_stats (id {{id}}, {_UNIT_ROW}, requests BIGINT NOT NULL, server_errors BIGINT NOT NULL, "
         "answered BIGINT NOT NULL, latency_sum DOUBLE PRECISION NOT NULL, latency_sq DOUBLE PRECISION NOT NULL, "
         "predictions BIGINT NOT NULL, confidence_n BIGINT NOT NULL, confidence_sum DOUBLE PRECISION NOT NULL, "
         "confidence_sq DOUBLE PRECISION NOT NULL, feedback_n BIGINT NOT NULL, feedback_correct BIGINT NOT NULL, "
-        "PRIMARY KEY (experiment, arm, assigned_arm, period, unit))",
-        f"CREATE TABLE unit_labels ({_UNIT_ROW}, label TEXT NOT NULL, n BIGINT NOT NULL, "
-        "PRIMARY KEY (experiment, arm, assigned_arm, period, unit, label))",
-        f"CREATE TABLE unit_latency ({_UNIT_ROW}, bucket INTEGER NOT NULL, n BIGINT NOT NULL, "
-        "PRIMARY KEY (experiment, arm, assigned_arm, period, unit, bucket))",
+        "UNIQUE (experiment, arm, assigned_arm, period, unit))",
+        # a unit row's label and latency-bucket counts point at its id: the unit table reads them as two ints each
+        "CREATE TABLE unit_labels (experiment TEXT NOT NULL, row_id BIGINT NOT NULL, label TEXT NOT NULL, "
+        "n BIGINT NOT NULL, PRIMARY KEY (experiment, row_id, label))",
+        "CREATE TABLE unit_latency (experiment TEXT NOT NULL, row_id BIGINT NOT NULL, bucket INTEGER NOT NULL, "
+        "n BIGINT NOT NULL, PRIMARY KEY (experiment, row_id, bucket))",
         # covering: the tail count above a bucket reads only the index entries above it
-        "CREATE INDEX unit_latency_tail ON unit_latency (experiment, bucket, arm, assigned_arm, period, unit, n)",
+        "CREATE INDEX unit_latency_tail ON unit_latency (experiment, bucket, row_id, n)",
         "CREATE TABLE pending_feedback (experiment TEXT NOT NULL, request_id TEXT NOT NULL, labels TEXT NOT NULL, "
         "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
         "CREATE INDEX pending_feedback_by_age ON pending_feedback (experiment, at)",
