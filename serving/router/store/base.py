@@ -68,7 +68,12 @@ class Revision:
     """Unix time, seconds."""
 
     def weights(self) -> dict[str, float]:
-        return {a["name"]: a.get("weight", 1.0) for a in self.spec.get("arms", [])}
+        return spec_weights(self.spec)
+
+
+def spec_weights(spec: dict[str, Any]) -> dict[str, float]:
+    """Each arm's weight in a stored spec (the keys of an experiment file)."""
+    return {a["name"]: a.get("weight", 1.0) for a in spec.get("arms", [])}
 
 
 class Store(abc.ABC):
@@ -146,7 +151,7 @@ class Store(abc.ABC):
     async def periods(self, experiment: str) -> dict[int, dict[str, float]]:
         """Every revision's weights by revision number: the periods of the judge's unit table."""
         rows = await self._query("SELECT revision, spec FROM revisions WHERE experiment = ?", [experiment])
-        return {int(r): Revision(experiment, int(r), json.loads(spec), "", "", "", 0.0).weights() for r, spec in rows}
+        return {int(r): spec_weights(json.loads(spec)) for r, spec in rows}
 
     async def experiments(self) -> list[str]:
         return [r[0] for r in await self._query("SELECT DISTINCT experiment FROM revisions ORDER BY experiment")]
