@@ -130,12 +130,12 @@ def test_two_replicas_writing_answers_and_feedback_at_once_leave_nothing_pending
     assert sum(n for n, _ in units.values()) == len(ids) and all(n == c for n, c in units.values())
 
 
-def test_postgres_feedback_waits_for_an_answer_batch_in_flight(postgres_url):
-    """The race the per-experiment lock closes, made to happen: a batch's transaction has inserted its answer
-    and run its join (finding no feedback) but not committed, when feedback for that answer arrives on another
-    connection. The feedback must wait for the lock, then see the committed answer and join it; without the
-    lock it would commit as pending after the batch's join had already run, and stay pending."""
-    from serving.router.store import batch, feedback
+def test_postgres_answers_stored_while_feedback_is_in_flight_still_join_it(postgres_url):
+    """The race the per-experiment lock closes, made to happen: feedback's transaction has kept the feedback
+    pending and run its join (finding no answer) but not committed, when a batch stores the answer. The batch's
+    join must wait for the lock, then see the committed feedback and join it; without the lock it would run
+    before the feedback commits, miss it, and leave it pending."""
+    from serving.router.store import feedback
     from serving.router.store.postgres import _sql
 
     async def waiting_for_advisory_lock(store) -> bool:
@@ -144,17 +144,19 @@ def test_postgres_feedback_waits_for_an_answer_batch_in_flight(postgres_url):
 
     async def go():
         async with open_store(postgres_url) as a, open_store(postgres_url) as b:
-            statements = [*a._lock_statements(EXP), *batch.batch_statements([answer("r1")]), *feedback.join(EXP)]
-            async with a._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            statements = [*b._lock_statements(EXP), *feedback.add(EXP, "r1", ("POSITIVE",), time.time())]
+            async with b._connection() as conn, conn.transaction(), conn.cursor() as cur:
                 for sql, rows in statements:
                     await cur.executemany(_sql(sql), rows)
-                late = asyncio.create_task(b.add_feedback(EXP, "r1", ("POSITIVE",)))
-                for _ in range(600):  # until the feedback's transaction waits for the lock (or has finished)
-                    if late.done() or await waiting_for_advisory_lock(b):
+                batch = asyncio.create_task(a.write_batch([answer("r1")]))
+                for _ in range(600):  # until the batch's join waits for the lock (or the batch has finished)
+                    if batch.done() or await waiting_for_advisory_lock(a):
                         break
                     await asyncio.sleep(0.05)
-                finished_early = late.done()
-            return finished_early, await late, await b.feedback_counts(EXP)
-    finished_early, result, counts = asyncio.run(go())
-    assert not finished_early  # it waited for the batch's transaction
-    assert result == ("control", True) and counts == {"pending": 0, "expired": 0}
+                finished_early = batch.done()
+            await batch
+            return finished_early, await feedback_rows(b), await b.feedback_counts(EXP), await unit_feedback(b)
+    finished_early, rows, counts, units = asyncio.run(go())
+    assert not finished_early  # the batch's join waited for the feedback's transaction
+    assert rows == {"r1": ("control", "control", 1, unit_id("user-1", "r1"), 1)}
+    assert counts == {"pending": 0, "expired": 0} and sum(n for n, _ in units.values()) == 1

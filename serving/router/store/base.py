@@ -158,15 +158,14 @@ class Store(abc.ABC):
     # -- answers, errors, shadow copies ---------------------------------------------------------------------
 
     async def write_batch(self, records: Sequence[Record]) -> None:
-        """Write a batch of records and every aggregate kept beside them in one transaction; pending feedback
-        whose answer is in the batch joins it there. The batch is summed in a worker thread (~10 us a record):
-        the event loop, serving requests, only waits for it in GIL slices."""
+        """Write a batch of records and every aggregate kept beside them in one transaction, then join the
+        pending feedback of its experiments (``join_feedback``) right after it. The batch is summed in a worker
+        thread (~10 us a record): the event loop, serving requests, only waits for it in GIL slices."""
         statements = await asyncio.to_thread(batch_statements, records)
-        if not statements:
-            return
-        experiments = sorted({r.experiment for r in records if isinstance(r, AnswerRow)})
-        locks = [s for name in experiments for s in self._lock_statements(name)]
-        await self._run([*locks, *statements, *(s for name in experiments for s in feedback.join(name))])
+        if statements:
+            await self._run(statements)
+        for experiment in sorted({r.experiment for r in records if isinstance(r, AnswerRow)}):
+            await self.join_feedback(experiment)
 
     async def count_answers(self, experiment: str) -> int:
         return int((await self._query("SELECT COUNT(*) FROM answers WHERE experiment = ?", [experiment]))[0][0])
@@ -194,10 +193,16 @@ class Store(abc.ABC):
                                  [experiment, request_id])
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
+    async def join_feedback(self, experiment: str) -> None:
+        """Join ``experiment``'s pending feedback to its answers that are in the store (``feedback.join``),
+        under the experiment's lock: after every batch that stores answers, and before expiring."""
+        await self._run([*self._lock_statements(experiment), *feedback.join(experiment)])
+
     async def expire_feedback(self, experiment: str, older_than: float) -> int:
         """Delete the feedback still pending that arrived before ``older_than`` (Unix time), count it in the
-        report's expired feedback, and return how many this call expired."""
-        counts = await self._run([*self._lock_statements(experiment), *feedback.expire(experiment, older_than)])
+        report's expired feedback, and return how many this call expired. Joins what can be joined first."""
+        counts = await self._run([*self._lock_statements(experiment), *feedback.join(experiment),
+                                  *feedback.expire(experiment, older_than)])
         return counts[-1]
 
     async def feedback_counts(self, experiment: str) -> dict[str, int]:

@@ -1,13 +1,15 @@
 """Feedback through the store: never lost, whichever replica gets it and whenever it comes.
 
 Feedback always enters ``pending_feedback`` first, once per request id (a second copy, pending or joined, is
-refused). ``JOIN`` then moves every pending row whose answer is in the store into ``feedback``, on the
+refused). ``join`` then moves every pending row whose answer is in the store into ``feedback``, on the
 answer's arm, assigned arm, period and unit (the newest answer of that id), adds it to the unit's
 ``feedback_n`` / ``feedback_correct`` and deletes the pending row. It runs in the transaction that records
-feedback and in every transaction that inserts answers, both under the store's per-experiment lock
-(``Store._lock_statements``): whichever of the two commits second sees the other's row, so feedback
-that arrived before its answer lands the moment the answer does. Rows still pending after
-``RouterConfig.feedback_pending_s`` are deleted by ``EXPIRE`` and counted in ``expired_feedback``.
+feedback, and in a transaction right after each one that stores answers; both hold the store's
+per-experiment lock (``Store._lock_statements``) from their start. So when feedback's join misses an
+answer being stored, the answers' join waits for the feedback to commit and then sees it: feedback that
+arrived before its answer lands as soon as the answer does. The answer batches themselves take no lock, so
+replicas write them side by side. Rows still pending after ``RouterConfig.feedback_pending_s`` are deleted
+by ``expire`` and counted in ``expired_feedback``.
 
 "Correct" is the answer's predicted labels starting with the feedback's labels (``predicted[:n] == labels``),
 computed in SQL on the ``LABEL_SEP``-joined texts.
