@@ -193,10 +193,11 @@ class _ReviewUser(FastHttpUser):
 
 
 def send_feedback(client, path: str, request_id: str, labels: list[str]) -> None:
-    """Tell the router the true label(s) of an answered request: its report gains accuracy per arm."""
+    """Tell the router the true label(s) of an answered request: its report gains accuracy per arm. 202: a
+    replica whose store does not hold the answer yet keeps the feedback until it arrives."""
     with client.post(path, json={"id": request_id, "labels": labels}, name=FEEDBACK, catch_response=True) as r:
         r.request_meta["request_type"] = FEEDBACK
-        if r.status_code != 200:
+        if r.status_code not in (200, 202):
             r.failure(f"feedback refused: HTTP {r.status_code}: {(r.text or '')[:200]}")
 
 

@@ -162,6 +162,14 @@ def postgres_url(postgres) -> str:
     return postgres.get_uri(database=name)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """An empty experiment store: a SQLite file, then a fresh database on the session's real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(scope="module")
 def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
     """The tiny run published as model ``sentiment``: version 1 fp32, version 2 int8 (no batching window)."""

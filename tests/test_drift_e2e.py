@@ -1,9 +1,13 @@
 """The router's drift and confidence recording, end to end: the real tritonserver (tiny model, versions published
 with their drift references), the real router with ``--model-repository`` and its default SQLite store, and
-requests over HTTP (binary and JSON tensors) and gRPC. Every process started here is stopped."""
+requests over HTTP (binary and JSON tensors) and gRPC; after the router stops, ``python -m serving report
+--store`` shows the drift its monitors computed. Every process started here is stopped."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 
 import httpx
@@ -14,7 +18,7 @@ import tritonclient.http as httpclient
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.judge.drift_guardrail import MIN_SAMPLES
-from tests.test_router_e2e import make_router, metric, spec
+from tests.test_router_e2e import ROOT, make_router, metric, spec
 from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -71,10 +75,21 @@ def test_every_answer_feeds_the_confidence_and_the_drift_monitor_over_http_and_g
         def report() -> dict:
             return httpx.get(f"{router.url}/v2/experiments/sentiment-ab/report", timeout=30, trust_env=False).json()
 
-        # the report comes from the store: wait for its writer to flush every answer
+        # the report comes from the store: wait for its writer to flush every answer and monitored text
         wait_for(lambda: report()["arms"]["control"]["requests"] + report()["arms"]["treatment"]["requests"] == 150,
                  60, "the store's answers")
+        wait_for(lambda: {a: f["text_length"]["n"] for a, f in report().get("drift", {}).items()} == dict(served),
+                 60, "the store's monitored texts")
         r = report()
+        gauges = {(arm, feature): metric(text, "drift_psi", arm=arm, feature=feature)
+                  for arm, feats in r["drift"].items() for feature in feats}
+    # the router has stopped: the report from its store alone shows the drift its monitors computed
+    cli = subprocess.run([sys.executable, "-m", "serving", "report", "--store",
+                          f"sqlite:///{tmp_path / 'experiment.store.sqlite'}", "--format", "json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["drift"] == r["drift"]
+    assert {k: r["drift"][k[0]][k[1]]["psi"] for k in gauges} == pytest.approx(gauges, rel=1e-12)
     conf = r["judge"]["treatment"]["metrics"]["confidence_mean"]
     assert (conf["n_control"], conf["n_treatment"]) == (served["control"], served["treatment"])
     assert set(r["drift"]) == {a for a, n in served.items() if n >= MIN_SAMPLES} == {"control", "treatment"}

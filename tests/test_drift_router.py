@@ -188,3 +188,50 @@ def test_confidences_reach_the_judge_from_the_recorder_and_from_the_store(tmp_pa
     c = arms["control"].confidence
     assert (c.n, c.total, c.total_sq) == (3, pytest.approx(2.1), pytest.approx(0.81 + 0.49 + 0.25))
     assert arms["treatment"].confidence.n == 0
+
+
+def test_the_store_keeps_each_arms_window_and_reference_and_reports_the_same_drift(repository, tmp_path):
+    """The drift feed's samples and references go to a real store (window 300 per arm); a report from the
+    store alone equals the feed's own. The treatment switches version midway: its old samples stay out of the
+    comparison (a fresh window, as in memory) and the oldest control samples are deleted."""
+    from serving.router.drift_feed import drift_report
+    from serving.router.store.writer import BatchWriter
+
+    root, reviews, headlines, _ = repository
+    exp = experiment_from_dict(SPEC)
+    switched = experiment_from_dict({**SPEC, "arms": [SPEC["arms"][0], {**SPEC["arms"][1], "version": "1"}]})
+    rng = np.random.default_rng(5)
+
+    async def go():
+        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
+            writer = BatchWriter(store, batch_size=97)
+            feed = DriftFeed(root, "ab", CollectorRegistry(), sample_rate=1.0, window=300, rng=random.Random(2))
+            feed.sink = writer.put_all
+            for i in range(350):
+                feed.offer(exp, "control", lambda i=i: [reviews[i]], (("positive", "negative")[i % 2],),
+                           (float(rng.beta(8, 2)),))
+                feed.offer(exp if i < 100 else switched, "treatment", lambda i=i: [headlines[i]], ("negative",),
+                           (float(rng.beta(8, 2)),))
+                if i % 120 == 0:  # several drains and batches
+                    feed.drain()
+                    feed.hand_over()
+                    await writer.flush()
+            await feed.finish()
+            await writer.flush()
+            kept = await store._query("SELECT arm, version, COUNT(*) FROM drift_samples GROUP BY arm, version")
+            return feed.report(), await store.drift_windows("ab"), sorted(kept)
+    memory, windows, kept = asyncio.run(go())
+    assert kept == [("control", "1", 300), ("treatment", "1", 250), ("treatment", "2", 50)]
+    assert {a: (w.model, w.version, len(w.live["text_length"])) for a, w in windows.items()} == {
+        "control": ("m", "1", 300), "treatment": ("m", "1", 250)}
+    from_store = drift_report(windows)
+    assert from_store == memory
+    assert from_store["treatment"]["text_length"].drifted and not from_store["control"]["text_length"].drifted
+    assert from_store["control"]["label_shares"].n == 300
+
+
+def test_a_store_without_drift_references_has_no_drift_section(tmp_path):
+    async def go():
+        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
+            return await store.drift_windows("ab")
+    assert asyncio.run(go()) is None

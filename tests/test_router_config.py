@@ -130,12 +130,13 @@ def test_files_that_cannot_be_read(tmp_path):
 
 def test_router_config_validation_and_cli_mirror():
     with pytest.raises(ExperimentError) as e:
-        RouterConfig(experiment="e.yaml", port=0, max_body_bytes=0)
+        RouterConfig(experiment="e.yaml", port=0, max_body_bytes=0, feedback_pending_s=0.5)
     assert "port must be in 1..65535" in str(e.value) and "max_body_bytes must be >= 1" in str(e.value)
+    assert "feedback_pending_s must be in [1, 604800] seconds (a week), got 0.5" in str(e.value)
     parser = dataclass_parser(RouterConfig, config_file=False)
     assert set(parser.get_defaults().keys()) == {f.name for f in fields(RouterConfig)}
-    config = parse_router_config(["--experiment", "e.yaml", "--max-body-bytes", "2048"])
-    assert config.host == "127.0.0.1" and config.max_body_bytes == 2048
+    config = parse_router_config(["--experiment", "e.yaml", "--max-body-bytes", "2048", "--feedback-pending-s", "30"])
+    assert config.host == "127.0.0.1" and config.max_body_bytes == 2048 and config.feedback_pending_s == 30
 
 
 def test_sticky_key_comes_from_the_named_header_or_parameter():

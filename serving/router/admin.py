@@ -5,16 +5,25 @@ report, and Prometheus ``/metrics``.
     GET  /v2/experiments/{name}               -> the running spec, with normalised shares
     PUT  /v2/experiments/{name}/weights       {"weights": {"control": 70, "treatment": 30}, "why": "..."} (admin)
     POST /v2/experiments/{name}/reload        re-read the experiment file, as SIGHUP does        (admin)
-    POST /v2/experiments/{name}/feedback      {"id": REQUEST_ID, "label": TRUE_LABEL}
+    POST /v2/experiments/{name}/feedback      {"id": REQUEST_ID, "label": TRUE_LABEL}  (200, or 202: pending)
     GET  /v2/experiments/{name}/report        ?alpha=0.05&resamples=2000&format=json|markdown
     GET  /v2/experiments/{name}/audit         the spec's revisions: who changed it, when, why (needs a store)
     GET  /metrics
+
+Feedback with an experiment store is accepted by any replica, at any time after its answer was sent, once
+per request id (a second copy: 409, whether the first is pending or joined). When the answer is in the store
+it joins it at once: 200 ``{"id", "arm", "correct", "status": "recorded"}``. When it is not there yet (another
+replica's writer has not flushed it) the feedback is kept: 202 ``{"id", "status": "pending"}``; it joins the
+answer, on the answer's arm, unit and period, the moment the answer reaches the store, and expires (counted)
+if none does within ``--feedback-pending-s``. Without a store, feedback for an id this router does not
+remember is a 404. A list (``{"feedback": [...]}``) answers each item so, with 202 if any is pending.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import anyio
 import numpy as np
@@ -32,6 +41,8 @@ from serving.router.store.runtime import StoreDown
 log = logging.getLogger(__name__)
 
 MAX_ADMIN_BODY = 64 * 1024
+RECORDED, PENDING = "recorded", "pending"
+"""Feedback's ``status``: joined to its answer, or kept until the answer reaches the store."""
 
 
 async def _json_body(request: Request) -> object:
@@ -109,22 +120,27 @@ async def feedback(request: Request) -> Response:
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
             raise BadRequest(f"feedback[{i}] needs \"label\": TRUE_LABEL (or \"labels\": [...]), got {item!r:.100}")
         parsed.append((item["id"], tuple(str(x) for x in labels)))
-    results = []
-    for request_id, labels in parsed:
-        if state.store is not None:
-            found = await state.store.feedback(request_id, labels)
-        else:
-            try:
-                found = state.recorder.feedback(request_id, labels)
-            except KeyError:
-                raise Conflict(f"request {request_id!r} already has feedback") from None
+    results = [await _one_feedback(state, request_id, labels) for request_id, labels in parsed]
+    status = 202 if any(r["status"] == PENDING for r in results) else 200
+    return JSONResponse(results[0] if len(results) == 1 and "feedback" not in payload else {"feedback": results},
+                        status_code=status)
+
+
+async def _one_feedback(state: RouterState, request_id: str, labels: tuple[str, ...]) -> dict:
+    """One item: recorded (with its arm and whether the prediction was right), or pending (with a store)."""
+    if state.store is not None:
+        found = await state.store.feedback(request_id, labels)
         if found is None:
-            where = ("in the experiment store (an answer reaches it within the writer's flush interval)"
-                     if state.store is not None else
-                     f"by this router, or too old (the last {state.config.request_log_size} are kept)")
-            raise NotFound(f"unknown request id {request_id!r}: never served {where}")
-        results.append({"id": request_id, "arm": found[0], "correct": found[1]})
-    return JSONResponse(results[0] if len(results) == 1 and "feedback" not in payload else {"feedback": results})
+            return {"id": request_id, "status": PENDING}
+    else:
+        try:
+            found = state.recorder.feedback(request_id, labels)
+        except KeyError:
+            raise Conflict(f"request {request_id!r} already has feedback") from None
+        if found is None:
+            raise NotFound(f"unknown request id {request_id!r}: never served by this router, or too old (the last "
+                           f"{state.config.request_log_size} are kept)")
+    return {"id": request_id, "arm": found[0], "correct": found[1], "status": RECORDED}
 
 
 def _query_float(request: Request, name: str, default: float, low: float, high: float) -> float:
@@ -149,11 +165,10 @@ async def report(request: Request) -> Response:
     if fmt not in {"json", "markdown"}:
         raise BadRequest(f"format must be json or markdown, got {fmt!r}")
     seed = int(_query_float(request, "seed", 0, 0, 2**32 - 1))
-    snapshot, source, audit = await report_data(state)
+    snapshot, drift, source, audit = await report_data(state)
 
     def work() -> dict:
-        drift = state.drift.report() if state.drift is not None else None
-        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed), drift)
+        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed), drift() if drift else None)
 
     result = await anyio.to_thread.run_sync(work)
     result["data_source"] = source
@@ -164,17 +179,19 @@ async def report(request: Request) -> Response:
     return JSONResponse(result)
 
 
-async def report_data(state: RouterState) -> tuple[dict, str, list[dict] | None]:
-    """The report's per-arm snapshot, where it came from, and the audit log: from the store (every
-    replica's traffic) when there is one and it answers, else from this replica's memory."""
+async def report_data(state: RouterState) -> tuple[dict, Callable[[], dict] | None, str, list[dict] | None]:
+    """The report's per-arm snapshot, its drift (a function, for the worker thread; None: no drift section),
+    where they came from, and the audit log: from the store (every replica's traffic and monitored texts)
+    when there is one and it answers, else from this replica's memory."""
+    memory_drift = state.drift.report if state.drift is not None else None
     if state.store is None:
-        return state.recorder.snapshot(), "this replica's memory (no store)", None
+        return state.recorder.snapshot(), memory_drift, "this replica's memory (no store)", None
     try:
-        return await state.store.snapshot(), f"store, latencies: newest {state.config.latency_window} per arm", \
-            await state.store.audit()
+        return (await state.store.snapshot(), await state.store.drift(),
+                f"store, latencies: newest {state.config.latency_window} per arm", await state.store.audit())
     except StoreUnavailable as e:
         log.warning("report from this replica's memory: the store is unavailable (%s)", e)
-        return state.recorder.snapshot(), "this replica's memory (store unavailable)", None
+        return state.recorder.snapshot(), memory_drift, "this replica's memory (store unavailable)", None
 
 
 async def audit(request: Request) -> Response:

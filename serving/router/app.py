@@ -124,6 +124,11 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
                 await asyncio.wait(list(state.shadow_tasks), timeout=2.0)
             for task in list(state.shadow_tasks) + list(state.background):
                 task.cancel()
+            if state.drift is not None and state.store is not None:  # the last samples reach the store too
+                try:
+                    await state.drift.finish()
+                except Exception:
+                    log.exception("the last drift samples could not be handed to the store")
             if state.store is not None:  # flushes the buffered rows
                 await state.store.stop()
             with contextlib.suppress(Exception):

@@ -4,7 +4,7 @@
 ``BREAKER_FAILURES`` in a row that version is skipped for ``BREAKER_COOLDOWN_S`` (requests fail fast, or
 go to the fallback arm), then tried again, so the router recovers by itself. One breaker serves both
 protocols, so a Triton that fails over HTTP is skipped over gRPC too. ``with_fallback`` sends a request
-to its arm and, when that arm's upstream fails, to the experiment's fallback arm, counting each failure
+to its arm and, when that arm's upstream fails, to the experiment's fallback arm; each failure counts
 against the arm it happened on.
 """
 
@@ -79,18 +79,24 @@ class CircuitBreaker:
 
 async def with_fallback(state: RouterState, exp: Experiment, arm: str,
                         send: Callable[[str], Awaitable[T]]) -> tuple[T, str]:
-    """``send(arm)``; on an upstream failure count it and try the fallback arm. Returns (answer, arm served)."""
+    """``send(arm)``; on an upstream failure try the fallback arm. Returns (answer, arm served).
+
+    A failure the fallback follows is counted here, against its arm; the failure the caller gets is raised
+    with ``UpstreamError.arm`` naming the arm it happened on, for the front door to record once, with the
+    request it ends."""
     try:
         return await send(arm), arm
     except UpstreamError as e:
-        state.recorder.error(arm, e.status_code)
         if exp.fallback is None or exp.fallback == arm:
+            e.arm = arm
             raise
+        state.recorder.error(arm, e.status_code)
         first = e
     state.recorder.fallback(arm, exp.fallback)
     log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
     try:
         return await send(exp.fallback), exp.fallback
     except UpstreamError as e:
-        state.recorder.error(exp.fallback, e.status_code)
-        raise type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})") from None
+        both = type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})")
+        both.arm = exp.fallback
+        raise both from None

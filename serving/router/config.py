@@ -303,6 +303,9 @@ class RouterConfig:
     """Records buffered for the store at most (while it is down); more are dropped and counted."""
     store_poll_s: float = 0.5
     """How often a replica checks the store for a new revision (PostgreSQL also wakes it with NOTIFY)."""
+    feedback_pending_s: float = 600.0
+    """With a store: feedback whose answer is not in the store yet is kept pending this long for it to arrive
+    (from any replica's writer), then expired and counted (router_feedback_expired, the report)."""
     model_repository: str | None = None
     """Local model repository the arms' versions are published in: each arm's drift monitor compares live
     traffic with its version's ``drift_reference.json`` there (``serving.router.drift_feed``); None: no drift
@@ -333,6 +336,8 @@ class RouterConfig:
         for name in ("store_flush_interval_s", "store_poll_s"):
             if not 0 < getattr(self, name) <= 60:
                 problems.append(f"{name} must be in (0, 60] seconds, got {getattr(self, name)}")
+        if not 1 <= self.feedback_pending_s <= 7 * 86400:
+            problems.append(f"feedback_pending_s must be in [1, 604800] seconds (a week), got {self.feedback_pending_s}")
         if problems:
             raise ExperimentError(problems, "router config")
 

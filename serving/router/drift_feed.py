@@ -11,6 +11,11 @@ length-prefixed strings), tokenizes them with the version's own tokenizer and fe
 ``drift_detected`` (labels experiment, arm, feature) once an arm has ``MIN_SAMPLES`` (200) monitored texts:
 below that the PSI of an unchanged distribution (about 9 / n on 10 bins) is too close to the 0.2 threshold.
 The report reads ``report()``.
+
+With an experiment store, each monitored text's features (a ``DriftSample``) and each reference (a
+``DriftReferenceRow``) also go to ``sink`` (the store's writer), handed over on the event loop after each
+drain; ``drift_report`` compares the windows the store keeps (``serving.router.store.drift``) exactly as
+the monitors compare theirs, so a report from the store shows the drift the routers monitored.
 """
 
 from __future__ import annotations
@@ -19,29 +24,40 @@ import asyncio
 import json
 import logging
 import random
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 from tokenizers import Tokenizer
 
 from export.contract import CONTRACT
-from serving.judge.drift import DriftMonitor, FeatureDrift, Reference
+from export.drift_reference import text_features
+from serving.judge.drift import DriftMonitor, FeatureDrift, Reference, compare
 from serving.judge.drift_guardrail import MIN_SAMPLES
 from serving.router.config import Experiment
+from serving.router.store.drift import DriftWindow
+from serving.router.store.records import DriftReferenceRow, DriftSample, Record
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 1000
 """Sampled requests waiting for the worker at most; more drop the oldest (``router_drift_dropped_samples``)."""
+PSI_THRESHOLD = 0.2
+"""A feature whose PSI exceeds this has drifted."""
+KS_ALPHA = 0.01
+"""A numeric feature whose KS p-value is below this has drifted."""
 
 
 class VersionTokenizer:
     """A served version's own ``tokenizer.json`` (the ``tokenizers`` library, no transformers import), with
     what ``serving.judge.drift.text_features`` reads: ``tok(texts, add_special_tokens=False)["input_ids"]``
-    and ``unk_token_id``. Never truncates: the reference counts every token too."""
+    and ``unk_token_id``. Never truncates: the reference counts every token too. It remembers its last
+    call: the feed reads a sample's features for the store, then the monitor tokenizes the same texts, and
+    one tokenization serves both."""
 
     def __init__(self, path: Path):
         self._tok = Tokenizer.from_file(str(path))
@@ -49,10 +65,16 @@ class VersionTokenizer:
         self._tok.no_padding()
         unk = json.loads(Path(path).read_text()).get("model", {}).get("unk_token")
         self.unk_token_id = self._tok.token_to_id(unk) if unk else None
+        self._last: tuple[tuple, dict[str, list[list[int]]]] | None = None
 
     def __call__(self, texts: Sequence[str], add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
+        key = (tuple(texts), add_special_tokens)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         encoded = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        return {"input_ids": [e.ids for e in encoded]}
+        out = {"input_ids": [e.ids for e in encoded]}
+        self._last = (key, out)
+        return out
 
 
 def version_folder(repository: Path, model: str, version: str) -> Path | None:
@@ -80,7 +102,7 @@ class DriftFeed:
     """Samples answered requests per arm into one ``DriftMonitor`` per arm (its version's reference)."""
 
     def __init__(self, repository: str | Path, experiment: str, registry: CollectorRegistry, sample_rate: float = 0.1,
-                 window: int = 2000, psi_threshold: float = 0.2, ks_alpha: float = 0.01,
+                 window: int = 2000, psi_threshold: float = PSI_THRESHOLD, ks_alpha: float = KS_ALPHA,
                  rng: random.Random | None = None):
         self.repository, self.experiment, self.registry = Path(repository), experiment, registry
         self.sample_rate, self.window = sample_rate, window
@@ -89,6 +111,10 @@ class DriftFeed:
         self._pending: deque[Sample] = deque()
         self._monitors: dict[str, tuple[tuple[str, str], DriftMonitor]] = {}
         self._references: dict[tuple[str, str], tuple[Reference, VersionTokenizer] | None] = {}
+        self._draining = threading.Lock()  # one drain at a time (the worker's, or the last one at shutdown)
+        self._rows: list[Record] = []
+        self.sink: Callable[[list[Record]], None] | None = None
+        """Where the monitored samples and references also go (the store's writer); None: memory only."""
         self.m_dropped = Counter("router_drift_dropped_samples", "Sampled requests the drift worker could not keep "
                                  "up with (dropped, oldest first)", ["experiment"], registry=registry)
         self.m_sampled = Counter("router_drift_samples", "Texts fed to the drift monitor, by arm",
@@ -117,7 +143,10 @@ class DriftFeed:
                             source[0], source[1] or "newest", path or self.repository / source[0])
                 self._references[source] = None
             else:
-                self._references[source] = (Reference.read(path), VersionTokenizer(folder / "tokenizer.json"))
+                reference = Reference.read(path)
+                self._references[source] = (reference, VersionTokenizer(folder / "tokenizer.json"))
+                if self.sink is not None:
+                    self._rows.append(DriftReferenceRow(self.experiment, *source, json.dumps(asdict(reference))))
                 log.info("drift reference for %s: %s", source, path)
         return self._references[source]
 
@@ -133,7 +162,12 @@ class DriftFeed:
         return monitor
 
     def drain(self) -> int:
-        """In the worker thread: feed every queued sample to its arm's monitor, then set the gauges."""
+        """In the worker thread: feed every queued sample to its arm's monitor (and its features to the rows
+        for ``sink``), then set the gauges."""
+        with self._draining:
+            return self._drain()
+
+    def _drain(self) -> int:
         done, texts_by_arm = 0, {}
         while self._pending:
             s = self._pending.popleft()
@@ -143,6 +177,8 @@ class DriftFeed:
                 continue
             labels = s.labels if len(s.labels) == len(texts) else ()
             confidences = s.confidences if len(s.confidences) == len(texts) else ()
+            if self.sink is not None:
+                self._keep(s, texts, labels, confidences, monitor.tokenizer)
             monitor.observe(s.arm, texts, labels, confidences)
             texts_by_arm[s.arm] = texts_by_arm.get(s.arm, 0) + len(texts)
             done += 1
@@ -152,6 +188,27 @@ class DriftFeed:
         for arm, n in texts_by_arm.items():  # counted after the gauges are set: a count seen means gauges that include it
             self.m_sampled.labels(self.experiment, arm).inc(n)
         return done
+
+    def _keep(self, s: Sample, texts: list[str], labels: tuple[str, ...], confidences: tuple[float, ...],
+              tokenizer: VersionTokenizer) -> None:
+        """The sample's texts as ``DriftSample`` rows for ``sink``."""
+        feats, at = text_features(texts, tokenizer), time.time()
+        for i in range(len(texts)):
+            self._rows.append(DriftSample(self.experiment, s.arm, *s.source, float(feats["text_length"][i]),
+                                          float(feats["unknown_token_rate"][i]), confidences[i] if confidences else None,
+                                          labels[i] if labels else None, at, self.window))
+
+    def hand_over(self) -> None:
+        """On the event loop, after a drain: give the rows it made to ``sink``."""
+        rows, self._rows = self._rows, []
+        if rows and self.sink is not None:
+            self.sink(rows)
+
+    async def finish(self) -> None:
+        """At shutdown, once the worker is cancelled: drain what is queued and hand it over."""
+        if self._pending:
+            await asyncio.to_thread(self.drain)
+        self.hand_over()
 
     def report(self) -> dict[str, dict[str, FeatureDrift]]:
         """Per arm, per feature with enough samples: PSI, KS and whether it drifted (``DriftMonitor.report``)."""
@@ -169,3 +226,11 @@ class DriftFeed:
                     await asyncio.to_thread(self.drain)
                 except Exception:  # a bad sample must not stop the monitoring
                     log.exception("drift worker failed on a batch; continuing")
+            self.hand_over()
+
+
+def drift_report(windows: dict[str, DriftWindow]) -> dict[str, dict[str, FeatureDrift]]:
+    """``DriftFeed.report()`` of the windows a store keeps: each arm's texts against its reference, compared
+    as the monitors compare them (``serving.judge.drift.compare``, same thresholds and minimum)."""
+    return {arm: compare(Reference(**w.reference), w.live, w.labels, PSI_THRESHOLD, KS_ALPHA, MIN_SAMPLES)
+            for arm, w in windows.items()}

@@ -53,6 +53,8 @@ class UpstreamError(RouterError):
     """Triton could not answer: connection refused, reset, or a 5xx (503)."""
 
     status_code = 503
+    arm: str | None = None
+    """The arm whose upstream failed last (set by ``breaker.with_fallback``); None: not yet known."""
 
 
 class UpstreamTimeout(UpstreamError):

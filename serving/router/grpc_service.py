@@ -39,7 +39,7 @@ from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
 from serving.router.config import Experiment
 from serving.router.drift_read import grpc_confidences, grpc_texts
-from serving.router.errors import BadRequest, RouterError, UpstreamError
+from serving.router.errors import BadRequest, RouterError
 from serving.router.grpc_protocol import (
     answer_labels,
     parameters_of,
@@ -47,7 +47,7 @@ from serving.router.grpc_protocol import (
     tag_answer,
     tensors_in,
 )
-from serving.router.infer_http import MAX_REQUEST_ID, UNASSIGNED, RequestIds
+from serving.router.infer_http import MAX_REQUEST_ID, RequestIds, record_refused
 from serving.router.state import RouterState
 from serving.router.validate import check_request
 
@@ -203,8 +203,8 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         With ``raw`` (``request`` serialised, as it arrived) the bytes are forwarded and bytes come back."""
         start = time.perf_counter()
         state = self.state
-        exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
-        arm = None
+        exp, assigner, period = state.current  # one read: a weight change mid-request does not affect this request
+        arm = key = None
         request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
         inflight = state.recorder.inflight
         inflight.inc()
@@ -233,11 +233,9 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
             response, served = await with_fallback(state, exp, arm, send)
         except RouterError as e:
-            if e.status_code < 500:  # the caller's mistake: recorded apart, never against the arm
-                state.recorder.client_error(arm or UNASSIGNED, e.status_code)
-            elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in with_fallback()
-                state.recorder.error(arm or UNASSIGNED, e.status_code)
-            raise _Refused(e, arm, request_id or self.request_ids.new()) from None
+            request_id = request_id or self.request_ids.new()
+            record_refused(state, e, arm, key, request_id, period)
+            raise _Refused(e, arm, request_id) from None
         finally:
             inflight.dec()
         if raw is None:
@@ -248,17 +246,18 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         latency_s = time.perf_counter() - start
         # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
         asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
-                                             key, arm, request, response)
+                                             key, arm, period, request, response)
         return response, served, request_id
 
     def _after_answer(self, exp: Experiment, shadow_copy: pb.ModelInferRequest | None, request_id: str, served: str,
-                      latency_s: float, key: str | None, arm: str, request: pb.ModelInferRequest,
+                      latency_s: float, key: str | None, arm: str, period: int, request: pb.ModelInferRequest,
                       response: pb.ModelInferResponse | bytes) -> None:
         if isinstance(response, bytes):
             response = pb.ModelInferResponse.FromString(response)
         labels = answer_labels(response, CONTRACT.output_label)
         confidences = grpc_confidences(response, CONTRACT.output_probabilities)
-        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
+        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences,
+                                   period=period)
         if self.state.drift is not None:  # the texts are decoded in the drift worker, only if sampled
             self.state.drift.offer(exp, served, lambda: grpc_texts(request, CONTRACT.input_text), labels, confidences)
         if shadow_copy is not None:

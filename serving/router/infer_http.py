@@ -29,6 +29,7 @@ from serving.router.breaker import with_fallback
 from serving.router.config import Experiment
 from serving.router.drift_read import http_confidences, http_texts
 from serving.router.errors import BadRequest, PayloadTooLarge, RouterError, UpstreamError
+from serving.router.metrics import RequestRef
 from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
 from serving.router.state import RouterState
 from serving.router.upstream import Answer
@@ -115,7 +116,7 @@ async def infer(scope, receive, send) -> None:
     start = time.perf_counter()
     app = scope["app"]
     state: RouterState = app.state.router
-    exp, assigner = state.current  # one read: a weight change mid-request does not affect this request
+    exp, assigner, period = state.current  # one read: a weight change mid-request does not affect this request
     headers = dict(scope["headers"])  # lower-case names (ASGI)
     request_id = _text(headers.get(b"x-request-id")) or None
     arm = key = None
@@ -139,11 +140,9 @@ async def infer(scope, receive, send) -> None:
         answer, served = await forward(state, exp, arm, req)
         content, header_length, labels = tag_answer(answer, served, CONTRACT.output_label)
     except RouterError as e:
-        if e.status_code < 500:  # the caller's mistake: recorded apart, never against the arm
-            state.recorder.client_error(arm or UNASSIGNED, e.status_code)
-        elif not isinstance(e, UpstreamError):  # upstream failures were counted per arm in forward()
-            state.recorder.error(arm or UNASSIGNED, e.status_code)
-        return await send_error(send, e, request_id or app.request_ids.new(), arm)
+        request_id = request_id or app.request_ids.new()
+        record_refused(state, e, arm, key, request_id, period)
+        return await send_error(send, e, request_id, arm)
     except Disconnected:
         return
     except Exception as e:  # a bug of the router's, not the arm's: logged, answered 500, not recorded
@@ -161,18 +160,31 @@ async def infer(scope, receive, send) -> None:
     await send_answer(send, 200, answer_headers, content)
     # recorded right after the answer is written, before this task yields: off the caller's latency,
     # and still before any later request (feedback for this id included) can be read
-    after_answer(state, exp, req, request_id, served, latency_s, labels, key, arm, content, header_length)
+    after_answer(state, exp, req, request_id, served, latency_s, labels, key, arm, period, content, header_length)
+
+
+def record_refused(state: RouterState, e: RouterError, arm: str | None, key: str | None, request_id: str,
+                   period: int) -> None:
+    """Record a request answered with ``e`` (HTTP and gRPC). A 4xx is the caller's mistake: recorded apart,
+    never against an arm. A 5xx counts once, against the arm it happened on (``UpstreamError.arm``, else the
+    assigned arm), as the final outcome of the request: with its unit and period once it had an arm."""
+    if e.status_code < 500:
+        state.recorder.client_error(arm or UNASSIGNED, e.status_code)
+        return
+    failed = (e.arm if isinstance(e, UpstreamError) else None) or arm or UNASSIGNED
+    state.recorder.error(failed, e.status_code, RequestRef(request_id, key, arm, period) if arm else None)
 
 
 def after_answer(state: RouterState, exp: Experiment, req: InferRequest, request_id: str, served: str,
-                 latency_s: float, labels: tuple[str, ...], key: str | None, arm: str, content: bytes = b"",
-                 header_length: int | None = None) -> None:
-    """Runs once the answer is sent: records the request with its predictions' top-class probabilities
-    (read from ``content``, the answer), offers it to the drift monitor's sample, then maybe starts its
-    shadow copy. Never raises: the answer is out, a failure here is logged."""
+                 latency_s: float, labels: tuple[str, ...], key: str | None, arm: str, period: int,
+                 content: bytes = b"", header_length: int | None = None) -> None:
+    """Runs once the answer is sent: records the request (with its assigned arm and period, and its
+    predictions' top-class probabilities read from ``content``, the answer), offers it to the drift monitor's
+    sample, then maybe starts its shadow copy. Never raises: the answer is out, a failure here is logged."""
     try:
         confidences = http_confidences(content, header_length, CONTRACT.output_probabilities) if content else []
-        state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences)
+        state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences,
+                              period=period)
         if state.drift is not None:  # the texts are decoded in the drift worker, only if this request is sampled
             state.drift.offer(exp, served, lambda: http_texts(req.header, req.body, req.header_length,
                                                               CONTRACT.input_text), labels, confidences)

@@ -76,6 +76,17 @@ class ArmRecord:
     """Moments of the top-class probability of each prediction (the judge's label-free mean confidence)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRef:
+    """Whose a request's outcome is: its id, its sticky key, the arm it was assigned and the period (the
+    store revision, or the in-memory weight period) in force when it was assigned."""
+
+    request_id: str
+    key: str | None
+    assigned: str
+    period: int
+
+
 @dataclass(frozen=True)
 class Served:
     """What the router remembers of a served request, for feedback."""
@@ -113,8 +124,14 @@ class Recorder:
         self.m_shadow_latency = Histogram("router_shadow_latency_seconds", "Latency of shadow requests", labels,
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.m_agreement = PCounter("router_shadow_agreement", "Shadow label vs primary label", labels + ["primary_arm", "agree"], registry=r)
-        self.m_feedback = PCounter("router_feedback", "Feedback received, by arm and whether the prediction was right",
-                                   labels + ["correct"], registry=r)
+        self.m_feedback = PCounter("router_feedback", "Feedback received and joined to its answer at once, by arm "
+                                   "and whether the prediction was right", labels + ["correct"], registry=r)
+        self.m_feedback_pending = PCounter("router_feedback_pending", "Feedback kept pending: its answer was not in "
+                                           "the experiment store yet (it joins the answer when it arrives)",
+                                           ["experiment"], registry=r)
+        self.m_feedback_expired = PCounter("router_feedback_expired", "Pending feedback whose answer never reached "
+                                           "the store within --feedback-pending-s, deleted by this replica",
+                                           ["experiment"], registry=r)
         self.m_inflight = Gauge("router_inflight_requests", "Inference requests in flight", ["experiment"], registry=r)
         self.m_store_dropped = PCounter("router_store_dropped_records", "Records (answers, errors, shadow copies) "
                                         "dropped because the store's buffer was full", ["experiment"], registry=r)
@@ -155,11 +172,12 @@ class Recorder:
         self.m_unkeyed.labels(self.experiment).inc()
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None = None,
-               assigned: str | None = None, confidences: Sequence[float] = ()) -> None:
-        """An answered request; ``key`` (the sticky key) and ``assigned`` (its arm before any fallback) go
-        to the store only; ``confidences``: the top-class probability of each prediction, when known."""
+               assigned: str | None = None, confidences: Sequence[float] = (), period: int | None = None) -> None:
+        """An answered request; ``key`` (the sticky key), ``assigned`` (its arm before any fallback) and
+        ``period`` (in force when it was assigned) go to the store only, where they make its unit-table row;
+        ``confidences``: the top-class probability of each prediction, when known."""
         if self.sink is not None:
-            self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences)
+            self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences, period)
         with self._lock:
             rec = self._arm(arm)
             rec.requests += 1
@@ -182,10 +200,12 @@ class Recorder:
         for label in labels:
             self._child(self.m_labels, arm, label).inc()
 
-    def error(self, arm: str, code: int | str) -> None:
-        """A server-side failure (the upstream's or the router's): it counts against ``arm``."""
+    def error(self, arm: str, code: int | str, request: RequestRef | None = None) -> None:
+        """A server-side failure (the upstream's or the router's): it counts against ``arm``. ``request``: the
+        request whose final outcome it is (the error its caller got), so the store counts it for its unit;
+        None for an attempt that a fallback followed."""
         if self.sink is not None:
-            self.sink.error(arm, code)
+            self.sink.error(arm, code, request)
         with self._lock:
             self._arm(arm).errors[str(code)] += 1
         self.m_errors.labels(self.experiment, arm, str(code), "server").inc()
@@ -258,6 +278,14 @@ class Recorder:
         """What this replica remembers of a request it served, or None."""
         with self._lock:
             return self._served.get(request_id)
+
+    def count_pending_feedback(self) -> None:
+        """Feedback the store keeps pending until its answer arrives (``router_feedback_pending``)."""
+        self.m_feedback_pending.labels(self.experiment).inc()
+
+    def count_expired_feedback(self, n: int) -> None:
+        """Pending feedback this replica expired (``router_feedback_expired``)."""
+        self.m_feedback_expired.labels(self.experiment).inc(n)
 
     def count_feedback(self, arm: str, correct: bool) -> None:
         """Feedback the store accepted (for an answer of any replica): this pod's metric and window."""

@@ -104,10 +104,11 @@ def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: floa
     return {t: judge(c, arm_stats(rec), config, comparisons=len(treatments)).to_dict() for t, rec in treatments.items()}
 
 
-def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alpha: float = 0.05,
+def build_report(exp: Experiment, snapshot: dict[str, dict], alpha: float = 0.05,
                  resamples: int = 2000, rng: np.random.Generator | None = None,
                  drift: dict[str, dict[str, FeatureDrift]] | None = None) -> dict[str, Any]:
-    """The report as a JSON-able dict, from a ``Recorder.snapshot()``; ``drift`` (``DriftFeed.report()``)
+    """The report as a JSON-able dict, from a ``Recorder.snapshot()`` or a ``Store.snapshot()`` (whose
+    ``"feedback"`` counts of pending and expired feedback it copies); ``drift`` (``DriftFeed.report()``)
     adds the "drift" section and the judge's label-free ``drift`` guardrail per treatment."""
     rng = rng or np.random.default_rng(0)
     arms, shadows = snapshot["arms"], snapshot["shadow"]
@@ -129,6 +130,8 @@ def build_report(exp: Experiment, snapshot: dict[str, dict[str, ArmRecord]], alp
     }
     if drift is not None:
         add_drift(report, drift)
+    if "feedback" in snapshot:  # from a store: feedback waiting for its answer, and expired without one
+        report["feedback"] = dict(snapshot["feedback"])
     for name, rec in shadows.items():
         report["shadow"][name] = {
             "requests": rec.requests,
@@ -190,6 +193,9 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{_iv(lat.get('p50'))} | {_iv(lat.get('p95'))} | {_iv(lat.get('p99'))} | {_iv(a['accuracy'])} |")
     lines += ["", "Predicted labels: " + "; ".join(
         f"{name}: " + (", ".join(f"{k} {v}" for k, v in a["labels"].items()) or "none") for name, a in r["arms"].items())]
+    if "feedback" in r:
+        lines += ["", f"Feedback waiting for its answer: {r['feedback']['pending']}; expired without one: "
+                      f"{r['feedback']['expired']}."]
     if r["shadow"]:
         lines += ["", "## Shadow", "", "| shadow | requests | errors | dropped | p50 ms | p99 ms | agreement |",
                   "|---|---|---|---|---|---|---|"]

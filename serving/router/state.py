@@ -1,8 +1,10 @@
 """The router's run-time state: the current experiment, its assigner, the recorder, the connections.
 
-Weights change by swapping ``current`` (an immutable ``(Experiment, Assigner)`` pair) in one
-assignment: a request reads the pair once when it starts, so in-flight requests finish with the
-assignment they started with and no request ever sees a half-updated experiment.
+Weights change by swapping ``current`` (an immutable ``(Experiment, Assigner, period)`` triple) in one
+assignment: a request reads the triple once when it starts, so in-flight requests finish with the
+assignment they started with, no request ever sees a half-updated experiment, and each request's arm
+and period are read together. The period is the store revision in force (with a store), or a counter in
+memory that moves on every weight change (without one): the judge compares arms within each period.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from serving.router.upstream import Target, Upstream
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "TUNESTACK_ROUTER_ADMIN_TOKEN"
+FIRST_PERIOD = 1
+"""The period a router starts in without a store (with one: the store revision it starts at)."""
 
 
 @dataclass
@@ -34,7 +38,8 @@ class RouterState:
     """Everything one router app holds; lives on ``app.state.router``."""
 
     config: RouterConfig
-    current: tuple[Experiment, Assigner]
+    current: tuple[Experiment, Assigner, int]
+    """The experiment, its assigner and the period they belong to (see the module docstring)."""
     recorder: Recorder
     upstream: Upstream
     admin_token: dict[str, str] | None
@@ -56,7 +61,8 @@ class RouterState:
         recorder.set_shares(experiment.shares)
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
-        return cls(config, (experiment, Assigner(experiment)), recorder, upstream, tokens, GrpcUpstream(upstream.breaker),
+        return cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
+                   GrpcUpstream(upstream.breaker),
                    store=StoreRuntime(config) if config.store else None,
                    drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
                                    config.drift_sample_rate, config.drift_window) if config.model_repository else None)
@@ -65,17 +71,25 @@ class RouterState:
     def experiment(self) -> Experiment:
         return self.current[0]
 
-    def set_experiment(self, experiment: Experiment, why: str) -> None:
-        old = self.experiment
+    @property
+    def period(self) -> int:
+        return self.current[2]
+
+    def set_experiment(self, experiment: Experiment, why: str, period: int | None = None) -> None:
+        """Run ``experiment`` from now on, in ``period`` (a store revision); without one the period moves on
+        when the weights change and stays when they do not."""
+        old, _, old_period = self.current
         if experiment.name != old.name:
             raise BadRequest(f"the new spec names experiment {experiment.name!r} but this router runs {old.name!r}; "
                              "start a new router for a new experiment")
         if experiment.arm_names != old.arm_names:
             log.warning("arms changed %s -> %s: keys are re-bucketed", old.arm_names, experiment.arm_names)
-        self.current = (experiment, Assigner(experiment))
+        if period is None:
+            period = old_period + 1 if experiment.shares != old.shares else old_period
+        self.current = (experiment, Assigner(experiment), period)
         self.recorder.set_shares(experiment.shares)
-        log.info("experiment %s updated (%s): shares %s", experiment.name, why,
-                 {k: round(v, 4) for k, v in experiment.shares.items()})
+        log.info("experiment %s updated (%s): shares %s, period %d", experiment.name, why,
+                 {k: round(v, 4) for k, v in experiment.shares.items()}, period)
 
     async def reload(self, why: str, who: str = "router") -> Experiment:
         """Re-read the experiment file; a broken file raises and leaves the running experiment as it was.

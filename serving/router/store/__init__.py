@@ -4,8 +4,11 @@
         ...                                                             # opened (schema migrated), closed after
 
 One interface (``base.Store``), two back-ends (``sqlite.py``, the default for one router;
-``postgres.py`` for several), a versioned schema (``schema.py``), the background writer that keeps the
-store off the request path (``writer.py``), and the replica sync of the experiment's revisions (``sync.py``).
+``postgres.py`` for several), a versioned schema (``schema.py``), the rows a router records
+(``records.py``) and how a batch of them is written (``batch.py``), the background writer that keeps the
+store off the request path (``writer.py``), feedback that is never lost (``feedback.py``), the judge's unit
+table (``unit_table.py``), the drift monitor's windows (``drift.py``), and the replica sync of the
+experiment's revisions (``sync.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 from serving.router.schema import store_url_problem
 from serving.router.store.base import (
     AnswerRow,
+    DriftReferenceRow,
+    DriftSample,
     DuplicateFeedback,
     ErrorRow,
     Revision,
@@ -48,5 +53,5 @@ def open_store(url: str) -> Store:
     return PostgresStore(url)
 
 
-__all__ = ["AnswerRow", "DuplicateFeedback", "ErrorRow", "Revision", "ShadowRow", "Store", "StoreError",
-           "STORE_ENV", "StoreUnavailable", "default_store_url", "open_store"]
+__all__ = ["AnswerRow", "DriftReferenceRow", "DriftSample", "DuplicateFeedback", "ErrorRow", "Revision", "ShadowRow",
+           "Store", "StoreError", "STORE_ENV", "StoreUnavailable", "default_store_url", "open_store"]

@@ -1,32 +1,45 @@
-"""The experiment store's one interface, its records and its errors; the SQL shared by both back-ends.
+"""The experiment store's one interface and its errors; the SQL shared by both back-ends.
 
 A back-end (``sqlite.py``, ``postgres.py``) supplies a connection, a transaction and the placeholder
-style; everything the router asks of a store -- revisions of the experiment (the audit log), answer,
-error and shadow rows written in batches, feedback, the per-arm snapshot the report consumes -- is
-written once here, in SQL both databases accept.
+style; everything the router asks of a store -- revisions of the experiment (the audit log), the records
+written in batches (``batch.py``), feedback (``feedback.py``), the per-arm snapshot the report consumes,
+the judge's unit table (``unit_table.py``) and the drift monitor's windows (``drift.py``) -- is written
+once, in SQL both databases accept.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
+import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.judge.snapshot import Moments
 from serving.router.metrics import ArmRecord
+from serving.router.store import feedback
+from serving.router.store.batch import Statement, batch_statements
+from serving.router.store.drift import DriftWindow, read_drift_windows
+from serving.router.store.records import (
+    LABEL_SEP,
+    AnswerRow,
+    DriftReferenceRow,
+    DriftSample,
+    ErrorRow,
+    Record,
+    ShadowRow,
+)
+from serving.router.store.unit_table import read_unit_table
+
+if TYPE_CHECKING:
+    from serving.judge.units import UnitTable
 
 log = logging.getLogger(__name__)
-
-LABEL_SEP = "\x1f"
-"""Separator of the predicted labels of one answer in its ``labels`` column (unit separator)."""
 
 
 class StoreError(Exception):
@@ -56,75 +69,22 @@ class Revision:
     """Unix time, seconds."""
 
     def weights(self) -> dict[str, float]:
-        return {a["name"]: a.get("weight", 1.0) for a in self.spec.get("arms", [])}
+        return spec_weights(self.spec)
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerRow:
-    """One answered request."""
-
-    experiment: str
-    request_id: str
-    arm: str
-    """The arm that served it."""
-    assigned_arm: str
-    """The arm it was assigned to (differs from ``arm`` after a fallback)."""
-    version: str
-    key: str | None
-    """The sticky key; only its hash is stored."""
-    latency_s: float
-    labels: tuple[str, ...]
-    at: float
-    confidences: tuple[float, ...] = ()
-    """The top-class probability of each prediction (stored: their mean, and their moments per arm)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRow:
-    """One failed request, by arm and HTTP status (4xx: the client's, 5xx: the server's or upstream's)."""
-
-    experiment: str
-    arm: str
-    code: str
-    at: float
-
-    @property
-    def kind(self) -> str:
-        return "client" if self.code.isdigit() and int(self.code) < 500 else "server"
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowRow:
-    """One shadow copy: ``outcome`` is ok, error or dropped; ``agree`` None when not compared."""
-
-    experiment: str
-    shadow: str
-    primary_arm: str
-    outcome: str
-    latency_s: float | None
-    labels: tuple[str, ...]
-    agree: bool | None
-    at: float
-
-
-Record = AnswerRow | ErrorRow | ShadowRow
-
-
-def key_hash(key: str | None) -> str | None:
-    """A 16-hex-digit BLAKE2b hash of the sticky key: enough to group by user, not to read the key."""
-    return None if key is None else hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+def spec_weights(spec: dict[str, Any]) -> dict[str, float]:
+    """Each arm's weight in a stored spec (the keys of an experiment file)."""
+    return {a["name"]: a.get("weight", 1.0) for a in spec.get("arms", [])}
 
 
 class Store(abc.ABC):
     """The experiment store. Every method is async; a store that cannot be reached raises ``StoreUnavailable``.
 
     Back-ends implement ``_run`` (statements in one transaction) and ``_query`` (rows of one SELECT),
-    with ``?`` placeholders, plus opening, closing, ``wait_for_change`` and ``_unique_violation``.
+    with ``?`` placeholders, plus opening, closing, ``wait_for_change`` and ``_lock_statements``.
     """
 
     url: str
-    _unique_violation: type[Exception]
-    """The back-end's error for a row that breaks a UNIQUE constraint (feedback sent twice)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -135,8 +95,8 @@ class Store(abc.ABC):
         """Release connections; safe to call twice."""
 
     @abc.abstractmethod
-    async def _run(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """Each ``(sql, rows)``: ``executemany(sql, rows)``, all in one transaction."""
+    async def _run(self, statements: Sequence[Statement]) -> list[int]:
+        """Each ``(sql, rows)``: ``executemany(sql, rows)``, all in one transaction; the rows each changed."""
 
     @abc.abstractmethod
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -146,6 +106,11 @@ class Store(abc.ABC):
     async def _add_revision_sql(self, row: tuple) -> None:
         """Insert ``(experiment, spec, source, who, why, at)`` as the next revision number and wake up the
         other replicas, in one transaction."""
+
+    def _lock_statements(self, experiment: str) -> list[Statement]:
+        """Statements that, first in a transaction, serialise it with every other one that writes answers
+        or feedback of ``experiment`` (see ``feedback.py``); none where transactions are serial already."""
+        return []
 
     async def __aenter__(self) -> Store:
         """``async with open_store(url) as store:`` opens it (schema migrated) and closes it on the way out."""
@@ -157,8 +122,6 @@ class Store(abc.ABC):
 
     async def wait_for_change(self, experiment: str, timeout: float) -> None:
         """Return when a new revision of ``experiment`` may exist, or after ``timeout`` s (polling)."""
-        import asyncio
-
         await asyncio.sleep(timeout)
 
     # -- revisions (the audit log) ---------------------------------------------------------------------------
@@ -184,45 +147,25 @@ class Store(abc.ABC):
                                  "WHERE experiment = ? ORDER BY revision DESC LIMIT ?", [experiment, limit])
         return [_revision(r) for r in reversed(rows)]
 
+    async def periods(self, experiment: str) -> dict[int, dict[str, float]]:
+        """Every revision's weights by revision number: the periods of the judge's unit table."""
+        rows = await self._query("SELECT revision, spec FROM revisions WHERE experiment = ?", [experiment])
+        return {int(r): spec_weights(json.loads(spec)) for r, spec in rows}
+
     async def experiments(self) -> list[str]:
         return [r[0] for r in await self._query("SELECT DISTINCT experiment FROM revisions ORDER BY experiment")]
 
     # -- answers, errors, shadow copies ---------------------------------------------------------------------
 
     async def write_batch(self, records: Sequence[Record]) -> None:
-        """Write a batch of records in one transaction."""
-        answers = [(r.experiment, r.request_id, r.arm, r.assigned_arm, r.version, key_hash(r.key), r.latency_s,
-                    LABEL_SEP.join(r.labels), r.at, sum(r.confidences) / len(r.confidences) if r.confidences else None)
-                   for r in records if isinstance(r, AnswerRow)]
-        moments: dict[tuple[str, str], list[float]] = {}
-        for r in records:
-            if isinstance(r, AnswerRow) and r.confidences:
-                m = moments.setdefault((r.experiment, r.arm), [0, 0.0, 0.0])
-                m[0] += len(r.confidences)
-                m[1] += sum(r.confidences)
-                m[2] += sum(x * x for x in r.confidences)
-        errors = [(r.experiment, r.arm, r.code, r.kind, r.at) for r in records if isinstance(r, ErrorRow)]
-        counts = Counter((r.experiment, r.arm, r.assigned_arm, LABEL_SEP.join(r.labels))
-                         for r in records if isinstance(r, AnswerRow))
-        shadows = [(r.experiment, r.shadow, r.primary_arm, r.outcome, r.latency_s, LABEL_SEP.join(r.labels),
-                    None if r.agree is None else int(r.agree), r.at) for r in records if isinstance(r, ShadowRow)]
-        statements = [
-            ("INSERT INTO answers (experiment, request_id, arm, assigned_arm, version, key_hash, latency_s, labels, at, "
-             "confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", answers),
-            ("INSERT INTO errors (experiment, arm, code, kind, at) VALUES (?, ?, ?, ?, ?)", errors),
-            ("INSERT INTO shadows (experiment, shadow, primary_arm, outcome, latency_s, labels, agree, at) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", shadows),
-            # sorted: replicas upserting the same rows lock them in one order (no deadlock)
-            ("INSERT INTO answer_counts (experiment, arm, assigned_arm, labels, n) VALUES (?, ?, ?, ?, ?) "
-             "ON CONFLICT (experiment, arm, assigned_arm, labels) DO UPDATE SET n = answer_counts.n + excluded.n",
-             [(*k, n) for k, n in sorted(counts.items())]),
-            ("INSERT INTO confidence_moments (experiment, arm, n, total, total_sq) VALUES (?, ?, ?, ?, ?) "
-             "ON CONFLICT (experiment, arm) DO UPDATE SET n = confidence_moments.n + excluded.n, "
-             "total = confidence_moments.total + excluded.total, "
-             "total_sq = confidence_moments.total_sq + excluded.total_sq",
-             [(*k, *m) for k, m in sorted(moments.items())]),
-        ]
-        await self._run([(sql, rows) for sql, rows in statements if rows])
+        """Write a batch of records and every aggregate kept beside them in one transaction, then join the
+        pending feedback of its experiments (``join_feedback``) right after it. The batch is summed in a worker
+        thread (~10 us a record): the event loop, serving requests, only waits for it in GIL slices."""
+        statements = await asyncio.to_thread(batch_statements, records)
+        if statements:
+            await self._run(statements)
+        for experiment in sorted({r.experiment for r in records if isinstance(r, AnswerRow)}):
+            await self.join_feedback(experiment)
 
     async def count_answers(self, experiment: str) -> int:
         return int((await self._query("SELECT COUNT(*) FROM answers WHERE experiment = ?", [experiment]))[0][0])
@@ -236,32 +179,47 @@ class Store(abc.ABC):
     async def answer_ids(self, experiment: str) -> set[str]:
         return {r[0] for r in await self._query("SELECT request_id FROM answers WHERE experiment = ?", [experiment])}
 
-    # -- feedback -------------------------------------------------------------------------------------------
+    # -- feedback (feedback.py) -----------------------------------------------------------------------------
 
-    async def find_answer(self, experiment: str, request_id: str) -> tuple[str, tuple[str, ...]] | None:
-        """(arm, predicted labels) of the newest answer with this request id, or None."""
-        rows = await self._query("SELECT arm, labels FROM answers WHERE experiment = ? AND request_id = ? "
-                                 "ORDER BY id DESC LIMIT 1", [experiment, request_id])
-        return (rows[0][0], _labels(rows[0][1])) if rows else None
+    async def add_feedback(self, experiment: str, request_id: str, labels: tuple[str, ...]) -> tuple[str, bool] | None:
+        """Record the true ``labels`` of a request, once per request id: (arm, correct) when its answer is in the
+        store (joined at once), None when it is kept pending until the answer arrives. Raises
+        ``DuplicateFeedback`` when the id already has feedback, pending or joined."""
+        locks = self._lock_statements(experiment)
+        counts = await self._run([*locks, *feedback.add(experiment, request_id, labels, time.time())])
+        if counts[len(locks)] == 0:  # feedback.ADD_PENDING inserted nothing
+            raise DuplicateFeedback(request_id)
+        rows = await self._query("SELECT arm, correct FROM feedback WHERE experiment = ? AND request_id = ?",
+                                 [experiment, request_id])
+        return (rows[0][0], bool(rows[0][1])) if rows else None
 
-    async def add_feedback(self, experiment: str, request_id: str, arm: str, labels: tuple[str, ...],
-                           correct: bool) -> None:
-        """Record feedback once per request id; raises ``DuplicateFeedback`` the second time."""
-        try:
-            await self._run([("INSERT INTO feedback (experiment, request_id, arm, labels, correct, at) "
-                              "VALUES (?, ?, ?, ?, ?, ?)",
-                              [(experiment, request_id, arm, LABEL_SEP.join(labels), int(correct), time.time())])])
-        except self._unique_violation:
-            raise DuplicateFeedback(request_id) from None
+    async def join_feedback(self, experiment: str) -> None:
+        """Join ``experiment``'s pending feedback to its answers that are in the store (``feedback.join``),
+        under the experiment's lock: after every batch that stores answers, and before expiring."""
+        await self._run([*self._lock_statements(experiment), *feedback.join(experiment)])
+
+    async def expire_feedback(self, experiment: str, older_than: float) -> int:
+        """Delete the feedback still pending that arrived before ``older_than`` (Unix time), count it in the
+        report's expired feedback, and return how many this call expired. Joins what can be joined first."""
+        counts = await self._run([*self._lock_statements(experiment), *feedback.join(experiment),
+                                  *feedback.expire(experiment, older_than)])
+        return counts[-1]
+
+    async def feedback_counts(self, experiment: str) -> dict[str, int]:
+        """``{"pending": n, "expired": n}``: feedback waiting for its answer now, and expired so far."""
+        pending = await self._query("SELECT COUNT(*) FROM pending_feedback WHERE experiment = ?", [experiment])
+        expired = await self._query("SELECT n FROM expired_feedback WHERE experiment = ?", [experiment])
+        return {"pending": int(pending[0][0]), "expired": int(expired[0][0]) if expired else 0}
 
     # -- the report's data ----------------------------------------------------------------------------------
 
-    async def snapshot(self, experiment: str, latency_window: int) -> dict[str, dict[str, ArmRecord]]:
+    async def snapshot(self, experiment: str, latency_window: int) -> dict[str, dict]:
         """The per-arm data ``build_report`` consumes, over all replicas' traffic.
 
         Counts, labels, errors, fallbacks, feedback and shadow agreement are aggregated in SQL over every
         row (answers through ``answer_counts``, which each batch updates); latency arrays are the newest
-        ``latency_window`` answers per arm (the in-memory window's rule).
+        ``latency_window`` answers per arm (the in-memory window's rule). ``"feedback"``: the pending and
+        expired feedback (``feedback_counts``).
         """
         arms: dict[str, ArmRecord] = {}
         shadow: dict[str, ArmRecord] = {}
@@ -307,12 +265,25 @@ class Store(abc.ABC):
             r.latency = await self._latencies("answers", "arm", experiment, name, latency_window)
         for name, r in shadow.items():
             r.latency = await self._latencies("shadows", "shadow", experiment, name, latency_window)
-        return {"arms": arms, "shadow": shadow}
+        return {"arms": arms, "shadow": shadow, "feedback": await self.feedback_counts(experiment)}
 
     async def _latencies(self, table: str, column: str, experiment: str, name: str, limit: int) -> np.ndarray:
         rows = await self._query(f"SELECT latency_s FROM {table} WHERE experiment = ? AND {column} = ? "
                                  f"AND latency_s IS NOT NULL ORDER BY id DESC LIMIT ?", [experiment, name, limit])
         return np.fromiter((r[0] for r in rows), dtype=np.float64, count=len(rows))
+
+
+    # -- the judge's unit table and the drift monitor's windows ------------------------------------------------
+
+    async def unit_table(self, experiment: str, arms: Sequence[str], quantile: float, needed: int) -> UnitTable:
+        """``experiment``'s ``serving.judge.units.UnitTable`` over every replica's traffic (``unit_table.py``):
+        ``arms`` the control first, the tail threshold at the ``quantile`` of the control's first ``needed``
+        answers."""
+        return await read_unit_table(self, experiment, tuple(arms), quantile, needed)
+
+    async def drift_windows(self, experiment: str) -> dict[str, DriftWindow]:
+        """Per arm, its newest monitored texts and the reference they are compared with (``drift.py``)."""
+        return await read_drift_windows(self, experiment)
 
 
 def _labels(text: str | None) -> tuple[str, ...]:
@@ -324,5 +295,5 @@ def _revision(row: tuple) -> Revision:
     return Revision(experiment, int(revision), json.loads(spec), source, who, why, float(at))
 
 
-__all__ = ["AnswerRow", "DuplicateFeedback", "ErrorRow", "Record", "Revision", "ShadowRow", "Store",
-           "StoreError", "StoreUnavailable", "key_hash"]
+__all__ = ["AnswerRow", "DriftReferenceRow", "DriftSample", "DuplicateFeedback", "ErrorRow", "Record", "Revision",
+           "ShadowRow", "Store", "StoreError", "StoreUnavailable"]

@@ -7,8 +7,10 @@
 Phases alternate (off, on, off, on, ...) so drift hits both alike; both routers run the same A/A
 experiment on the same Triton. Prints p50/p99 per router and the differences with 95 % intervals, and
 writes ``reports/store_bench.json``. The second part times the report's query on a store holding
-``--rows`` answers (default 1e6, SQLite): insert, then ``snapshot`` (aggregates in SQL + the newest
-latencies per arm) and the report built from it.
+``--rows`` answers (default 1e6; SQLite, or ``--report-store URL``) of realistic unit traffic
+(``unit_traffic``: 10,000 users with Pareto activity, a four-period ramp): insert in the writer's batches,
+then ``snapshot`` (aggregates in SQL + the newest latencies per arm), the report built from it, and the
+judge's ``unit_table``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import numpy as np
 import yaml
 
 from serving.router import stats
-from serving.router.config import experiment_from_dict
+from serving.router.assignment import buckets
+from serving.router.config import Experiment, experiment_from_dict
 from serving.router.process import RouterProcess
 from serving.router.report import build_report
-from serving.router.store import AnswerRow, open_store
+from serving.router.store import AnswerRow, ErrorRow, open_store
+from serving.router.store.sync import spec_of
 from serving.router_bench import ms, run_load
 from serving.triton import TritonServer
 
@@ -63,30 +67,73 @@ def latency_rows(triton_url: str, model: str, version: str, store: str | None, r
     return rows
 
 
-async def _report_timing(url: str, rows: int, batch: int = 50_000) -> dict:
-    """Insert ``rows`` answers (two arms), then time the snapshot query and the report built on it."""
-    rng = np.random.default_rng(0)
-    exp = experiment_from_dict({"name": "million", "arms": [{"name": "control", "model": "m", "weight": 50},
-                                                             {"name": "treatment", "model": "m", "weight": 50}]})
+def unit_traffic(rows: int, users: int = 10_000, seed: int = 0) -> tuple[Experiment, list[dict], list]:
+    """Realistic traffic for the report timing: ``users`` sticky keys with Pareto activity (a few users send
+    most requests), 2 % unkeyed requests, a ramp of the treatment over four periods (1, 5, 25, 50 %: the
+    store's revisions) with monotone sticky assignment, a slower treatment, 0.5 % server errors.
+    Returns the experiment, the revisions' specs and the records, in arrival order."""
+    rng = np.random.default_rng(seed)
+    exp = experiment_from_dict({"name": "million", "sticky": {"header": "X-User-Id"},
+                                "arms": [{"name": "control", "model": "m", "weight": 50},
+                                         {"name": "treatment", "model": "m", "weight": 50}]})
+    ramp = [exp.with_weights({"control": 100 - p, "treatment": p}) for p in (1, 5, 25, 50)]
+    activity = rng.pareto(1.2, users) + 1
+    user = rng.choice(users, size=rows, p=activity / activity.sum())
+    keyed = rng.random(rows) >= 0.02
+    period = np.minimum(np.arange(rows) * len(ramp) // rows, len(ramp) - 1)
+    u = buckets("million", [f"user-{i}" for i in range(users)])[user]
+    u = np.where(keyed, u, rng.random(rows))
+    treated = u < np.array([e.shares["treatment"] for e in ramp])[period]
+    latency = rng.lognormal(-5, 0.3, rows) * np.where(treated, 1.1, 1.0)
+    failed = rng.random(rows) < 0.005
+    positive = rng.random(rows) < 0.6
+    confidence = rng.uniform(0.5, 1.0, rows)
+    records: list = []
+    for i in range(rows):
+        arm = "treatment" if treated[i] else "control"
+        key = f"user-{user[i]}" if keyed[i] else None
+        if failed[i]:
+            records.append(ErrorRow("million", arm, "503", 1.0, f"r{i}", key, arm, int(period[i]) + 1))
+        else:
+            records.append(AnswerRow("million", f"r{i}", arm, arm, "1", key, float(latency[i]),
+                                     ("POSITIVE" if positive[i] else "NEGATIVE",), 1.0, (float(confidence[i]),),
+                                     int(period[i]) + 1))
+    return exp, [spec_of(e) for e in ramp], records
+
+
+async def _timed(work, repeat: int) -> tuple[dict, object]:
+    """Run ``work()`` ``repeat`` times: the median wall and process-CPU seconds (the CPU of every thread: the
+    SQLite back-end reads in a worker thread) and the last result. On a shared machine the wall time carries
+    the other processes' load; the CPU time much less of it."""
+    walls, cpus, result = [], [], None
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = await work()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall_s": round(float(np.median(walls)), 3), "cpu_s": round(float(np.median(cpus)), 3)}, result
+
+
+async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5) -> dict:
+    """Write ``rows`` answers of ``unit_traffic`` in the writer's batches, then time (median of ``repeat``) the
+    snapshot query and the report built on it (what the report reads today), and the judge's unit table."""
+    exp, specs, records = unit_traffic(rows)
     async with open_store(url) as store:
+        for spec in specs:
+            await store.add_revision("million", spec, "admin", "bench", "ramp")
         start = time.perf_counter()
-        now = time.time()
         for lo in range(0, rows, batch):
-            n = min(batch, rows - lo)
-            lat = rng.lognormal(-5, 0.3, n)
-            await store.write_batch([AnswerRow("million", f"r{lo + i}", "control" if i % 2 else "treatment",
-                                               "control" if i % 2 else "treatment", "1", f"u{i % 5000}",
-                                               float(lat[i]), ("POSITIVE" if i % 3 else "NEGATIVE",), now)
-                                     for i in range(n)])
+            await store.write_batch(records[lo:lo + batch])
         inserted = time.perf_counter() - start
-        start = time.perf_counter()
-        snapshot = await store.snapshot("million", 50_000)
-        queried = time.perf_counter() - start
-        start = time.perf_counter()
-        build_report(exp, snapshot, 0.05, 2000, np.random.default_rng(0))
-        built = time.perf_counter() - start
-    return {"rows": rows, "insert_s": round(inserted, 2), "snapshot_query_s": round(queried, 3),
-            "report_from_snapshot_s": round(built, 3)}
+        snapshot_t, snapshot = await _timed(lambda: store.snapshot("million", 50_000), repeat)
+
+        async def report() -> None:
+            build_report(exp, snapshot, 0.05, 2000, np.random.default_rng(0))
+        report_t, _ = await _timed(report, repeat)
+        table_t, table = await _timed(lambda: store.unit_table("million", exp.arm_names, 0.99, 500), repeat)
+    return {"rows": rows, "store": url.split(":")[0], "insert_s": round(inserted, 2), "snapshot_query": snapshot_t,
+            "report_from_snapshot": report_t, "unit_table": table_t, "unit_table_rows": table.rows,
+            "units": int(len(np.unique(table.unit)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phases", type=int, default=8, help="alternating off/on phases (>= 2: the intervals are across phases)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up requests per router (not measured)")
     p.add_argument("--rows", type=int, default=1_000_000, help="answers for the report timing (0: skip it)")
+    p.add_argument("--report-store", default=None, help="an empty store for the report timing (default: a "
+                   "temporary SQLite file), e.g. postgresql://... for PostgreSQL")
     p.add_argument("--skip-latency", action="store_true", help="only the report timing (no Triton needed)")
     p.add_argument("--out", default="reports/store_bench.json", help="JSON results")
     args = p.parse_args(argv)
@@ -114,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             result["latency"] = latency_rows(triton_url, args.model, args.version, args.store, args.requests, levels,
                                              args.phases, args.warmup, Path(tmp))
         if args.rows:
-            result["report"] = asyncio.run(_report_timing(f"sqlite:///{Path(tmp) / 'million.sqlite'}", args.rows))
+            url = args.report_store or f"sqlite:///{Path(tmp) / 'million.sqlite'}"
+            result["report"] = asyncio.run(_report_timing(url, args.rows))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if "latency" in result:
@@ -128,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['store_off']['p99_ms']} | {r['store_on']['p99_ms']} | {d99['estimate']} [{d99['low']}, {d99['high']}] |")
     if "report" in result:
         r = result["report"]
-        print(f"\nreport on {r['rows']:,} answers (SQLite): insert {r['insert_s']} s, snapshot query "
-              f"{r['snapshot_query_s']} s, report from the snapshot {r['report_from_snapshot_s']} s")
+        print(f"\nreport on {r['rows']:,} answers ({r['store']}; insert {r['insert_s']} s), median of 5, wall / CPU s: "
+              + ", ".join(f"{name} {r[key]['wall_s']} / {r[key]['cpu_s']}" for name, key in (
+                  ("snapshot query", "snapshot_query"), ("report from the snapshot", "report_from_snapshot"),
+                  ("unit table", "unit_table")))
+              + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units)")
     print(f"\nwrote {args.out}")
     return 0
 

@@ -39,7 +39,9 @@ async def _experiment_name(store: Store, name: str | None) -> str:
 
 
 def report_from_store(url: str, experiment: str | None, alpha: float, resamples: int) -> dict[str, Any]:
-    """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it."""
+    """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it: the
+    drift section too, from the texts the routers monitored and the references they kept there."""
+    from serving.router.drift_feed import drift_report
     from serving.router.report import build_report
 
     async def work(store: Store) -> dict[str, Any]:
@@ -49,13 +51,14 @@ def report_from_store(url: str, experiment: str | None, alpha: float, resamples:
         snapshot = await store.snapshot(name, LATENCY_WINDOW)
         audit = [audit_entry(r) for r in await store.revisions(name, 50)]
         return {"exp": experiment_from_dict(latest.spec, f"store revision {latest.revision}"), "snapshot": snapshot,
-                "audit": audit}
+                "audit": audit, "drift": await store.drift_windows(name)}
 
     try:
         got = asyncio.run(_with_store(url, work))
     except StoreError as e:
         raise RuntimeError(str(e)) from None
-    report = build_report(got["exp"], got["snapshot"], alpha, resamples, np.random.default_rng(0))
+    drift = drift_report(got["drift"]) if got["drift"] is not None else None
+    report = build_report(got["exp"], got["snapshot"], alpha, resamples, np.random.default_rng(0), drift)
     report["data_source"] = f"store, latencies: newest {LATENCY_WINDOW} per arm"
     report["audit"] = got["audit"]
     return report

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+_UNIT_ROW = ("experiment TEXT NOT NULL, arm TEXT NOT NULL, assigned_arm TEXT NOT NULL, period INTEGER NOT NULL, "
+             "unit TEXT NOT NULL")
+"""The key columns of a unit-table row (``unit_stats``): one (arm, assigned arm, period, unit) of an experiment."""
+
 SCHEMA_VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
                         "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
 
@@ -55,6 +59,41 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE answers ADD COLUMN confidence DOUBLE PRECISION",
         "CREATE TABLE confidence_moments (experiment TEXT NOT NULL, arm TEXT NOT NULL, n BIGINT NOT NULL, "
         "total DOUBLE PRECISION NOT NULL, total_sq DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, arm))",
+    )),
+    Migration(5, "units and periods: per-unit sums, label and latency-bucket counts (kept by the writer), the unit "
+                 "and period of answers, errors and feedback; pending and expired feedback", (
+        "ALTER TABLE answers ADD COLUMN unit TEXT",
+        "ALTER TABLE answers ADD COLUMN period INTEGER",
+        "ALTER TABLE errors ADD COLUMN assigned_arm TEXT",
+        "ALTER TABLE errors ADD COLUMN unit TEXT",
+        "ALTER TABLE errors ADD COLUMN period INTEGER",
+        "ALTER TABLE feedback ADD COLUMN assigned_arm TEXT",
+        "ALTER TABLE feedback ADD COLUMN period INTEGER",
+        "ALTER TABLE feedback ADD COLUMN unit TEXT",
+        f"CREATE TABLE unit_stats (id {{id}}, {_UNIT_ROW}, requests BIGINT NOT NULL, server_errors BIGINT NOT NULL, "
+        "answered BIGINT NOT NULL, latency_sum DOUBLE PRECISION NOT NULL, latency_sq DOUBLE PRECISION NOT NULL, "
+        "predictions BIGINT NOT NULL, confidence_n BIGINT NOT NULL, confidence_sum DOUBLE PRECISION NOT NULL, "
+        "confidence_sq DOUBLE PRECISION NOT NULL, feedback_n BIGINT NOT NULL, feedback_correct BIGINT NOT NULL, "
+        "UNIQUE (experiment, arm, assigned_arm, period, unit))",
+        # a unit row's label and latency-bucket counts point at its id: the unit table reads them as two ints each
+        "CREATE TABLE unit_labels (experiment TEXT NOT NULL, row_id BIGINT NOT NULL, label TEXT NOT NULL, "
+        "n BIGINT NOT NULL, PRIMARY KEY (experiment, row_id, label))",
+        "CREATE TABLE unit_latency (experiment TEXT NOT NULL, row_id BIGINT NOT NULL, bucket INTEGER NOT NULL, "
+        "n BIGINT NOT NULL, PRIMARY KEY (experiment, row_id, bucket))",
+        # covering: the tail count above a bucket reads only the index entries above it
+        "CREATE INDEX unit_latency_tail ON unit_latency (experiment, bucket, row_id, n)",
+        "CREATE TABLE pending_feedback (experiment TEXT NOT NULL, request_id TEXT NOT NULL, labels TEXT NOT NULL, "
+        "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
+        "CREATE INDEX pending_feedback_by_age ON pending_feedback (experiment, at)",
+        "CREATE TABLE expired_feedback (experiment TEXT NOT NULL PRIMARY KEY, n BIGINT NOT NULL)",
+    )),
+    Migration(6, "drift: each arm's newest monitored texts (features) and the reference each is compared with", (
+        "CREATE TABLE drift_references (experiment TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, "
+        "reference TEXT NOT NULL, PRIMARY KEY (experiment, model, version))",
+        "CREATE TABLE drift_samples (id {id}, experiment TEXT NOT NULL, arm TEXT NOT NULL, model TEXT NOT NULL, "
+        "version TEXT NOT NULL, text_length DOUBLE PRECISION NOT NULL, unknown_token_rate DOUBLE PRECISION NOT NULL, "
+        "confidence DOUBLE PRECISION, label TEXT, at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX drift_samples_by_arm ON drift_samples (experiment, arm, id)",
     )),
 )
 

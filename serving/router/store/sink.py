@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from serving.router.config import Experiment
-from serving.router.store.base import AnswerRow, ErrorRow, ShadowRow
+from serving.router.metrics import RequestRef
+from serving.router.store.records import AnswerRow, ErrorRow, ShadowRow
 from serving.router.store.writer import BatchWriter
 
 
@@ -18,17 +19,22 @@ class RecordSink:
         self._experiment = experiment
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None,
-               assigned: str | None, confidences: Sequence[float] = ()) -> None:
+               assigned: str | None, confidences: Sequence[float] = (), period: int | None = None) -> None:
         exp = self._experiment()
         try:
             version = exp.arm(arm).version
         except KeyError:  # the arms changed while the request was in flight
             version = ""
         self.writer.put(AnswerRow(exp.name, request_id, arm, assigned or arm, version, key, latency_s, labels,
-                                  time.time(), tuple(confidences)))
+                                  time.time(), tuple(confidences), period))
 
-    def error(self, arm: str, code: int | str) -> None:
-        self.writer.put(ErrorRow(self._experiment().name, arm, str(code), time.time()))
+    def error(self, arm: str, code: int | str, request: RequestRef | None = None) -> None:
+        name, at = self._experiment().name, time.time()
+        if request is None:
+            self.writer.put(ErrorRow(name, arm, str(code), at))
+        else:
+            self.writer.put(ErrorRow(name, arm, str(code), at, request.request_id, request.key, request.assigned,
+                                     request.period))
 
     def shadow(self, shadow: str, primary_arm: str, outcome: str, latency_s: float | None,
                labels: tuple[str, ...], agree: bool | None) -> None:

@@ -24,8 +24,6 @@ ID_COLUMN = "INTEGER PRIMARY KEY AUTOINCREMENT"
 class SqliteStore(Store):
     """An experiment store in one SQLite file (``sqlite:///relative/path`` or ``sqlite:////absolute/path``)."""
 
-    _unique_violation = sqlite3.IntegrityError
-
     def __init__(self, url: str, path: Path):
         self.url = url
         self.path = path
@@ -73,17 +71,19 @@ class SqliteStore(Store):
             except sqlite3.OperationalError as e:
                 raise StoreUnavailable(f"store {self.url}: {e}") from e
 
-    async def _run(self, stmts: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        def run(conn: sqlite3.Connection) -> None:
+    async def _run(self, stmts: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> list[int]:
+        """One ``BEGIN IMMEDIATE`` transaction: it holds SQLite's one write lock from its start, so writers of
+        every process on the file run one at a time (no ``_lock_statements`` needed)."""
+        def run(conn: sqlite3.Connection) -> list[int]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql, rows in stmts:
-                    conn.executemany(sql, rows)
+                counts = [conn.executemany(sql, rows).rowcount for sql, rows in stmts]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        await asyncio.to_thread(self._in_thread, run)
+            return counts
+        return await asyncio.to_thread(self._in_thread, run)
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return await asyncio.to_thread(self._in_thread, lambda conn: conn.execute(sql, list(params)).fetchall())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from serving.router.store.base import Record, Store, StoreUnavailable
 
@@ -36,6 +36,7 @@ class BatchWriter:
         self._on_drop = on_drop or (lambda n: None)
         self._on_store_up = on_store_up or (lambda up: None)
         self._buffer: list[Record] = []
+        self._flushing = asyncio.Lock()  # the task's flushes and on-demand ones (feedback) never overlap
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -55,6 +56,11 @@ class BatchWriter:
         self._buffer.append(record)
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
+
+    def put_all(self, records: Iterable[Record]) -> None:
+        """``put`` each record."""
+        for record in records:
+            self.put(record)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
@@ -83,12 +89,15 @@ class BatchWriter:
             backoff = self.flush_interval_s
 
     async def flush(self) -> None:
-        """Write every buffered record, batch by batch; a failed batch stays buffered and the error is raised."""
-        while self._buffer:
-            batch = self._buffer[: self.batch_size]
-            await self.store.write_batch(batch)
-            del self._buffer[: len(batch)]
-            self.written += len(batch)
+        """Write every buffered record, batch by batch; a failed batch stays buffered and the error is raised.
+        Safe to call at any time (feedback does, so the answer it refers to is in the store first): flushes
+        run one at a time."""
+        async with self._flushing:
+            while self._buffer:
+                batch = self._buffer[: self.batch_size]
+                await self.store.write_batch(batch)
+                del self._buffer[: len(batch)]
+                self.written += len(batch)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop the task and flush what is buffered (a graceful shutdown); logs what could not be written."""
