@@ -61,7 +61,7 @@ test-fast: install
 	$(PY) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check tunestack training export serving loadtests deploy tests
+	$(PY) -m ruff check tunestack training export experiments serving loadtests deploy workflows tests
 
 runs/$(NAME)/adapter/training_config.json: | install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET)
@@ -84,15 +84,15 @@ bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json
 	$(PY) -m export.bench --run runs/$(or $(if $(ADAPTER),$(notdir $(patsubst %/,%,$(dir $(ADAPTER))))),$(NAME))
 
 demo: install
-	$(PY) -m loadtests.demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
+	$(PY) -m workflows.demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
 
 rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m loadtests.drills rollout --run runs/$(NAME)
+	$(PY) -m workflows.drills rollout --run runs/$(NAME)
 
 fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m loadtests.drills fault --run runs/$(NAME)
+	$(PY) -m workflows.drills fault --run runs/$(NAME)
 
 # The progressive-rollout drills (python -m serving rollout under Locust load with feedback): good and slow
 # use runs/$(NAME)/onnx; bad's candidate is an adapter trained for FEW_STEPS steps only (runs/$(NAME)-few-steps).
@@ -106,21 +106,21 @@ runs/$(NAME)-few-steps/onnx/parity.json: | install
 	$(PY) -m export --adapter runs/$(NAME)-few-steps/adapter --no-publish
 
 rollout-drill-good rollout-drill-slow: install runs/$(NAME)/onnx/parity.json
-	$(PY) -m loadtests.drills $(subst rollout-drill-,rollout-,$@) --run runs/$(NAME) $(ROLLOUT_DRILL_ARGS)
+	$(PY) -m workflows.drills $(subst rollout-drill-,rollout-,$@) --run runs/$(NAME) $(ROLLOUT_DRILL_ARGS)
 
 rollout-drill-bad: install runs/$(NAME)/onnx/parity.json runs/$(NAME)-few-steps/onnx/parity.json
-	$(PY) -m loadtests.drills rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
+	$(PY) -m workflows.drills rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
 
 rollout-drills: rollout-drill-good rollout-drill-bad rollout-drill-slow
 
-# Drill (d), drift (loadtests/drills/drift.py): exports made before drift references existed get them here
+# Drill (d), drift (workflows/drills/drift.py): exports made before drift references existed get them here
 # (the parity check reruns when a variant's drift_reference.VARIANT.json is missing).
 .PHONY: drift-drill
 runs/$(NAME)/onnx/drift_reference.fp32.json: | install runs/$(NAME)/adapter/training_config.json
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 
 drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
-	$(PY) -m loadtests.drills drift --run runs/$(NAME)
+	$(PY) -m workflows.drills drift --run runs/$(NAME)
 
 # Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2
@@ -151,7 +151,7 @@ bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m loadtests bench --run runs/$(NAME) --repository $(REPOSITORY) --model $(MODEL) \
 		$(if $(BENCH_OPTIONS),--options $(BENCH_OPTIONS)) $(if $(P99_BOUND),--p99-bound-ms $(P99_BOUND)) $(BENCH_ARGS)
 
-# make tune: search serving configs on the real tritonserver (serving/tune), publish the winner as a new version
+# make tune: search serving configs on the real tritonserver (workflows/tune), publish the winner as a new version
 # of $(MODEL), report in reports/tune-TIMESTAMP/. Knobs:
 #   make tune SEARCH=brute TRIALS=0 OBJECTIVE=min-p99 TUNE_ARGS="--rate 20 --step-time-s 10 --instance-counts 1,2,4 --spinning off,on"
 SEARCH ?=

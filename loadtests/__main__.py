@@ -75,7 +75,7 @@ def report(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    from loadtests.bench import BenchConfig, run_bench
+    from workflows.peer_bench.run import BenchConfig, run_bench
 
     result = run_bench(parse_dataclass(BenchConfig, argv, "python -m loadtests bench", BENCH_DESCRIPTION,
                                        errors=(LoadTestError,)))

@@ -15,8 +15,8 @@ from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.publish import publish
 from export.triton_model.model import TextClassifier
-from loadtests.peers import PEERS, peer_service
 from loadtests.protocol import check_prediction, infer_body
+from workflows.peer_bench.peers import PEERS, peer_service
 
 TEXTS = ["a fine film with a moving story", "a dull , overlong mess that never ends", "not bad"]
 
@@ -58,7 +58,7 @@ def test_peer_starts_answers_like_the_published_model_and_stops(name, tiny_onnx_
 
 
 def test_inprocess_limit_alternates_its_rows(tiny_onnx_dir, tmp_path):
-    from loadtests.peers.inprocess import inprocess_limit
+    from workflows.peer_bench.peers.inprocess import inprocess_limit
 
     version_dir = publish(tiny_onnx_dir, "int8", ExportConfig(repository=tmp_path / "repository"))
     limit = inprocess_limit(version_dir, TEXTS * 12, threads=1, seconds=0.6, phases=2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.bench_report import ratios_and_targets, render
 from loadtests.measure import LatencyLog, ProcessTreeCPU, read_latencies, window_stats
+from workflows.peer_bench.bench_report import ratios_and_targets, render
 
 
 def test_latency_log_round_trip_and_exact_percentiles(tmp_path):
@@ -65,8 +65,8 @@ def test_ratios_and_targets():
 def test_published_settings_of_a_tuned_version(tmp_path):
     import json
 
-    from loadtests.bench import published_settings
-    from serving.tune.search import OFF, Candidate
+    from workflows.peer_bench.run import published_settings
+    from workflows.tune.search import OFF, Candidate
 
     def version(n, extra, **cfg):
         (tmp_path / str(n)).mkdir()
@@ -86,8 +86,8 @@ def test_paused_stops_a_process_tree_and_resumes_it_even_after_an_error():
 
     import psutil
 
-    from loadtests.bench import paused
     from tunestack.procs import wait_for
+    from workflows.peer_bench.run import paused
 
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
                                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"])

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from training.compare import CompareConfig
-from training.compare_report import headline
 from training.errors import ConfigError
+from workflows.compare.compare_report import headline
+from workflows.compare.run import CompareConfig
 
 ROW_KEYS = {"method", "accuracy", "macro_f1", "auc", "trainable_params", "train_seconds", "peak_rss_mb", "export_parity",
             "served_p50_ms", "served_p99_ms", "inprocess_p50_ms"}

@@ -30,7 +30,7 @@ def restore_logging():
 
 def test_progress_on_the_terminal_noise_in_the_file(tmp_path, capsys, restore_logging):
     log_file = setup_logging(tmp_path / "run" / "demo.log")
-    logging.getLogger("loadtests.demo").info("[1/5] training")
+    logging.getLogger("workflows.demo").info("[1/5] training")
     logging.getLogger("transformers.modeling_utils").warning("Some weights were newly initialized")
     warnings.warn("Converting a tensor to a Python boolean", RuntimeWarning, stacklevel=1)
     logging.getLogger("urllib3.connectionpool").error("a library's error still shows")

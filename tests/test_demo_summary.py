@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from loadtests.demo import format_summary, summarize
+from workflows.demo import format_summary, summarize
 
 
 def _metric(verdict: str, estimate=None, low=None, high=None, unit: str = "") -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.drills import DrillConfig
-from loadtests.drills.drift import MAX_REQUESTS, drift_drill
+from workflows.drills import DrillConfig
+from workflows.drills.drift import MAX_REQUESTS, drift_drill
 
 
 @pytest.mark.e2e

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.drills import DrillConfig, fault_drill, rollout_drill
+from workflows.drills import DrillConfig, fault_drill, rollout_drill
 
 
 @pytest.mark.e2e

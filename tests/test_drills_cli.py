@@ -1,4 +1,4 @@
-"""``python -m loadtests.drills``: a drill's settings from ``--config FILE`` and flags; unknown keys refused."""
+"""``python -m workflows.drills``: a drill's settings from ``--config FILE`` and flags; unknown keys refused."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.drills.__main__ import main, parse_drill
+from workflows.drills.__main__ import main, parse_drill
 
 
 def test_drills_cli_reads_its_config_file(tmp_path):

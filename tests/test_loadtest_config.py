@@ -112,7 +112,7 @@ def test_triton_metric_deltas_per_version():
 
 
 def test_max_throughput_respects_the_p99_bound_and_errors():
-    from loadtests.bench import max_throughput
+    from workflows.peer_bench.run import max_throughput
 
     levels = [{"users": 1, "throughput_rps": 40.0, "p99_ms": 30.0, "error_rate": 0.0},
               {"users": 2, "throughput_rps": 70.0, "p99_ms": 60.0, "error_rate": 0.0},

@@ -23,9 +23,9 @@ import shutil
 import numpy as np
 import pytest
 
-from loadtests.drills.common import DrillConfig
-from loadtests.drills.progressive import ArmSource, flipped_export, rollout_drill_run
 from tunestack.layout import RunLayout
+from workflows.drills.common import DrillConfig
+from workflows.drills.progressive import ArmSource, flipped_export, rollout_drill_run
 
 MIN_SAMPLES = {name: 100 for name in ("error_rate", "latency_mean", "latency_p99", "accuracy", "label_distribution",
                                       "confidence_mean")}

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from serving.tune.config import TuneConfig, TuneError
-from serving.tune.search import OFF, Candidate, Measurement, Objective, Space, brute_force, hill_climb
+from workflows.tune.config import TuneConfig, TuneError
+from workflows.tune.search import OFF, Candidate, Measurement, Objective, Space, brute_force, hill_climb
 
 SPACE = Space(instance_count=(1, 2, 3, 4), intra_op_threads=(1, 2, 4), max_queue_delay_us=(OFF, 0, 500, 2000),
               preferred_batch_sizes=((), (4, 8)), max_batch_size=(8, 64))
@@ -135,7 +135,7 @@ def test_hill_climb_walks_towards_the_objective_when_no_neighbour_meets_it_yet()
 def test_spinning_is_a_dimension_written_to_and_read_from_the_config():
     from export.config import ExportConfig
     from export.triton_config import python_model_config
-    from serving.tune.trial import candidate_of, trial_config
+    from workflows.tune.trial import candidate_of, trial_config
 
     space = TuneConfig(spinning="on,off").space()
     assert space.intra_op_spinning == (False, True)

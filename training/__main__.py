@@ -1,6 +1,6 @@
 """``python -m training``: fine-tuning (LoRA by default); flags mirror ``training.config.TrainConfig``.
 
-``python -m training compare``: every method on the same split and budget (``training.compare.CompareConfig``).
+``python -m training compare``: every method on the same split and budget (``workflows.compare.run.CompareConfig``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tunestack.cli import Command, Commands, parse_dataclass
 
 
 def compare_main(argv: list[str]) -> int:
-    from training.compare import CompareConfig, run_compare
+    from workflows.compare.run import CompareConfig, run_compare
 
     cfg = parse_dataclass(CompareConfig, argv, "python -m training compare", errors=(TrainingError, ValueError, TypeError))
     try:

@@ -6,8 +6,8 @@
         log_file = setup_logging(folder / "demo.log")
         ...
 
-On the terminal: INFO and up from the project's own packages (training, export, serving, loadtests,
-deploy, tunestack), and errors from anyone. In ``log_file`` (when given): everything at INFO and up,
+On the terminal: INFO and up from the project's own packages (tunestack, training, export, experiments,
+serving, loadtests, deploy, workflows), and errors from anyone. In ``log_file`` (when given): everything at INFO and up,
 including what libraries log (transformers' "newly initialized" weights, ``torch_dtype`` deprecations)
 and Python warnings (a TracerWarning from the ONNX export), which ``logging.captureWarnings`` routes
 through logging. Without a file, library warnings still reach the terminal, as before.
@@ -19,7 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-PROJECT_PACKAGES = frozenset({"training", "export", "serving", "loadtests", "deploy", "tunestack", "__main__"})
+PROJECT_PACKAGES = frozenset({"tunestack", "training", "export", "experiments", "serving", "loadtests", "deploy",
+                              "workflows", "__main__"})
 """Top-level logger names whose INFO records a person sees on the terminal."""
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET = ("httpx", "httpcore", "urllib3", "matplotlib", "PIL")

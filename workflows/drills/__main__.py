@@ -1,4 +1,4 @@
-"""``python -m loadtests.drills rollout|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
+"""``python -m workflows.drills rollout|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
 drill and print its report; exit 0 when the drill met its bar, 1 when it did not."""
 
 from __future__ import annotations
@@ -7,18 +7,18 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from loadtests.drills import DrillConfig, fault_drill, rollout_drill
-from loadtests.drills.drift import drift_drill
-from loadtests.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 from tunestack.cli import Command, Commands, parse_dataclass
 from tunestack.logs import setup_logging
+from workflows.drills import DrillConfig, fault_drill, rollout_drill
+from workflows.drills.drift import drift_drill
+from workflows.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 
 DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
 
 
 def parse_drill(drill: str, argv: list[str]) -> DrillConfig:
     """The drill's settings: ``DrillConfig``'s defaults, then ``--config FILE``, then the flags."""
-    return parse_dataclass(DrillConfig, argv, prog=f"python -m loadtests.drills {drill}")
+    return parse_dataclass(DrillConfig, argv, prog=f"python -m workflows.drills {drill}")
 
 
 def run_drill(drill: str, argv: list[str]) -> int:
@@ -43,8 +43,8 @@ def run_drill(drill: str, argv: list[str]) -> int:
 HELP = {"rollout": "publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load",
         "fault": "kill and restart tritonserver under load; malformed requests under load",
         "drift": "half the traffic switches to news headlines; the drift gauges must show it"}
-COMMANDS = Commands("python -m loadtests.drills", "Operational drills under continuous Locust load "
-                    "(see loadtests/drills/__init__.py).",
+COMMANDS = Commands("python -m workflows.drills", "Operational drills under continuous Locust load "
+                    "(see workflows/drills/__init__.py).",
                     {d: Command(partial(run_drill, d), HELP.get(d, f"the rollout controller under load: {d}"))
                      for d in DRILLS})
 

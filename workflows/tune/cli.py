@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from serving.tune.config import TuneConfig, TuneError
 from tunestack.cli import parse_dataclass
+from workflows.tune.config import TuneConfig, TuneError
 
 DESCRIPTION = ("Search instance count x ORT threads x dynamic batching x max batch size on the real tritonserver "
                "under Locust load; publish the winner as a new version and write reports/tune-TIMESTAMP/ "
@@ -18,7 +18,7 @@ def main(argv: Sequence[str]) -> int:
     cfg = parse_dataclass(TuneConfig, list(argv), prog="python -m serving tune", description=DESCRIPTION,
                           errors=(TuneError,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.tune.run import run_tune
+    from workflows.tune.run import run_tune
 
     try:
         result = run_tune(cfg)

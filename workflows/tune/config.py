@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from export.contract import CONTRACT
-from serving.tune.search import OFF, Objective, Space
 from tunestack.problems import raise_problems
+from workflows.tune.search import OFF, Objective, Space
 
 SEARCHES = ("quick", "brute")
 QUICK_TRIALS = 8

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.peers.common import OrtModel
 from tunestack.bench import run_phases, summarize, time_each
+from workflows.peer_bench.peers.common import OrtModel
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
 from serving.triton import TritonServer
-from serving.tune.search import Candidate, Measurement
 from tunestack.bench import summarize
+from workflows.tune.search import Candidate, Measurement
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A ``Candidate`` is one point of the grid (instance count x ORT intra-op threads x dynamic batching x
 preferred batch sizes x max batch size). ``evaluate(candidate) -> Measurement`` is given by the caller
-(a real Triton trial in ``serving.tune.trial``, a synthetic surface in the tests), and the ``Objective``
+(a real Triton trial in ``workflows.tune.trial``, a synthetic surface in the tests), and the ``Objective``
 turns a measurement into a score, higher is better, or None when the candidate misses the objective:
 
 - ``max-throughput``: the highest throughput among the load levels whose P99 <= the bound (and few errors);

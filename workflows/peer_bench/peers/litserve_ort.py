@@ -1,7 +1,7 @@
 """LitServe (the real package) on the same ONNX Runtime model, with its own dynamic batching: requests that
 arrive within ``--batch-timeout`` seconds are run as one padded batch of up to ``--max-batch-size``.
 
-    python -m loadtests.peers.litserve_ort --model-dir model_repository/sentiment/2 --port 8092
+    python -m workflows.peer_bench.peers.litserve_ort --model-dir model_repository/sentiment/2 --port 8092
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import litserve as ls
 
-from loadtests.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
 from tunestack.cli import parse_dataclass
+from workflows.peer_bench.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
 
 NAME = "litserve"
 
@@ -65,7 +65,7 @@ class LitServeArgs(PeerArgs):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_dataclass(LitServeArgs, argv, "python -m loadtests.peers.litserve_ort", __doc__.split("\n\n")[0])
+    args = parse_dataclass(LitServeArgs, argv, "python -m workflows.peer_bench.peers.litserve_ort", __doc__.split("\n\n")[0])
     api = SentimentAPI(args.model_dir, args.threads, max_batch_size=args.max_batch_size,
                        batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, healthcheck_path=READY_PATH)

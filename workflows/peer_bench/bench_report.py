@@ -1,4 +1,4 @@
-"""``make bench``'s ratios, targets and Markdown tables, from the figures ``loadtests.bench`` collected."""
+"""``make bench``'s ratios, targets and Markdown tables, from the figures ``workflows.peer_bench.run`` collected."""
 
 from __future__ import annotations
 

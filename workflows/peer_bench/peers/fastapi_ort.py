@@ -1,7 +1,7 @@
 """A FastAPI + ONNX Runtime server as a user would write it: one session (2 intra-op threads), one request at a
 time per FastAPI worker thread, batch 1, no batching across requests.
 
-    python -m loadtests.peers.fastapi_ort --model-dir model_repository/sentiment/2 --port 8091
+    python -m workflows.peer_bench.peers.fastapi_ort --model-dir model_repository/sentiment/2 --port 8091
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
-from loadtests.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
 from tunestack.cli import parse_dataclass
+from workflows.peer_bench.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
 
 NAME = "fastapi-ort"
 
@@ -34,7 +34,7 @@ def build_app(model: OrtModel) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_dataclass(PeerArgs, argv, "python -m loadtests.peers.fastapi_ort", __doc__.split("\n\n")[0])
+    args = parse_dataclass(PeerArgs, argv, "python -m workflows.peer_bench.peers.fastapi_ort", __doc__.split("\n\n")[0])
     uvicorn.run(build_app(OrtModel.load(args.model_dir, args.threads)), host=args.host, port=args.port,
                 log_level="warning", access_log=False)
     return 0

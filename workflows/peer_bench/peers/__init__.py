@@ -5,7 +5,7 @@
 - ``common``: what both read from a published version folder (tokenizer, session, labels) and the KServe
   v2 JSON answer, so the same locustfile (``--target triton --model NAME``) measures them beside Triton.
 
-Each runs as ``python -m loadtests.peers.NAME --model-dir model_repository/sentiment/2 --port P`` and is
+Each runs as ``python -m workflows.peer_bench.peers.NAME --model-dir model_repository/sentiment/2 --port P`` and is
 started and stopped like the other processes (``peer_service`` -> ``loadtests.services.Service``).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from loadtests.services import Service
 from tunestack.procs import free_port
 
-PEERS = {"fastapi-ort": "loadtests.peers.fastapi_ort", "litserve": "loadtests.peers.litserve_ort"}
+PEERS = {"fastapi-ort": "workflows.peer_bench.peers.fastapi_ort", "litserve": "workflows.peer_bench.peers.litserve_ort"}
 """Peer name (also the model name in its URL, /v2/models/NAME/infer) -> its module."""
 
 

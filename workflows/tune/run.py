@@ -18,11 +18,11 @@ from export import triton_config
 from export.config import ExportConfig
 from export.publish import PROVENANCE_FILE, default_version, existing_versions, publish
 from serving.triton import TritonServer
-from serving.tune import report
-from serving.tune.config import TuneConfig, TuneError
-from serving.tune.search import Candidate, brute_force, hill_climb
-from serving.tune.trial import Load, candidate_of, run_trial
 from tunestack.layout import RunLayout
+from workflows.tune import tune_report as report
+from workflows.tune.config import TuneConfig, TuneError
+from workflows.tune.search import Candidate, brute_force, hill_climb
+from workflows.tune.trial import Load, candidate_of, run_trial
 
 log = logging.getLogger(__name__)
 

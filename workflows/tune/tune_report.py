@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving.tune.search import Objective, SearchResult, Trial
+from workflows.tune.search import Objective, SearchResult, Trial
 
 
 def _ms(value: float | None) -> str:

@@ -31,7 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from export.contract import CONTRACT
 from export.publish import publish
-from loadtests.drills.common import (
+from serving.router.config import write_experiment
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from training.bundled import bundled_data_file
+from training.data import read_jsonl
+from tunestack.procs import wait_for
+from workflows.drills.common import (
     EXPERIMENT,
     Background,
     DrillConfig,
@@ -40,12 +46,6 @@ from loadtests.drills.common import (
     router_counts,
     write_report,
 )
-from serving.router.config import write_experiment
-from serving.router.process import RouterProcess
-from serving.triton import TritonServer
-from training.bundled import bundled_data_file
-from training.data import read_jsonl
-from tunestack.procs import wait_for
 
 log = logging.getLogger(__name__)
 

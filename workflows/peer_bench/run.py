@@ -7,12 +7,12 @@ Options (``--options``):
   tuned one after ``make tune``); without a published model, the run's int8 published as ``make export``
   would, into a temporary repository;
 - ``router``: the A/B router in front of that Triton, every request to that version;
-- ``fastapi-ort`` / ``litserve``: the peers of ``loadtests.peers`` on the same version folder;
+- ``fastapi-ort`` / ``litserve``: the peers of ``workflows.peer_bench.peers`` on the same version folder;
 - ``baseline``: ``loadtests.baseline``, a transformers ``pipeline`` on the merged torch model;
 - ``triton-published``: when the served version came from ``make tune``, the version it was tuned from with
   the settings it was published with (reloaded last, as a config override), for the before/after;
 
-and the in-process limit (``loadtests.peers.inprocess``: tokenizers + ORT, no server).
+and the in-process limit (``workflows.peer_bench.peers.inprocess``: tokenizers + ORT, no server).
 
 For each served option: P50/P99 at a fixed Poisson rate (open loop) and the server's CPU there (psutil over
 its process tree, % of one core), then closed-loop levels (users doubling) for the maximum throughput whose
@@ -41,13 +41,13 @@ import numpy as np
 import psutil
 
 from export.contract import CONTRACT
-from loadtests.bench_report import ratios_and_targets, render
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
 from tunestack.bench import BenchOutput, BenchReport, BenchRun, run_phases
 from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
+from workflows.peer_bench.bench_report import ratios_and_targets, render
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +224,14 @@ def served_version(cfg: BenchConfig, tmp: Path) -> tuple[Path, int]:
 
 def triton_settings(model_dir: Path) -> str:
     from export import triton_config
-    from serving.tune.trial import candidate_of
+    from workflows.tune.trial import candidate_of
 
     return candidate_of(triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())).label()
 
 
 def published_settings(model_dir: Path, version: int):
     """(the version ``version`` was tuned from, its published settings as a Candidate), or None if not tuned."""
-    from serving.tune.search import OFF, Candidate
+    from workflows.tune.search import OFF, Candidate
 
     tuned = json.loads((model_dir / str(version) / "provenance.json").read_text())
     source = tuned.get("export_config", {}).get("extra", {}).get("tuned_from_version")
@@ -249,7 +249,7 @@ def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, c
     """Reload the model with the settings the tuned version's source was published with; measure that version
     (``measure``'s results, empty when ``version`` was not made by ``make tune``)."""
     from export import triton_config
-    from serving.tune.trial import load_config, trial_config
+    from workflows.tune.trial import load_config, trial_config
 
     found = published_settings(model_dir, version)
     if found is None:
@@ -268,11 +268,11 @@ def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, c
 def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """Start every server, measure the options interleaved; (results by option, what Triton served, the
     fixed-rate milliseconds by option)."""
-    from loadtests.peers import peer_service
     from loadtests.services import Service
     from serving.router.config import write_experiment
     from serving.router.process import RouterProcess
     from serving.triton import TritonServer
+    from workflows.peer_bench.peers import peer_service
 
     run = RunLayout(cfg.run)
     results: dict = {}
@@ -329,8 +329,8 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
     if cfg.option_list:
         data["served"], data["triton"], samples = run_served(cfg, bench_run.folder)
     if cfg.in_process:
-        from loadtests.peers.inprocess import inprocess_limit
         from training.data import read_jsonl
+        from workflows.peer_bench.peers.inprocess import inprocess_limit
 
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             repository, version = served_version(cfg, Path(tmp))

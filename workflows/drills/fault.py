@@ -13,7 +13,12 @@ import httpx
 
 from export.contract import CONTRACT
 from export.publish import publish
-from loadtests.drills.common import (
+from loadtests.run import RunResult
+from serving.router.config import write_experiment
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from tunestack.procs import free_port
+from workflows.drills.common import (
     EXPERIMENT,
     Background,
     DrillConfig,
@@ -28,11 +33,6 @@ from loadtests.drills.common import (
     wait_for_load,
     write_report,
 )
-from loadtests.run import RunResult
-from serving.router.config import write_experiment
-from serving.router.process import RouterProcess
-from serving.triton import TritonServer
-from tunestack.procs import free_port
 
 
 @dataclass

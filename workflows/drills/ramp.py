@@ -11,7 +11,11 @@ from dataclasses import asdict
 import httpx
 
 from export.publish import publish
-from loadtests.drills.common import (
+from serving.repository import ModelRepository
+from serving.router.config import write_experiment
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from workflows.drills.common import (
     EXPERIMENT,
     Background,
     DrillConfig,
@@ -23,10 +27,6 @@ from loadtests.drills.common import (
     wait_for_load,
     write_report,
 )
-from serving.repository import ModelRepository
-from serving.router.config import write_experiment
-from serving.router.process import RouterProcess
-from serving.triton import TritonServer
 
 
 def rollout_drill(cfg: DrillConfig) -> dict:

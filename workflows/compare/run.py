@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 import psutil
 
-from training.compare_report import headline, render_markdown, write_plot
-from training.compare_served import publish_for_serving, served_latencies
 from training.config import TrainConfig
 from training.data import read_jsonl
 from training.errors import ConfigError
@@ -36,6 +34,8 @@ from training.methods import METHODS, check_method
 from training.train import train
 from tunestack import names, tracking
 from tunestack.configfile import config_to_dict
+from workflows.compare.compare_report import headline, render_markdown, write_plot
+from workflows.compare.served import publish_for_serving, served_latencies
 
 log = logging.getLogger(__name__)
 

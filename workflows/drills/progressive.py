@@ -29,7 +29,6 @@ import yaml
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.publish import publish
-from loadtests.drills.common import EXPERIMENT, Background, DrillConfig, load_config, prepare, write_report
 from loadtests.report import read_stats
 from loadtests.run import PREFIX
 from serving.rollout.cli import run_rollout
@@ -39,6 +38,7 @@ from serving.router.store import default_store_url, open_store
 from serving.triton import TritonServer
 from tunestack.layout import RunLayout
 from tunestack.procs import wait_for
+from workflows.drills.common import EXPERIMENT, Background, DrillConfig, load_config, prepare, write_report
 
 ROLLOUT_DRILLS = ("good", "bad", "slow")
 EXPECTED = {"good": "complete", "bad": "rollback", "slow": "rollback"}

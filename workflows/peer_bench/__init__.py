@@ -1,0 +1,1 @@
+"""Triton and the router beside the servers a user would run instead, under the same Locust load."""
