@@ -32,7 +32,7 @@ help:
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export-TIMESTAMP/"
 	@echo "make serve          Triton Inference Server on $(REPOSITORY)"
-	@echo "make router         the A/B router (EXPERIMENT=serving/experiments/sentiment-ab.yaml)"
+	@echo "make router         the A/B router (EXPERIMENT=experiments/specs/sentiment-ab.yaml)"
 	@echo "make bench-serving  in-process ORT vs Triton HTTP vs gRPC, dynamic batching -> reports/bench-serving-TIMESTAMP/"
 	@echo "make bench-router   router overhead: through the router minus direct to Triton -> reports/bench-router-TIMESTAMP/"
 	@echo "make bench-handler  the router's own work per request, in process -> reports/bench-handler-TIMESTAMP/ (HANDLER_BENCH_ARGS=--compare-tree DIR)"
@@ -180,7 +180,7 @@ serve: install
 	$(PY) -m serving triton --repository $(REPOSITORY)
 
 router: install
-	$(PY) -m serving router --experiment $(or $(EXPERIMENT),serving/experiments/sentiment-ab.yaml)
+	$(PY) -m serving router --experiment $(or $(EXPERIMENT),experiments/specs/sentiment-ab.yaml)
 
 clean:
 	rm -rf runs reports .pytest_cache

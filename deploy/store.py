@@ -21,7 +21,7 @@ POSTGRES_USER = "tunestack"
 
 def store_env(cfg: K8sConfig) -> dict[str, Any]:
     """The router container's environment entry: ``TUNESTACK_ROUTER_STORE`` from the store Secret."""
-    from serving.router.store import STORE_ENV
+    from experiments.store import STORE_ENV
 
     return {"name": STORE_ENV, "valueFrom": {"secretKeyRef": {"name": cfg.store_secret, "key": "url"}}}
 

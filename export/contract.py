@@ -36,7 +36,7 @@ class ModelContract:
     """The parity report written next to the ONNX files."""
     drift_reference_file: str = names.DRIFT_REFERENCE_FILE
     """Inside each published version: the held-out texts' features and that version's predictions on them,
-    the training reference the router's drift monitor compares live traffic with (``serving.judge.drift``).
+    the training reference the router's drift monitor compares live traffic with (``experiments.drift.monitor``).
     In ``runs/NAME/onnx/`` one per variant: ``drift_reference.VARIANT.json``."""
     default_model_name: str = "sentiment"
     """The Triton model name used when none is given."""

@@ -4,7 +4,7 @@ Written by the parity check from the outputs it already has (the held-out texts,
 each variant's logits on those texts: no second pass over the model), one file per variant in
 ``runs/NAME/onnx/``, and copied by publish into each version as ``drift_reference.json``. The format is
 ``Reference`` below (defined here, in the stage that writes it; the router's drift monitor,
-``serving.judge.drift``, reads it): tokens per text, unknown-token rate, the variant's top-class
+``experiments.drift.monitor``, reads it): tokens per text, unknown-token rate, the variant's top-class
 probability per text and its predicted-label shares.
 """
 

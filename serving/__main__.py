@@ -8,13 +8,13 @@ from tunestack.cli import Command, Commands
 
 
 def _rollout(argv: list[str]) -> int:
-    from serving.rollout.cli import main
+    from experiments.rollout.cli import main
 
     return main(["rollout", *argv])  # its main takes the command's own name first
 
 
 JUDGE = Commands("python -m serving judge", "The anytime-valid judge's proof by simulation.", {
-    "simulate": Command("serving.judge.cli:run_simulate",
+    "simulate": Command("experiments.judge.cli:run_simulate",
                         "simulate A/A and A/B experiments read at every look; false-verdict rates and power"),
 })
 
@@ -26,7 +26,7 @@ COMMANDS = Commands("python -m serving", "The serving stage: Triton, the A/B rou
     "report": Command("serving.router.cli:run_report",
                       "print an experiment's statistical report from a running router"),
     "judge": Command(JUDGE, "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
-    "audit": Command("serving.router.store.cli:run_audit",
+    "audit": Command("experiments.store.cli:run_audit",
                      "print an experiment's weight changes (who, when, why) from its store"),
     "rollout": Command(_rollout, "ramp a treatment through the experiment store; promote or roll back on the judge"),
     "tune": Command("workflows.tune.cli:main",

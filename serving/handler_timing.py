@@ -90,8 +90,8 @@ class Lifespan:
 async def time_requests(requests: int, gap_s: float, warmup: int = 300) -> list[float]:
     """Milliseconds per request of the router app's infer path: ``requests`` after ``warmup``, ``gap_s`` idle
     before each. Runs the app's lifespan around it; every answer must be a 200 with an arm."""
+    from experiments.spec import RouterConfig, load_experiment, write_experiment
     from serving.router.app import create_app
-    from serving.router.config import RouterConfig, load_experiment, write_experiment
 
     body, header_length, answer, metadata = canned()
     with tempfile.TemporaryDirectory(prefix="handler-bench-") as tmp:

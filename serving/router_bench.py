@@ -46,9 +46,9 @@ import psutil
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from experiments.spec import load_experiment, write_experiment
 from export.contract import CONTRACT
 from serving.client import text_input
-from serving.router.config import load_experiment, write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack.bench import (
@@ -57,7 +57,7 @@ from tunestack.bench import (
     compare,
     format_diff,
     markdown_table,
-    ms,  # noqa: F401 - serving.router.store.bench imports it from here
+    ms,  # noqa: F401 - serving.store_bench imports it from here
     run_phases,
     summarize,
 )

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from serving.router import stats as report_stats
+from experiments import fixed_horizon as report_stats
 from tunestack.bench import (
     BenchOutput,
     BenchRun,

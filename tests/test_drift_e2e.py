@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from experiments.drift.guardrail import MIN_SAMPLES
 from export.contract import CONTRACT
 from serving.client import text_input
-from serving.judge.drift_guardrail import MIN_SAMPLES
 from tests.test_router_e2e import ROOT, make_router, metric, spec
 from tunestack.procs import wait_for
 

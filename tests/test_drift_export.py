@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 from transformers import AutoTokenizer
 
+from experiments.drift.monitor import Reference
 from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.drift_reference import reference_path
 from export.parity import onnx_logits
 from export.publish import publish
-from serving.judge.drift import Reference
 from training.data import read_jsonl
 
 

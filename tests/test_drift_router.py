@@ -20,15 +20,15 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
 from tritonclient.grpc import service_pb2 as pb
 
+from experiments.drift.guardrail import drift_verdict
+from experiments.drift.monitor import FeatureDrift, Reference
+from experiments.experiment_report import build_report, judge_arms, render_markdown
+from experiments.spec import experiment_from_dict
+from experiments.store import AnswerRow, open_store
 from export.contract import CONTRACT
-from serving.judge.drift import FeatureDrift, Reference
-from serving.judge.drift_guardrail import drift_verdict
-from serving.router.config import experiment_from_dict
 from serving.router.drift_feed import DriftFeed, VersionTokenizer, version_folder
 from serving.router.drift_read import grpc_confidences, grpc_texts, http_confidences, http_texts
 from serving.router.metrics import Recorder
-from serving.router.report import build_report, judge_arms, render_markdown
-from serving.router.store import AnswerRow, open_store
 from training.bundled import bundled_data_file, bundled_model_dir
 
 SPEC = {"name": "ab", "sticky": {"header": "X-User-Id"},
@@ -194,8 +194,8 @@ def test_the_store_keeps_each_arms_window_and_reference_and_reports_the_same_dri
     """The drift feed's samples and references go to a real store (window 300 per arm); a report from the
     store alone equals the feed's own. The treatment switches version midway: its old samples stay out of the
     comparison (a fresh window, as in memory) and the oldest control samples are deleted."""
+    from experiments.store.writer import BatchWriter
     from serving.router.drift_feed import drift_report
-    from serving.router.store.writer import BatchWriter
 
     root, reviews, headlines, _ = repository
     exp = experiment_from_dict(SPEC)

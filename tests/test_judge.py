@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from serving.judge import ArmStats, Judge, JudgeConfig, Moments, fixed, judge
-from serving.router import stats
+from experiments import fixed_horizon as stats
+from experiments.judge import ArmStats, Judge, JudgeConfig, Moments, fixed, judge
 
 
 def _feed(j: Judge, rng: np.random.Generator, n: int, arms: dict[str, dict]) -> None:

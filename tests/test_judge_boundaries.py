@@ -9,8 +9,8 @@ import pytest
 from scipy import integrate, optimize
 from scipy import stats as sps
 
-from serving.judge import boundaries as b
-from serving.router import stats
+from experiments import fixed_horizon as stats
+from experiments.judge import boundaries as b
 
 
 def test_normal_mixture_boundary_is_where_the_mixture_martingale_reaches_one_over_alpha():

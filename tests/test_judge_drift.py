@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
 
-from serving.judge.drift import DriftMonitor, Reference, categorical_psi, compare, psi
+from experiments.drift.monitor import DriftMonitor, Reference, categorical_psi, compare, psi
 from training.bundled import bundled_data_file, bundled_model_dir
 from tunestack import names
 

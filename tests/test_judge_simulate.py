@@ -8,9 +8,9 @@ import json
 import pytest
 from scipy import stats as sps
 
-from serving.judge import cli
-from serving.judge.config import JudgeConfig
-from serving.judge.simulate import SimulationSpec, simulate
+from experiments.judge import cli
+from experiments.judge.config import JudgeConfig
+from experiments.judge.simulate import SimulationSpec, simulate
 
 ALPHA = 0.05
 

@@ -12,11 +12,11 @@ import yaml
 from deploy.cli import main
 from deploy.config import K8sError
 from deploy.validate import KSERVE_SCHEMA, LIVE, READY, kserve_validator, validate_manifest
-from serving.router.config import RouterConfig, experiment_from_dict, load_experiment
+from experiments.spec import RouterConfig, experiment_from_dict, load_experiment
 from serving.router.state import TOKEN_ENV
 from serving.triton_cli import TritonArgs
 
-EXPERIMENT = Path(__file__).resolve().parent.parent / "serving" / "experiments" / "sentiment-ab.yaml"
+EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "specs" / "sentiment-ab.yaml"
 REPOSITORY = "s3://models/tunestack"
 K8S_VERSION = "1.31"
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import yaml
 
-from serving.rollout.cli import run_rollout
-from serving.rollout.config import RolloutArgs, RolloutConfig, RolloutConfigError
-from serving.rollout.controller import RolloutController, parse_why, step_weights
-from serving.rollout.decision import HOLD, PROMOTE, ROLLBACK, WAIT, decide
-from serving.router.config import experiment_from_dict, load_experiment
-from serving.router.store import open_store
-from serving.router.store.base import AnswerRow
-from serving.router.store.sync import spec_of
+from experiments.rollout.cli import run_rollout
+from experiments.rollout.config import RolloutArgs, RolloutConfig, RolloutConfigError
+from experiments.rollout.controller import RolloutController, parse_why, step_weights
+from experiments.rollout.decision import HOLD, PROMOTE, ROLLBACK, WAIT, decide
+from experiments.spec import experiment_from_dict, load_experiment
+from experiments.store import open_store
+from experiments.store.base import AnswerRow
+from experiments.store.sync import spec_of
 
 SPEC = {"name": "exp", "sticky": {"header": "X-User-Id"},
         "arms": [{"name": "control", "model": "m", "version": "1", "weight": 100},

@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from deploy.cli import main
-from serving.router.store import STORE_ENV
+from experiments.store import STORE_ENV
 
-EXPERIMENT = Path(__file__).resolve().parent.parent / "serving" / "experiments" / "sentiment-ab.yaml"
+EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "specs" / "sentiment-ab.yaml"
 
 
 def render(tmp_path: Path, experiment: Path) -> dict[tuple[str, str], dict]:

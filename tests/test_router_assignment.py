@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.router.assignment import Assigner, bucket, buckets
-from serving.router.config import Arm, Experiment
+from experiments.assignment import Assigner, bucket, buckets
+from experiments.spec import Arm, Experiment
 
 N = 100_000
 KEYS = [f"user-{i}" for i in range(N)]
@@ -47,7 +47,7 @@ def test_same_key_same_arm_across_assigners_and_processes(u):
     again = [Assigner(exp).assign(k, random.Random(2)) for k in KEYS[:2000]]  # rng unused with a key
     assert first == again
     # another interpreter (another router process, another hash seed) computes the same buckets
-    code = "from serving.router.assignment import bucket; print(repr([bucket('ab', f'user-{i}') for i in range(500)]))"
+    code = "from experiments.assignment import bucket; print(repr([bucket('ab', f'user-{i}') for i in range(500)]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=str(Path(__file__).parents[1]))
     assert eval(out.stdout) == [bucket("ab", k) for k in KEYS[:500]]

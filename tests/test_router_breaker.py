@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from experiments.spec import RouterConfig, experiment_from_dict
 from serving.router.breaker import CircuitBreaker
-from serving.router.config import RouterConfig, experiment_from_dict
 from serving.router.errors import UpstreamError
 from serving.router.state import RouterState
 from serving.router.upstream import Target

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.spec import RouterConfig, Sticky, experiment_from_dict, load_experiment
 from serving.router.cli import parse_router_config
-from serving.router.config import RouterConfig, Sticky, experiment_from_dict, load_experiment
 from serving.router.errors import ExperimentError
 from tunestack.cli import dataclass_parser
 
@@ -63,7 +63,7 @@ def test_yaml_and_toml_give_the_same_experiment(tmp_path):
 
 
 def test_the_example_experiment_loads_and_upstream_can_be_overridden():
-    exp = load_experiment(ROOT / "serving/experiments/sentiment-ab.yaml", upstream="http://127.0.0.1:9999")
+    exp = load_experiment(ROOT / "experiments/specs/sentiment-ab.yaml", upstream="http://127.0.0.1:9999")
     assert exp.arm_names == ("control", "treatment")
     assert [a.version for a in exp.arms] == ["1", "2"]
     assert exp.upstream == "http://127.0.0.1:9999"

@@ -22,10 +22,10 @@ import tritonclient.http as httpclient
 import yaml
 from tritonclient.utils import InferenceServerException
 
+from experiments.assignment import Assigner
+from experiments.spec import experiment_from_dict
 from export.contract import CONTRACT
 from serving.client import text_input
-from serving.router.assignment import Assigner
-from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack.procs import free_port, wait_for

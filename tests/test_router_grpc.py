@@ -20,11 +20,11 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
+from experiments.assignment import Assigner
+from experiments.spec import experiment_from_dict
 from export.contract import CONTRACT
 from serving import client as client_cli
 from serving.client import text_input
-from serving.router.assignment import Assigner
-from serving.router.config import experiment_from_dict
 from serving.router.process import RouterProcess
 from tests.test_router_e2e import MODEL, TEXTS, TOKEN, make_router, metric, spec
 from tunestack.procs import ChildProcess, free_port, wait_for

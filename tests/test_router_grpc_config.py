@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.router.config import RouterConfig, experiment_from_dict
+from experiments.spec import RouterConfig, experiment_from_dict
 from serving.router.errors import BadRequest, ExperimentError
 from serving.router.grpc_protocol import answer_labels, parameters_of, tensors_in
 

@@ -9,15 +9,15 @@ import asyncio
 
 import pytest
 
-from serving.judge.units import unit_id
+from experiments.judge.units import unit_id
+from experiments.spec import RouterConfig, experiment_from_dict
+from experiments.store import open_store
+from experiments.store.writer import BatchWriter
 from serving.router.breaker import with_fallback
-from serving.router.config import RouterConfig, experiment_from_dict
 from serving.router.errors import BadRequest, UpstreamError, UpstreamTimeout
 from serving.router.infer_http import record_refused
+from serving.router.record_sink import RecordSink
 from serving.router.state import FIRST_PERIOD, RouterState
-from serving.router.store import open_store
-from serving.router.store.sink import RecordSink
-from serving.router.store.writer import BatchWriter
 
 SPEC = {"name": "ab", "upstream": "http://127.0.0.1:1", "sticky": {"header": "X-User-Id"}, "fallback": "control",
         "arms": [{"name": "control", "model": "m", "version": "1", "weight": 50},

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from serving.router import stats
-from serving.router.config import Arm, Experiment
+from experiments import fixed_horizon as stats
+from experiments.experiment_report import build_report, render_markdown
+from experiments.spec import Arm, Experiment
 from serving.router.metrics import ArmRecord
-from serving.router.report import build_report, render_markdown
 
 ALPHA = 0.05
 SIMS = 1000  # >= 500 experiments per check; SE of a 5 % rate is 0.7 points

@@ -13,9 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from serving.router.config import experiment_from_dict
-from serving.router.state import parse_tokens
-from serving.router.store import (
+from experiments.spec import experiment_from_dict
+from experiments.store import (
     AnswerRow,
     ErrorRow,
     ShadowRow,
@@ -24,9 +23,10 @@ from serving.router.store import (
     default_store_url,
     open_store,
 )
-from serving.router.store.schema import MIGRATIONS
-from serving.router.store.sync import reconcile, spec_of
-from serving.router.store.writer import BatchWriter
+from experiments.store.sql_schema import MIGRATIONS
+from experiments.store.sync import reconcile, spec_of
+from experiments.store.writer import BatchWriter
+from serving.router.state import parse_tokens
 
 EXP = "ab"
 SPEC = {"name": EXP, "sticky": {"header": "X-User-Id"},

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serving.router.store import StoreUnavailable, open_store
+from experiments.store import StoreUnavailable, open_store
 
 
 def test_async_with_opens_and_closes_even_on_an_error(tmp_path):

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from test_router_e2e import MODEL, TOKEN, make_router, spec, v2_body
 
+from experiments.store import open_store
 from export.config import ExportConfig
 from export.publish import publish
-from serving.router.store import open_store
 from serving.triton import TritonServer
 from tunestack.procs import wait_for
 

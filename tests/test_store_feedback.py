@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from serving.judge.units import unit_id
-from serving.router.store import AnswerRow, DuplicateFeedback, open_store
+from experiments.judge.units import unit_id
+from experiments.store import AnswerRow, DuplicateFeedback, open_store
 
 EXP = "ab"
 SPEC = {"name": EXP, "sticky": {"header": "X-User-Id"},
@@ -135,8 +135,8 @@ def test_postgres_answers_stored_while_feedback_is_in_flight_still_join_it(postg
     pending and run its join (finding no answer) but not committed, when a batch stores the answer. The batch's
     join must wait for the lock, then see the committed feedback and join it; without the lock it would run
     before the feedback commits, miss it, and leave it pending."""
-    from serving.router.store import feedback
-    from serving.router.store.postgres import _sql
+    from experiments.store import feedback
+    from experiments.store.postgres import _sql
 
     async def waiting_for_advisory_lock(store) -> bool:
         rows = await store._query("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")

@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from serving.judge.units import (
+from experiments.judge.units import (
     LATENCY_CAP_MS,
     PSEUDO_UNITS,
     UnitTable,
@@ -19,9 +19,9 @@ from serving.judge.units import (
     tail_threshold_ms,
     unit_id,
 )
-from serving.router.config import experiment_from_dict
-from serving.router.store import AnswerRow, ErrorRow, open_store
-from serving.router.store.sync import spec_of
+from experiments.spec import experiment_from_dict
+from experiments.store import AnswerRow, ErrorRow, open_store
+from experiments.store.sync import spec_of
 
 EXP = "ab"
 ARMS = ("control", "treatment")

@@ -53,5 +53,5 @@ PARITY_FILE = "parity.json"
 EXPORT_CONFIG_FILE = "export_config.json"
 """The resolved export config, next to the ONNX files."""
 DRIFT_REFERENCE_FILE = "drift_reference.json"
-"""Inside each published version: the drift monitor's training reference (``serving.judge.drift``); in
+"""Inside each published version: the drift monitor's training reference (``experiments.drift.monitor``); in
 ``runs/NAME/onnx/`` one per variant (``tunestack.layout.RunLayout.drift_reference``)."""

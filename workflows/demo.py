@@ -15,12 +15,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from experiments.spec import write_experiment
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.pipeline import run_export
 from loadtests.config import LoadTestConfig
 from loadtests.run import run_loadtest
-from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.config import TrainConfig

@@ -32,11 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from experiments.experiment_report import build_report, render_markdown
+from experiments.store import StoreUnavailable
 from serving.router.errors import BadRequest, Conflict, ExperimentError, NotFound, RouterError
-from serving.router.report import build_report, render_markdown
 from serving.router.state import RouterState, get_state
-from serving.router.store import StoreUnavailable
-from serving.router.store.runtime import StoreDown
+from serving.router.store_runtime import StoreDown
 
 log = logging.getLogger(__name__)
 

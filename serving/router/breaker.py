@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from serving.router.errors import UpstreamError
 
 if TYPE_CHECKING:
-    from serving.router.config import Experiment
+    from experiments.spec import Experiment
     from serving.router.state import RouterState
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Literal
 
 import uvicorn
 
-from serving.router.config import NO_STORE, RouterConfig, load_experiment
+from experiments.spec import NO_STORE, RouterConfig, load_experiment
+from experiments.store import STORE_ENV, default_store_url
 from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
-from serving.router.store import STORE_ENV, default_store_url
 from tunestack import names
 from tunestack.cli import parse_dataclass
 
@@ -132,7 +132,7 @@ def run_report(argv: list[str]) -> int:
 
     args = parse_dataclass(ReportArgs, argv, prog="python -m serving report")
     if args.store:
-        from serving.router.store.cli import report_from_store
+        from experiments.store.cli import report_from_store
 
         try:
             report = report_from_store(args.store, args.experiment, args.alpha, args.resamples)
@@ -154,7 +154,7 @@ def run_report(argv: list[str]) -> int:
 
 
 def _print_report(report: dict, fmt: str, out_file: str | None) -> int:
-    from serving.router.report import plot_latency_cdf, render_markdown
+    from experiments.experiment_report import plot_latency_cdf, render_markdown
 
     text = json.dumps(report, indent=2) if fmt == "json" else render_markdown(report)
     print(text)

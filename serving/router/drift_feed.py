@@ -7,14 +7,14 @@ default 0.1: one request in ten) and appends a few references to a bounded queue
 ``MAX_PENDING``; beyond it the oldest are dropped and counted). A task wakes every ``interval_s`` and hands
 the queue to a worker thread, which decodes the sampled texts (a BYTES tensor: JSON data or 4-byte
 length-prefixed strings), tokenizes them with the version's own tokenizer and feeds
-``serving.judge.drift.DriftMonitor``; then it sets the Prometheus gauges ``drift_psi`` and
+``experiments.drift.monitor.DriftMonitor``; then it sets the Prometheus gauges ``drift_psi`` and
 ``drift_detected`` (labels experiment, arm, feature) once an arm has ``MIN_SAMPLES`` (200) monitored texts:
 below that the PSI of an unchanged distribution (about 9 / n on 10 bins) is too close to the 0.2 threshold.
 The report reads ``report()``.
 
 With an experiment store, each monitored text's features (a ``DriftSample``) and each reference (a
 ``DriftReferenceRow``) also go to ``sink`` (the store's writer), handed over on the event loop after each
-drain; ``drift_report`` compares the windows the store keeps (``serving.router.store.drift``) exactly as
+drain; ``drift_report`` compares the windows the store keeps (``experiments.store.drift_windows``) exactly as
 the monitors compare theirs, so a report from the store shows the drift the routers monitored.
 """
 
@@ -34,13 +34,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 from tokenizers import Tokenizer
 
+from experiments.drift.guardrail import MIN_SAMPLES
+from experiments.drift.monitor import DriftMonitor, FeatureDrift, Reference, compare
+from experiments.spec import Experiment
+from experiments.store.drift_windows import DriftWindow
+from experiments.store.records import DriftReferenceRow, DriftSample, Record
 from export.contract import CONTRACT
 from export.drift_reference import text_features
-from serving.judge.drift import DriftMonitor, FeatureDrift, Reference, compare
-from serving.judge.drift_guardrail import MIN_SAMPLES
-from serving.router.config import Experiment
-from serving.router.store.drift import DriftWindow
-from serving.router.store.records import DriftReferenceRow, DriftSample, Record
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ KS_ALPHA = 0.01
 
 class VersionTokenizer:
     """A served version's own ``tokenizer.json`` (the ``tokenizers`` library, no transformers import), with
-    what ``serving.judge.drift.text_features`` reads: ``tok(texts, add_special_tokens=False)["input_ids"]``
+    what ``experiments.drift.monitor.text_features`` reads: ``tok(texts, add_special_tokens=False)["input_ids"]``
     and ``unk_token_id``. Never truncates: the reference counts every token too. It remembers its last
     call: the feed reads a sample's features for the store, then the monitor tokenizes the same texts, and
     one tokenization serves both."""
@@ -231,6 +231,6 @@ class DriftFeed:
 
 def drift_report(windows: dict[str, DriftWindow]) -> dict[str, dict[str, FeatureDrift]]:
     """``DriftFeed.report()`` of the windows a store keeps: each arm's texts against its reference, compared
-    as the monitors compare them (``serving.judge.drift.compare``, same thresholds and minimum)."""
+    as the monitors compare them (``experiments.drift.monitor.compare``, same thresholds and minimum)."""
     return {arm: compare(Reference(**w.reference), w.live, w.labels, PSI_THRESHOLD, KS_ALPHA, MIN_SAMPLES)
             for arm, w in windows.items()}

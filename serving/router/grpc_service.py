@@ -35,9 +35,9 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from experiments.spec import Experiment
 from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
-from serving.router.config import Experiment
 from serving.router.drift_read import grpc_confidences, grpc_texts
 from serving.router.errors import BadRequest, RouterError
 from serving.router.grpc_protocol import (

@@ -24,9 +24,9 @@ from collections.abc import Awaitable
 
 import orjson
 
+from experiments.spec import Experiment
 from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
-from serving.router.config import Experiment
 from serving.router.drift_read import http_confidences, http_texts
 from serving.router.errors import BadRequest, PayloadTooLarge, RouterError, UpstreamError
 from serving.router.metrics import RequestRef

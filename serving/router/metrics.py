@@ -17,7 +17,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 
-from serving.judge.snapshot import Moments
+from experiments.judge.snapshot import Moments
 
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -142,7 +142,7 @@ class Recorder:
         self.m_confidence = Histogram("router_prediction_confidence", "Top-class probability of each prediction",
                                       labels, buckets=CONFIDENCE_BUCKETS, registry=r)
         self.sink = None
-        """The experiment store's ``RecordSink`` (``serving.router.store.sink``), or None: no store."""
+        """The experiment store's ``RecordSink`` (``serving.router.record_sink``), or None: no store."""
         self.inflight = InFlight()
         """Requests in flight (``inc()`` / ``dec()``), exported as ``router_inflight_requests``."""
         self.m_inflight.labels(experiment).set_function(lambda: self.inflight.value)

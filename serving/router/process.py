@@ -1,6 +1,6 @@
 """Run ``python -m serving router`` as a child process: for the benchmark, the load tests and the e2e tests.
 
-    with RouterProcess("serving/experiments/sentiment-ab.yaml", triton_url=server.http_url) as router:
+    with RouterProcess("experiments/specs/sentiment-ab.yaml", triton_url=server.http_url) as router:
         client = tritonclient.http.InferenceServerClient(router.address)
         grpc_client = tritonclient.grpc.InferenceServerClient(router.grpc_address)
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from serving.router.assignment import Assigner
-from serving.router.config import Experiment, RouterConfig, load_experiment
+from experiments.assignment import Assigner
+from experiments.spec import Experiment, RouterConfig, load_experiment
 from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.metrics import Recorder
-from serving.router.store.runtime import StoreRuntime
+from serving.router.store_runtime import StoreRuntime
 from serving.router.upstream import Target, Upstream
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from experiments.spec import write_experiment
 from export.contract import CONTRACT
 from export.publish import publish
-from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.bundled import bundled_data_file

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from experiments.spec import write_experiment
 from export.contract import CONTRACT
 from export.publish import publish
 from loadtests.run import RunResult
-from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack.procs import free_port

@@ -26,15 +26,15 @@ from typing import Any
 
 import yaml
 
+from experiments.rollout.cli import run_rollout
+from experiments.rollout.config import RolloutArgs
+from experiments.store import default_store_url, open_store
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.publish import publish
 from loadtests.report import read_stats
 from loadtests.run import PREFIX
-from serving.rollout.cli import run_rollout
-from serving.rollout.config import RolloutArgs
 from serving.router.process import RouterProcess
-from serving.router.store import default_store_url, open_store
 from serving.triton import TritonServer
 from tunestack.layout import RunLayout
 from tunestack.procs import wait_for

@@ -10,9 +10,9 @@ from dataclasses import asdict
 
 import httpx
 
+from experiments.spec import write_experiment
 from export.publish import publish
 from serving.repository import ModelRepository
-from serving.router.config import write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from workflows.drills.common import (

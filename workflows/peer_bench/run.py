@@ -268,8 +268,8 @@ def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, c
 def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """Start every server, measure the options interleaved; (results by option, what Triton served, the
     fixed-rate milliseconds by option)."""
+    from experiments.spec import write_experiment
     from loadtests.services import Service
-    from serving.router.config import write_experiment
     from serving.router.process import RouterProcess
     from serving.triton import TritonServer
     from workflows.peer_bench.peers import peer_service

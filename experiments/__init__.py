@@ -1,0 +1,1 @@
+"""Experiments: what an experiment is and what it concludes (spec, assignment, store, judge, rollout, report, drift)."""

@@ -1,0 +1,92 @@
+"""Reading a store without a router: ``python -m serving report --store URL`` and ``python -m serving audit``.
+
+    python -m serving audit --store sqlite:///reports/demo-X/experiment.store.sqlite
+    python -m serving report --store postgresql://router@db/tunestack --experiment sentiment-ab
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from experiments.spec import experiment_from_dict
+from experiments.store import Store, StoreError, open_store
+from serving.router.store_runtime import audit_entry
+
+LATENCY_WINDOW = 50_000
+"""Newest latencies per arm the report uses (the router's default ``latency_window``)."""
+
+
+async def _with_store(url: str, work) -> Any:
+    async with open_store(url) as store:
+        return await work(store)
+
+
+async def _experiment_name(store: Store, name: str | None) -> str:
+    names = await store.experiments()
+    if name:
+        if name not in names:
+            raise ValueError(f"experiment {name!r} is not in the store {store.url}; it holds: {names or 'none'}")
+        return name
+    if len(names) != 1:
+        raise ValueError(f"the store {store.url} holds {len(names)} experiments ({names}); name one with --experiment")
+    return names[0]
+
+
+def report_from_store(url: str, experiment: str | None, alpha: float, resamples: int) -> dict[str, Any]:
+    """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it: the
+    drift section too, from the texts the routers monitored and the references they kept there."""
+    from experiments.experiment_report import build_report
+    from serving.router.drift_feed import drift_report
+
+    async def work(store: Store) -> dict[str, Any]:
+        name = await _experiment_name(store, experiment)
+        latest = await store.latest_revision(name)
+        assert latest is not None
+        snapshot = await store.snapshot(name, LATENCY_WINDOW)
+        audit = [audit_entry(r) for r in await store.revisions(name, 50)]
+        return {"exp": experiment_from_dict(latest.spec, f"store revision {latest.revision}"), "snapshot": snapshot,
+                "audit": audit, "drift": await store.drift_windows(name)}
+
+    try:
+        got = asyncio.run(_with_store(url, work))
+    except StoreError as e:
+        raise RuntimeError(str(e)) from None
+    drift = drift_report(got["drift"]) if got["drift"] is not None else None
+    report = build_report(got["exp"], got["snapshot"], alpha, resamples, np.random.default_rng(0), drift)
+    report["data_source"] = f"store, latencies: newest {LATENCY_WINDOW} per arm"
+    report["audit"] = got["audit"]
+    return report
+
+
+def run_audit(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving audit",
+                                description="Print an experiment's revisions (weights, who, when, why) from its store.")
+    p.add_argument("--store", required=True, help="the store URL: sqlite:///PATH or postgresql://...")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the store's only experiment)")
+    p.add_argument("--limit", type=int, default=100, help="the newest LIMIT revisions")
+    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
+    args = p.parse_args(argv)
+
+    async def work(store: Store) -> tuple[str, list[dict]]:
+        name = await _experiment_name(store, args.experiment)
+        return name, [audit_entry(r) for r in await store.revisions(name, args.limit)]
+
+    try:
+        name, entries = asyncio.run(_with_store(args.store, work))
+    except (ValueError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps({"experiment": name, "revisions": entries}, indent=2))
+        return 0
+    from experiments.experiment_report import audit_lines
+
+    print(f"# Weight changes of `{name}`\n")
+    print("\n".join(audit_lines({"audit": entries})[2:]))
+    return 0
