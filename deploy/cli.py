@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.config import K8sConfig, K8sError
+from deploy.manifest_checks import validate_manifest
 from deploy.manifests import render, write
-from deploy.validate import validate_manifest
 from export.s3 import S3Location
 from tunestack.cli import Command, Commands, option, parse_dataclass
 from tunestack.configfile import ConfigFileError, load_documents

@@ -15,7 +15,7 @@ Three files, each multi-document YAML (``kubectl apply -f DIR``):
 
 Names come from the experiment (``NAME-triton``, ``NAME-router``, ...), ports from ``tunestack.names``
 (the defaults of ``python -m serving triton`` and ``RouterConfig``), Locust's options from
-``LoadTestConfig``; nothing is typed twice. ``render`` validates every manifest (``deploy.validate``)
+``LoadTestConfig``; nothing is typed twice. ``render`` validates every manifest (``deploy.manifest_checks``)
 before anything is written.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 import yaml
 
 from deploy.config import DNS_LABEL, K8sConfig, K8sError
+from deploy.manifest_checks import LIVE, READY, validate_manifest
 from deploy.rollout import rollout_manifests
 from deploy.store import store_env, store_manifests
-from deploy.validate import LIVE, READY, validate_manifest
 from experiments.spec import experiment_from_dict, load_experiment
 from export.s3 import S3Location
 from serving.router.errors import ExperimentError

@@ -65,7 +65,7 @@ class ReportArgs:
 
 
 def report(argv: list[str]) -> int:
-    from loadtests.report import build_report
+    from loadtests.loadtest_report import build_report
 
     args = parse_dataclass(ReportArgs, argv, prog="python -m loadtests report")
     path = build_report(args.prefix, args.out)

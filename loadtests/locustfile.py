@@ -40,7 +40,7 @@ from locust.runners import WorkerRunner
 from export.contract import CONTRACT
 from loadtests import measure
 from loadtests.config import add_locust_arguments
-from loadtests.protocol import check_prediction, infer_body
+from loadtests.payloads import check_prediction, infer_body
 from serving.client import text_input
 
 INFER = "infer"

@@ -9,7 +9,7 @@
 3. while it runs, the CPU of every Locust process and of the machine, once a second, to ``client_cpu.csv``;
 4. a second scrape of Triton's metrics (``triton_metrics.json``: per model version, the increase) and, for
    target router, the router's statistical report (``router_report.json`` and ``.md``);
-5. ``run.json`` (command, exit codes, times) and the report (``loadtests.report.build_report``).
+5. ``run.json`` (command, exit codes, times) and the report (``loadtests.loadtest_report.build_report``).
 
 Locust runs for ``cfg.run_time``, or until the caller sets ``stop_event`` (a test that ends the load on a
 condition): then it gets SIGTERM and writes its statistics as at the end of its run time.
@@ -34,7 +34,7 @@ import psutil
 
 from loadtests import triton_metrics
 from loadtests.config import LoadTestConfig, LoadTestError
-from loadtests.report import build_report
+from loadtests.loadtest_report import build_report
 from tunestack.names import HOST
 from tunestack.procs import ChildProcess, free_port, stop_process_groups
 

@@ -15,7 +15,7 @@ from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.publish import publish
 from export.triton_model.model import TextClassifier
-from loadtests.protocol import check_prediction, infer_body
+from loadtests.payloads import check_prediction, infer_body
 from workflows.peer_bench.peers import PEERS, peer_service
 
 TEXTS = ["a fine film with a moving story", "a dull , overlong mess that never ends", "not bad"]

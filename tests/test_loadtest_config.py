@@ -6,8 +6,8 @@ import pytest
 
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig, LoadTestError, parse_timespan, read_settings_file
+from loadtests.payloads import check_prediction, infer_body
 from loadtests.profiles import spike_profile, steps_profile
-from loadtests.protocol import check_prediction, infer_body
 from loadtests.triton_metrics import deltas, parse_metrics
 
 LABELS = frozenset({"negative", "positive"})

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from loadtests.report import (
+from loadtests.loadtest_report import (
     build_report,
     cdf_from_histogram,
     cpu_summary,

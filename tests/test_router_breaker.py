@@ -8,8 +8,8 @@ import pytest
 from experiments.spec import RouterConfig, experiment_from_dict
 from serving.router.breaker import CircuitBreaker
 from serving.router.errors import UpstreamError
+from serving.router.http_upstream import Target
 from serving.router.state import RouterState
-from serving.router.upstream import Target
 
 TARGET = Target("http://127.0.0.1:1", "m", "1")
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from export.contract import CONTRACT
 from serving.router.errors import BadRequest
+from serving.router.http_codec import parse_request, validate
 from serving.router.process import RouterProcess
-from serving.router.protocol import parse_request, validate
 from tests.conftest import REPOSITORY_MAX_BATCH
 
 MODEL = CONTRACT.default_model_name

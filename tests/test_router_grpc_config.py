@@ -7,7 +7,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from experiments.spec import RouterConfig, experiment_from_dict
 from serving.router.errors import BadRequest, ExperimentError
-from serving.router.grpc_protocol import answer_labels, parameters_of, tensors_in
+from serving.router.grpc_codec import answer_labels, parameters_of, tensors_in
 
 
 def spec(**extra) -> dict:

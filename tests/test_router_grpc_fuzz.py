@@ -27,7 +27,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from export.contract import CONTRACT
-from serving.router.grpc_protocol import CONTENTS_FIELD
+from serving.router.grpc_codec import CONTENTS_FIELD
 from serving.router.process import RouterProcess
 from tests.test_router_fuzz import MAX_BATCH, MODEL, bytes_tensor, server_errors
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from serving.router.errors import BadRequest
-from serving.router.infer_http import RequestIds
+from serving.router.http_door import RequestIds
 from serving.router.metrics import Recorder
-from serving.router.validate import ModelSpec, SpecCache, TensorIn, check_request
+from serving.router.tensor_checks import ModelSpec, SpecCache, TensorIn, check_request
 
 META = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]},
                    {"name": "HINT", "datatype": "BYTES", "shape": [-1, 1], "optional": True}],

@@ -13,8 +13,8 @@ import tritonclient.http as httpclient
 from export.contract import CONTRACT
 from serving.client import text_input
 from serving.router.errors import BadRequest
-from serving.router.protocol import decode_body, labels_of, parse_request, tag_answer, validate
-from serving.router.upstream import Answer
+from serving.router.http_codec import decode_body, labels_of, parse_request, tag_answer, validate
+from serving.router.http_upstream import Answer
 
 
 def bytes_tensor(values: list[str]) -> bytes:

@@ -15,7 +15,7 @@ from experiments.store import open_store
 from experiments.store.writer import BatchWriter
 from serving.router.breaker import with_fallback
 from serving.router.errors import BadRequest, UpstreamError, UpstreamTimeout
-from serving.router.infer_http import record_refused
+from serving.router.http_door import record_refused
 from serving.router.record_sink import RecordSink
 from serving.router.state import FIRST_PERIOD, RouterState
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from serving.router.errors import BadRequest
-from serving.router.validate import TensorIn, check_json_data, check_request, count_binary
+from serving.router.tensor_checks import TensorIn, check_json_data, check_request, count_binary
 
 META = {"name": "sentiment", "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [{"name": "PROBABILITIES", "datatype": "FP32", "shape": [-1, 2]},

@@ -2,7 +2,7 @@
 
 ``create_app`` builds a Starlette app. Callers treat the experiment as a model:
 ``POST /v2/models/{experiment}/infer`` is assigned to an arm, forwarded to that arm's Triton model
-version and answered with the arm's name (``serving.router.infer_http``, the hot path). Health, readiness
+version and answered with the arm's name (``serving.router.http_door``, the hot path). Health, readiness
 and metadata are here; the admin, feedback and report endpoints live in ``serving.router.admin``.
 """
 
@@ -23,7 +23,7 @@ from starlette.routing import Route
 from experiments.spec import Experiment, RouterConfig
 from serving.router import admin
 from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
-from serving.router.infer_http import InferEndpoint, RequestIds, infer
+from serving.router.http_door import InferEndpoint, RequestIds, infer
 from serving.router.state import RouterState, get_state
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """``python -m serving router ...`` runs the A/B router; ``python -m serving report ...`` prints a report.
 
 The ``router`` options mirror ``RouterConfig`` one to one, ``report``'s ``ReportArgs`` (``tunestack.cli``). The router serves HTTP (uvicorn) and, on
-``--grpc-port``, gRPC (``serving.router.grpc_service``) from one process and one event loop. The admin
+``--grpc-port``, gRPC (``serving.router.grpc_door``) from one process and one event loop. The admin
 token comes from ``--admin-token-file`` or the environment variable ``TUNESTACK_ROUTER_ADMIN_TOKEN``,
 read once here.
 """
@@ -91,14 +91,14 @@ class RouterServer(uvicorn.Server):
         self.grpc = None
 
     async def startup(self, sockets=None) -> None:
-        from serving.router.grpc_service import start_grpc_server
+        from serving.router.grpc_door import start_grpc_server
 
         if self.grpc_port:
             self.grpc = await start_grpc_server(self.state, self.config.host, self.grpc_port)
         await super().startup(sockets)
 
     async def shutdown(self, sockets=None) -> None:
-        from serving.router.grpc_service import stop_grpc_server
+        from serving.router.grpc_door import stop_grpc_server
 
         if self.grpc is None:
             return await super().shutdown(sockets)

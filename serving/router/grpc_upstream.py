@@ -1,6 +1,6 @@
 """Talking to Triton over gRPC: one pooled ``grpc.aio`` channel per Triton, deadlines, the shared breaker.
 
-The router's gRPC endpoint (``serving.router.grpc_service``) forwards ``ModelInferRequest`` messages to
+The router's gRPC endpoint (``serving.router.grpc_door``) forwards ``ModelInferRequest`` messages to
 Triton's own ``GRPCInferenceService``. One channel per Triton gRPC address carries every request
 (HTTP/2 multiplexes them), each under the experiment's ``timeout_s`` as its gRPC deadline. Failures are
 classified as the HTTP upstream classifies them, and counted by the same ``breaker.CircuitBreaker`` as
@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from serving.router.breaker import CircuitBreaker
 from serving.router.errors import BadRequest, UpstreamError, UpstreamRejected, UpstreamTimeout
-from serving.router.upstream import UNAVAILABLE, Target
+from serving.router.http_upstream import UNAVAILABLE, Target
 
 log = logging.getLogger(__name__)
 

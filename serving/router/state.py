@@ -22,9 +22,9 @@ from experiments.spec import Experiment, RouterConfig, load_experiment
 from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
+from serving.router.http_upstream import Target, Upstream
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
-from serving.router.upstream import Target, Upstream
 
 log = logging.getLogger(__name__)
 

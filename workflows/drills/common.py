@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from loadtests.config import LoadTestConfig
-from loadtests.report import number, read_csv, read_stats
+from loadtests.loadtest_report import number, read_csv, read_stats
 from loadtests.run import PREFIX, RunResult, run_loadtest
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer

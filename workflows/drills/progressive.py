@@ -32,7 +32,7 @@ from experiments.store import default_store_url, open_store
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.publish import publish
-from loadtests.report import read_stats
+from loadtests.loadtest_report import read_stats
 from loadtests.run import PREFIX
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer

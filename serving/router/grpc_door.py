@@ -40,16 +40,16 @@ from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
 from serving.router.drift_read import grpc_confidences, grpc_texts
 from serving.router.errors import BadRequest, RouterError
-from serving.router.grpc_protocol import (
+from serving.router.grpc_codec import (
     answer_labels,
     parameters_of,
     requested_outputs,
     tag_answer,
     tensors_in,
 )
-from serving.router.infer_http import MAX_REQUEST_ID, RequestIds, record_refused
+from serving.router.http_door import MAX_REQUEST_ID, RequestIds, record_refused
 from serving.router.state import RouterState
-from serving.router.validate import check_request
+from serving.router.tensor_checks import check_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

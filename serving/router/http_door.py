@@ -29,10 +29,17 @@ from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
 from serving.router.drift_read import http_confidences, http_texts
 from serving.router.errors import BadRequest, PayloadTooLarge, RouterError, UpstreamError
+from serving.router.http_codec import (
+    InferRequest,
+    decode_body,
+    labels_of,
+    parse_request,
+    tag_answer,
+    validate,
+)
+from serving.router.http_upstream import Answer
 from serving.router.metrics import RequestRef
-from serving.router.protocol import InferRequest, decode_body, labels_of, parse_request, tag_answer, validate
 from serving.router.state import RouterState
-from serving.router.upstream import Answer
 
 log = logging.getLogger(__name__)
 

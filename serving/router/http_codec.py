@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from serving.router.errors import BadRequest
-from serving.router.upstream import Answer
-from serving.router.validate import TensorIn, check_json_data, check_request, check_shape, count_binary
+from serving.router.http_upstream import Answer
+from serving.router.tensor_checks import TensorIn, check_json_data, check_request, check_shape, count_binary
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _outputs(header: dict[str, Any]) -> tuple[str, ...]:
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """Parse a v2 inference request and check its structure and payload; ``BadRequest`` says what is wrong.
 
-    Checks against the model's metadata are ``check_request`` (``serving.router.validate``) with
+    Checks against the model's metadata are ``check_request`` (``serving.router.tensor_checks``) with
     ``request.tensors``, ``request.outputs`` and ``request.parameters``.
     """
     hl = _header_length(body, header_length)

@@ -1,10 +1,10 @@
 """Protocol-neutral checks of one KServe v2 inference request against the model's metadata.
 
-The HTTP front door (``serving.router.protocol``) and the gRPC one decode their own wire format, then
+The HTTP front door (``serving.router.http_codec``) and the gRPC one decode their own wire format, then
 describe what arrived with ``TensorIn`` and call ``check_request``; both answer the same
 ``BadRequest`` (400 over HTTP, INVALID_ARGUMENT over gRPC) with a message that names the field:
 
-    from serving.router.validate import TensorIn, check_request
+    from serving.router.tensor_checks import TensorIn, check_request
 
     inputs = [TensorIn(name="TEXT", datatype="BYTES", shape=(2, 1), count=2)]
     check_request(inputs, outputs=["LABEL"], parameters={"user_id": "u7"}, metadata=upstream_metadata)

@@ -14,7 +14,7 @@ from typing import Any
 from tritonclient.grpc import service_pb2 as pb
 
 from serving.router.errors import BadRequest
-from serving.router.validate import ELEMENT_SIZE, TensorIn, count_binary
+from serving.router.tensor_checks import ELEMENT_SIZE, TensorIn, count_binary
 
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                   "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
