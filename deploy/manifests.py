@@ -31,9 +31,9 @@ from deploy.config import DNS_LABEL, K8sConfig, K8sError
 from deploy.manifest_checks import LIVE, READY, validate_manifest
 from deploy.rollout import rollout_manifests
 from deploy.store import store_env, store_manifests
+from experiments.errors import ExperimentError
 from experiments.spec import experiment_from_dict, load_experiment
 from export.s3 import S3Location
-from serving.router.errors import ExperimentError
 from tunestack import names
 from tunestack.configfile import load_config_file
 

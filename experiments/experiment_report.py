@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from experiments import fixed_horizon as stats
+from experiments.arm_record import ArmRecord
 from experiments.drift.guardrail import drift_verdict
 from experiments.drift.monitor import FeatureDrift
 from experiments.judge import ArmStats, JudgeConfig, judge
 from experiments.spec import Experiment
-from serving.router.metrics import ArmRecord
 
 QUANTILES = (0.5, 0.95, 0.99)
 MIN_SAMPLES = 20

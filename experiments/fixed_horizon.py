@@ -32,7 +32,6 @@ from scipy import stats as sps
 
 from tunestack.bench.stats import (
     Interval,
-    blocked_quantile_diff_ci,  # noqa: F401 - serving.store_bench reads it here
     quantile,
 )
 

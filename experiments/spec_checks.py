@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from serving.router.errors import ExperimentError
+from experiments.errors import ExperimentError
 from tunestack import names
 from tunestack.problems import is_number
 

@@ -2,12 +2,14 @@
 
 ``serving.handler_bench`` loads this file by its path in one subprocess per checkout it compares, with that
 checkout's ``serving`` package first on ``sys.path``: so it imports nothing but what every checkout of the
-router has (the router app and config, ``serving.client``), and gives plain lists of milliseconds.
+router has (the router app and config, ``serving.client``; the experiment spec from ``experiments.spec``, or
+from the router's config module in a checkout that keeps it there), and gives plain lists of milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import tempfile
 import time
 from pathlib import Path
@@ -90,8 +92,12 @@ class Lifespan:
 async def time_requests(requests: int, gap_s: float, warmup: int = 300) -> list[float]:
     """Milliseconds per request of the router app's infer path: ``requests`` after ``warmup``, ``gap_s`` idle
     before each. Runs the app's lifespan around it; every answer must be a 200 with an arm."""
-    from experiments.spec import RouterConfig, load_experiment, write_experiment
+    import serving.router.config as router_config
     from serving.router.app import create_app
+
+    RouterConfig = router_config.RouterConfig
+    spec = router_config if hasattr(router_config, "load_experiment") else importlib.import_module("experiments.spec")
+    load_experiment, write_experiment = spec.load_experiment, spec.write_experiment
 
     body, header_length, answer, metadata = canned()
     with tempfile.TemporaryDirectory(prefix="handler-bench-") as tmp:

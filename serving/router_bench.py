@@ -57,7 +57,6 @@ from tunestack.bench import (
     compare,
     format_diff,
     markdown_table,
-    ms,  # noqa: F401 - serving.store_bench imports it from here
     run_phases,
     summarize,
 )

@@ -4,9 +4,9 @@
     python -m serving.store_bench --repository model_repository --model sentiment
     python -m serving.store_bench --store postgresql://... --requests 4000 --concurrency 1,4
 
-Phases alternate (off, on, off, on, ...) so drift hits both alike; both routers run the same A/A
-experiment on the same Triton. Prints p50/p99 per router and the differences with 95 % intervals, and
-writes ``reports/store_bench.json``. The second part times the report's query on a store holding
+Phases alternate (off, on, on, off, ...: ``tunestack.bench.run_phases``, mirrored) so drift hits both alike;
+both routers run the same A/A experiment on the same Triton. Prints p50/p99 per router and the differences
+with per-phase 95 % intervals, and writes ``reports/bench-store-TIMESTAMP/``. The second part times the report's query on a store holding
 ``--rows`` answers (default 1e6; SQLite, or ``--report-store URL``) of realistic unit traffic
 (``unit_traffic``: 10,000 users with Pareto activity, a four-period ramp): insert in the writer's batches,
 then ``snapshot`` (aggregates in SQL + the newest latencies per arm), the report built from it, and the
@@ -15,30 +15,41 @@ judge's ``unit_table``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from experiments import fixed_horizon as stats
 from experiments.assignment import buckets
 from experiments.experiment_report import build_report
 from experiments.spec import Experiment, experiment_from_dict
 from experiments.store import AnswerRow, ErrorRow, open_store
 from experiments.store.sync import spec_of
 from serving.router.process import RouterProcess
-from serving.router_bench import ms, run_load
+from serving.router_bench import run_load
 from serving.triton import TritonServer
+from tunestack.bench import (
+    BenchOutput,
+    BenchRun,
+    compare,
+    format_diff,
+    markdown_table,
+    run_phases,
+    summarize,
+)
+from tunestack.cli import parse_dataclass
+from tunestack.problems import raise_problems
 
 
 def latency_rows(triton_url: str, model: str, version: str, store: str | None, requests: int, levels: list[int],
-                 phases: int, warmup: int, tmp: Path) -> list[dict]:
+                 phases: int, warmup: int, tmp: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Per concurrency level: each router's summary (``store_off``, ``store_on``) and the store's cost (``diff_p50_ms``,
+    ``diff_p99_ms`` of on against off, per phase); and every latency (ms) by router, for the CDF plot."""
     experiment = {"name": "store-bench", "upstream": triton_url, "timeout_s": 10.0, "sticky": {"header": "X-User-Id"},
                   "arms": [{"name": "a1", "model": model, "version": version, "weight": 50},
                            {"name": "a2", "model": model, "version": version, "weight": 50}]}
@@ -47,24 +58,22 @@ def latency_rows(triton_url: str, model: str, version: str, store: str | None, r
     on_args = ["--store", store] if store else []  # default: SQLite beside the experiment file
     with RouterProcess(exp_file, extra_args=["--log-level", "warning", "--store", "memory"]) as off, \
             RouterProcess(exp_file, extra_args=["--log-level", "warning", *on_args]) as on:
-        rows = []
+        routers = {"store_off": off.address, "store_on": on.address}
+        rows, samples = [], {name: [] for name in routers}
         for c in levels:
-            run_load(off.address, "store-bench", "", warmup, 1, 0)
-            run_load(on.address, "store-bench", "", warmup, 1, 0)
-            got = {"off": [], "on": []}
-            for phase in range(phases):
-                n = requests // phases
-                got["off"].append(run_load(off.address, "store-bench", "", n, c, phase * n))
-                got["on"].append(run_load(on.address, "store-bench", "", n, c, phase * n))
-            x_off, x_on = np.concatenate(got["off"]), np.concatenate(got["on"])
-            row = {"concurrency": c, "requests_per_router": int(len(x_off))}
-            for name, x in (("store_off", x_off), ("store_on", x_on)):
-                row[name] = {"p50_ms": ms(stats.quantile(x, 0.5)), "p99_ms": ms(stats.quantile(x, 0.99))}
-            for q in (0.5, 0.99):  # per phase pair, as router_bench: drift between phases widens the interval
-                ci = stats.blocked_quantile_diff_ci(got["off"], got["on"], q)
-                row[f"diff_p{round(q * 100)}_ms"] = {"estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
+            n = requests // phases
+            def phase_of(address: str, c: int = c, n: int = n):
+                return lambda phase: 1000 * run_load(address, "store-bench", "", n, c, phase * n)
+
+            got = run_phases({name: phase_of(address) for name, address in routers.items()}, phases, mirror=True,
+                             warmup=lambda name: run_load(routers[name], "store-bench", "", warmup, 1, 0))
+            row = {"concurrency": c, "requests_per_router": n * phases,
+                   **{name: summarize(np.concatenate(blocks)) for name, blocks in got.items()},
+                   **compare("store_off", got["store_off"], got["store_on"])}
             rows.append(row)
-    return rows
+            for name, blocks in got.items():
+                samples[name].extend(blocks)
+    return rows, {name: np.concatenate(blocks) for name, blocks in samples.items()}
 
 
 def unit_traffic(rows: int, users: int = 10_000, seed: int = 0) -> tuple[Experiment, list[dict], list]:
@@ -136,54 +145,87 @@ async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5
             "units": int(len(np.unique(table.unit)))}
 
 
+@dataclass
+class StoreBenchConfig(BenchOutput):
+    """Router latency with and without the experiment store, and the report's time on a big store."""
+
+    triton_url: str | None = None
+    """A running Triton's HTTP URL; default: start one on --repository."""
+    repository: str = "model_repository"
+    """Model repository for the Triton started here."""
+    model: str = "sentiment"
+    """Triton model name."""
+    version: str = "1"
+    """Model version both arms use."""
+    store: str | None = None
+    """Store URL of the store-on router (default: SQLite, as the router's)."""
+    requests: int = 2000
+    """Requests per router and concurrency level."""
+    concurrency: str = "1,4"
+    """Comma-separated closed-loop concurrency levels."""
+    phases: int = 8
+    """Alternating off/on phases (>= 2: the intervals are across phases)."""
+    warmup: int = 100
+    """Warm-up requests per router (not measured)."""
+    rows: int = 1_000_000
+    """Answers for the report timing (0: skip it)."""
+    report_store: str | None = None
+    """An empty store for the report timing (default: a temporary SQLite file), e.g. postgresql://... for PostgreSQL."""
+    skip_latency: bool = False
+    """Only the report timing (no Triton needed)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.phases < 2:
+            problems.append(f"phases must be >= 2 (the intervals are across phases), got {self.phases}")
+        if self.requests < self.phases:
+            problems.append(f"requests must be >= phases ({self.phases}), got {self.requests}")
+        if not all(c.strip().isdigit() and int(c) >= 1 for c in self.concurrency.split(",")):
+            problems.append(f"concurrency must be comma-separated integers >= 1, like 1,4; got {self.concurrency!r}")
+        if self.rows < 0 or self.warmup < 0:
+            problems.append(f"rows and warmup must be >= 0, got {self.rows} and {self.warmup}")
+        raise_problems(problems, ValueError, "store bench config")
+
+
+def render(document: dict) -> str:
+    """The latency table (p50/p99 per router, the store's cost with its interval) and the report timing line."""
+    parts = []
+    if "latency" in document:
+        parts.append(markdown_table(
+            ["concurrency", "requests/router", "store off p50 ms", "store on p50 ms", "diff p50 ms (95% CI)",
+             "store off p99 ms", "store on p99 ms", "diff p99 ms (95% CI)"],
+            [(r["concurrency"], r["requests_per_router"], r["store_off"]["p50_ms"], r["store_on"]["p50_ms"],
+              format_diff(r["diff_p50_ms"]), r["store_off"]["p99_ms"], r["store_on"]["p99_ms"],
+              format_diff(r["diff_p99_ms"])) for r in document["latency"]]))
+    if "report" in document:
+        r = document["report"]
+        parts.append(f"Report on {r['rows']:,} answers ({r['store']}; insert {r['insert_s']} s), median of 5, wall / CPU s: "
+                     + ", ".join(f"{name} {r[key]['wall_s']} / {r[key]['cpu_s']}" for name, key in (
+                         ("snapshot query", "snapshot_query"), ("report from the snapshot", "report_from_snapshot"),
+                         ("unit table", "unit_table")))
+                     + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units).")
+    return "\n\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.store_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--triton-url", default=None, help="a running Triton's HTTP URL; default: start one on --repository")
-    p.add_argument("--repository", default="model_repository", help="model repository for the Triton started here")
-    p.add_argument("--model", default="sentiment", help="Triton model name")
-    p.add_argument("--version", default="1", help="model version both arms use")
-    p.add_argument("--store", default=None, help="store URL of the store-on router (default: SQLite, as the router's)")
-    p.add_argument("--requests", type=int, default=2000, help="requests per router and concurrency level")
-    p.add_argument("--concurrency", default="1,4", help="comma-separated closed-loop concurrency levels")
-    p.add_argument("--phases", type=int, default=8, help="alternating off/on phases (>= 2: the intervals are across phases)")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up requests per router (not measured)")
-    p.add_argument("--rows", type=int, default=1_000_000, help="answers for the report timing (0: skip it)")
-    p.add_argument("--report-store", default=None, help="an empty store for the report timing (default: a "
-                   "temporary SQLite file), e.g. postgresql://... for PostgreSQL")
-    p.add_argument("--skip-latency", action="store_true", help="only the report timing (no Triton needed)")
-    p.add_argument("--out", default="reports/store_bench.json", help="JSON results")
-    args = p.parse_args(argv)
+    cfg = parse_dataclass(StoreBenchConfig, argv, "python -m serving.store_bench", __doc__.split("\n\n")[0])
+    run = BenchRun("store", "The experiment store: router latency with and without it; the report on a big store", cfg)
     result: dict = {"what": "router latency with and without the experiment store; report time on a big store"}
+    cdfs = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
-        if not args.skip_latency:
-            triton_url = args.triton_url
+        if not cfg.skip_latency:
+            triton_url = cfg.triton_url
             if triton_url is None:
-                triton_url = stack.enter_context(TritonServer(args.repository, models=[args.model])).http_url
-            levels = [int(c) for c in args.concurrency.split(",")]
-            result["latency"] = latency_rows(triton_url, args.model, args.version, args.store, args.requests, levels,
-                                             args.phases, args.warmup, Path(tmp))
-        if args.rows:
-            url = args.report_store or f"sqlite:///{Path(tmp) / 'million.sqlite'}"
-            result["report"] = asyncio.run(_report_timing(url, args.rows))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    if "latency" in result:
-        print("| concurrency | requests/router | store off p50 ms | store on p50 ms | diff p50 ms (95% CI) "
-              "| store off p99 ms | store on p99 ms | diff p99 ms (95% CI) |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in result["latency"]:
-            d50, d99 = r["diff_p50_ms"], r["diff_p99_ms"]
-            print(f"| {r['concurrency']} | {r['requests_per_router']} | {r['store_off']['p50_ms']} | "
-                  f"{r['store_on']['p50_ms']} | {d50['estimate']} [{d50['low']}, {d50['high']}] | "
-                  f"{r['store_off']['p99_ms']} | {r['store_on']['p99_ms']} | {d99['estimate']} [{d99['low']}, {d99['high']}] |")
-    if "report" in result:
-        r = result["report"]
-        print(f"\nreport on {r['rows']:,} answers ({r['store']}; insert {r['insert_s']} s), median of 5, wall / CPU s: "
-              + ", ".join(f"{name} {r[key]['wall_s']} / {r[key]['cpu_s']}" for name, key in (
-                  ("snapshot query", "snapshot_query"), ("report from the snapshot", "report_from_snapshot"),
-                  ("unit table", "unit_table")))
-              + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units)")
-    print(f"\nwrote {args.out}")
+                triton_url = stack.enter_context(TritonServer(cfg.repository, models=[cfg.model])).http_url
+            levels = [int(c) for c in cfg.concurrency.split(",")]
+            result["latency"], cdfs["latency_cdf"] = latency_rows(triton_url, cfg.model, cfg.version, cfg.store,
+                                                                  cfg.requests, levels, cfg.phases, cfg.warmup, Path(tmp))
+        if cfg.rows:
+            url = cfg.report_store or f"sqlite:///{Path(tmp) / 'million.sqlite'}"
+            result["report"] = asyncio.run(_report_timing(url, cfg.rows))
+    report = run.write(result, render, cdfs)
+    print(render(report.data))
+    print(f"written: {report.folder}")
     return 0
 
 

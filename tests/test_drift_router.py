@@ -194,8 +194,8 @@ def test_the_store_keeps_each_arms_window_and_reference_and_reports_the_same_dri
     """The drift feed's samples and references go to a real store (window 300 per arm); a report from the
     store alone equals the feed's own. The treatment switches version midway: its old samples stay out of the
     comparison (a fresh window, as in memory) and the oldest control samples are deleted."""
+    from experiments.drift.monitor import drift_report
     from experiments.store.writer import BatchWriter
-    from serving.router.drift_feed import drift_report
 
     root, reviews, headlines, _ = repository
     exp = experiment_from_dict(SPEC)

@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 
+from experiments.arm_record import ArmRecord
 from experiments.experiment_report import build_report, render_markdown
 from experiments.spec import Arm, Experiment
-from serving.router.metrics import ArmRecord
 
 
 def _record(rng: np.random.Generator, n: int, scale: float, positive: int, correct: int, errors: int = 0) -> ArmRecord:

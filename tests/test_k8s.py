@@ -12,7 +12,8 @@ import yaml
 from deploy.cli import main
 from deploy.config import K8sError
 from deploy.manifest_checks import KSERVE_SCHEMA, LIVE, READY, kserve_validator, validate_manifest
-from experiments.spec import RouterConfig, experiment_from_dict, load_experiment
+from experiments.spec import experiment_from_dict, load_experiment
+from serving.router.config import RouterConfig
 from serving.router.state import TOKEN_ENV
 from serving.triton_cli import TritonArgs
 

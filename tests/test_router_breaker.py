@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.spec import RouterConfig, experiment_from_dict
+from experiments.spec import experiment_from_dict
 from serving.router.breaker import CircuitBreaker
+from serving.router.config import RouterConfig
 from serving.router.errors import UpstreamError
 from serving.router.http_upstream import Target
 from serving.router.state import RouterState

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.spec import RouterConfig, Sticky, experiment_from_dict, load_experiment
+from experiments.errors import ExperimentError
+from experiments.spec import Sticky, experiment_from_dict, load_experiment
 from serving.router.cli import parse_router_config
-from serving.router.errors import ExperimentError
+from serving.router.config import RouterConfig
 from tunestack.cli import dataclass_parser
 
 ROOT = Path(__file__).parents[1]

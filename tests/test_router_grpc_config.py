@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from experiments.spec import RouterConfig, experiment_from_dict
-from serving.router.errors import BadRequest, ExperimentError
+from experiments.errors import ExperimentError
+from experiments.spec import experiment_from_dict
+from serving.router.config import RouterConfig
+from serving.router.errors import BadRequest
 from serving.router.grpc_codec import answer_labels, parameters_of, tensors_in
 
 

@@ -10,10 +10,11 @@ import asyncio
 import pytest
 
 from experiments.judge.units import unit_id
-from experiments.spec import RouterConfig, experiment_from_dict
+from experiments.spec import experiment_from_dict
 from experiments.store import open_store
 from experiments.store.writer import BatchWriter
 from serving.router.breaker import with_fallback
+from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, UpstreamError, UpstreamTimeout
 from serving.router.http_door import record_refused
 from serving.router.record_sink import RecordSink

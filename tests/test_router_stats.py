@@ -11,9 +11,9 @@ import pytest
 from scipy import stats as sps
 
 from experiments import fixed_horizon as stats
+from experiments.arm_record import ArmRecord
 from experiments.experiment_report import build_report, render_markdown
 from experiments.spec import Arm, Experiment
-from serving.router.metrics import ArmRecord
 
 ALPHA = 0.05
 SIMS = 1000  # >= 500 experiments per check; SE of a 5 % rate is 0.7 points

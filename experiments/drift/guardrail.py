@@ -22,12 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from experiments.drift.monitor import FeatureDrift
-
-MIN_SAMPLES = 200
-"""Monitored texts per arm before the drift guardrail gives a verdict."""
-PSI_THRESHOLD = 0.2
-"""A feature's PSI above this is a drift (the usual "significant shift" rule of thumb)."""
+from experiments.drift.monitor import MIN_SAMPLES, PSI_THRESHOLD, FeatureDrift
 
 
 def drift_verdict(control: Mapping[str, FeatureDrift], treatment: Mapping[str, FeatureDrift],

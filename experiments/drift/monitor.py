@@ -20,6 +20,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -30,6 +31,13 @@ NUMERIC = ("text_length", "unknown_token_rate", "confidence")
 """The numeric features, compared by PSI and KS."""
 EPS = 1e-4
 """Floor of a bin's share in the PSI (an empty bin would make it infinite)."""
+PSI_THRESHOLD = 0.2
+"""A feature whose PSI exceeds this has drifted (the usual "significant shift" rule of thumb)."""
+KS_ALPHA = 0.01
+"""A numeric feature whose KS p-value is below this has drifted."""
+MIN_SAMPLES = 200
+"""Monitored texts per arm before its drift figures count (gauges, report, guardrail): below it the PSI of 10
+bins of an unchanged distribution (about 9 / n) is too close to the threshold."""
 
 
 def psi(reference: np.ndarray, live: np.ndarray, bins: int = 10) -> float:
@@ -62,8 +70,23 @@ class FeatureDrift:
     drifted: bool
 
 
+@dataclass(frozen=True)
+class DriftWindow:
+    """One arm's monitored texts, oldest first, and the reference they are compared with."""
+
+    model: str
+    version: str
+    reference: dict[str, Any]
+    """The fields of ``Reference``."""
+    live: dict[str, list[float]]
+    """``text_length``, ``unknown_token_rate`` and ``confidence`` (those known) of each text."""
+    labels: Counter
+    """The predicted labels (those known)."""
+
+
 def compare(reference: Reference, live: Mapping[str, Sequence[float]], labels: Mapping[str, int],
-            psi_threshold: float = 0.2, ks_alpha: float = 0.01, min_samples: int = 50) -> dict[str, FeatureDrift]:
+            psi_threshold: float = PSI_THRESHOLD, ks_alpha: float = KS_ALPHA,
+            min_samples: int = 50) -> dict[str, FeatureDrift]:
     """Each feature with enough live samples (``min_samples``) against the reference."""
     out: dict[str, FeatureDrift] = {}
     for name in NUMERIC:
@@ -84,8 +107,8 @@ def compare(reference: Reference, live: Mapping[str, Sequence[float]], labels: M
 class DriftMonitor:
     """Keeps the last ``window`` live samples per arm and feature; ``report()`` compares them with the reference."""
 
-    def __init__(self, reference: Reference, tokenizer, window: int = 2000, psi_threshold: float = 0.2,
-                 ks_alpha: float = 0.01, min_samples: int = 50):
+    def __init__(self, reference: Reference, tokenizer, window: int = 2000, psi_threshold: float = PSI_THRESHOLD,
+                 ks_alpha: float = KS_ALPHA, min_samples: int = 50):
         self.reference, self.tokenizer, self.window = reference, tokenizer, window
         self.psi_threshold, self.ks_alpha, self.min_samples = psi_threshold, ks_alpha, min_samples
         self._lock = threading.Lock()
@@ -131,3 +154,10 @@ class DriftMonitor:
             for name, d in feats.items():
                 g_psi.labels(experiment, arm, name).set(d.psi)
                 g_hit.labels(experiment, arm, name).set(float(d.drifted))
+
+
+def drift_report(windows: Mapping[str, DriftWindow]) -> dict[str, dict[str, FeatureDrift]]:
+    """``DriftMonitor.report()`` of the windows a store keeps (``experiments.store.drift_windows``): each arm's
+    texts against its reference, compared as the router's monitors compare theirs (same thresholds and minimum)."""
+    return {arm: compare(Reference(**w.reference), w.live, w.labels, PSI_THRESHOLD, KS_ALPHA, MIN_SAMPLES)
+            for arm, w in windows.items()}

@@ -15,13 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.errors import ExperimentError
 from experiments.rollout.config import RolloutArgs, RolloutConfig, RolloutConfigError
 from experiments.rollout.controller import Outcome, RolloutController
 from experiments.rollout.rollout_report import report_folder, write_report
 from experiments.spec import load_experiment
-from experiments.store import STORE_ENV, default_store_url, open_store
-from serving.router.errors import ExperimentError
-from serving.router.store_runtime import audit_entry
+from experiments.store import STORE_ENV, audit_entry, default_store_url, open_store
 from tunestack.cli import parse_dataclass
 from tunestack.configfile import ConfigFileError, load_config_file
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from experiments.arm_record import ArmRecord
 from experiments.experiment_report import judge_arms
 from experiments.rollout.config import RolloutConfig
 from experiments.rollout.decision import HOLD, PROMOTE, ROLLBACK, WAIT, decide
 from experiments.spec import Experiment, experiment_from_dict
 from experiments.store import Revision, Store, StoreUnavailable
 from experiments.store.sync import spec_of
-from serving.router.metrics import ArmRecord
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from experiments.store.base import (
     Store,
     StoreError,
     StoreUnavailable,
+    audit_entry,
 )
 
 STORE_ENV = "TUNESTACK_ROUTER_STORE"
@@ -54,4 +55,4 @@ def open_store(url: str) -> Store:
 
 
 __all__ = ["AnswerRow", "DriftReferenceRow", "DriftSample", "DuplicateFeedback", "ErrorRow", "Revision", "ShadowRow",
-           "Store", "StoreError", "STORE_ENV", "StoreUnavailable", "default_store_url", "open_store"]
+           "Store", "StoreError", "STORE_ENV", "StoreUnavailable", "audit_entry", "default_store_url", "open_store"]

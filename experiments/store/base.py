@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import datetime as dt
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from experiments.arm_record import ArmRecord
 from experiments.judge.snapshot import Moments
 from experiments.store import feedback
 from experiments.store.batch import Statement, batch_statements
@@ -34,7 +36,6 @@ from experiments.store.records import (
     ShadowRow,
 )
 from experiments.store.unit_table import read_unit_table
-from serving.router.metrics import ArmRecord
 
 if TYPE_CHECKING:
     from experiments.judge.units import UnitTable
@@ -75,6 +76,12 @@ class Revision:
 def spec_weights(spec: dict[str, Any]) -> dict[str, float]:
     """Each arm's weight in a stored spec (the keys of an experiment file)."""
     return {a["name"]: a.get("weight", 1.0) for a in spec.get("arms", [])}
+
+
+def audit_entry(rev: Revision) -> dict:
+    """One audit-log line: revision, when (ISO, UTC), who, source, why, the weights."""
+    return {"revision": rev.revision, "at": dt.datetime.fromtimestamp(rev.at, dt.UTC).isoformat(timespec="seconds"),
+            "who": rev.who, "source": rev.source, "why": rev.why, "weights": rev.weights()}
 
 
 class Store(abc.ABC):

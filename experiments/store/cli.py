@@ -6,17 +6,17 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from experiments.spec import experiment_from_dict
-from experiments.store import Store, StoreError, open_store
-from serving.router.store_runtime import audit_entry
+from experiments.store import Store, StoreError, audit_entry, open_store
+from tunestack.cli import parse_dataclass
 
 LATENCY_WINDOW = 50_000
 """Newest latencies per arm the report uses (the router's default ``latency_window``)."""
@@ -41,8 +41,8 @@ async def _experiment_name(store: Store, name: str | None) -> str:
 def report_from_store(url: str, experiment: str | None, alpha: float, resamples: int) -> dict[str, Any]:
     """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it: the
     drift section too, from the texts the routers monitored and the references they kept there."""
+    from experiments.drift.monitor import drift_report
     from experiments.experiment_report import build_report
-    from serving.router.drift_feed import drift_report
 
     async def work(store: Store) -> dict[str, Any]:
         name = await _experiment_name(store, experiment)
@@ -64,14 +64,22 @@ def report_from_store(url: str, experiment: str | None, alpha: float, resamples:
     return report
 
 
+@dataclass
+class AuditArgs:
+    """Print an experiment's revisions (weights, who, when, why) from its store."""
+
+    store: str
+    """The store URL: sqlite:///PATH or postgresql://..."""
+    experiment: str | None = None
+    """Experiment name (default: the store's only experiment)."""
+    limit: int = 100
+    """The newest LIMIT revisions."""
+    format: Literal["markdown", "json"] = "markdown"
+    """Output format."""
+
+
 def run_audit(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving audit",
-                                description="Print an experiment's revisions (weights, who, when, why) from its store.")
-    p.add_argument("--store", required=True, help="the store URL: sqlite:///PATH or postgresql://...")
-    p.add_argument("--experiment", default=None, help="experiment name (default: the store's only experiment)")
-    p.add_argument("--limit", type=int, default=100, help="the newest LIMIT revisions")
-    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
-    args = p.parse_args(argv)
+    args = parse_dataclass(AuditArgs, argv, prog="python -m serving audit")
 
     async def work(store: Store) -> tuple[str, list[dict]]:
         name = await _experiment_name(store, args.experiment)

@@ -6,15 +6,16 @@ The drift feed (``serving.router.drift_feed``) sends one ``DriftSample`` per mon
 ``DriftReferenceRow`` of each (model, version) it monitors; each batch keeps the newest ``window`` samples
 per arm (``batch.py``). An arm is compared with the reference of the (model, version) that served its
 newest sample, on the samples of that source only: a new version starts a fresh window, as in memory.
-The comparison itself is the judge's (``serving.router.drift_feed.drift_report``).
+The comparison itself is ``experiments.drift.monitor.drift_report``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from experiments.drift.monitor import DriftWindow
 
 if TYPE_CHECKING:
     from experiments.store.base import Store
@@ -24,20 +25,6 @@ _NEWEST_SOURCE = ("SELECT arm, model, version FROM drift_samples WHERE id IN "
 _SAMPLES = ("SELECT text_length, unknown_token_rate, confidence, label FROM drift_samples "
             "WHERE experiment = ? AND arm = ? AND model = ? AND version = ? ORDER BY id")
 _REFERENCES = "SELECT model, version, reference FROM drift_references WHERE experiment = ?"
-
-
-@dataclass(frozen=True)
-class DriftWindow:
-    """One arm's monitored texts, oldest first, and the reference they are compared with."""
-
-    model: str
-    version: str
-    reference: dict[str, Any]
-    """The fields of ``experiments.drift.monitor.Reference``."""
-    live: dict[str, list[float]]
-    """``text_length``, ``unknown_token_rate`` and ``confidence`` (those known) of each text."""
-    labels: Counter
-    """The predicted labels (those known)."""
 
 
 async def read_drift_windows(store: Store, experiment: str) -> dict[str, DriftWindow] | None:

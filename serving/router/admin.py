@@ -32,9 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from experiments.errors import ExperimentError
 from experiments.experiment_report import build_report, render_markdown
 from experiments.store import StoreUnavailable
-from serving.router.errors import BadRequest, Conflict, ExperimentError, NotFound, RouterError
+from serving.router.errors import BadRequest, Conflict, NotFound, RouterError
 from serving.router.state import RouterState, get_state
 from serving.router.store_runtime import StoreDown
 

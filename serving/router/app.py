@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from experiments.spec import Experiment, RouterConfig
+from experiments.spec import Experiment
 from serving.router import admin
+from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
 from serving.router.http_door import InferEndpoint, RequestIds, infer
 from serving.router.state import RouterState, get_state

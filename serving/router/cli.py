@@ -19,9 +19,10 @@ from typing import Literal
 
 import uvicorn
 
-from experiments.spec import NO_STORE, RouterConfig, load_experiment
+from experiments.errors import ExperimentError
+from experiments.spec import load_experiment
 from experiments.store import STORE_ENV, default_store_url
-from serving.router.errors import ExperimentError
+from serving.router.config import NO_STORE, RouterConfig
 from serving.router.state import TOKEN_ENV
 from tunestack import names
 from tunestack.cli import parse_dataclass

@@ -14,8 +14,8 @@ The report reads ``report()``.
 
 With an experiment store, each monitored text's features (a ``DriftSample``) and each reference (a
 ``DriftReferenceRow``) also go to ``sink`` (the store's writer), handed over on the event loop after each
-drain; ``drift_report`` compares the windows the store keeps (``experiments.store.drift_windows``) exactly as
-the monitors compare theirs, so a report from the store shows the drift the routers monitored.
+drain; ``experiments.drift.monitor.drift_report`` compares the windows the store keeps exactly as the monitors
+compare theirs, so a report from the store shows the drift the routers monitored.
 """
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 from tokenizers import Tokenizer
 
-from experiments.drift.guardrail import MIN_SAMPLES
-from experiments.drift.monitor import DriftMonitor, FeatureDrift, Reference, compare
+from experiments.drift.monitor import (
+    KS_ALPHA,
+    MIN_SAMPLES,
+    PSI_THRESHOLD,
+    DriftMonitor,
+    FeatureDrift,
+    Reference,
+)
 from experiments.spec import Experiment
-from experiments.store.drift_windows import DriftWindow
 from experiments.store.records import DriftReferenceRow, DriftSample, Record
 from export.contract import CONTRACT
 from export.drift_reference import text_features
@@ -46,12 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 1000
 """Sampled requests waiting for the worker at most; more drop the oldest (``router_drift_dropped_samples``)."""
-PSI_THRESHOLD = 0.2
-"""A feature whose PSI exceeds this has drifted."""
-KS_ALPHA = 0.01
-"""A numeric feature whose KS p-value is below this has drifted."""
-
-
 class VersionTokenizer:
     """A served version's own ``tokenizer.json`` (the ``tokenizers`` library, no transformers import), with
     what ``experiments.drift.monitor.text_features`` reads: ``tok(texts, add_special_tokens=False)["input_ids"]``
@@ -228,9 +227,3 @@ class DriftFeed:
                     log.exception("drift worker failed on a batch; continuing")
             self.hand_over()
 
-
-def drift_report(windows: dict[str, DriftWindow]) -> dict[str, dict[str, FeatureDrift]]:
-    """``DriftFeed.report()`` of the windows a store keeps: each arm's texts against its reference, compared
-    as the monitors compare them (``experiments.drift.monitor.compare``, same thresholds and minimum)."""
-    return {arm: compare(Reference(**w.reference), w.live, w.labels, PSI_THRESHOLD, KS_ALPHA, MIN_SAMPLES)
-            for arm, w in windows.items()}

@@ -70,11 +70,3 @@ class UpstreamRejected(RouterError):
         super().__init__(message)
         self.status_code = status_code
 
-
-class ExperimentError(ValueError):
-    """An invalid experiment spec: carries every problem found, raised once after checking them all."""
-
-    def __init__(self, problems: list[str], source: str = "experiment"):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")

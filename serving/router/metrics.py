@@ -11,32 +11,17 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 
+from experiments.arm_record import ArmRecord, Window
 from experiments.judge.snapshot import Moments
 
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Window:
-    """The last ``capacity`` float samples, in a ring buffer."""
-
-    def __init__(self, capacity: int):
-        self._buf = np.empty(capacity, dtype=np.float64)
-        self._n = 0
-
-    def add(self, value: float) -> None:
-        self._buf[self._n % len(self._buf)] = value
-        self._n += 1
-
-    def values(self) -> np.ndarray:
-        return self._buf[: min(self._n, len(self._buf))].copy()
 
 
 class InFlight:
@@ -52,28 +37,6 @@ class InFlight:
 
     def dec(self) -> None:
         self.value -= 1
-
-
-@dataclass
-class ArmRecord:
-    """Everything the report needs about one arm (or the shadow)."""
-
-    latency: Window | np.ndarray
-    """Recent latencies in seconds (a ``Window`` while recording, an array in a snapshot)."""
-    requests: int = 0
-    errors: Counter = field(default_factory=Counter)
-    """Server-side failures by code (503, 504, 500): what counts against the arm."""
-    client_errors: Counter = field(default_factory=Counter)
-    """The callers' mistakes by code (400, 413, ...): refused by the router or by Triton, not the arm's fault."""
-    labels: Counter = field(default_factory=Counter)
-    fallbacks_in: int = 0
-    feedback_correct: int = 0
-    feedback_total: int = 0
-    shadow_agree: int = 0
-    shadow_compared: int = 0
-    shadow_dropped: int = 0
-    confidence: Moments = field(default_factory=Moments)
-    """Moments of the top-class probability of each prediction (the judge's label-free mean confidence)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from experiments.assignment import Assigner
-from experiments.spec import Experiment, RouterConfig, load_experiment
+from experiments.spec import Experiment, load_experiment
+from serving.router.config import RouterConfig
 from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from experiments.drift.monitor import FeatureDrift
-from experiments.spec import Experiment, RouterConfig
+from experiments.drift.monitor import FeatureDrift, drift_report
+from experiments.spec import Experiment
 from experiments.store import open_store
-from experiments.store.base import DuplicateFeedback, Revision, StoreUnavailable
+from experiments.store.base import DuplicateFeedback, Revision, StoreUnavailable, audit_entry
 from experiments.store.sync import experiment_of, follow, reconcile, spec_of
 from experiments.store.writer import BatchWriter
-from serving.router.drift_feed import drift_report
+from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, Conflict, RouterError
 from serving.router.record_sink import RecordSink
 
@@ -160,10 +160,3 @@ class StoreRuntime:
         assert self._state is not None
         return [audit_entry(r) for r in await self.store.revisions(self._state.experiment.name, limit)]
 
-
-def audit_entry(rev: Revision) -> dict:
-    """One audit-log line: revision, when (ISO, UTC), who, source, why, the weights."""
-    import datetime as dt
-
-    return {"revision": rev.revision, "at": dt.datetime.fromtimestamp(rev.at, dt.UTC).isoformat(timespec="seconds"),
-            "who": rev.who, "source": rev.source, "why": rev.why, "weights": rev.weights()}
