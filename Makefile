@@ -21,7 +21,7 @@ NPROC ?= 1
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
 .PHONY: help install demo test test-fast train export bench-export bench-serving bench-router bench-handler serve router \
-	rollout-drill fault-drill loadtest bench tune lint clean compare \
+	ramp-drill rollout-drill fault-drill loadtest bench tune lint docs clean compare \
 	rollout-drills rollout-drill-good rollout-drill-bad rollout-drill-slow
 
 help:
@@ -39,9 +39,11 @@ help:
 	@echo "make loadtest       Locust headless -> reports/loadtest-TIMESTAMP/ (TARGET USERS RATE DURATION WORKERS SHAPE)"
 	@echo "make bench          Triton vs router, FastAPI + ORT, LitServe, transformers baseline, in-process -> reports/bench-servers-TIMESTAMP/"
 	@echo "make tune           search instances x ORT threads x batching on tritonserver; winner -> a new version"
-	@echo "make rollout-drill  publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load"
+	@echo "make ramp-drill     publish, load, ramp 0 -> 10 -> 50 -> 100 % by hand, unload the old version, under load"
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 	@echo "make rollout-drills the rollout controller under load: good (int8) promoted; bad (few steps), slow (fp32 vs int8) rolled back"
+	@echo "make lint           ruff and the import contracts (import-linter: stages import only from their left)"
+	@echo "make docs           build the documentation site (mkdocs build --strict) -> site/"
 	@echo "make drift-drill    half the traffic switches to news headlines under load; the router's drift gauges must show it"
 
 $(STAMP): pyproject.toml
@@ -62,6 +64,12 @@ test-fast: install
 
 lint: install
 	$(PY) -m ruff check tunestack training export experiments serving loadtests deploy workflows tests
+	$(VENV)/bin/lint-imports
+
+# The site's benchmark tables are rendered from the example report JSONs first (python -m workflows docs-tables).
+docs: install
+	$(PY) -m workflows docs-tables
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 runs/$(NAME)/adapter/training_config.json: | install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET)
@@ -70,11 +78,11 @@ train: install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET) $(TRAIN_ARGS)
 
 # Every fine-tuning method on the same split, seed and budget (COMPARE_BUDGET seconds each); COMPARE_ARGS
-# passes more flags (python -m training compare --help), e.g. COMPARE_ARGS="--methods lora,full --model DIR".
+# passes more flags (python -m workflows compare --help), e.g. COMPARE_ARGS="--methods lora,full --model DIR".
 COMPARE_BUDGET ?= 150
 COMPARE_ARGS ?=
 compare: install
-	$(PY) -m training compare --time-budget-s $(COMPARE_BUDGET) $(COMPARE_ARGS)
+	$(PY) -m workflows compare --time-budget-s $(COMPARE_BUDGET) $(COMPARE_ARGS)
 
 # Without ADAPTER, train runs/$(NAME)/adapter first (once), then export it.
 export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
@@ -84,15 +92,18 @@ bench-export: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json
 	$(PY) -m export.bench --run runs/$(or $(if $(ADAPTER),$(notdir $(patsubst %/,%,$(dir $(ADAPTER))))),$(NAME))
 
 demo: install
-	$(PY) -m workflows.demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
+	$(PY) -m workflows demo --name $(NAME) --time-budget-s $(TIME_BUDGET) --repository $(REPOSITORY) --model-name $(MODEL)
 
-rollout-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
+ramp-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m workflows.drills rollout --run runs/$(NAME)
+	$(PY) -m workflows drill ramp --run runs/$(NAME)
+
+# rollout-drill: another name of ramp-drill
+rollout-drill: ramp-drill
 
 fault-drill: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m workflows.drills fault --run runs/$(NAME)
+	$(PY) -m workflows drill fault --run runs/$(NAME)
 
 # The progressive-rollout drills (python -m serving rollout under Locust load with feedback): good and slow
 # use runs/$(NAME)/onnx; bad's candidate is an adapter trained for FEW_STEPS steps only (runs/$(NAME)-few-steps).
@@ -106,21 +117,21 @@ runs/$(NAME)-few-steps/onnx/parity.json: | install
 	$(PY) -m export --adapter runs/$(NAME)-few-steps/adapter --no-publish
 
 rollout-drill-good rollout-drill-slow: install runs/$(NAME)/onnx/parity.json
-	$(PY) -m workflows.drills $(subst rollout-drill-,rollout-,$@) --run runs/$(NAME) $(ROLLOUT_DRILL_ARGS)
+	$(PY) -m workflows drill $(subst rollout-drill-,rollout-,$@) --run runs/$(NAME) $(ROLLOUT_DRILL_ARGS)
 
 rollout-drill-bad: install runs/$(NAME)/onnx/parity.json runs/$(NAME)-few-steps/onnx/parity.json
-	$(PY) -m workflows.drills rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
+	$(PY) -m workflows drill rollout-bad --run runs/$(NAME) --bad-run runs/$(NAME)-few-steps $(ROLLOUT_DRILL_ARGS)
 
 rollout-drills: rollout-drill-good rollout-drill-bad rollout-drill-slow
 
-# Drill (d), drift (workflows/drills/drift.py): exports made before drift references existed get them here
+# The drift drill (workflows/drills/drift.py): exports made before drift references existed get them here
 # (the parity check reruns when a variant's drift_reference.VARIANT.json is missing).
 .PHONY: drift-drill
 runs/$(NAME)/onnx/drift_reference.fp32.json: | install runs/$(NAME)/adapter/training_config.json
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
 
 drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
-	$(PY) -m workflows.drills drift --run runs/$(NAME)
+	$(PY) -m workflows drill drift --run runs/$(NAME)
 
 # Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2
@@ -148,7 +159,7 @@ BENCH_OPTIONS ?=
 P99_BOUND ?=
 bench: install $(if $(ADAPTER),,runs/$(NAME)/adapter/training_config.json)
 	$(PY) -m export --adapter runs/$(NAME)/adapter --no-publish
-	$(PY) -m loadtests bench --run runs/$(NAME) --repository $(REPOSITORY) --model $(MODEL) \
+	$(PY) -m workflows bench --run runs/$(NAME) --repository $(REPOSITORY) --model $(MODEL) \
 		$(if $(BENCH_OPTIONS),--options $(BENCH_OPTIONS)) $(if $(P99_BOUND),--p99-bound-ms $(P99_BOUND)) $(BENCH_ARGS)
 
 # make tune: search serving configs on the real tritonserver (workflows/tune), publish the winner as a new version
@@ -159,7 +170,7 @@ TRIALS ?=
 OBJECTIVE ?=
 TUNE_ARGS ?=
 tune: install
-	$(PY) -m serving tune --repository $(REPOSITORY) --model $(MODEL) $(if $(SEARCH),--search $(SEARCH)) \
+	$(PY) -m workflows tune --repository $(REPOSITORY) --model $(MODEL) $(if $(SEARCH),--search $(SEARCH)) \
 		$(if $(TRIALS),--max-trials $(TRIALS)) $(if $(OBJECTIVE),--objective $(OBJECTIVE)) \
 		$(if $(P99_BOUND),--p99-bound-ms $(P99_BOUND)) $(TUNE_ARGS)
 
@@ -183,4 +194,4 @@ router: install
 	$(PY) -m serving router --experiment $(or $(EXPERIMENT),experiments/specs/sentiment-ab.yaml)
 
 clean:
-	rm -rf runs reports .pytest_cache
+	rm -rf runs reports site .pytest_cache

@@ -121,7 +121,7 @@ class ExportConfig:
     generator). Off by default; ``make tune`` measures it (``--spinning off,on``)."""
     served_versions: int = 3
     """version_policy: Triton loads the newest N versions (0: all); 3 serves one export's fp32 and int8 plus
-    one more (int8-static when exported, or a version ``serving tune`` published)."""
+    one more (int8-static when exported, or a version ``workflows tune`` published)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes copied into the provenance."""
 

@@ -92,7 +92,7 @@ def existing_versions(model_dir: Path) -> list[int]:
 
 
 FASTEST_CPU_VARIANT = "int8"
-"""The variant the benches and ``serving tune`` pick by default: dynamic int8 is the fastest on CPU here
+"""The variant the benches and ``workflows tune`` pick by default: dynamic int8 is the fastest on CPU here
 (static int8 trades speed for batch invariance; README, export section)."""
 
 

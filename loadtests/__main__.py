@@ -1,9 +1,8 @@
-"""``python -m loadtests COMMAND``: run a load test, (re)build a report, benchmark, or serve the baseline.
+"""``python -m loadtests COMMAND``: run a load test, (re)build a report, or serve the baseline.
 
     python -m loadtests run --target router --users 20 --run-time 60s --workers 4
     python -m loadtests run --target triton --versions 1,2 --arrival-rate 50
     python -m loadtests report reports/loadtest-20260101-120000/locust
-    python -m loadtests bench --run runs/demo
     python -m loadtests baseline --model runs/demo/merged --port 8090
 """
 
@@ -24,11 +23,6 @@ RUN_DESCRIPTION = ("Run Locust headless (closed or open loop, optional shape, 1 
                    "reports/loadtest-TIMESTAMP/. Defaults come from --settings FILE: a pyproject.toml "
                    "([tool.locust]) or locust.conf, default ./pyproject.toml; then --config FILE; the options "
                    "below override both.")
-
-BENCH_DESCRIPTION = ("Triton (published or tuned), the router, FastAPI + ORT, LitServe + ORT and a transformers-pipeline "
-                     "service under the same Locust load, and the in-process limit; exact P50/P99, max throughput "
-                     "under a P99 bound, server CPU; bench.md + bench.json with ratios.")
-
 
 def parse_run(argv: list[str]) -> LoadTestConfig:
     """``run``'s options: the settings file's values, then ``--config FILE``, then the flags (the command line wins)."""
@@ -74,16 +68,6 @@ def report(argv: list[str]) -> int:
     return 0
 
 
-def bench(argv: list[str]) -> int:
-    from workflows.peer_bench.run import BenchConfig, run_bench
-
-    result = run_bench(parse_dataclass(BenchConfig, argv, "python -m loadtests bench", BENCH_DESCRIPTION,
-                                       errors=(LoadTestError,)))
-    print(result.markdown.read_text())
-    print(f"\nwritten: {result.folder} ({result.markdown.name}, {result.json.name})")
-    return 0
-
-
 @dataclass
 class BaselineArgs:
     """Serve the merged torch model with a transformers pipeline (KServe v2 JSON)."""
@@ -111,7 +95,6 @@ def baseline(argv: list[str]) -> int:
 COMMANDS = Commands("python -m loadtests", __doc__.split("\n\n")[0], {
     "run": Command(run, "run Locust headless against the router or Triton and write a report"),
     "report": Command(report, "build report.md + plots from Locust CSV output"),
-    "bench": Command(bench, "in-process and served benchmarks side by side"),
     "baseline": Command(baseline, "serve the merged torch model with a transformers pipeline (KServe v2)"),
 })
 

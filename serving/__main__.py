@@ -29,8 +29,6 @@ COMMANDS = Commands("python -m serving", "The serving stage: Triton, the A/B rou
     "audit": Command("experiments.store.cli:run_audit",
                      "print an experiment's weight changes (who, when, why) from its store"),
     "rollout": Command(_rollout, "ramp a treatment through the experiment store; promote or roll back on the judge"),
-    "tune": Command("workflows.tune.cli:main",
-                    "search serving configs on the real tritonserver; publish the winner as a new version"),
 })
 
 

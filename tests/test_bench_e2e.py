@@ -1,4 +1,4 @@
-"""``python -m loadtests bench`` end to end on the tiny run: Triton (the run's int8 published into a temporary
+"""``python -m workflows bench`` end to end on the tiny run: Triton (the run's int8 published into a temporary
 repository) and the FastAPI + ORT peer under the same Locust load, the options interleaved level by level."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_measures_the_options_interleaved(tiny_onnx_dir, tmp_path):
     run = tiny_onnx_dir.parent
-    argv = [sys.executable, "-m", "loadtests", "bench", "--run", str(run), "--repository", str(tmp_path / "none"),
+    argv = [sys.executable, "-m", "workflows", "bench", "--run", str(run), "--repository", str(tmp_path / "none"),
             "--options", "triton,fastapi-ort", "--no-in-process", "--threads", "1", "--rate", "10",
             "--rate-time", "3s", "--users", "1,2", "--level-time", "3s", "--out-dir", str(tmp_path / "reports")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])

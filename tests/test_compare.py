@@ -1,4 +1,4 @@
-"""``python -m training compare`` end to end on the tiny random BERT, and the headline arithmetic."""
+"""``python -m workflows compare`` end to end on the tiny random BERT, and the headline arithmetic."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROW_KEYS = {"method", "accuracy", "macro_f1", "auc", "trainable_params", "train_
 
 @pytest.mark.e2e
 def test_compare_trains_exports_and_times_every_method(tmp_path, tiny_model_dir):
-    argv = [sys.executable, "-m", "training", "compare", "--model", str(tiny_model_dir), "--max-examples", "200",
+    argv = [sys.executable, "-m", "workflows", "compare", "--model", str(tiny_model_dir), "--max-examples", "200",
             "--max-steps", "2", "--eval-every", "2", "--max-length", "32", "--freeze-layers", "1", "--variants", "fp32",
             "--latency-requests", "10", "--time-budget-s", "60", "--runs-dir", str(tmp_path / "runs"),
             "--reports-dir", str(tmp_path / "reports")]

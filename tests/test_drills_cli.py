@@ -21,13 +21,13 @@ def test_drills_cli_refuses_unknown_config_keys(tmp_path, capsys):
     config = tmp_path / "drill.toml"
     config.write_text("rte = 7.5\n")
     with pytest.raises(SystemExit) as exit_info:
-        main(["rollout", "--config", str(config)])
+        main(["ramp", "--config", str(config)])
     assert exit_info.value.code == 2 and "unknown key(s) ['rte']" in capsys.readouterr().err
 
 
 def test_drills_cli_names_every_drill_and_refuses_an_unknown_one(capsys):
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
-    assert all(f"  {drill} " in usage for drill in ("rollout", "fault", "rollout-good", "rollout-bad", "rollout-slow", "drift"))
+    assert all(f"  {drill} " in usage for drill in ("ramp", "fault", "rollout-good", "rollout-bad", "rollout-slow", "drift"))
     assert main(["rolout"]) == 2
     assert "unknown command 'rolout'" in capsys.readouterr().err

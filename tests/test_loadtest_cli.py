@@ -32,8 +32,17 @@ def test_loadtest_commands_are_declared_once(capsys):
 
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
-    assert all(f"  {name} " in usage for name in ("run", "report", "bench", "baseline"))
+    assert all(f"  {name} " in usage for name in ("run", "report", "baseline"))
     with pytest.raises(SystemExit) as exit_info:
         main(["report"])  # the Locust CSV prefix is required
     assert exit_info.value.code == 2 and "prefix" in capsys.readouterr().err
     assert main(["rnu"]) == 2 and "unknown command 'rnu'" in capsys.readouterr().err
+
+
+def test_workflow_commands_are_declared_once(capsys):
+    from workflows.__main__ import main
+
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(f"  {name} " in usage for name in ("demo", "compare", "tune", "drill", "bench", "docs-tables"))
+    assert main(["bnech"]) == 2 and "unknown command 'bnech'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``python -m serving tune`` end to end on the tiny model: a real tritonserver, real Locust, a real publish."""
+"""``python -m workflows tune`` end to end on the tiny model: a real tritonserver, real Locust, a real publish."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from export import triton_config
 from export.config import ExportConfig
 from export.publish import publish
-from serving.__main__ import main as serving_main
+from workflows.__main__ import main as workflows_main
 
 
 @pytest.mark.e2e
@@ -19,7 +19,7 @@ def test_tune_publishes_the_winner_as_a_new_version_with_its_report(tiny_onnx_di
                                                 instance_count=1, intra_op_threads=1, max_queue_delay_us=2000))
     v1 = repository / "sentiment" / "1"
     v1_files = {p.name: p.read_bytes() for p in v1.iterdir() if p.is_file()}
-    code = serving_main(["tune", "--repository", str(repository), "--model", "sentiment", "--instance-counts", "1,2",
+    code = workflows_main(["tune", "--repository", str(repository), "--model", "sentiment", "--instance-counts", "1,2",
                          "--threads", "1", "--queue-delays-us", "off,2000", "--spinning", "off,on", "--max-batch-sizes", "8",
                          "--max-trials", "2", "--users", "2", "--steps", "2", "--step-time-s", "2",
                          "--p99-bound-ms", "5000", "--out-dir", str(tmp_path / "reports")])
@@ -54,13 +54,13 @@ def test_tune_refuses_a_missing_version(tiny_onnx_dir, tmp_path):
     repository = tmp_path / "repository"
     publish(tiny_onnx_dir, "fp32", ExportConfig(repository=repository, model_name="sentiment"))
     with pytest.raises(SystemExit, match="has no version 7"):
-        serving_main(["tune", "--repository", str(repository), "--version", "7"])
+        workflows_main(["tune", "--repository", str(repository), "--version", "7"])
     assert sorted(p.name for p in (repository / "sentiment").iterdir()) == ["1", "config.pbtxt"]
 
 
 def test_tune_cli_rejects_bad_values_with_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
-        serving_main(["tune", "--objective", "min-p99", "--rate", "0", "--search", "exhaustive"])
+        workflows_main(["tune", "--objective", "min-p99", "--rate", "0", "--search", "exhaustive"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "needs a rate > 0" in err and "unknown search 'exhaustive'" in err

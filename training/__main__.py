@@ -1,7 +1,4 @@
-"""``python -m training``: fine-tuning (LoRA by default); flags mirror ``training.config.TrainConfig``.
-
-``python -m training compare``: every method on the same split and budget (``workflows.compare.run.CompareConfig``).
-"""
+"""``python -m training``: fine-tuning (LoRA by default); flags mirror ``training.config.TrainConfig``."""
 
 from __future__ import annotations
 
@@ -15,24 +12,10 @@ from training.train import train
 from tunestack.cli import Command, Commands, parse_dataclass
 
 
-def compare_main(argv: list[str]) -> int:
-    from workflows.compare.run import CompareConfig, run_compare
-
-    cfg = parse_dataclass(CompareConfig, argv, "python -m training compare", errors=(TrainingError, ValueError, TypeError))
-    try:
-        folder = run_compare(cfg)
-    except (TrainingError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print((folder / "compare.md").read_text())
-    print(f"report: {folder}")
-    return 0
-
-
 def train_main(argv: list[str]) -> int:
     try:
         cfg = parse_dataclass(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face sequence classifier on "
-                              "labelled text (--method lora|full|freeze|ia3|loha); `python -m training compare --help` "
+                              "labelled text (--method lora|full|freeze|ia3|loha); `python -m workflows compare --help` "
                               "compares the methods.", errors=())
         dist = Dist.from_env()  # torchrun's RANK / WORLD_SIZE, read once here
         result = train(cfg, dist)
@@ -50,9 +33,8 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = Commands("python -m training", "Fine-tuning, and every method compared.", {
+COMMANDS = Commands("python -m training", "Fine-tuning.", {
     "train": Command(train_main, "fine-tune one method (the default: `python -m training --method lora ...`)"),
-    "compare": Command(compare_main, "every method on the same split and budget, trained, exported and timed"),
 }, default="train")
 
 

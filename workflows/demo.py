@@ -194,7 +194,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_dataclass(DemoConfig, argv, "python -m workflows.demo", __doc__.split("\n\n")[0])
+    cfg = parse_dataclass(DemoConfig, argv, "python -m workflows demo", __doc__.split("\n\n")[0])
     folder = demo_folder(cfg.out_dir)
     log_file = setup_logging(folder / "demo.log")  # progress here; library warnings only in the file
     summary = run_demo(cfg, folder)

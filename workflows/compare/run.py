@@ -1,4 +1,4 @@
-"""``python -m training compare``: every method on the same split, seed and budget, exported and timed.
+"""``python -m workflows compare``: every method on the same split, seed and budget, exported and timed.
 
 For each method: train (``--time-budget-s`` each, same data/seed/batch), export through the parity
 gate (no publish to the project's repository), publish its int8 (fp32 if int8 failed the gate) as a model

@@ -1,4 +1,4 @@
-"""Served latency for ``python -m training compare``: every method's model through one real tritonserver.
+"""Served latency for ``python -m workflows compare``: every method's model through one real tritonserver.
 
 Each method's gated variant is published (``export.publish``, exactly as ``make export`` would) as its own
 model, named after the method, into a temporary model repository. One ``tritonserver`` then loads them all

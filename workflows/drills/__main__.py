@@ -1,4 +1,4 @@
-"""``python -m workflows.drills rollout|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
+"""``python -m workflows drill ramp|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
 drill and print its report; exit 0 when the drill met its bar, 1 when it did not."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from workflows.drills import DrillConfig, fault_drill, rollout_drill
 from workflows.drills.drift import drift_drill
 from workflows.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 
-DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
+DRILLS = ("ramp", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
 
 
 def parse_drill(drill: str, argv: list[str]) -> DrillConfig:
     """The drill's settings: ``DrillConfig``'s defaults, then ``--config FILE``, then the flags."""
-    return parse_dataclass(DrillConfig, argv, prog=f"python -m workflows.drills {drill}")
+    return parse_dataclass(DrillConfig, argv, prog=f"python -m workflows drill {drill}")
 
 
 def run_drill(drill: str, argv: list[str]) -> int:
@@ -30,7 +30,7 @@ def run_drill(drill: str, argv: list[str]) -> int:
     elif drill == "drift":
         summary = drift_drill(cfg)
         ok = summary["detected_within_bound"] and not summary["false_alarm_in_domain"]
-    elif drill == "rollout":
+    elif drill == "ramp":
         summary = rollout_drill(cfg)
         ok = summary["failed_requests"] == 0
     else:
@@ -40,10 +40,10 @@ def run_drill(drill: str, argv: list[str]) -> int:
     return 0 if ok else 1
 
 
-HELP = {"rollout": "publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load",
+HELP = {"ramp": "publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load",
         "fault": "kill and restart tritonserver under load; malformed requests under load",
         "drift": "half the traffic switches to news headlines; the drift gauges must show it"}
-COMMANDS = Commands("python -m workflows.drills", "Operational drills under continuous Locust load "
+COMMANDS = Commands("python -m workflows drill", "Operational drills under continuous Locust load "
                     "(see workflows/drills/__init__.py).",
                     {d: Command(partial(run_drill, d), HELP.get(d, f"the rollout controller under load: {d}"))
                      for d in DRILLS})

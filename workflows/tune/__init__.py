@@ -1,4 +1,4 @@
-"""``python -m serving tune``: search serving configs on the real tritonserver, publish the winner as a new version.
+"""``python -m workflows tune``: search serving configs on the real tritonserver, publish the winner as a new version.
 
 - ``workflows.tune.search``: candidates, the objective, hill-climb and brute force (no server);
 - ``workflows.tune.trial``: one trial (config override on load, Locust ramp, exact latencies);

@@ -1,4 +1,4 @@
-"""``python -m serving tune``: the options mirror ``TuneConfig`` one to one (``tunestack.cli``: flags or --config FILE)."""
+"""``python -m workflows tune``: the options mirror ``TuneConfig`` one to one (``tunestack.cli``: flags or --config FILE)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ DESCRIPTION = ("Search instance count x ORT threads x dynamic batching x max bat
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m serving tune``'s options; exit 0 when a config met the objective, 1 when none did."""
-    cfg = parse_dataclass(TuneConfig, list(argv), prog="python -m serving tune", description=DESCRIPTION,
+    """``python -m workflows tune``'s options; exit 0 when a config met the objective, 1 when none did."""
+    cfg = parse_dataclass(TuneConfig, list(argv), prog="python -m workflows tune", description=DESCRIPTION,
                           errors=(TuneError,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from workflows.tune.run import run_tune

@@ -1,4 +1,4 @@
-"""``python -m serving tune``'s settings: one dataclass, mirrored one to one by the command line."""
+"""``python -m workflows tune``'s settings: one dataclass, mirrored one to one by the command line."""
 
 from __future__ import annotations
 
