@@ -27,8 +27,8 @@ from experiments.spec import experiment_from_dict
 from experiments.store import AnswerRow, open_store
 from export.contract import CONTRACT
 from serving.router.drift_feed import DriftFeed, VersionTokenizer, version_folder
-from serving.router.drift_read import grpc_confidences, grpc_texts, http_confidences, http_texts
 from serving.router.metrics import Recorder
+from serving.router.tensor_read import grpc_confidences, grpc_texts, http_confidences, http_texts
 from training.bundled import bundled_data_file, bundled_model_dir
 
 SPEC = {"name": "ab", "sticky": {"header": "X-User-Id"},

@@ -38,7 +38,6 @@ from tritonclient.grpc import service_pb2_grpc
 from experiments.spec import Experiment
 from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
-from serving.router.drift_read import grpc_confidences, grpc_texts
 from serving.router.errors import BadRequest, RouterError
 from serving.router.grpc_codec import (
     answer_labels,
@@ -50,6 +49,7 @@ from serving.router.grpc_codec import (
 from serving.router.http_door import MAX_REQUEST_ID, RequestIds, record_refused
 from serving.router.state import RouterState
 from serving.router.tensor_checks import check_request
+from serving.router.tensor_read import grpc_confidences, grpc_texts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

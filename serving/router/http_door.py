@@ -27,7 +27,6 @@ import orjson
 from experiments.spec import Experiment
 from export.contract import CONTRACT
 from serving.router.breaker import with_fallback
-from serving.router.drift_read import http_confidences, http_texts
 from serving.router.errors import BadRequest, PayloadTooLarge, RouterError, UpstreamError
 from serving.router.http_codec import (
     InferRequest,
@@ -40,6 +39,7 @@ from serving.router.http_codec import (
 from serving.router.http_upstream import Answer
 from serving.router.metrics import RequestRef
 from serving.router.state import RouterState
+from serving.router.tensor_read import http_confidences, http_texts
 
 log = logging.getLogger(__name__)
 
