@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from serving.router.errors import BadRequest
-from serving.router.http_door import RequestIds
 from serving.router.metrics import Recorder
+from serving.router.routing import RequestIds
 from serving.router.tensor_checks import ModelSpec, SpecCache, TensorIn, check_request
 
 META = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]},

@@ -13,11 +13,10 @@ from experiments.judge.units import unit_id
 from experiments.spec import experiment_from_dict
 from experiments.store import open_store
 from experiments.store.writer import BatchWriter
-from serving.router.breaker import with_fallback
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, UpstreamError, UpstreamTimeout
-from serving.router.http_door import record_refused
 from serving.router.record_sink import RecordSink
+from serving.router.routing import record_refused, with_fallback
 from serving.router.state import FIRST_PERIOD, RouterState
 
 SPEC = {"name": "ab", "upstream": "http://127.0.0.1:1", "sticky": {"header": "X-User-Id"}, "fallback": "control",

@@ -24,7 +24,7 @@ from experiments.spec import Experiment
 from serving.router import admin
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
-from serving.router.http_door import InferEndpoint, RequestIds, infer
+from serving.router.http_door import InferEndpoint, infer
 from serving.router.state import RouterState, get_state
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,6 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
     app = RouterApp(routes=routes, lifespan=lifespan, exception_handlers={
         RouterError: _router_error, HTTPException: _http_error, Exception: _internal_error})
     app.state.router = state
-    app.request_ids = RequestIds()
     return app
 
 

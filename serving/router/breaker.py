@@ -1,25 +1,19 @@
-"""The router's circuit breaker and fallback, shared by its HTTP and gRPC front doors.
+"""The router's circuit breaker, shared by its HTTP and gRPC upstreams.
 
-``CircuitBreaker`` counts consecutive upstream failures per model version (``upstream.Target``): after
+``CircuitBreaker`` counts consecutive upstream failures per model version (``http_upstream.Target``): after
 ``BREAKER_FAILURES`` in a row that version is skipped for ``BREAKER_COOLDOWN_S`` (requests fail fast, or
 go to the fallback arm), then tried again, so the router recovers by itself. One breaker serves both
-protocols, so a Triton that fails over HTTP is skipped over gRPC too. ``with_fallback`` sends a request
-to its arm and, when that arm's upstream fails, to the experiment's fallback arm; each failure counts
-against the arm it happened on.
+protocols, so a Triton that fails over HTTP is skipped over gRPC too. The fallback to another arm is the
+routing core's (``serving.router.routing.with_fallback``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Hashable
 
 from serving.router.errors import UpstreamError
-
-if TYPE_CHECKING:
-    from experiments.spec import Experiment
-    from serving.router.state import RouterState
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +21,6 @@ BREAKER_FAILURES = 3
 """Consecutive failures that open an endpoint's breaker."""
 BREAKER_COOLDOWN_S = 1.0
 """Seconds an open breaker fails fast before the endpoint is tried again."""
-T = TypeVar("T")
 
 
 class _Count:
@@ -76,27 +69,3 @@ class CircuitBreaker:
         c = self._counts.get(key)
         return c is not None and c.failures >= self.failures
 
-
-async def with_fallback(state: RouterState, exp: Experiment, arm: str,
-                        send: Callable[[str], Awaitable[T]]) -> tuple[T, str]:
-    """``send(arm)``; on an upstream failure try the fallback arm. Returns (answer, arm served).
-
-    A failure the fallback follows is counted here, against its arm; the failure the caller gets is raised
-    with ``UpstreamError.arm`` naming the arm it happened on, for the front door to record once, with the
-    request it ends."""
-    try:
-        return await send(arm), arm
-    except UpstreamError as e:
-        if exp.fallback is None or exp.fallback == arm:
-            e.arm = arm
-            raise
-        state.recorder.error(arm, e.status_code)
-        first = e
-    state.recorder.fallback(arm, exp.fallback)
-    log.warning("arm %s failed (%s); serving from fallback %s", arm, first, exp.fallback)
-    try:
-        return await send(exp.fallback), exp.fallback
-    except UpstreamError as e:
-        both = type(e)(f"arm {arm!r} failed ({first}) and fallback {exp.fallback!r} failed too ({e})")
-        both.arm = exp.fallback
-        raise both from None

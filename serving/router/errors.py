@@ -54,7 +54,7 @@ class UpstreamError(RouterError):
 
     status_code = 503
     arm: str | None = None
-    """The arm whose upstream failed last (set by ``breaker.with_fallback``); None: not yet known."""
+    """The arm whose upstream failed last (set by ``routing.with_fallback``); None: not yet known."""
 
 
 class UpstreamTimeout(UpstreamError):

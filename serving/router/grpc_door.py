@@ -2,8 +2,10 @@
 
 ``start_grpc_server`` serves it on its own port in the event loop of the HTTP app, on the same
 ``RouterState``: the same experiment (a weight change through the HTTP admin API applies at once), the
-same assigner, metrics, validation and circuit breaker. ``tritonclient.grpc`` works against it
-unchanged::
+same metrics and circuit breaker. ``GrpcExchange`` is a ``ModelInferRequest`` as the routing core
+(``serving.router.routing``) drives it, exactly as it drives the HTTP door's requests: assignment, the
+checks, the upstream call, fallback, error accounting and recording are the core's; this door reads and
+writes gRPC. ``tritonclient.grpc`` works against it unchanged::
 
     client = tritonclient.grpc.InferenceServerClient("127.0.0.1:8081")
     result = client.infer("sentiment-ab", inputs, headers={"x-user-id": "user-42"})
@@ -37,7 +39,6 @@ from tritonclient.grpc import service_pb2_grpc
 
 from experiments.spec import Experiment
 from export.contract import CONTRACT
-from serving.router.breaker import with_fallback
 from serving.router.errors import BadRequest, RouterError
 from serving.router.grpc_codec import (
     answer_labels,
@@ -46,7 +47,7 @@ from serving.router.grpc_codec import (
     tag_answer,
     tensors_in,
 )
-from serving.router.http_door import MAX_REQUEST_ID, RequestIds, record_refused
+from serving.router.routing import Exchange, Refused, finish, route
 from serving.router.state import RouterState
 from serving.router.tensor_checks import check_request
 from serving.router.tensor_read import grpc_confidences, grpc_texts
@@ -89,7 +90,6 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, state: RouterState):
         self.state = state
-        self.request_ids = RequestIds()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -131,8 +131,8 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the message is not a ModelInferRequest: {e}")
         try:
             response, served, request_id = await self._infer(request, context, raw)
-        except _Refused as r:
-            context.set_trailing_metadata(r.metadata)
+        except Refused as r:
+            context.set_trailing_metadata(trailers(r.request_id, r.arm))
             await context.abort(grpc_status(r.error), str(r.error))
         context.set_trailing_metadata((("x-variant", served), ("x-request-id", request_id)))
         return response
@@ -147,7 +147,7 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 response, _, _ = await self._infer(request, context)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
-            except _Refused as r:
+            except Refused as r:
                 await answers.put(pb.ModelStreamInferResponse(error_message=str(r.error),
                                                               infer_response=pb.ModelInferResponse(id=request.id)))
 
@@ -199,104 +199,72 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context,
                      raw: bytes | None = None) -> tuple[pb.ModelInferResponse | bytes, str, str]:
-        """Assign, validate, forward (with fallback) and record one request; ``_Refused`` when it fails.
-        With ``raw`` (``request`` serialised, as it arrived) the bytes are forwarded and bytes come back."""
-        start = time.perf_counter()
+        """Route one request through the routing core; ``Refused`` when it fails. With ``raw`` (``request``
+        serialised, as it arrived) the bytes are forwarded and bytes come back."""
         state = self.state
-        exp, assigner, period = state.current  # one read: a weight change mid-request does not affect this request
-        arm = key = None
-        request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
-        inflight = state.recorder.inflight
-        inflight.inc()
-        try:
-            state.check_experiment(request.model_name)
-            if request.model_version:
-                raise BadRequest(f"the router chooses the arm and its version; send model_version \"\" for "
-                                 f"{request.model_name!r}, got {request.model_version!r}")
-            if request_id is not None and len(request_id) > MAX_REQUEST_ID:
-                raise BadRequest(f"the request id is {len(request_id)} characters; at most {MAX_REQUEST_ID} allowed")
-            parameters = parameters_of(request.parameters)
-            key = exp.sticky.key_of(lambda name: metadata_value(context, name), parameters)
-            if key is None and exp.sticky.source:
-                state.recorder.unkeyed()
-            arm = assigner.assign(key, state.rng)
-            target = state.grpc_target(exp, arm)
-            check_request(tensors_in(request), requested_outputs(request), parameters,
-                          state.grpc_upstream.metadata_dict(target))
-            shadow_copy = self._shadow_copy(exp, request)
-
-            def send(name: str) -> Awaitable[pb.ModelInferResponse | bytes]:
-                where = target if name == arm else state.grpc_target(exp, name)
-                if raw is not None:
-                    return state.grpc_upstream.infer_bytes(where, raw, exp.timeout_s)
-                return state.grpc_upstream.infer(where, request, exp.timeout_s)
-
-            response, served = await with_fallback(state, exp, arm, send)
-        except RouterError as e:
-            request_id = request_id or self.request_ids.new()
-            record_refused(state, e, arm, key, request_id, period)
-            raise _Refused(e, arm, request_id) from None
-        finally:
-            inflight.dec()
+        ex = GrpcExchange(request, context, raw)
+        response = await route(state, ex)
         if raw is None:
-            tag_answer(response, served)
+            tag_answer(response, ex.served)
         else:
-            response += variant_parameter(served)
-        request_id = request_id or self.request_ids.new()
-        latency_s = time.perf_counter() - start
-        # recorded once the answer is on its way: off the caller's latency (as the HTTP side does)
-        asyncio.get_running_loop().call_soon(self._after_answer, exp, shadow_copy, request_id, served, latency_s,
-                                             key, arm, period, request, response)
-        return response, served, request_id
+            response += variant_parameter(ex.served)
+        latency_s = time.perf_counter() - ex.start
+        # recorded once the answer is on its way: off the caller's latency (as the HTTP door does)
+        asyncio.get_running_loop().call_soon(finish, state, ex, response, latency_s)
+        return response, ex.served, ex.request_id
 
-    def _after_answer(self, exp: Experiment, shadow_copy: pb.ModelInferRequest | None, request_id: str, served: str,
-                      latency_s: float, key: str | None, arm: str, period: int, request: pb.ModelInferRequest,
-                      response: pb.ModelInferResponse | bytes) -> None:
-        if isinstance(response, bytes):
-            response = pb.ModelInferResponse.FromString(response)
-        labels = answer_labels(response, CONTRACT.output_label)
-        confidences = grpc_confidences(response, CONTRACT.output_probabilities)
-        self.state.recorder.served(request_id, served, latency_s, labels, key=key, assigned=arm, confidences=confidences,
-                                   period=period)
-        if self.state.drift is not None:  # the texts are decoded in the drift worker, only if sampled
-            self.state.drift.offer(exp, served, lambda: grpc_texts(request, CONTRACT.input_text), labels, confidences)
-        if shadow_copy is not None:
-            self._spawn_shadow(exp, shadow_copy, served, labels)
 
-    def _shadow_copy(self, exp: Experiment, request: pb.ModelInferRequest) -> pb.ModelInferRequest | None:
-        """A copy of the request for the shadow (a sample of ``fraction``), or None."""
-        if exp.shadow is None or self.state.rng.random() >= exp.shadow.fraction:
-            return None
-        copy = pb.ModelInferRequest()
-        copy.CopyFrom(request)
-        return copy
+class GrpcExchange(Exchange[pb.ModelInferResponse | bytes]):
+    """A ``ModelInferRequest`` as the routing core drives it: the sticky key from the metadata or the
+    parameters, the checks on its tensors, the message (or its wire bytes) forwarded to the arm's Triton."""
 
-    def _spawn_shadow(self, exp: Experiment, request: pb.ModelInferRequest, primary_arm: str,
-                      primary_labels: tuple[str, ...]) -> None:
-        """Start the shadow copy as its own task, or drop it when too many are in flight."""
-        state = self.state
-        assert exp.shadow is not None
-        if len(state.shadow_tasks) >= state.config.max_shadow_in_flight:
-            state.recorder.shadow_dropped(exp.shadow.name)
-            return
-        task = asyncio.get_running_loop().create_task(self._shadow(exp, request, primary_arm, primary_labels))
-        state.shadow_tasks.add(task)
-        task.add_done_callback(state.shadow_tasks.discard)
+    __slots__ = ("request", "context", "raw", "target")
 
-    async def _shadow(self, exp: Experiment, request: pb.ModelInferRequest, primary_arm: str,
-                      primary_labels: tuple[str, ...]) -> None:
-        """Send the copy to the shadow and record latency and agreement; never raises."""
-        assert exp.shadow is not None
-        state, name = self.state, exp.shadow.name
-        start = time.perf_counter()
-        try:
-            answer = await state.grpc_upstream.infer(state.grpc_target(exp, name), request, exp.timeout_s)
-        except Exception as e:  # the shadow's failures are recorded, never raised
-            log.debug("shadow %s failed: %s", name, e)
-            state.recorder.shadow_result(name, primary_arm, None, primary_labels, None)
-            return
-        labels = answer_labels(answer, CONTRACT.output_label)
-        state.recorder.shadow_result(name, primary_arm, time.perf_counter() - start, primary_labels, labels)
+    def __init__(self, request: pb.ModelInferRequest, context, raw: bytes | None):
+        self.experiment = request.model_name
+        self.request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
+        self.request, self.context, self.raw, self.arm, self.key = request, context, raw, None, None
+
+    async def read(self) -> None:
+        if self.request.model_version:
+            raise BadRequest(f"the router chooses the arm and its version; send model_version \"\" for "
+                             f"{self.request.model_name!r}, got {self.request.model_version!r}")
+        self.parameters = parameters_of(self.request.parameters)
+
+    def header(self, name: str) -> str | None:
+        return metadata_value(self.context, name)
+
+    async def check(self, arm: str) -> None:
+        self.target = self.state.grpc_target(self.exp, arm)
+        check_request(tensors_in(self.request), requested_outputs(self.request), self.parameters,
+                      self.state.grpc_upstream.metadata_dict(self.target))
+
+    def send(self, arm: str) -> Awaitable[pb.ModelInferResponse | bytes]:
+        exp, upstream = self.exp, self.state.grpc_upstream
+        where = self.target if arm == self.arm else self.state.grpc_target(exp, arm)
+        if self.raw is not None:
+            return upstream.infer_bytes(where, self.raw, exp.timeout_s)
+        return upstream.infer(where, self.request, exp.timeout_s)
+
+    def outcome(self, answer: pb.ModelInferResponse | bytes) -> tuple[tuple[str, ...], list[float]]:
+        if isinstance(answer, bytes):
+            answer = pb.ModelInferResponse.FromString(answer)
+        return answer_labels(answer, CONTRACT.output_label), grpc_confidences(answer, CONTRACT.output_probabilities)
+
+    def texts(self) -> list[str]:
+        return grpc_texts(self.request, CONTRACT.input_text)
+
+    async def shadow(self) -> tuple[str, ...]:
+        exp = self.exp
+        copy = pb.ModelInferRequest()  # the shadow's model name and version are set on the copy
+        copy.CopyFrom(self.request)
+        answer = await self.state.grpc_upstream.infer(self.state.grpc_target(exp, exp.shadow.name), copy, exp.timeout_s)
+        return answer_labels(answer, CONTRACT.output_label)
+
+
+def trailers(request_id: str, arm: str | None) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of an answer: its request id and, once assigned, its arm."""
+    return (("x-request-id", request_id),) + ((("x-variant", arm),) if arm else ())
 
 
 @functools.lru_cache(maxsize=256)
@@ -306,15 +274,6 @@ def variant_parameter(arm: str) -> bytes:
     answer = pb.ModelInferResponse()
     tag_answer(answer, arm)
     return answer.SerializeToString()
-
-
-class _Refused(Exception):
-    """A request the router answers with an error: the ``RouterError`` and the trailing metadata to send."""
-
-    def __init__(self, error: RouterError, arm: str | None, request_id: str):
-        super().__init__(str(error))
-        self.error = error
-        self.metadata = (("x-request-id", request_id),) + ((("x-variant", arm),) if arm else ())
 
 
 class _Handlers:

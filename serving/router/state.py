@@ -25,6 +25,7 @@ from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
 from serving.router.metrics import Recorder
+from serving.router.routing import RequestIds
 from serving.router.store_runtime import StoreRuntime
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class RouterState:
     grpc_upstream: GrpcUpstream
     """Triton over gRPC, for the router's gRPC endpoint; shares ``upstream``'s circuit breaker."""
     rng: random.Random = field(default_factory=random.Random)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    """Ids for the requests that bring none (both front doors)."""
     shadow_tasks: set[asyncio.Task] = field(default_factory=set)
     background: set[asyncio.Task] = field(default_factory=set)
     store: StoreRuntime | None = None
