@@ -8,20 +8,19 @@ message itself (only its model name and version change) and reads the predicted 
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
 from serving.router.errors import BadRequest
 from serving.router.tensor_checks import ELEMENT_SIZE, TensorIn, count_binary
+from serving.router.tensor_read import bytes_elements
 
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                   "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
                   "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 """The typed ``InferTensorContents`` field of each datatype (FP16 and BF16 travel only as raw bytes)."""
-_LENGTH = struct.Struct("<I")
 
 
 def parameter_value(p: pb.InferParameter) -> Any:
@@ -77,12 +76,7 @@ def answer_labels(response: pb.ModelInferResponse, label_output: str) -> tuple[s
             continue
         if i >= len(response.raw_output_contents):
             return tuple(v.decode("utf-8", "replace") for v in out.contents.bytes_contents)
-        raw, labels, pos = response.raw_output_contents[i], [], 0
-        while pos + 4 <= len(raw):  # 4-byte little-endian length, then the bytes (no numpy: it costs more here)
-            (n,) = _LENGTH.unpack_from(raw, pos)
-            labels.append(raw[pos + 4:pos + 4 + n].decode("utf-8", "replace"))
-            pos += 4 + n
-        return tuple(labels)
+        return tuple(bytes_elements(response.raw_output_contents[i]))
     return ()
 
 

@@ -11,7 +11,6 @@ data passes through untouched.
 from __future__ import annotations
 
 import gzip
-import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 from serving.router.errors import BadRequest
 from serving.router.http_upstream import Answer
 from serving.router.tensor_checks import TensorIn, check_json_data, check_request, check_shape, count_binary
+from serving.router.tensor_read import bytes_elements
 
 
 @dataclass(frozen=True)
@@ -159,15 +159,6 @@ def _split(answer: Answer) -> tuple[dict[str, Any], bytes]:
     return orjson.loads(answer.content[: answer.header_length]), answer.content[answer.header_length :]
 
 
-def _decode_bytes_tensor(buf: bytes) -> list[str]:
-    out, pos = [], 0
-    while pos + 4 <= len(buf):
-        (n,) = struct.unpack_from("<I", buf, pos)
-        out.append(buf[pos + 4 : pos + 4 + n].decode("utf-8", "replace"))
-        pos += 4 + n
-    return out
-
-
 def answer_labels(header: dict[str, Any], binary: bytes, label_output: str) -> tuple[str, ...]:
     """The predicted labels in an answer's ``label_output`` tensor (JSON or binary); () when absent."""
     offset = 0
@@ -177,7 +168,7 @@ def answer_labels(header: dict[str, Any], binary: bytes, label_output: str) -> t
             if "data" in out:
                 return tuple(str(x) for x in out["data"])
             if size is not None:
-                return tuple(_decode_bytes_tensor(binary[offset : offset + size]))
+                return tuple(bytes_elements(binary[offset : offset + size]))
             return ()
         offset += size or 0
     return ()

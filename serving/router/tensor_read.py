@@ -1,5 +1,6 @@
-"""What the drift monitor and the judge read from a request and its answer: the input texts and the
-top-class probability of each prediction, from KServe v2 HTTP (JSON or binary tensors) and gRPC messages.
+"""Reading tensors out of requests and answers: the elements of a binary BYTES tensor (``bytes_elements``, the
+labels both codecs read), and what the drift monitor and the judge read, the input texts and the top-class
+probability of each prediction, from KServe v2 HTTP (JSON or binary tensors) and gRPC messages.
 
 Texts are decoded only for the requests the drift feed samples, and off the request path (in its worker
 thread); the confidences of every answer are read after the answer is sent. Both return ``[]`` when the
