@@ -9,7 +9,9 @@ a variant. A user served by another variant than before is counted in a ``sticky
 row (expected after a weight change, a broken sticky assignment otherwise), or with
 ``--sticky-check fail`` fails that request.
 
-Three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
+One user logic (``Reviews``: the texts, the version a user sticks to on Triton, its user id, the checks of an
+answer, the sticky accounting and the feedback) over two transports (``HttpTransport``, ``GrpcTransport``),
+in three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
 
 - ``ClosedLoopUser``: N users, each sends, waits for the answer (and ``--think-time``), sends again.
 - ``OpenLoopUser``: arrival generators; together they send ``--arrival-rate`` requests per second with
@@ -28,6 +30,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,78 +121,126 @@ def workload_of(environment) -> Workload:
     return workload
 
 
-class _ReviewUser(FastHttpUser):
-    """Sends held-out reviews to the router or to Triton and names each request by its variant."""
+@dataclass(frozen=True)
+class Reply:
+    """What a transport got back for one inference request, in the form the checks read."""
 
-    abstract = True
+    payload: dict | None
+    """The answer as KServe v2 JSON (``{"outputs": [...], "model_version": ...}``); None when it failed."""
+    problem: str | None = None
+    """Why there is no answer (HTTP status, transport error, not JSON); None when there is one."""
+    router_variant: str | None = None
+    """The arm the router names (``X-Variant``, ``parameters.variant``), if any."""
+    request_id: str | None = None
+    """The request id to send feedback for."""
+
+
+def user_id(environment, prefix: str) -> str:
+    """Stable and reproducible: the n-th user of Locust process k is ``PREFIX-k-n`` in every run."""
+    count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
+    return f"{prefix}-{max(getattr(environment.runner, 'worker_index', 0), 0)}-{count}"
+
+
+class Reviews:
+    """The one user logic, whatever the transport: which reviews to send, the Triton version a user sticks to,
+    whether an answer is a valid prediction from the variant a user had before, and when to send feedback."""
 
     def __init__(self, environment) -> None:
-        opts = environment.parsed_options
-        self.network_timeout = self.connection_timeout = opts.request_timeout
-        super().__init__(environment)
+        self.environment = environment
         self.workload = workload_of(environment)
         self.rng = random.Random()
         self.variant_of: dict[str, str] = {}  # user id -> the variant that served it first
 
-    def predict(self, user_id: str) -> None:
-        """One inference request for ``user_id``, reported under the name of the variant that served it."""
+    def pick(self) -> list[int]:
+        """The rows of the held-out texts one request sends."""
         w = self.workload
-        picks = [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
-        path, version = w.path, ""
-        if w.versions:  # target triton: each user sticks to one version, as the router's users do to an arm
-            version = w.versions[int(uuid.uuid5(uuid.NAMESPACE_OID, user_id)) % len(w.versions)]
-            path += f"/versions/{version}"
-        headers = {"X-User-Id": user_id}
-        with self.client.post(f"{path}/infer", json=infer_body([w.texts[i] for i in picks]), headers=headers,
-                              name=NO_VARIANT, catch_response=True) as response:
-            response.request_meta["request_type"] = INFER
-            request_id = self._judge(response, user_id, len(picks), version)
-        if request_id and w.feedback_path and self.rng.random() < w.feedback_fraction:
-            self.feedback(request_id, [w.labels[i] for i in picks])
+        return [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
 
-    def _judge(self, response, user_id: str, count: int, version: str) -> str | None:
-        """Name the request by its variant and mark it failed unless it is a valid prediction."""
+    def version_of(self, user: str) -> str:
+        """Target triton: the version ``user`` sticks to, as the router's users stick to an arm; "" otherwise."""
+        versions = self.workload.versions
+        return versions[int(uuid.uuid5(uuid.NAMESPACE_OID, user)) % len(versions)] if versions else ""
+
+    def variant(self, reply: Reply, version: str) -> str | None:
+        """The statistics row of an answer: the router's arm, or ``MODEL vVERSION`` on Triton."""
+        if self.workload.target == "router":
+            params = (reply.payload or {}).get("parameters") or {}
+            return reply.router_variant or params.get("variant")
+        served = (reply.payload or {}).get("model_version") or version
+        return f"{self.workload.model} v{served}" if served else None
+
+    def judge(self, user: str, reply: Reply, variant: str | None, count: int) -> str | None:
+        """None for a valid prediction of ``count`` texts, else what is wrong; a user served by another variant
+        than before is counted (``sticky`` / ``variant switch``) or, with ``--sticky-check fail``, a failure."""
+        if reply.payload is None:
+            return reply.problem
+        if variant is None:
+            return "answer names no variant (no X-Variant header, parameters.variant or model_version)"
+        problem = check_prediction(reply.payload, count, self.workload.label_set)
+        before = self.variant_of.setdefault(user, variant)
+        if problem is None and before != variant:
+            self.variant_of[user] = variant
+            switch = f"user {user} was served by {before}, now by {variant}"
+            if self.workload.sticky_check == "fail":
+                return f"sticky assignment broken: {switch}"
+            # counted: expected after a weight change (a canary ramp), a broken assignment otherwise
+            self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
+                                                 response_length=0, context={}, exception=None)
+        return problem
+
+    def predict(self, user: str, transport, feedback_client) -> None:
+        """One inference request for ``user`` over ``transport``, reported under the name of the variant that
+        served it; then, for a share of the valid answers, its true labels to the router (``feedback_client``:
+        an HTTP client of the router, or None)."""
         w = self.workload
+        picks = self.pick()
+        version = self.version_of(user)
+
+        def judge(reply: Reply) -> tuple[str | None, str | None]:
+            variant = self.variant(reply, version)
+            return variant, self.judge(user, reply, variant, len(picks))
+
+        request_id = transport.infer(user, [w.texts[i] for i in picks], version, judge)
+        if request_id and feedback_client is not None and w.feedback_path and self.rng.random() < w.feedback_fraction:
+            send_feedback(feedback_client, w.feedback_path, request_id, [w.labels[i] for i in picks])
+
+
+Judge = Callable[[Reply], tuple[str | None, str | None]]
+"""``Reviews.predict``'s check of a reply: (the variant's row name, the problem or None)."""
+
+
+class HttpTransport:
+    """KServe v2 JSON over Locust's ``FastHttpUser`` client, to the router or to Triton."""
+
+    def __init__(self, client, workload: Workload) -> None:
+        self.client, self.workload = client, workload
+
+    def infer(self, user: str, texts: list[str], version: str, judge: Judge) -> str | None:
+        """Send ``texts``; the request id of a valid answer (for feedback), else None."""
+        path = self.workload.path + (f"/versions/{version}" if version else "")
+        with self.client.post(f"{path}/infer", json=infer_body(texts), headers={"X-User-Id": user}, name=NO_VARIANT,
+                              catch_response=True) as response:
+            response.request_meta["request_type"] = INFER
+            reply = self._reply(response)
+            variant, problem = judge(reply)
+            response.request_meta["name"] = variant or NO_VARIANT
+            if problem:
+                response.failure(problem)
+                return None
+            response.success()
+            return reply.request_id
+
+    @staticmethod
+    def _reply(response) -> Reply:
+        headers = response.headers or {}
         if response.status_code != 200:
-            response.request_meta["name"] = self._variant_name(response, None, version) or NO_VARIANT
             detail = (response.text or "")[:200] if response.status_code else repr(response.error)
-            response.failure(f"HTTP {response.status_code}: {detail}")
-            return None
+            return Reply(None, f"HTTP {response.status_code}: {detail}", headers.get("X-Variant"))
         try:
             payload = response.json()
         except (ValueError, TypeError) as e:
-            response.failure(f"answer is not JSON: {e}")
-            return None
-        variant = self._variant_name(response, payload, version)
-        if variant is None:
-            response.failure("answer names no variant (no X-Variant header, parameters.variant or model_version)")
-            return None
-        response.request_meta["name"] = variant
-        problem = check_prediction(payload, count, w.label_set)
-        before = self.variant_of.setdefault(user_id, variant)
-        if problem is None and before != variant:
-            self.variant_of[user_id] = variant
-            switch = f"user {user_id} was served by {before}, now by {variant}"
-            if w.sticky_check == "fail":
-                problem = f"sticky assignment broken: {switch}"
-            else:  # counted: expected after a weight change (a canary ramp), a broken assignment otherwise
-                self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
-                                                     response_length=0, context={}, exception=None)
-        if problem:
-            response.failure(problem)
-            return None
-        response.success()
-        return (response.headers or {}).get("X-Request-Id")
-
-    def _variant_name(self, response, payload: dict | None, version: str) -> str | None:
-        if self.workload.target == "router":
-            params = (payload or {}).get("parameters") or {}
-            return (response.headers or {}).get("X-Variant") or params.get("variant")
-        served = (payload or {}).get("model_version") or version
-        return f"{self.workload.model} v{served}" if served else None
-
-    def feedback(self, request_id: str, labels: list[str]) -> None:
-        send_feedback(self.client, self.workload.feedback_path, request_id, labels)
+            return Reply(None, f"answer is not JSON: {e}")
+        return Reply(payload, None, headers.get("X-Variant"), headers.get("X-Request-Id"))
 
 
 def send_feedback(client, path: str, request_id: str, labels: list[str]) -> None:
@@ -201,24 +252,25 @@ def send_feedback(client, path: str, request_id: str, labels: list[str]) -> None
             r.failure(f"feedback refused: HTTP {r.status_code}: {(r.text or '')[:200]}")
 
 
-class ClosedLoopUser(_ReviewUser):
+class ClosedLoopUser(FastHttpUser):
     """A user with a stable id: send a review, wait for the answer and ``--think-time`` seconds, repeat."""
 
     def __init__(self, environment) -> None:
+        self.network_timeout = self.connection_timeout = environment.parsed_options.request_timeout
         super().__init__(environment)
-        # Stable and reproducible: the n-th user of Locust process k is "user-k-n" in every run.
-        count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
-        self.user_id = f"user-{max(getattr(environment.runner, 'worker_index', 0), 0)}-{count}"
+        self.reviews = Reviews(environment)
+        self.transport = HttpTransport(self.client, self.reviews.workload)
+        self.user_id = user_id(environment, "user")
 
     def wait_time(self) -> float:
         return self.environment.parsed_options.think_time
 
     @task
     def review(self) -> None:
-        self.predict(self.user_id)
+        self.reviews.predict(self.user_id, self.transport, self.client)
 
 
-class OpenLoopUser(_ReviewUser):
+class OpenLoopUser(FastHttpUser):
     """An arrival generator: Poisson arrivals at ``--arrival-rate / --users`` per second, not waiting for answers.
 
     Each arrival is a visitor drawn from ``--user-population`` stable ids, sent from its own greenlet.
@@ -228,8 +280,11 @@ class OpenLoopUser(_ReviewUser):
 
     def __init__(self, environment) -> None:
         opts = environment.parsed_options
+        self.network_timeout = self.connection_timeout = opts.request_timeout
         self.concurrency = opts.max_in_flight  # connection pool of this user's client
         super().__init__(environment)
+        self.reviews = Reviews(environment)
+        self.transport = HttpTransport(self.client, self.reviews.workload)
         self.pool = Pool(opts.max_in_flight)
         self.rate = opts.arrival_rate / max(1, opts.num_users or 1)
         self.population = opts.user_population
@@ -243,7 +298,7 @@ class OpenLoopUser(_ReviewUser):
         """Time until the next arrival: exponential gaps on a fixed schedule, so a slow answer delays nothing.
 
         Waiting here rather than inside the task lets Locust stop or remove this user between arrivals."""
-        self.next_arrival += self.rng.expovariate(self.rate)
+        self.next_arrival += self.reviews.rng.expovariate(self.rate)
         return max(0.0, self.next_arrival - time.perf_counter())
 
     @task
@@ -253,7 +308,8 @@ class OpenLoopUser(_ReviewUser):
                 request_type=INFER, name="(dropped)", response_time=0, response_length=0, context={},
                 exception=RuntimeError(f"client limit: {self.pool.size} requests already in flight"))
             return
-        self.pool.spawn(self.predict, f"visitor-{self.rng.randrange(self.population)}")
+        visitor = f"visitor-{self.reviews.rng.randrange(self.population)}"
+        self.pool.spawn(self.reviews.predict, visitor, self.transport, self.client)
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
@@ -270,85 +326,73 @@ def _grpc_client_module():
     return tritonclient.grpc
 
 
+class GrpcTransport:
+    """KServe v2 over ``tritonclient.grpc`` (to the router's gRPC endpoint or to Triton's), each request fired
+    as a Locust request event; the answer is read into the JSON form the checks read."""
+
+    def __init__(self, environment, address: str, user: str) -> None:
+        self.grpc = _grpc_client_module()
+        self.environment, self.workload = environment, workload_of(environment)
+        self.timeout = environment.parsed_options.request_timeout
+        self.client = self.grpc.InferenceServerClient(address)
+        self.outputs = [self.grpc.InferRequestedOutput(n) for n in (CONTRACT.output_probabilities, CONTRACT.output_label)]
+        self.prefix, self.sent = user, 0
+
+    def infer(self, user: str, texts: list[str], version: str, judge: Judge) -> str | None:
+        """Send ``texts``; the request id of a valid answer (for feedback), else None."""
+        self.sent += 1
+        request_id = f"{self.prefix}-{self.sent}"  # Triton echoes it in the answer's id, through the router
+        start = time.perf_counter()
+        try:
+            result = self.client.infer(self.workload.path.rsplit("/", 1)[-1], [text_input(self.grpc, texts)],
+                                       model_version=version, outputs=self.outputs, request_id=request_id,
+                                       headers={"x-user-id": user}, client_timeout=self.timeout)
+            reply = self._reply(result, request_id)
+            error = None
+        except Exception as e:  # noqa: BLE001 - every failure is a failed request in Locust's statistics
+            reply, error = Reply(None, f"{type(e).__name__}: {e}"), e
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        variant, problem = judge(reply)
+        self.environment.events.request.fire(request_type=INFER, name=variant or NO_VARIANT, response_time=elapsed_ms,
+                                             response_length=0, context={},
+                                             exception=error or (RuntimeError(problem) if problem else None))
+        return None if problem else reply.request_id
+
+    def _reply(self, result, request_id: str) -> Reply:
+        response = result.get_response()
+        labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy(CONTRACT.output_label).ravel()]
+        payload = {"model_version": response.model_version, "outputs": [
+            {"name": CONTRACT.output_probabilities, "data": result.as_numpy(CONTRACT.output_probabilities).ravel().tolist()},
+            {"name": CONTRACT.output_label, "data": labels}]}
+        return Reply(payload, None, response.parameters["variant"].string_param or None, response.id or request_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class GrpcUser(User):
-    """``ClosedLoopUser`` over gRPC: the same reviews, user ids, checks and per-variant rows. The address is
+    """``ClosedLoopUser`` over gRPC: the same reviews, checks and per-variant rows. The address is
     ``--grpc-host HOST:PORT``, else ``--host grpc://HOST:PORT``; feedback (target router, ``--feedback-fraction``)
     goes over HTTP to ``--host`` when that is the router's ``http://`` URL."""
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
-        self.grpc = _grpc_client_module()
-        self.workload = workload_of(environment)
-        self.timeout = environment.parsed_options.request_timeout
-        opts = environment.parsed_options
-        address = getattr(opts, "grpc_host", "") or (self.host or "").split("://", 1)[-1].rstrip("/")
-        self.client = self.grpc.InferenceServerClient(address)
+        self.reviews = Reviews(environment)
+        self.user_id = user_id(environment, "grpc-user")
+        address = getattr(environment.parsed_options, "grpc_host", "") or (self.host or "").split("://", 1)[-1].rstrip("/")
+        self.transport = GrpcTransport(environment, address, self.user_id)
         self.http = None  # the router's HTTP endpoint, for feedback
-        if self.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
+        if self.reviews.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
             from locust.contrib.fasthttp import FastHttpSession
 
             self.http = FastHttpSession(self.host, environment.events.request, self)
-        self.sent = 0
-        self.outputs = [self.grpc.InferRequestedOutput(n) for n in (CONTRACT.output_probabilities, CONTRACT.output_label)]
-        self.rng = random.Random()
-        count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
-        self.user_id = f"grpc-user-{max(getattr(environment.runner, 'worker_index', 0), 0)}-{count}"
-        self.first_variant: str | None = None
 
     def wait_time(self) -> float:
         return self.environment.parsed_options.think_time
 
     @task
     def review(self) -> None:
-        w = self.workload
-        picks = [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
-        texts = [w.texts[i] for i in picks]
-        self.sent += 1
-        request_id = f"{self.user_id}-{self.sent}"  # Triton echoes it in the answer's id, through the router
-        version = ""
-        if w.versions:  # target triton: each user sticks to one version, as the router's users do to an arm
-            version = w.versions[int(uuid.uuid5(uuid.NAMESPACE_OID, self.user_id)) % len(w.versions)]
-        name = w.path.rsplit("/", 1)[-1]
-        start = time.perf_counter()
-        result, error, variant = None, None, NO_VARIANT
-        try:
-            result = self.client.infer(name, [text_input(self.grpc, texts)], model_version=version,
-                                       outputs=self.outputs, request_id=request_id,
-                                       headers={"x-user-id": self.user_id}, client_timeout=self.timeout)
-        except Exception as e:  # noqa: BLE001 - every failure is a failed request in Locust's statistics
-            error = e
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        if result is not None:
-            variant, error = self._judge(result, len(texts), version)
-        self.environment.events.request.fire(request_type=INFER, name=variant, response_time=elapsed_ms,
-                                             response_length=0, context={}, exception=error)
-        if (result is not None and error is None and self.http is not None and w.feedback_path
-                and self.rng.random() < w.feedback_fraction):
-            send_feedback(self.http, w.feedback_path, result.get_response().id or request_id,
-                          [w.labels[i] for i in picks])
-
-    def _judge(self, result, count: int, version: str) -> tuple[str, Exception | None]:
-        """(variant name, None) for a valid prediction; else the problem as an exception."""
-        response = result.get_response()
-        if self.workload.target == "router":
-            variant = response.parameters["variant"].string_param or NO_VARIANT
-        else:
-            variant = f"{self.workload.model} v{response.model_version or version}"
-        labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy(CONTRACT.output_label).ravel()]
-        payload = {"outputs": [{"name": CONTRACT.output_probabilities,
-                                "data": result.as_numpy(CONTRACT.output_probabilities).ravel().tolist()},
-                               {"name": CONTRACT.output_label, "data": labels}]}
-        problem = check_prediction(payload, count, self.workload.label_set)
-        self.first_variant = self.first_variant or variant
-        if problem is None and self.first_variant != variant:
-            switch = f"user {self.user_id} was served by {self.first_variant}, now by {variant}"
-            self.first_variant = variant
-            if self.workload.sticky_check == "fail":
-                problem = f"sticky assignment broken: {switch}"
-            else:
-                self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
-                                                     response_length=0, context={}, exception=None)
-        return variant, RuntimeError(problem) if problem else None
+        self.reviews.predict(self.user_id, self.transport, self.http)
 
     def on_stop(self) -> None:
-        self.client.close()
+        self.transport.close()
