@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from workflows.drills import DrillConfig, fault_drill, rollout_drill
+from workflows.drills import DrillConfig, fault_drill, ramp_drill
 
 
 @pytest.mark.e2e
-def test_rollout_drill_has_no_failed_requests(tiny_onnx_dir, tmp_path):
+def test_ramp_drill_has_no_failed_requests(tiny_onnx_dir, tmp_path):
     # a generous router timeout: on a busy shared machine loading a version can stall Triton for seconds, and a
     # timeout then is the machine's, not the rollout's; what this test checks is that no step drops a request
-    summary = rollout_drill(DrillConfig(run=tiny_onnx_dir.parent, out_dir=tmp_path, rate=15, step_s=10, timeout_s=15.0))
+    summary = ramp_drill(DrillConfig(run=tiny_onnx_dir.parent, out_dir=tmp_path, rate=15, step_s=10, timeout_s=15.0))
     steps = {s["name"]: s for s in summary["steps"]}
     assert list(steps) == ["v1 only (canary 0 %)", "publish + load the new version", "canary 10 %",
                            "canary 50 %", "canary 100 %", "unload v1"]

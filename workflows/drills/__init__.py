@@ -22,6 +22,6 @@ All write ``reports/DRILL-TIMESTAMP/`` (drill.json, drill.md and the full load-t
 
 from workflows.drills.common import DrillConfig
 from workflows.drills.fault import fault_drill
-from workflows.drills.ramp import rollout_drill
+from workflows.drills.ramp import ramp_drill
 
-__all__ = ["DrillConfig", "fault_drill", "rollout_drill"]
+__all__ = ["DrillConfig", "fault_drill", "ramp_drill"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tunestack.cli import Command, Commands, parse_dataclass
 from tunestack.logs import setup_logging
-from workflows.drills import DrillConfig, fault_drill, rollout_drill
+from workflows.drills import DrillConfig, fault_drill, ramp_drill
 from workflows.drills.drift import drift_drill
 from workflows.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 
@@ -31,7 +31,7 @@ def run_drill(drill: str, argv: list[str]) -> int:
         summary = drift_drill(cfg)
         ok = summary["detected_within_bound"] and not summary["false_alarm_in_domain"]
     elif drill == "ramp":
-        summary = rollout_drill(cfg)
+        summary = ramp_drill(cfg)
         ok = summary["failed_requests"] == 0
     else:
         summary = fault_drill(cfg)

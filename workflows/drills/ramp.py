@@ -1,4 +1,4 @@
-"""The rollout drill: publish a new version under load, load it, ramp it 0 -> 10 -> 50 -> 100 %, unload the old one."""
+"""The ramp drill: publish a new version under load, load it, ramp it 0 -> 10 -> 50 -> 100 %, unload the old one."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from workflows.drills.common import (
 )
 
 
-def rollout_drill(cfg: DrillConfig) -> dict:
+def ramp_drill(cfg: DrillConfig) -> dict:
     """v1 serves; publish v2, load it, ramp it 0 -> 10 -> 50 -> 100 %, unload v1; all under load."""
-    folder, export_cfg = prepare(cfg, "rollout")
+    folder, export_cfg = prepare(cfg, "ramp")
     repository = export_cfg.repository
     old = publish(cfg.layout.onnx, "fp32", export_cfg).name
     experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("stable", old, 100), ("canary", str(int(old) + 1), 0)],
@@ -73,15 +73,15 @@ def rollout_drill(cfg: DrillConfig) -> dict:
             steps = run_steps(plan, cfg.step_s)
             result = background.join()
     fill_steps(steps, history(result.folder))
-    summary = {"drill": "rollout", "folder": str(folder), "loadtest_report": str(result.report),
+    summary = {"drill": "ramp", "folder": str(folder), "loadtest_report": str(result.report),
                "rate": cfg.rate, "failed_requests": sum(s.failures for s in steps),
                "requests": sum(s.requests for s in steps), "steps": [asdict(s) for s in steps]}
-    write_report(folder, summary, rollout_markdown(summary))
+    write_report(folder, summary, ramp_markdown(summary))
     return summary
 
 
-def rollout_markdown(s: dict) -> str:
-    lines = [f"# Rollout drill\n\n{s['requests']} requests at {s['rate']:.0f}/s, **{s['failed_requests']} failed** "
+def ramp_markdown(s: dict) -> str:
+    lines = [f"# Ramp drill\n\n{s['requests']} requests at {s['rate']:.0f}/s, **{s['failed_requests']} failed** "
              "(target: 0).\n", "| step | requests | failed | P99 ms (last 10 s) | notes |", "|---|---|---|---|---|"]
     for st in s["steps"]:
         p99 = f"{st['p99_ms']:.0f}" if st["p99_ms"] is not None else "n/a"
