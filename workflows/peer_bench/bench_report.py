@@ -93,10 +93,11 @@ def render(data: dict) -> str:
                   "router + Triton); 100 % = one core busy.", "", *_served_table(data), ""]
     if data.get("in_process"):
         ip = data["in_process"]
-        lines += ["## In process, no server (the same version's files, real reviews)", "",
-                  "| code | batch | items/s | P50 ms per call | P99 ms per call |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['code']} ({r['threads']} threads) | {r['batch_size']} | {r['items_per_s']:.0f} "
-                  f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for r in ip["rows"]]
+        lines += ["## In process, no server (the same version's files, real reviews)", ""]
+        if ip["rows"]:
+            lines += ["| code | batch | items/s | P50 ms per call | P99 ms per call |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['code']} ({r['threads']} threads) | {r['batch_size']} | {r['items_per_s']:.0f} "
+                      f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for r in ip["rows"]]
         lines += ["", f"Best: {ip['best']}, {ip['best_items_per_s']:.0f} items/s.", ""]
     lines += ["## Ratios and targets", "", "| ratio | value | target | met |", "|---|---:|---|---|"]
     goals = {"served_vs_inprocess_best": ">= 0.8", "vs_fastapi_ort": ">= 1.3", "vs_litserve": ">= 1.3",
@@ -105,7 +106,7 @@ def render(data: dict) -> str:
         met = data["targets"].get(name)
         lines.append(f"| {name} | {_x(value)} | {goals.get(name, '-')} | "
                      f"{'-' if name not in goals else 'n/a' if met is None else 'yes' if met else 'no'} |")
-    if data.get("served"):
+    if any(r["levels"] for r in (data.get("served") or {}).values()):
         lines += ["", "Per level (closed loop; Locust CPU: what the load generator itself used, % of one core):", "",
                   "| option | users | req/s | P50 ms | P99 ms | errors | Locust CPU |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in data["served"].items():
