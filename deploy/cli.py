@@ -59,7 +59,7 @@ def run_render(argv: list[str]) -> int:
         print(f"Triton reads the repository itself: --model-repository={location.triton_uri(cfg.s3_endpoint)} "
               f"(credentials from Secret {cfg.s3_secret}); the image's Triton must be built with S3 support, as "
               "NGC images and the nvidia-pytriton wheel's 2.51 are.")
-    print(f"Next: kubectl apply -f {cfg.out}  (see deploy/README.md for the Secrets)")
+    print(f"Next: kubectl apply -f {cfg.out}  (see docs/operations.md for the Secrets)")
     return 0
 
 

@@ -36,7 +36,7 @@ class K8sConfig:
     name: str | None = None
     """Prefix of every object's name; default: the experiment's name."""
     image_triton: str = "tunestack-triton:latest"
-    """Triton image with the python backend's packages (onnxruntime, tokenizers); see deploy/README.md."""
+    """Triton image with the python backend's packages (onnxruntime, tokenizers); see docs/operations.md."""
     image_app: str = "tunestack:latest"
     """This project's image, for the router and Locust (working directory = the repository root)."""
     s3_endpoint: str | None = None

@@ -93,7 +93,7 @@ def existing_versions(model_dir: Path) -> list[int]:
 
 FASTEST_CPU_VARIANT = "int8"
 """The variant the benches and ``workflows tune`` pick by default: dynamic int8 is the fastest on CPU here
-(static int8 trades speed for batch invariance; README, export section)."""
+(static int8 trades speed for batch invariance; docs/export.md)."""
 
 
 def default_version(model_dir: Path, variant: str = FASTEST_CPU_VARIANT) -> int | None:

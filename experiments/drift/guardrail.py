@@ -1,7 +1,7 @@
 """Drift as a label-free guardrail: is the treatment drifting from its training reference where the control
 is not?
 
-Each arm is compared with the reference of the version it serves (``drift.py``). The verdict for a treatment:
+Each arm is compared with the reference of the version it serves (``monitor.py``). The verdict for a treatment:
 
 * "not enough evidence yet": either arm has fewer than ``min_samples`` monitored texts (200 by default:
   below that the PSI of 10 bins of a sample from the very reference distribution is ~ 9/n, too close to

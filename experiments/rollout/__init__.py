@@ -3,7 +3,7 @@
 * ``config.py``: the experiment file's ``rollout:`` section (``RolloutConfig``) and the CLI (``RolloutArgs``);
 * ``decision.py``: one look at the verdicts -> promote, roll back, hold or wait;
 * ``controller.py``: the loop, its store revisions (the audit log) and how a restart resumes;
-* ``report.py``: ``reports/rollout-TIMESTAMP/`` (Markdown, JSON, plots);
+* ``rollout_report.py``: ``reports/rollout-TIMESTAMP/`` (Markdown, JSON, plots);
 * ``cli.py``: ``python -m serving rollout``.
 """
 

@@ -4,10 +4,10 @@
         ...                                                             # opened (schema migrated), closed after
 
 One interface (``base.Store``), two back-ends (``sqlite.py``, the default for one router;
-``postgres.py`` for several), a versioned schema (``schema.py``), the rows a router records
+``postgres.py`` for several), a versioned schema (``sql_schema.py``), the rows a router records
 (``records.py``) and how a batch of them is written (``batch.py``), the background writer that keeps the
 store off the request path (``writer.py``), feedback that is never lost (``feedback.py``), the judge's unit
-table (``unit_table.py``), the drift monitor's windows (``drift.py``), and the replica sync of the
+table (``unit_table.py``), the drift monitor's windows (``drift_windows.py``), and the replica sync of the
 experiment's revisions (``sync.py``).
 """
 

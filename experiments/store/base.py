@@ -3,7 +3,7 @@
 A back-end (``sqlite.py``, ``postgres.py``) supplies a connection, a transaction and the placeholder
 style; everything the router asks of a store -- revisions of the experiment (the audit log), the records
 written in batches (``batch.py``), feedback (``feedback.py``), the per-arm snapshot the report consumes,
-the judge's unit table (``unit_table.py``) and the drift monitor's windows (``drift.py``) -- is written
+the judge's unit table (``unit_table.py``) and the drift monitor's windows (``drift_windows.py``) -- is written
 once, in SQL both databases accept.
 """
 
@@ -289,7 +289,7 @@ class Store(abc.ABC):
         return await read_unit_table(self, experiment, tuple(arms), quantile, needed)
 
     async def drift_windows(self, experiment: str) -> dict[str, DriftWindow]:
-        """Per arm, its newest monitored texts and the reference they are compared with (``drift.py``)."""
+        """Per arm, its newest monitored texts and the reference they are compared with (``drift_windows.py``)."""
         return await read_drift_windows(self, experiment)
 
 

@@ -32,7 +32,7 @@ class _Count:
 
 
 class CircuitBreaker:
-    """Failure counts per endpoint key (an ``upstream.Target``); use from one event loop."""
+    """Failure counts per endpoint key (an ``http_upstream.Target``); use from one event loop."""
 
     def __init__(self, failures: int = BREAKER_FAILURES, cooldown_s: float = BREAKER_COOLDOWN_S):
         self.failures = failures

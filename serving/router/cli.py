@@ -67,7 +67,7 @@ def run_router(argv: list[str]) -> int:
     print(f"router for experiment {experiment.name!r} on http://{config.host}:{config.port}{grpc} "
           f"(arms: {', '.join(f'{a}={s:.3f}' for a, s in experiment.shares.items())})", flush=True)
     # the hot path's settings: uvloop and httptools (not left to "auto"), no access log, no proxy-header
-    # rewriting, no Date/Server headers on every answer (measured in the README's router benchmark)
+    # rewriting, no Date/Server headers on every answer (measured by the router benchmark, docs/benchmarks.md)
     server_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                    loop="uvloop", http="httptools", access_log=False, proxy_headers=False,
                                    server_header=False, date_header=False,

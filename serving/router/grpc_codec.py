@@ -1,8 +1,8 @@
-"""The parts of the KServe v2 gRPC protocol the router reads and writes (the gRPC twin of ``protocol.py``).
+"""The parts of the KServe v2 gRPC protocol the router reads and writes (the gRPC twin of ``http_codec.py``).
 
 A ``ModelInferRequest`` carries its tensors either in typed ``contents`` fields or, as
 ``tritonclient.grpc`` sends them, in ``raw_input_contents`` (one entry per input, in order). The router
-describes what arrived as ``validate.TensorIn`` so the checks are the HTTP side's; it forwards the
+describes what arrived as ``tensor_checks.TensorIn`` so the checks are the HTTP side's; it forwards the
 message itself (only its model name and version change) and reads the predicted labels from the answer.
 """
 

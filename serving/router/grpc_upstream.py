@@ -151,7 +151,7 @@ class GrpcUpstream:
         return self._metadata[target.key]
 
     def metadata_dict(self, target: GrpcTarget) -> dict | None:
-        """The cached metadata as Triton's HTTP endpoint writes it (what ``validate.check_request`` reads);
+        """The cached metadata as Triton's HTTP endpoint writes it (what ``tensor_checks.check_request`` reads);
         when it is not cached yet, None, and a fetch starts in the background."""
         meta = self._metadata_dicts.get(target.key)
         if meta is None:

@@ -10,8 +10,8 @@ records the request, offers it to the drift monitor and maybe copies it to the s
 This one route is plain ASGI rather than a Starlette endpoint: it reads the headers from the scope in
 one pass, the body straight from ``receive`` and writes the answer with two ``send`` calls, with no
 ``Request``, ``Response`` or ``BackgroundTask`` objects in between. On this project's machines every
-microsecond of Python on the path costs several after the process wakes from a wait (README, "Where
-the floor is"), so the path does as little as it can.
+microsecond of Python on the path costs several after the process wakes from a wait (docs/benchmarks.md,
+"The router's own work"), so the path does as little as it can.
 """
 
 from __future__ import annotations
