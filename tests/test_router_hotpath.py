@@ -7,7 +7,7 @@ import pytest
 
 from serving.router.errors import BadRequest
 from serving.router.metrics import Recorder
-from serving.router.routing import RequestIds
+from serving.router.state import RequestIds
 from serving.router.tensor_checks import ModelSpec, SpecCache, TensorIn, check_request
 
 META = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]},

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -48,18 +46,6 @@ MAX_REQUEST_ID = 256
 """The longest request id a caller may send (it travels back in the ``x-request-id`` header or metadata)."""
 UNASSIGNED = "unassigned"
 """The arm label of requests refused before an arm was chosen."""
-
-
-class RequestIds:
-    """Ids for requests that bring none: a random prefix per router and a counter, ``9f2c...-1a``. Unique
-    across replicas and restarts (64 random bits), and several times cheaper than ``uuid4().hex``."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._count = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self._prefix}-{next(self._count):x}"
 
 
 class Refused(Exception):

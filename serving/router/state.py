@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import random
+import secrets
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -25,7 +27,6 @@ from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
 from serving.router.metrics import Recorder
-from serving.router.routing import RequestIds
 from serving.router.store_runtime import StoreRuntime
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,18 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "TUNESTACK_ROUTER_ADMIN_TOKEN"
 FIRST_PERIOD = 1
 """The period a router starts in without a store (with one: the store revision it starts at)."""
+
+
+class RequestIds:
+    """Ids for requests that bring none: a random prefix per router and a counter, ``9f2c...-1a``. Unique
+    across replicas and restarts (64 random bits), and several times cheaper than ``uuid4().hex``."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}-{next(self._count):x}"
 
 
 @dataclass
