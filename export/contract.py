@@ -47,3 +47,34 @@ CONTRACT = ModelContract()
 VARIANT_FILES = {"fp32": CONTRACT.onnx_file, "int8": CONTRACT.onnx_int8_file,
                  "int8-static": CONTRACT.onnx_int8_static_file}
 """Export variant name -> ONNX file name inside ``runs/NAME/onnx/``."""
+
+
+@dataclass(frozen=True)
+class GenerativeContract:
+    """File names of an exported causal LM, in ``runs/NAME/onnx/`` and in each published version folder.
+
+    A version folder holds ``onnx_file`` (the variant's graph under one name), the tokenizer files, the
+    generation settings, ``parity.json`` and ``provenance.json``; ``export.generate.Generator.from_folder``
+    opens it. The served model (a decoupled Triton python model) adds its tensor names here.
+    """
+
+    onnx_file: str = CONTRACT.onnx_file
+    """The fp32 decoder with its KV cache (Optimum ``text-generation-with-past``); each version's model."""
+    onnx_int8_file: str = CONTRACT.onnx_int8_file
+    """The dynamically quantized int8 decoder inside ``runs/NAME/onnx/``."""
+    tokenizer_file: str = "tokenizer.json"
+    """The ``tokenizers`` file the decode loop encodes and decodes with (no BOS added)."""
+    tokenizer_files: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "chat_template.jinja")
+    """Published with the model: ``tokenizer_config.json`` / ``chat_template.jinja`` carry the chat template."""
+    generation_file: str = "generation.json"
+    """``{"eos_token_ids", "pad_token_id", "max_context"}``: ``export.generate.GenerationSettings``."""
+    default_model_name: str = "verdict-llm"
+    """The model name a causal LM is published under when none is given."""
+
+
+GENERATIVE = GenerativeContract()
+
+GENERATIVE_VARIANT_FILES = {"fp32": GENERATIVE.onnx_file, "int8": GENERATIVE.onnx_int8_file}
+"""The variants a causal LM is exported as (static int8 is the classifier's only: its QDQ calibration
+reader feeds encoder inputs)."""
