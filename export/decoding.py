@@ -5,7 +5,7 @@
 - ``choose``: the next token from one row of logits: argmax, or a draw from the temperature-scaled
   softmax restricted to the smallest set of tokens whose probability reaches ``top_p``.
 - ``TextRelease``: turns token ids into text as it becomes final: ``tokenizers``' ``DecodeStream`` holds a
-  token back while its UTF-8 character is incomplete, and text that may be the start of a stop string
+  token back while its UTF-8 character is incomplete (invalid bytes come out as U+FFFD), and text that may be the start of a stop string
   is held until it is known not to be one; a stop string found ends the text before it (the stop string
   itself is never returned, as in the OpenAI API).
 
@@ -104,6 +104,8 @@ class TextRelease:
         self.tokenizer = tokenizer
         self.stops = stops
         self.stream = DecodeStream(skip_special_tokens=True)
+        self.undecoded: list[int] = []
+        """Tokens the stream holds (an incomplete UTF-8 character so far)."""
         self.pending = ""
         """Decoded text not yet released: it might be the start of a stop string."""
         self.text = ""
@@ -111,7 +113,9 @@ class TextRelease:
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add a token; return (the text it releases, whether a stop string ended the text)."""
-        self.pending += self.stream.step(self.tokenizer, token_id) or ""
+        piece = self.stream.step(self.tokenizer, token_id)
+        self.undecoded = [] if piece is not None else [*self.undecoded, token_id]
+        self.pending += piece or ""
         if not self.stops:
             return self._release(len(self.pending)), False
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
@@ -122,7 +126,11 @@ class TextRelease:
         return self._release(len(self.pending) - _held_suffix(self.pending, self.stops)), False
 
     def flush(self) -> str:
-        """Release what was held back (the sequence ended without completing a stop string)."""
+        """Release what was held back (the sequence ended without completing a stop string); bytes that never
+        completed a character come out as U+FFFD, as ``Tokenizer.decode`` gives them."""
+        if self.undecoded:
+            self.pending += self.tokenizer.decode(self.undecoded, skip_special_tokens=True)
+            self.undecoded = []
         return self._release(len(self.pending))
 
     def _release(self, n: int) -> str:
