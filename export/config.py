@@ -137,7 +137,7 @@ class ExportConfig:
     one more (int8-static when exported, or a version ``serving tune`` published)."""
     generation_parity_prompts: int = 8
     """causal-lm gate: held-out prompts decoded greedily by torch and by ONNX fp32; every token must be the same."""
-    generation_max_new_tokens: int = 32
+    generation_max_new_tokens: int = 24
     """causal-lm gates: the most tokens generated per prompt (outputs end earlier at the EOS token)."""
     logit_max_abs_diff: float = 1e-3
     """causal-lm gate: the largest |logit difference| allowed between ONNX fp32 and torch over the greedy steps."""

@@ -45,6 +45,8 @@ class SamplingParams:
     """Seed of this sequence's draws (None: fresh entropy); the same seed and prompt give the same text."""
     stop: tuple[str, ...] = field(default_factory=tuple)
     """Strings that end the text (not included in it); at most ``MAX_STOP_STRINGS``, none empty."""
+    ignore_eos: bool = False
+    """Keep generating past the EOS token, to ``max_tokens`` (benchmarks: a fixed number of decode steps)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

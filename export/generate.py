@@ -126,7 +126,7 @@ class _Sequence:
     def step(self, logits: np.ndarray) -> Token:
         token_id = choose(logits, self.params, self.rng)
         self.ids.append(token_id)
-        if token_id in self.eos:
+        if token_id in self.eos and not self.params.ignore_eos:
             self.finished = True
             return Token(token_id, self.release.flush(), logits, FINISH_STOP)
         text, stopped = self.release.push(token_id)
