@@ -148,7 +148,10 @@ def prepare(model: torch.nn.Module, model_dir: Path, cfg) -> torch.nn.Module:
     elif METHODS[cfg.method].peft:
         model = get_peft_model(model, peft_config(cfg.method, model, model_dir, cfg))
     trainable, total = count_parameters(model)
-    log.info("%s: %d trainable of %d params (%.3f %%)", METHODS[cfg.method].summary, trainable, total, 100 * trainable / total)
+    summary = METHODS[cfg.method].summary
+    if cfg.task == "causal-lm":  # no classification head: the LM head is the tied embedding matrix
+        summary = summary.removesuffix(", head in full")
+    log.info("%s: %d trainable of %d params (%.3f %%)", summary, trainable, total, 100 * trainable / total)
     return model
 
 
