@@ -1,44 +1,56 @@
 """``python -m deploy k8s render|validate``: the Kubernetes manifests' command line.
 
-``render``'s flags mirror ``K8sConfig`` one to one (``tunestack.cli``; ``--config FILE`` with the same keys).
+``render``'s flags mirror ``K8sConfig`` one to one, ``validate``'s ``ValidateArgs`` (``tunestack.cli``;
+``--config FILE`` with the same keys); the subcommands are declared once, in ``COMMANDS``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from deploy.config import K8sConfig, K8sError
 from deploy.manifests import render, write
 from deploy.validate import validate_manifest
 from export.s3 import S3Location
-from tunestack.cli import parse_dataclass
+from tunestack.cli import Command, Commands, option, parse_dataclass
+from tunestack.configfile import ConfigFileError, load_documents
 
 PROG = "python -m deploy k8s"
-USAGE = (f"usage: {PROG} render --experiment FILE --repository s3://BUCKET/PREFIX [--out DIR] ...\n"
-         f"       {PROG} validate DIR [--kubernetes-version 1.31]\n"
-         f"Run `{PROG} render --help` for every option.")
+
+
+@dataclass
+class ValidateArgs:
+    """Validate rendered manifests offline (Kubernetes schemas and KServe's InferenceService)."""
+
+    dir: Path = option(positional=True)
+    """Folder of rendered manifests (every *.yaml in it)."""
+    kubernetes_version: str = "1.31"
+    """Kubernetes version to validate against."""
 
 
 def run_validate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} validate", description="Validate rendered manifests offline.")
-    p.add_argument("dir", type=Path, help="folder of rendered manifests")
-    p.add_argument("--kubernetes-version", default="1.31", help="Kubernetes version to validate against")
-    args = p.parse_args(argv)
-    docs = [d for path in sorted(args.dir.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
-    for doc in docs:
-        validate_manifest(doc, args.kubernetes_version)
+    args = parse_dataclass(ValidateArgs, argv, prog=f"{PROG} validate")
+    try:
+        docs = [d for path in sorted(args.dir.glob("*.yaml")) for d in load_documents(path)]
+        for doc in docs:
+            validate_manifest(doc, args.kubernetes_version)
+    except (K8sError, ConfigFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{len(docs)} manifests in {args.dir} are valid (Kubernetes {args.kubernetes_version}, KServe v1beta1)")
     return 0
 
 
 def run_render(argv: list[str]) -> int:
-    cfg = parse_dataclass(K8sConfig, argv, prog=f"{PROG} render", errors=(),
-                          description="Write Kubernetes manifests for Triton, the router and Locust.")
-    written = write(render(cfg), cfg.out)
+    try:
+        cfg = parse_dataclass(K8sConfig, argv, prog=f"{PROG} render", errors=(),
+                              description="Write Kubernetes manifests for Triton, the router and Locust.")
+        written = write(render(cfg), cfg.out)
+    except K8sError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("wrote " + ", ".join(map(str, written)))
     location = S3Location.parse(cfg.repository)
     if cfg.kind == "kserve":
@@ -51,15 +63,14 @@ def run_render(argv: list[str]) -> int:
     return 0
 
 
+K8S = Commands(PROG, "Kubernetes manifests for Triton, the router and Locust.", {
+    "render": Command(run_render, "write the manifests from the experiment file and the flags"),
+    "validate": Command(run_validate, "validate a folder of rendered manifests offline"),
+})
+COMMANDS = Commands("python -m deploy", "The deploy stage.", {"k8s": Command(K8S, "Kubernetes manifests")})
+"""``python -m deploy k8s render|validate``, declared once."""
+
+
 def main(argv: list[str]) -> int:
-    """``argv``: ``["k8s", "render", ...]`` or ``["k8s", "validate", DIR]`` (the leading ``k8s`` optional)."""
-    rest = argv[1:] if argv and argv[0] == "k8s" else argv
-    if not rest or rest[0] not in ("render", "validate"):
-        asked = bool(rest) and rest[0] in ("-h", "--help")
-        print(USAGE, file=sys.stdout if asked else sys.stderr)
-        return 0 if asked else 2
-    try:
-        return run_validate(rest[1:]) if rest[0] == "validate" else run_render(rest[1:])
-    except K8sError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """``argv``: ``["k8s", "render", ...]`` or ``["k8s", "validate", DIR]``."""
+    return COMMANDS(argv)

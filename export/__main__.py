@@ -9,18 +9,19 @@ from export.config import ExportConfig
 from export.errors import ExportError
 from export.parity import format_table
 from export.pipeline import run_export
-from tunestack.cli import parse_config
+from tunestack.cli import parse_dataclass
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = parse_config(
+        cfg = parse_dataclass(
             ExportConfig,
             argv,
             "python -m export",
             "Merge a LoRA adapter, export ONNX (fp32, int8; a causal LM with its KV cache), prove parity on held-out "
             "data, publish to the Triton model repository.",
+            errors=(),
         )
         result = run_export(cfg)
     except (ExportError, FileNotFoundError, ValueError) as e:

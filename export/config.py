@@ -12,6 +12,7 @@ from export.contract import CONTRACT, GENERATIVE, GENERATIVE_VARIANT_FILES, VARI
 from export.errors import ConfigError
 from tunestack import names
 from tunestack.configfile import config_from_dict, config_to_dict
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 TASKS = ("classification", "causal-lm")
@@ -221,11 +222,11 @@ class ExportConfig:
 
     @property
     def merged_dir(self) -> Path:
-        return self.runs_dir / self.run_name / "merged"
+        return RunLayout.of(self.runs_dir, self.run_name).merged
 
     @property
     def onnx_dir(self) -> Path:
-        return self.runs_dir / self.run_name / "onnx"
+        return RunLayout.of(self.runs_dir, self.run_name).onnx
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

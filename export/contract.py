@@ -32,9 +32,9 @@ class ModelContract:
     """The statically quantized (calibrated QDQ) int8 ONNX file inside ``runs/NAME/onnx/``."""
     label_map_file: str = names.LABEL_MAP_FILE
     """``{"labels": [...]}``: index -> label name, written by training and carried forward."""
-    parity_file: str = "parity.json"
+    parity_file: str = names.PARITY_FILE
     """The parity report written next to the ONNX files."""
-    drift_reference_file: str = "drift_reference.json"
+    drift_reference_file: str = names.DRIFT_REFERENCE_FILE
     """Inside each published version: the held-out texts' features and that version's predictions on them,
     the training reference the router's drift monitor compares live traffic with (``serving.judge.drift``).
     In ``runs/NAME/onnx/`` one per variant: ``drift_reference.VARIANT.json``."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import CONTRACT
+from tunestack.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ class Reference:
 
 
 def reference_path(onnx_dir: Path, variant: str) -> Path:
-    """``runs/NAME/onnx/drift_reference.VARIANT.json``."""
-    stem, _, suffix = CONTRACT.drift_reference_file.rpartition(".")
-    return Path(onnx_dir) / f"{stem}.{variant}.{suffix}"
+    """``runs/NAME/onnx/drift_reference.VARIANT.json`` (``RunLayout.drift_reference``) in any export folder."""
+    return Path(onnx_dir) / RunLayout.drift_reference_file(variant)
 
 
 def write_reference(onnx_dir: Path, variant: str, texts: Sequence[str], tokenizer, logits: np.ndarray,

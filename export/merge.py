@@ -36,7 +36,7 @@ FULL_MODEL_WEIGHTS = "model.safetensors"
 
 def is_full_model(adapter_dir: Path) -> bool:
     """True when the training folder holds a whole model (full / freeze) rather than a peft adapter."""
-    return not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "config.json").is_file()
+    return not (adapter_dir / names.ADAPTER_CONFIG_FILE).is_file() and (adapter_dir / "config.json").is_file()
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
@@ -44,9 +44,9 @@ def check_adapter_dir(adapter_dir: Path) -> None:
         raise InputError(f"adapter dir {adapter_dir} does not exist; train one with `python -m training --name NAME`")
     labels = (CONTRACT.label_map_file,) if training_task(adapter_dir) == "classification" else ()
     if is_full_model(adapter_dir):
-        required, weights = ("config.json", *labels, "training_config.json"), [adapter_dir / FULL_MODEL_WEIGHTS]
+        required, weights = ("config.json", *labels, names.TRAINING_CONFIG_FILE), [adapter_dir / FULL_MODEL_WEIGHTS]
     else:
-        required, weights = ("adapter_config.json", *labels, "training_config.json"), list(adapter_dir.glob("adapter_model.*"))
+        required, weights = (names.ADAPTER_CONFIG_FILE, *labels, names.TRAINING_CONFIG_FILE), list(adapter_dir.glob("adapter_model.*"))
     missing = [name for name in required if not (adapter_dir / name).is_file()] + [p.name for p in weights if not p.is_file()]
     if missing or not weights:
         found = sorted(p.name for p in adapter_dir.iterdir())
@@ -59,7 +59,7 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
     check_adapter_dir(adapter_dir)
     full = is_full_model(adapter_dir)
     weights = adapter_dir / FULL_MODEL_WEIGHTS if full else sorted(adapter_dir.glob("adapter_model.*"))[0]
-    method = json.loads((adapter_dir / "training_config.json").read_text()).get("method", "lora")
+    method = json.loads((adapter_dir / names.TRAINING_CONFIG_FILE).read_text()).get("method", "lora")
     source = {"adapter_dir": str(adapter_dir.resolve()), "adapter_sha256": sha256(weights), "method": method}
     marker = merged_dir / SOURCE_FILE
     if marker.is_file():
@@ -79,7 +79,7 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
                     shutil.copy2(path, tmp / path.name)
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
         return merged_dir
-    base_dir = Path(json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
+    base_dir = Path(json.loads((adapter_dir / names.ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"])
     if not (base_dir / "config.json").is_file():
         raise InputError(f"the adapter's base model {base_dir} (from adapter_config.json) is not a local model folder")
     tokenizer = load_tokenizer(adapter_dir)

@@ -28,6 +28,7 @@ from export.quantize import (
     quantize_int8_static,
     training_texts,
 )
+from tunestack import names
 from tunestack.files import atomic_folder, sha256
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _source(merged_dir: Path, cfg: ExportConfig) -> dict:
 def _calibration_texts(merged_dir: Path, cfg: ExportConfig) -> list[str] | None:
     if "int8-static" not in cfg.variants:
         return None
-    heldout = cfg.parity_data or merged_dir / "heldout.jsonl"
+    heldout = cfg.parity_data or merged_dir / names.HELDOUT_FILE
     return training_texts(merged_dir, cfg.calibration_data, cfg.calibration_examples, heldout)
 
 
@@ -93,7 +94,7 @@ def export_onnx(merged_dir: Path, onnx_dir: Path, cfg: ExportConfig) -> Path:
             quantize_int8_dynamic(fp32, tmp / VARIANT_FILES["int8"], cfg.int8_per_channel)
         calibration = _calibration_texts(merged_dir, cfg)
         if calibration is not None:
-            max_length = json.loads((merged_dir / "training_config.json").read_text())["max_length"]
+            max_length = json.loads((merged_dir / names.TRAINING_CONFIG_FILE).read_text())["max_length"]
             graph = onnx.load(str(fp32), load_external_data=False).graph
             reader = TextCalibrationReader(merged_dir / "tokenizer.json", calibration, max_length,
                                            [i.name for i in graph.input])

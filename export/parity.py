@@ -28,6 +28,7 @@ from export.drift_reference import reference_path, write_reference
 from export.errors import InputError
 from training.data import read_jsonl
 from training.metrics import classification_metrics, encode, torch_logits
+from tunestack import names
 from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def _apply_gate(results: dict[str, VariantParity], cfg: ExportConfig) -> None:
 
 def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     """Run the parity check and the gate; write ``onnx_dir/parity.json`` and return its content."""
-    heldout = cfg.parity_data or merged_dir / "heldout.jsonl"
+    heldout = cfg.parity_data or merged_dir / names.HELDOUT_FILE
     if not heldout.is_file():
         raise InputError(f"no held-out data for the parity check: {heldout} does not exist (pass --parity-data FILE.jsonl)")
     needed = ["fp32"] + [v for v in cfg.variants if v != "fp32"]  # int8 is judged against fp32
@@ -168,7 +169,7 @@ def check_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
             return report
     examples = read_jsonl(heldout)[: cfg.parity_max_examples]
     labels = json.loads((merged_dir / CONTRACT.label_map_file).read_text())["labels"]
-    max_length = json.loads((merged_dir / "training_config.json").read_text())["max_length"]
+    max_length = json.loads((merged_dir / names.TRAINING_CONFIG_FILE).read_text())["max_length"]
     unknown = sorted({ex.label for ex in examples} - set(labels))
     if unknown:
         raise InputError(f"held-out data {heldout} has label(s) {unknown} the model does not know (labels: {labels})")

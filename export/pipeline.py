@@ -13,7 +13,7 @@ from export.errors import InputError
 from export.merge import check_adapter_dir, merge
 from export.onnx import export_onnx
 from export.parity import check_parity
-from tunestack import tracking
+from tunestack import names, tracking
 from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         from export.parity_causal import check_causal_parity
 
         onnx_dir = export_causal_onnx(merged_dir, cfg.onnx_dir, cfg)
-        (onnx_dir / "export_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
         parity = check_causal_parity(onnx_dir, merged_dir, cfg)
     else:
         onnx_dir = export_onnx(merged_dir, cfg.onnx_dir, cfg)
-        (onnx_dir / "export_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
         parity = check_parity(onnx_dir, merged_dir, cfg)
     result = ExportResult(merged_dir, onnx_dir, parity)
     if not result.passed:

@@ -27,6 +27,7 @@ from export.config import ExportConfig
 from export.contract import CONTRACT, VARIANT_FILES
 from export.drift_reference import reference_path
 from export.errors import GateError, InputError, PublishError
+from tunestack import names
 from tunestack.files import sha256
 from tunestack.tracking import read_link
 
@@ -58,7 +59,7 @@ def read_source(onnx_dir: Path, variant: str) -> Source:
     if variant not in VARIANT_FILES:
         raise InputError(f"unknown variant {variant!r}; expected one of: {', '.join(VARIANT_FILES)}")
     needed = [VARIANT_FILES[variant], "tokenizer.json", CONTRACT.label_map_file, CONTRACT.parity_file,
-              "training_config.json"]
+              names.TRAINING_CONFIG_FILE]
     missing = [n for n in needed if not (onnx_dir / n).is_file()]
     if missing:
         found = sorted(p.name for p in onnx_dir.iterdir()) if onnx_dir.is_dir() else "the folder does not exist"
@@ -76,10 +77,10 @@ def read_source(onnx_dir: Path, variant: str) -> Source:
     labels = json.loads((onnx_dir / CONTRACT.label_map_file).read_text()).get("labels")
     if not labels or not all(isinstance(x, str) for x in labels):
         raise InputError(f"{onnx_dir / CONTRACT.label_map_file} must hold {{\"labels\": [names...]}}, got {labels!r}")
-    training = json.loads((onnx_dir / "training_config.json").read_text())
+    training = json.loads((onnx_dir / names.TRAINING_CONFIG_FILE).read_text())
     max_length = training.get("max_length")
     if not isinstance(max_length, int) or max_length < 1:
-        raise InputError(f"{onnx_dir / 'training_config.json'} needs an int max_length >= 1, got {max_length!r}")
+        raise InputError(f"{onnx_dir / names.TRAINING_CONFIG_FILE} needs an int max_length >= 1, got {max_length!r}")
     return Source(onnx_dir, variant, onnx_dir / VARIANT_FILES[variant], labels, max_length, entry, training)
 
 

@@ -35,6 +35,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from export.errors import InputError
 from training.config import TrainConfig
 from training.data import load_splits, read_jsonl
+from tunestack import names
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def training_texts(merged_dir: Path, data: Path | None, limit: int, heldout: Pat
         texts = [ex.text for ex in read_jsonl(data)]
         source = str(data)
     else:
-        config_file = merged_dir / "training_config.json"
+        config_file = merged_dir / names.TRAINING_CONFIG_FILE
         if not config_file.is_file():
             raise InputError(f"{config_file} is missing, so the training split cannot be re-derived for calibration; "
                              "pass --calibration-data TRAIN.jsonl")

@@ -19,23 +19,25 @@ its process tree, % of one core), then closed-loop levels (users doubling) for t
 P99 stays under the bound. Every server runs for the whole bench and the options are interleaved (the fixed
 rate for each option in turn, then each user count for each option in turn), so background noise spreads
 over all of them instead of landing on whichever ran during it; the peers not under load are paused
-(SIGSTOP), so an idle server that polls takes nothing from the one measured. Percentiles are exact, from every request's own time (``loadtests.measure``),
-not Locust's buckets. Writes ``reports/bench-TIMESTAMP/bench.json`` (with ``ratios`` and ``targets``) and
-``bench.md``. Figures, not pass/fail: the load generator shares the machine with the servers.
+(SIGSTOP), so an idle server that polls takes nothing from the one measured (the phases of
+``tunestack.bench.run_phases``: phase 0 the fixed rate, phase k the k-th user count). Percentiles are exact,
+from every request's own time (``loadtests.measure``), not Locust's buckets. Writes
+``reports/bench-servers-TIMESTAMP/`` (``tunestack.bench``: bench.json with ``ratios`` and ``targets``,
+bench.md, the fixed-rate latency CDF per option). Figures, not pass/fail: the load generator shares the
+machine with the servers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from export.contract import CONTRACT
@@ -43,6 +45,8 @@ from loadtests.bench_report import ratios_and_targets, render
 from loadtests.config import LoadTestConfig, LoadTestError
 from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
+from tunestack.bench import BenchOutput, BenchReport, BenchRun, run_phases
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,7 @@ def _f(default, help: str):
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(BenchOutput):
     """What ``make bench`` measures and how long each measurement runs."""
 
     run: str = _f("runs/demo", "run folder: merged/ (torch model for the baseline, heldout.jsonl) and onnx/")
@@ -66,7 +70,6 @@ class BenchConfig:
                                               "published as make export would, into a temporary repository)")
     model: str = _f(CONTRACT.default_model_name, "Triton model name")
     version: int = _f(0, "version to serve and compare (0: the newest dynamic-int8 version, else the newest)")
-    out_dir: str = _f("reports", "results go to OUT_DIR/bench-TIMESTAMP/")
     options: str = _f(",".join(SERVED), f"served options to measure, comma-separated: {', '.join(SERVED)}")
     in_process: bool = _f(True, "also measure the in-process limit (tokenizers + ORT, no server)")
     in_process_s: float = _f(10.0, "in process: seconds per row")
@@ -95,36 +98,28 @@ class BenchConfig:
         return [o.strip() for o in self.options.split(",") if o.strip()]
 
 
-@dataclass
-class BenchResult:
-    json: Path
-    markdown: Path
-    data: dict = field(default_factory=dict)
-
-
-
-
-
-def exact(folder: Path) -> tuple[dict, tuple[float, float]]:
-    """Exact figures of one Locust run (its first WARMUP_S left out) and the window they cover (epoch s)."""
+def exact(folder: Path) -> tuple[dict, tuple[float, float], np.ndarray]:
+    """Exact figures of one Locust run (its first WARMUP_S left out), the window they cover (epoch s) and the
+    successful requests' milliseconds in it."""
     rows = read_latencies(folder / PREFIX)
     if not rows:
         raise LoadTestError(f"no request was recorded in {folder} (see its locust.log)")
     first, end = min(r.end_s - r.ms / 1000 for r in rows), rows[-1].end_s
     start = first + min(WARMUP_S, 0.2 * (end - first))
-    return window_stats(rows, start, None), (start, end)
+    return window_stats(rows, start, None), (start, end), np.array([r.ms for r in rows if r.ok and r.end_s >= start])
 
 
-def fixed_rate(base: LoadTestConfig, cfg: BenchConfig, out: Path, server_pids: list[int]) -> dict:
-    """One option at the fixed arrival rate: exact P50/P99 and the server's CPU over the measured window."""
+def fixed_rate(base: LoadTestConfig, cfg: BenchConfig, out: Path, server_pids: list[int]) -> tuple[dict, np.ndarray]:
+    """One option at the fixed arrival rate: exact P50/P99 and the server's CPU over the measured window; and
+    the milliseconds of its requests there."""
     with ProcessTreeCPU(*server_pids) as cpu:
         fixed = run_loadtest(LoadTestConfig(**{**asdict(base), "arrival_rate": cfg.rate, "users": 1,
                                                "run_time": cfg.rate_time, "out_dir": str(out / "fixed-rate")}))
-    stats, window = exact(fixed.folder)
+    stats, window, samples = exact(fixed.folder)
     summary = json.loads((fixed.folder / "summary.json").read_text())
     return {"rate": cfg.rate, **stats, "server_cpu_percent": cpu.percent(*window),
             "client_saturated": summary["client_saturated"], "machine_busy": summary["machine_busy"],
-            "locust_cpu_percent": locust_cpu(summary), "report": str(fixed.report), "window": list(window)}
+            "locust_cpu_percent": locust_cpu(summary), "report": str(fixed.report), "window": list(window)}, samples
 
 
 def closed_level(base: LoadTestConfig, cfg: BenchConfig, out: Path, users: int) -> dict:
@@ -132,7 +127,7 @@ def closed_level(base: LoadTestConfig, cfg: BenchConfig, out: Path, users: int) 
     level = run_loadtest(LoadTestConfig(**{**asdict(base), "users": users, "run_time": cfg.level_time,
                                            "out_dir": str(out / f"users-{users}")}))
     s = json.loads((level.folder / "summary.json").read_text())
-    stats, window = exact(level.folder)
+    stats, window, _ = exact(level.folder)
     return {"users": users, **stats, "client_saturated": s["client_saturated"], "machine_busy": s["machine_busy"],
             "locust_cpu_percent": locust_cpu(s), "report": str(level.report), "window": list(window)}
 
@@ -159,34 +154,38 @@ def paused(pids: list[int]) -> Iterator[None]:
 
 
 def measure(targets: dict[str, tuple[LoadTestConfig, list[int]]], cfg: BenchConfig, out: Path,
-            pausable: dict[str, list[int]] | None = None) -> dict[str, dict]:
+            pausable: dict[str, list[int]] | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Every option, interleaved so that a slow minute of the machine lands on all of them alike: the fixed
-    rate for each option in turn, then each closed-loop user count for each option in turn. An option stops
-    climbing once its P99 passes twice the bound or errors appear; the others go on. ``pausable``: each
+    rate for each option in turn (phase 0), then each closed-loop user count for each option in turn. An option
+    stops climbing once its P99 passes twice the bound or errors appear; the others go on. ``pausable``: each
     option's own processes (the peers), stopped while another option is measured: an idle server that polls
-    (LitServe idles at ~17 % of a core here) would otherwise take CPU from the one under load."""
+    (LitServe idles at ~17 % of a core here) would otherwise take CPU from the one under load. (Results by
+    option, the fixed-rate milliseconds by option.)"""
     pausable = pausable or {}
+    users = [int(u) for u in cfg.users.split(",")]
+    samples: dict[str, np.ndarray] = {}
 
-    def others(option: str):
-        return paused([pid for other, pids in pausable.items() if other != option for pid in pids])
+    def phase_of(option: str):
+        base, pids = targets[option]
 
-    results = {}
-    for option, (base, pids) in targets.items():
-        log.info("served option %s: %g req/s", option, cfg.rate)
-        with others(option):
-            results[option] = {"fixed_rate": fixed_rate(base, cfg, out / option, pids), "levels": []}
-    climbing = list(targets)
-    for users in (int(u) for u in cfg.users.split(",")):
-        for option in list(climbing):
-            log.info("served option %s: %d users", option, users)
-            with others(option):
-                level = closed_level(targets[option][0], cfg, out / option, users)
-            results[option]["levels"].append(level)
-            if level["error_rate"] > 0.01 or (level["p99_ms"] or 0) > 2 * cfg.p99_bound_ms:
-                climbing.remove(option)
-    for result in results.values():
-        result["max_throughput"] = max_throughput(result["levels"], cfg.p99_bound_ms)
-    return results
+        def step(phase: int) -> dict:
+            with paused([pid for other, ps in pausable.items() if other != option for pid in ps]):
+                if phase == 0:
+                    log.info("served option %s: %g req/s", option, cfg.rate)
+                    result, samples[option] = fixed_rate(base, cfg, out / option, pids)
+                    return result
+                log.info("served option %s: %d users", option, users[phase - 1])
+                return closed_level(base, cfg, out / option, users[phase - 1])
+        return step
+
+    def climbing(option: str, level: dict) -> bool:
+        return "users" not in level or (level["error_rate"] <= 0.01 and (level["p99_ms"] or 0) <= 2 * cfg.p99_bound_ms)
+
+    phases = run_phases({option: phase_of(option) for option in targets}, 1 + len(users), keep=climbing)
+    results = {option: {"fixed_rate": steps[0], "levels": steps[1:],
+                        "max_throughput": max_throughput(steps[1:], cfg.p99_bound_ms)}
+               for option, steps in phases.items()}
+    return results, samples
 
 
 def locust_cpu(summary: dict) -> float | None:
@@ -218,7 +217,7 @@ def served_version(cfg: BenchConfig, tmp: Path) -> tuple[Path, int]:
             raise LoadTestError(f"{repository / cfg.model} has no version {version} (versions: {versions})")
         return repository, version
     log.info("%s has no published %s: publishing the run's int8 into a temporary repository", repository, cfg.model)
-    version_dir = publish(Path(cfg.run) / "onnx", "int8", ExportConfig(repository=tmp / "repository",
+    version_dir = publish(RunLayout(cfg.run).onnx, "int8", ExportConfig(repository=tmp / "repository",
                                                                          model_name=cfg.model))
     return tmp / "repository", int(version_dir.name)
 
@@ -246,8 +245,9 @@ def published_settings(model_dir: Path, version: int):
 
 
 def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, common: dict, out: Path,
-                      served: dict) -> dict | None:
-    """Reload the model with the settings the tuned version's source was published with; measure that version."""
+                      served: dict) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Reload the model with the settings the tuned version's source was published with; measure that version
+    (``measure``'s results, empty when ``version`` was not made by ``make tune``)."""
     from export import triton_config
     from serving.tune.trial import load_config, trial_config
 
@@ -255,26 +255,26 @@ def measure_published(triton, cfg: BenchConfig, model_dir: Path, version: int, c
     if found is None:
         served["published"] = f"version {version} was not made by make tune: nothing to compare it with"
         log.warning("triton-published: %s", served["published"])
-        return None
+        return {}, {}
     source, settings = found
     served["published"] = {"version": source, "settings": settings.label()}
     base = triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())
     load_config(triton, trial_config(base, source, settings), source)
     target = {"target": "triton", "host": triton.http_url, "model": cfg.model, "versions": str(source),
               "triton_metrics_url": triton.metrics_url}
-    return measure({"triton-published": (LoadTestConfig(**{**common, **target}), [triton.pid])}, cfg, out)["triton-published"]
+    return measure({"triton-published": (LoadTestConfig(**{**common, **target}), [triton.pid])}, cfg, out)
 
 
-def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
-    """Start every server, measure the options interleaved; (results by option, what Triton served)."""
+def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """Start every server, measure the options interleaved; (results by option, what Triton served, the
+    fixed-rate milliseconds by option)."""
     from loadtests.peers import peer_service
     from loadtests.services import Service
     from serving.router.config import write_experiment
     from serving.router.process import RouterProcess
     from serving.triton import TritonServer
 
-    run = Path(cfg.run)
-    texts = run / "merged" / "heldout.jsonl"
+    run = RunLayout(cfg.run)
     results: dict = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
@@ -284,7 +284,7 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
                   "settings": triton_settings(repository / cfg.model),
                   "variant": json.loads((version_dir / "provenance.json").read_text()).get("variant")}
         triton = stack.enter_context(TritonServer(repository, models=[cfg.model], log_file=out / "tritonserver.log"))
-        common = {"texts": str(texts), "feedback_fraction": 0.0, "triton_metrics_url": "none"}
+        common = {"texts": str(run.heldout), "feedback_fraction": 0.0, "triton_metrics_url": "none"}
         targets = {"triton": ({"target": "triton", "host": triton.http_url, "model": cfg.model,
                                "versions": str(version), "triton_metrics_url": triton.metrics_url}, [triton.pid])}
         if "router" in cfg.option_list:
@@ -302,44 +302,40 @@ def run_served(cfg: BenchConfig, out: Path) -> tuple[dict, dict]:
                                                         peer_args.get(name, ())))
                 targets[name] = ({"target": "triton", "host": peer.url, "model": name}, [peer.child.pid])
         if "baseline" in cfg.option_list:
-            baseline = stack.enter_context(Service.baseline(run / "merged", threads=cfg.threads,
+            baseline = stack.enter_context(Service.baseline(run.merged, threads=cfg.threads,
                                                             log_path=out / "baseline.log"))
             targets["baseline"] = ({"target": "triton", "host": baseline.url, "model": "baseline"},
                                    [baseline.child.pid])
         peers = {o: pids for o, (_, pids) in targets.items() if o not in ("triton", "router")}
-        results.update(measure({o: (LoadTestConfig(**{**common, **targets[o][0]}), targets[o][1])
-                                for o in cfg.option_list if o in targets}, cfg, out, pausable=peers))
+        results, samples = measure({o: (LoadTestConfig(**{**common, **targets[o][0]}), targets[o][1])
+                                    for o in cfg.option_list if o in targets}, cfg, out, pausable=peers)
         if "triton-published" in cfg.option_list:  # last: it reloads the model with other settings
             with paused([pid for pids in peers.values() for pid in pids]):
-                published = measure_published(triton, cfg, repository / cfg.model, version, common, out, served)
-            if published is not None:
-                results["triton-published"] = published
-    return results, served
+                published, published_samples = measure_published(triton, cfg, repository / cfg.model, version,
+                                                                  common, out, served)
+            results.update(published)
+            samples.update(published_samples)
+    return results, served, samples
 
 
-def run_bench(cfg: BenchConfig) -> BenchResult:
-    run = Path(cfg.run)
-    for needed in (run / "merged" / "heldout.jsonl", run / "merged" / "config.json"):
+def run_bench(cfg: BenchConfig) -> BenchReport:
+    run = RunLayout(cfg.run)
+    for needed in (run.heldout, run.merged / "config.json"):
         if not needed.is_file():
             raise LoadTestError(f"{needed} is missing; run `make export NAME={run.name}` first")
-    out = Path(cfg.out_dir) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True)
-    data = {"config": asdict(cfg), "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform(),
-                                               "load_average_at_start": psutil.getloadavg()},
-            "in_process": None, "served": None, "triton": None}
+    bench_run = BenchRun("servers", f"Benchmark: {run.name}, served side by side", cfg)
+    data: dict = {"in_process": None, "served": None, "triton": None}
+    samples: dict[str, np.ndarray] = {}
     if cfg.option_list:
-        data["served"], data["triton"] = run_served(cfg, out)
+        data["served"], data["triton"], samples = run_served(cfg, bench_run.folder)
     if cfg.in_process:
         from loadtests.peers.inprocess import inprocess_limit
         from training.data import read_jsonl
 
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             repository, version = served_version(cfg, Path(tmp))
-            texts = [ex.text for ex in read_jsonl(run / "merged" / "heldout.jsonl")]
+            texts = [ex.text for ex in read_jsonl(run.heldout)]
             data["in_process"] = inprocess_limit(repository / cfg.model / str(version), texts, cfg.threads,
                                                  cfg.in_process_s)
-    data["load_average_at_end"] = psutil.getloadavg()
     data["ratios"], data["targets"] = ratios_and_targets(data)
-    (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    (out / "bench.md").write_text(render(data))
-    return BenchResult(out / "bench.json", out / "bench.md", data)
+    return bench_run.write(data, render, {"latency_cdf": samples} if samples else None)

@@ -1,12 +1,10 @@
-"""``make bench``'s ratios, targets and Markdown table, from the figures ``loadtests.bench`` collected."""
+"""``make bench``'s ratios, targets and Markdown tables, from the figures ``loadtests.bench`` collected."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 TARGETS = {"served_vs_inprocess_best": 0.8, "vs_fastapi_ort": 1.3, "vs_litserve": 1.3}
-"""Issue 14's targets for the ratios (served Triton against the in-process best and the peers); P50 at the
-fixed rate must also be no higher than FastAPI + ORT's (``p50_vs_fastapi_ort`` <= 1)."""
+"""The targets for the ratios (served Triton against the in-process best and the peers); P50 at the fixed
+rate must also be no higher than FastAPI + ORT's (``p50_vs_fastapi_ort`` <= 1)."""
 
 
 def _get(data: dict, option: str, *keys: str) -> float | None:
@@ -84,13 +82,9 @@ def _served_table(data: dict) -> list[str]:
 
 
 def render(data: dict) -> str:
+    """The bench's Markdown below the harness's title and machine line (``tunestack.bench.BenchRun``)."""
     cfg = data["config"]
-    load = data["machine"]["load_average_at_start"][0]
-    quiet = "a quiet machine" if load < 0.75 * data["machine"]["cpus"] else "other work competed for the cores"
-    lines = [f"# Benchmark: {Path(cfg['run']).name}, served side by side", "",
-             f"Machine: {data['machine']['cpus']} CPUs, {data['machine']['platform']}; load average (1 min) before "
-             f"{load:.1f} ({quiet}), after {data['load_average_at_end'][0]:.1f}. Figures, not pass/fail: Locust runs "
-             "on the same machine as the servers; percentiles are exact (every request's own time).", ""]
+    lines = ["Locust runs on the same machine as the servers; percentiles are exact (every request's own time).", ""]
     if data.get("served"):
         lines += ["## Served (Locust, real held-out reviews, one per request)", "",
                   f"P50/P99 and server CPU at {cfg['rate']:g} req/s (Poisson, {cfg['rate_time']}); maximum "

@@ -17,6 +17,7 @@ from typing import Any
 from export.contract import CONTRACT
 from tunestack import names
 from tunestack.configfile import ConfigFileError, load_config_file
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 TARGETS = ("router", "triton")
@@ -58,7 +59,7 @@ class LoadTestConfig:
                         "(router) or :8001 (triton)")
     versions: str = _f("", "target triton: comma-separated versions users are spread over (sticky by user id); "
                        "empty: Triton's default version")
-    texts: str = _f("runs/demo/merged/heldout.jsonl", "held-out reviews, JSONL {\"text\", \"label\"}")
+    texts: str = _f(str(RunLayout.of("runs", "demo").heldout), "held-out reviews, JSONL {\"text\", \"label\"}")
     batch_size: int = _f(1, "texts per request")
     arrival_rate: float = _f(0.0, "open loop: requests per second in total, Poisson arrivals; 0: closed loop")
     think_time: float = _f(0.0, "closed loop: seconds a user waits after each answer")
@@ -227,18 +228,14 @@ def parse_timespan(value: str | int | float) -> float:
 
 def read_settings_file(path: Path) -> dict[str, Any]:
     """``[tool.locust]`` of a pyproject.toml, or a locust.conf read by the parser Locust itself uses
-    (configargparse's: ``key = value`` lines, comments, ``[sections]`` ignored)."""
-    import configargparse
-
+    (``tunestack.configfile``'s ``.conf`` format)."""
     path = Path(path)
     if not path.is_file():
         raise LoadTestError(f"settings file {path} does not exist")
+    toml = path.suffix == ".toml"
     try:
-        if path.suffix == ".toml":
-            return load_config_file(path).get("tool", {}).get("locust", {})
-        with open(path) as f:
-            return dict(configargparse.DefaultConfigFileParser().parse(f))
-    except (ConfigFileError, configargparse.ConfigFileParserException) as e:
+        return load_config_file(path, section="tool.locust" if toml else None, fmt=None if toml else "CONF")
+    except ConfigFileError as e:
         raise LoadTestError(f"settings file {path}: {e}") from None
 
 

@@ -72,7 +72,7 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     started = time.monotonic()
     folder = folder or demo_folder(cfg.out_dir)
     train_cfg = TrainConfig(name=cfg.name, runs_dir=cfg.runs_dir, time_budget_s=cfg.time_budget_s)
-    if (train_cfg.adapter_dir / "adapter_config.json").is_file():
+    if (train_cfg.adapter_dir / names.ADAPTER_CONFIG_FILE).is_file():
         _step(1, f"training: reusing {train_cfg.adapter_dir}")
     else:
         _step(1, f"training: LoRA on the bundled MiniLM, budget {cfg.time_budget_s:.0f} s")

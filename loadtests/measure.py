@@ -4,7 +4,8 @@ Locust's statistics keep response times in buckets (whole milliseconds, coarser 
 P50/P99 cannot tell 6.2 ms from 6.9 ms. Each Locust process therefore also writes every inference
 request it timed to ``PREFIX_latency-PID.csv`` next to its ``--csv PREFIX`` files (the locustfile
 imports this module, which registers the writer on Locust's ``init`` event). ``read_latencies`` reads
-them back and ``window_stats`` gives exact percentiles and throughput for any time window of a run.
+them back and ``window_stats`` gives exact percentiles (the bench harness's schema) and throughput for any
+time window of a run.
 
 ``ProcessTreeCPU`` measures the CPU a server used (the process and all its children, e.g. Triton's
 python stubs) between two points in time, from ``psutil``'s cumulative CPU times.
@@ -19,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import psutil
+
+from tunestack.bench import summarize
 
 LATENCY_SUFFIX = "_latency-"
 INFER = "infer"
@@ -87,22 +89,19 @@ def read_latencies(prefix: str | Path) -> list[Request]:
 
 
 def window_stats(rows: list[Request], start_s: float | None = None, end_s: float | None = None) -> dict:
-    """Exact P50/P90/P99 (successful requests), throughput and error rate of the requests ending in [start, end)."""
+    """The requests ending in [start, end): their count, the exact figures of the successful ones' times
+    (``tunestack.bench.summarize``: ``n``, ``mean_ms``, ``p50_ms``, ``p90_ms``, ``p99_ms``), throughput and
+    error rate."""
     whole = end_s is None  # the whole run: up to and including the last request
     if start_s is None:
         start_s = rows[0].end_s if rows else 0.0
     if end_s is None:
         end_s = rows[-1].end_s if rows else start_s
     inside = [r for r in rows if start_s <= r.end_s and (r.end_s < end_s or (whole and r.end_s == end_s))]
-    ok = np.array([r.ms for r in inside if r.ok])
+    ok = [r.ms for r in inside if r.ok]
     seconds = max(end_s - start_s, 1e-9)
-
-    def pct(q: float) -> float | None:
-        return float(np.percentile(ok, q)) if ok.size else None
-
-    return {"requests": len(inside), "ok": int(ok.size), "seconds": seconds,
-            "throughput_rps": ok.size / seconds, "error_rate": (len(inside) - ok.size) / len(inside) if inside else 0.0,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "mean_ms": float(ok.mean()) if ok.size else None}
+    return {"requests": len(inside), **summarize(ok), "seconds": seconds, "throughput_rps": len(ok) / seconds,
+            "error_rate": (len(inside) - len(ok)) / len(inside) if inside else 0.0}
 
 
 class ProcessTreeCPU:

@@ -1,35 +1,41 @@
-"""``python -m serving COMMAND ...``: one entry point for the serving stage's commands."""
+"""``python -m serving COMMAND ...``: one entry point for the serving stage's commands, declared once."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-COMMANDS = {
-    "triton": ("serving.triton_cli", "start a Triton Inference Server on the model repository"),
-    "models": ("serving.triton_cli", "list / load / unload / rollback model versions on a running Triton"),
-    "router": ("serving.router.cli", "run the A/B router in front of Triton"),
-    "report": ("serving.router.cli", "print an experiment's statistical report from a running router"),
-    "judge": ("serving.judge.cli", "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
-    "audit": ("serving.router.cli", "print an experiment's weight changes (who, when, why) from its store"),
-    "rollout": ("serving.rollout.cli", "ramp a treatment through the experiment store; promote or roll back on the judge"),
-    "tune": ("serving.tune.cli", "search serving configs on the real tritonserver; publish the winner as a new version"),
-}
+from tunestack.cli import Command, Commands
+
+
+def _rollout(argv: list[str]) -> int:
+    from serving.rollout.cli import main
+
+    return main(["rollout", *argv])  # its main takes the command's own name first
+
+
+JUDGE = Commands("python -m serving judge", "The anytime-valid judge's proof by simulation.", {
+    "simulate": Command("serving.judge.cli:run_simulate",
+                        "simulate A/A and A/B experiments read at every look; false-verdict rates and power"),
+})
+
+COMMANDS = Commands("python -m serving", "The serving stage: Triton, the A/B router and what runs beside them.", {
+    "triton": Command("serving.triton_cli:run_triton", "start a Triton Inference Server on the model repository"),
+    "models": Command("serving.triton_cli:run_models",
+                      "list / load / unload / rollback model versions on a running Triton"),
+    "router": Command("serving.router.cli:run_router", "run the A/B router in front of Triton"),
+    "report": Command("serving.router.cli:run_report",
+                      "print an experiment's statistical report from a running router"),
+    "judge": Command(JUDGE, "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
+    "audit": Command("serving.router.store.cli:run_audit",
+                     "print an experiment's weight changes (who, when, why) from its store"),
+    "rollout": Command(_rollout, "ramp a treatment through the experiment store; promote or roll back on the judge"),
+    "tune": Command("serving.tune.cli:main",
+                    "search serving configs on the real tritonserver; publish the winner as a new version"),
+})
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        width = max(map(len, COMMANDS))
-        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m serving COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
-        print("\nRun `python -m serving COMMAND --help` for a command's options.")
-        if argv and argv[0] not in {"-h", "--help"}:
-            print(f"\nerror: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)}")
-            return 2
-        return 0
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv)
+    return COMMANDS(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,28 @@
 """``python -m serving.bench``: in-process ONNX Runtime vs Triton over HTTP vs gRPC, then 8 concurrent clients
 with and without dynamic batching, all in one run on one published version. Figures, not a pass/fail test.
 
-1. batch-1 latency over ``--requests`` requests, interleaved: in-process (``TextClassifier``: tokenizer + ONNX Runtime,
-   the code ``model.py`` runs), Triton HTTP, Triton gRPC. Triton serves the version with dynamic batching
-   *off* here, so a lone request does not wait for the batching window.
+1. batch-1 latency over ``--requests`` requests, interleaved request by request (``tunestack.bench.run_phases``):
+   in-process (``TextClassifier``: tokenizer + ONNX Runtime, the code ``model.py`` runs), Triton HTTP, Triton
+   gRPC; each path's difference from in-process with an interval over ``--phases`` blocks of consecutive
+   requests. Triton serves the version with dynamic batching *off* here, so a lone request does not wait for
+   the batching window.
 2. throughput of ``--concurrency`` client threads (one gRPC client each) for ``--duration`` seconds,
    with dynamic batching off, then on with the config's ``max_queue_delay_microseconds`` and with 0 us
    (batch only what is already queued); the version is reloaded with a config override each time, and
    the mean executed batch size comes from ``/v2/models/MODEL/stats``. The clients run in this process
    and share the machine with the server: on a small machine they are part of what is measured.
 
-Texts are real Rotten Tomatoes snippets (the bundled corpus), cycled. Writes JSON, Markdown and a
-latency CDF plot under ``reports/`` and prints the table.
+Texts are real Rotten Tomatoes snippets (the bundled corpus), cycled. Writes ``reports/bench-serving-TIMESTAMP/``
+(``tunestack.bench``: bench.md, bench.json, the batch-1 latency CDF) and prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,22 @@ from export.triton_model.model import TextClassifier
 from serving.client import text_input
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
+from tunestack.bench import (
+    BenchOutput,
+    BenchRun,
+    compare,
+    format_diff,
+    markdown_table,
+    run_phases,
+    split,
+    summarize,
+    time_each,
+)
+from tunestack.cli import parse_dataclass
+from tunestack.problems import raise_problems
+
+IN_PROCESS = "in-process ORT"
+"""The batch-1 path the others are compared with."""
 
 
 def review_texts(count: int) -> list[str]:
@@ -47,27 +63,14 @@ def review_texts(count: int) -> list[str]:
         return ["a fine film with a moving story", "a dull, overlong mess", "not bad at all", "the cast is superb"]
 
 
-def summarize(latencies_s: list[float]) -> dict[str, float]:
-    ms = np.array(latencies_s) * 1000
-    return {"requests": len(ms), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
-
-
 def time_interleaved(calls: dict[str, Callable[[str], object]], texts: list[str], requests: int,
-                     warmup: int = 20) -> dict[str, list[float]]:
-    """Batch-1 latency of each path; request i goes through every path in turn, so a burst of background
+                     warmup: int = 20) -> dict[str, np.ndarray]:
+    """Batch-1 milliseconds of each path; request i goes through every path in turn, so a burst of background
     load on the machine hits all paths alike instead of whichever happened to run then."""
-    for text in texts[:warmup]:
-        for call in calls.values():
-            call(text)
-    latencies: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(requests):
-        text = texts[i % len(texts)]
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call(text)
-            latencies[name].append(time.perf_counter() - start)
-    return latencies
+    per_request = run_phases({name: (lambda i, call=call: time_each(call, [texts[i % len(texts)]])[0])
+                              for name, call in calls.items()}, requests,
+                             warmup=lambda name: [calls[name](text) for text in texts[:warmup]])
+    return {name: np.asarray(values) for name, values in per_request.items()}
 
 
 def throughput(server: TritonServer, model: str, texts: list[str], concurrency: int, duration: float) -> dict:
@@ -98,7 +101,7 @@ def throughput(server: TritonServer, model: str, texts: list[str], concurrency: 
     after = model_stats(server, model)
     executions = after["executions"] - before["executions"]
     inferences = after["inferences"] - before["inferences"]
-    flat = [x for per in latencies for x in per]
+    flat = [x * 1000 for per in latencies for x in per]
     return {**summarize(flat), "concurrency": concurrency, "seconds": elapsed, "requests_per_s": len(flat) / elapsed,
             "executions": executions, "mean_batch_size": inferences / executions if executions else 0.0}
 
@@ -122,26 +125,58 @@ def load_version(server: TritonServer, config, version: int, batching: bool, del
         repository.load_config(config.name, config, [version])
 
 
-def run(repository: Path, model: str, version: int | None, requests: int, concurrency: int, duration: float,
-        delay_us: int | None, tritonserver: str | None) -> dict:
-    model_dir = repository / model
+@dataclass
+class ServingBenchConfig(BenchOutput):
+    """In-process ONNX Runtime vs Triton over HTTP vs gRPC, then concurrent clients with and without dynamic
+    batching, on one published version."""
+
+    repository: Path = Path("model_repository")
+    """Model repository folder."""
+    model: str = CONTRACT.default_model_name
+    """Triton model name."""
+    version: int | None = None
+    """Version to measure (default: the newest)."""
+    requests: int = 1000
+    """Batch-1 requests per path (>= 1000 for the report)."""
+    phases: int = 10
+    """Blocks of consecutive requests the batch-1 differences from in-process are computed over (>= 2)."""
+    concurrency: int = 8
+    """Client threads for the throughput runs."""
+    duration: float = 15.0
+    """Seconds per throughput run."""
+    max_queue_delay_us: int | None = None
+    """Batching window (default: config.pbtxt's, else 2000)."""
+    tritonserver: str | None = None
+    """A tritonserver binary instead of nvidia-pytriton's."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.phases < 2 or self.requests < self.phases:
+            problems.append(f"phases must be >= 2 and requests >= phases, got {self.phases} and {self.requests}")
+        if self.concurrency < 1 or self.duration <= 0:
+            problems.append(f"concurrency must be >= 1 and duration > 0, got {self.concurrency} and {self.duration}")
+        raise_problems(problems, ValueError, "serving bench config")
+
+
+def run(cfg: ServingBenchConfig) -> tuple[dict, dict[str, np.ndarray]]:
+    """Measure; (the figures, the batch-1 milliseconds by path)."""
+    model_dir = cfg.repository / cfg.model
     config = triton_config.parse_pbtxt((model_dir / "config.pbtxt").read_text())
     if triton_config.config_layout(config) != "python":
         raise SystemExit(f"{model_dir} is the onnxruntime (ensemble) layout, which this Triton cannot run")
-    versions = existing_versions(model_dir)
-    version = version or versions[-1]
+    version = cfg.version or existing_versions(model_dir)[-1]
     version_dir = model_dir / str(version)
     provenance = json.loads((version_dir / "provenance.json").read_text())
-    delay_us = delay_us if delay_us is not None else (config.dynamic_batching.max_queue_delay_microseconds or 2000)
+    delay_us = cfg.max_queue_delay_us if cfg.max_queue_delay_us is not None else (
+        config.dynamic_batching.max_queue_delay_microseconds or 2000)
     threads = int(config.parameters["intra_op_threads"].string_value or 1)
     texts = review_texts(500)
-    report: dict = {"model": model, "version": version, "variant": provenance.get("variant"),
+    report: dict = {"model": cfg.model, "version": version, "variant": provenance.get("variant"),
                     "source_run": provenance.get("source", {}).get("run"), "intra_op_threads": threads,
                     "instance_count": config.instance_group[0].count if config.instance_group else 1,
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                     "texts": len(texts), "batch1": {}, "throughput": {}}
     classifier = TextClassifier(version_dir, intra_op_threads=threads)
-    with TritonServer(repository, models=[], startup_timeout=120, tritonserver=tritonserver) as server:
+    with TritonServer(cfg.repository, models=[], startup_timeout=120, tritonserver=cfg.tritonserver) as server:
         load_version(server, config, version, batching=False, delay_us=delay_us)
         http = httpclient.InferenceServerClient(server.http_address)
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
@@ -150,77 +185,45 @@ def run(repository: Path, model: str, version: int | None, requests: int, concur
         grpc_out = [grpcclient.InferRequestedOutput(n) for n in names]
         try:
             raw = time_interleaved({
-                "in-process ORT": lambda t: classifier.predict([t]),
-                "Triton HTTP": lambda t: http.infer(model, [text_input(httpclient, [t])], outputs=http_out),
-                "Triton gRPC": lambda t: grpc.infer(model, [text_input(grpcclient, [t])], outputs=grpc_out),
-            }, texts, requests)
+                IN_PROCESS: lambda t: classifier.predict([t]),
+                "Triton HTTP": lambda t: http.infer(cfg.model, [text_input(httpclient, [t])], outputs=http_out),
+                "Triton gRPC": lambda t: grpc.infer(cfg.model, [text_input(grpcclient, [t])], outputs=grpc_out),
+            }, texts, cfg.requests)
         finally:
             http.close()
             grpc.close()
-        report["throughput"]["no dynamic batching"] = throughput(server, model, texts, concurrency, duration)
+        report["throughput"]["no dynamic batching"] = throughput(server, cfg.model, texts, cfg.concurrency, cfg.duration)
         for delay in dict.fromkeys([delay_us, 0]):  # the configured window, and batching only what is queued
             load_version(server, config, version, batching=True, delay_us=delay)
-            report["throughput"][f"dynamic batching ({delay} us)"] = throughput(server, model, texts, concurrency, duration)
-    report["batch1"] = {name: summarize(values) for name, values in raw.items()}
-    report["_raw_batch1_ms"] = {name: [round(x * 1000, 4) for x in values] for name, values in raw.items()}
-    return report
+            report["throughput"][f"dynamic batching ({delay} us)"] = throughput(server, cfg.model, texts,
+                                                                              cfg.concurrency, cfg.duration)
+    base = split(list(raw[IN_PROCESS]), cfg.phases)
+    report["batch1"] = {name: {**summarize(values), **({} if name == IN_PROCESS else compare(
+        IN_PROCESS, base, split(list(values), cfg.phases)))} for name, values in raw.items()}
+    return report, raw
 
 
 def format_table(report: dict) -> str:
     lines = [f"model {report['model']} v{report['version']} ({report['variant']}, run {report['source_run']}), "
-             f"{report['machine']['cpus']} CPUs, intra-op threads {report['intra_op_threads']}", "",
-             "| batch-1 latency | requests | median ms | p99 ms |", "|---|---:|---:|---:|"]
-    for name, s in report["batch1"].items():
-        lines.append(f"| {name} | {s['requests']} | {s['median_ms']:.2f} | {s['p99_ms']:.2f} |")
-    lines += ["", "| throughput, batch-1 requests | clients | req/s | median ms | p99 ms | mean batch |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name, s in report["throughput"].items():
-        lines.append(f"| {name} | {s['concurrency']} | {s['requests_per_s']:.1f} | {s['median_ms']:.2f} | "
-                     f"{s['p99_ms']:.2f} | {s['mean_batch_size']:.2f} |")
+             f"intra-op threads {report['intra_op_threads']}", "",
+             markdown_table(["batch-1 latency", "requests", "p50 ms", "p99 ms", "p50 vs in-process ms (95% CI)"],
+                            [(name, s["n"], f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+                              format_diff(s["diff_p50_ms"]) if "diff_p50_ms" in s else "-")
+                             for name, s in report["batch1"].items()], "lrrrr"), "",
+             markdown_table(["throughput, batch-1 requests", "clients", "req/s", "p50 ms", "p99 ms", "mean batch"],
+                            [(name, s["concurrency"], f"{s['requests_per_s']:.1f}", f"{s['p50_ms']:.2f}",
+                              f"{s['p99_ms']:.2f}", f"{s['mean_batch_size']:.2f}")
+                             for name, s in report["throughput"].items()], "lrrrrr")]
     return "\n".join(lines)
 
 
-def plot_cdf(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in report["_raw_batch1_ms"].items():
-        xs = np.sort(values)
-        ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=name)
-    ax.set(xlabel="batch-1 latency (ms)", ylabel="fraction of requests", title="batch-1 latency CDF")
-    ax.set_xscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--repository", default="model_repository", type=Path, help="model repository folder")
-    p.add_argument("--model", default=CONTRACT.default_model_name, help="Triton model name")
-    p.add_argument("--version", type=int, help="version to measure (default: the newest)")
-    p.add_argument("--requests", type=int, default=1000, help="batch-1 requests per path (>= 1000 for the report)")
-    p.add_argument("--concurrency", type=int, default=8, help="client threads for the throughput runs")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per throughput run")
-    p.add_argument("--max-queue-delay-us", type=int, help="batching window (default: config.pbtxt's, else 2000)")
-    p.add_argument("--tritonserver", help="a tritonserver binary instead of nvidia-pytriton's")
-    p.add_argument("--out", default=Path("reports/bench-serving.json"), type=Path, help="JSON report path")
-    args = p.parse_args(argv)
-    report = run(args.repository, args.model, args.version, args.requests, args.concurrency, args.duration,
-                 args.max_queue_delay_us, args.tritonserver)
-    table = format_table(report)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    raw = report.pop("_raw_batch1_ms")
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"# Serving benchmark\n\n{table}\n\n![latency CDF]({args.out.stem}-cdf.png)\n")
-    plot_cdf({**report, "_raw_batch1_ms": raw}, args.out.with_name(f"{args.out.stem}-cdf.png"))
-    print(f"\nwrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_name(args.out.stem + '-cdf.png')}")
+    cfg = parse_dataclass(ServingBenchConfig, argv, "python -m serving.bench", __doc__.split("\n\n")[0])
+    bench_run = BenchRun("serving", "Serving benchmark: in-process ORT vs Triton HTTP vs gRPC, dynamic batching", cfg)
+    figures, raw = run(cfg)
+    report = bench_run.write(figures, format_table, {"latency_cdf": raw})
+    print(format_table(report.data))
+    print(f"\nwritten: {report.folder} (bench.md, bench.json, latency_cdf.png)")
     return 0
 
 

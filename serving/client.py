@@ -13,7 +13,6 @@ parameter, written by the exporter (``export.triton_config``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ from export.contract import CONTRACT
 from export.triton_config import LABELS_PARAMETER
 from serving.errors import InferenceError
 from tunestack import names
+from tunestack.cli import option, parse_dataclass
+from tunestack.problems import raise_problems
 
 DEFAULT_URLS = {"http": names.TRITON_HTTP_ADDRESS, "grpc": names.TRITON_GRPC_ADDRESS}
 PROTOCOLS = tuple(DEFAULT_URLS)
@@ -128,35 +129,52 @@ class TritonClassifier:
         self.close()
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("texts", nargs="*", help="texts to classify (one request, a batch of all of them)")
-    parser.add_argument("--file", help="read more texts from this file, one per line ('-': stdin)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="http", help="Triton protocol")
-    parser.add_argument("--url", help="host:port; default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc")
-    parser.add_argument("--model", default=CONTRACT.default_model_name, help="Triton model name")
-    parser.add_argument("--version", default="", help="model version (default: the newest ready one)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per request when reading --file")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    args = parser.parse_args(argv)
-    if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-        with stream:
-            args.texts += [line.rstrip("\n") for line in stream if line.strip()]
-    if not args.texts:
-        parser.error("give at least one text, or --file FILE")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    return args
+@dataclass
+class ClientArgs:
+    """Classify text with the served model over HTTP or gRPC."""
+
+    texts: tuple[str, ...] = option((), positional=True)
+    """Texts to classify (one request, a batch of all of them)."""
+    file: str | None = None
+    """Read more texts from this file, one per line ('-': stdin)."""
+    protocol: str = "http"
+    """Triton protocol: http or grpc."""
+    url: str | None = None
+    """host:port; default 127.0.0.1:8000 for http, 127.0.0.1:8001 for grpc."""
+    model: str = CONTRACT.default_model_name
+    """Triton model name."""
+    version: str = ""
+    """Model version (default: the newest ready one)."""
+    batch_size: int = 32
+    """Texts per request when reading --file."""
+    json: bool = False
+    """Print one JSON object per text."""
+
+    def __post_init__(self) -> None:
+        problems = [] if self.texts or self.file else ["give at least one text, or --file FILE"]
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"unknown protocol {self.protocol!r}; expected one of: {', '.join(PROTOCOLS)}")
+        raise_problems(problems, ValueError, "client arguments")
+
+    def all_texts(self) -> list[str]:
+        """The texts given, then those of ``--file`` (blank lines skipped)."""
+        texts = list(self.texts)
+        if self.file:
+            stream = sys.stdin if self.file == "-" else open(self.file, encoding="utf-8")
+            with stream:
+                texts += [line.rstrip("\n") for line in stream if line.strip()]
+        return texts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_dataclass(ClientArgs, argv, prog="python -m serving.client", description=__doc__.split("\n\n")[0])
+    texts = args.all_texts()
     try:
         with TritonClassifier(args.url, args.protocol, args.model, args.version) as classifier:
-            for start in range(0, len(args.texts), args.batch_size):
-                for p in classifier.predict(args.texts[start:start + args.batch_size]):
+            for start in range(0, len(texts), args.batch_size):
+                for p in classifier.predict(texts[start:start + args.batch_size]):
                     if args.json:
                         print(json.dumps({"text": p.text, "label": p.label, "probabilities": p.probabilities,
                                           "model": args.model, "version": p.version}))

@@ -6,7 +6,8 @@
 ``serving.router_bench`` measures what a caller sees (the hop, Triton, the machine's noise all in it);
 this measures the one part a change to the router moves: the ``POST /v2/models/NAME/infer`` path of
 the router's app (parse, validate, assign, forward, tag the answer, record it) called directly, its
-upstream a pool that answers at once with a recorded Triton answer. Each request is timed twice over:
+upstream a pool that answers at once with a recorded Triton answer (``serving.handler_timing``). Each
+request is timed twice over:
 
 - back to back, as a loop that never waits: the code's cost with every cache warm;
 - after an idle gap (``--gap-ms``, 5 by default: about one Triton inference), as in a real router that
@@ -14,178 +15,120 @@ upstream a pool that answers at once with a recorded Triton answer. Each request
   the same code takes several times longer right after a wait; that, not the back-to-back figure, is
   what a router request costs on it.
 
-Every tree runs in its own process, the trees alternate over ``--rounds``; prints a table, writes JSON.
+Every tree runs in its own process; the trees alternate over ``--rounds`` (``tunestack.bench.run_phases``,
+mirrored: A B, B A, ...). Per tree and gap: the summary of every request of every round, the p50 of each
+round, and with ``--compare-tree`` the difference from this tree with a per-round interval. Prints the
+table and writes ``reports/bench-handler-TIMESTAMP/``.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import subprocess
 import sys
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from serving import handler_timing
 from serving.router.process import ROOT
-
-
-def canned() -> tuple[bytes, int, tuple[int, dict[bytes, bytes], bytes], dict]:
-    """(request body, its JSON header length, Triton's answer as the pool returns it, model metadata), in the
-    binary tensor format ``tritonclient.http`` uses, for the model contract's input and outputs."""
-    import orjson
-    import tritonclient.http as httpclient
-
-    from export.contract import CONTRACT
-    from serving.client import text_input
-    from serving.router_bench import TEXT  # router_bench's review, so both benches send the same request
-
-    text = text_input(httpclient, [TEXT])
-    outputs = [httpclient.InferRequestedOutput(name, binary_data=True)
-               for name in (CONTRACT.output_label, CONTRACT.output_probabilities)]
-    body, header_length = httpclient.InferenceServerClient.generate_request_body([text], outputs=outputs)
-    label = b"positive"
-    label_bytes = len(label).to_bytes(4, "little") + label
-    probabilities = np.array([[0.1, 0.9]], dtype=np.float32).tobytes()
-    head = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [
-        {"name": CONTRACT.output_label, "datatype": "BYTES", "shape": [1],
-         "parameters": {"binary_data_size": len(label_bytes)}},
-        {"name": CONTRACT.output_probabilities, "datatype": "FP32", "shape": [1, 2],
-         "parameters": {"binary_data_size": len(probabilities)}}]})
-    answer = (200, {b"content-type": b"application/octet-stream",
-                    b"inference-header-content-length": b"%d" % len(head)}, head + label_bytes + probabilities)
-    metadata = {"name": "m", "versions": ["1"], "platform": "python",
-                "inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [-1, 1]}],
-                "outputs": [{"name": CONTRACT.output_label, "datatype": "BYTES", "shape": [-1]},
-                            {"name": CONTRACT.output_probabilities, "datatype": "FP32", "shape": [-1, 2]}]}
-    return body, header_length, answer, metadata
-
-
-class CannedPool:
-    """Stands in for the router's ``HttpPool`` to Triton: metadata for GETs, the canned answer for POSTs."""
-
-    closed = False
-
-    def __init__(self, answer: tuple, metadata: dict):
-        import orjson
-
-        self.answer, self.metadata = answer, orjson.dumps(metadata)
-
-    async def request(self, method: str, path: str, body: bytes = b"", headers=None, timeout=None):
-        return (200, {}, self.metadata) if method == "GET" else self.answer
-
-    async def aclose(self) -> None:
-        pass
+from tunestack.bench import BenchOutput, BenchRun, compare, markdown_table, run_phases, summarize
+from tunestack.cli import parse_dataclass
+from tunestack.problems import raise_problems
 
 
 async def measure(requests: int, gap_s: float, warmup: int = 300) -> dict:
-    """Per-request microseconds of the router app's infer path: ``requests`` after ``warmup``, ``gap_s`` idle
-    before each. Runs the app's lifespan around it; every answer must be a 200 with an arm."""
-    from serving.router.app import create_app
-    from serving.router.config import RouterConfig, load_experiment, write_experiment
-
-    body, header_length, answer, metadata = canned()
-    with tempfile.TemporaryDirectory(prefix="handler-bench-") as tmp:
-        path = write_experiment(Path(tmp) / "experiment.yaml", "bench", [("a1", "1", 50), ("a2", "1", 50)], "m",
-                                upstream="http://127.0.0.1:9")
-        app = create_app(RouterConfig(experiment=str(path), grpc_port=0, store=None), load_experiment(path))
-    app.state.router.upstream._pools["http://127.0.0.1:9"] = CannedPool(answer, metadata)
-    headers = [(b"host", b"router"), (b"content-type", b"application/octet-stream"),
-               (b"inference-header-content-length", b"%d" % header_length), (b"content-length", b"%d" % len(body))]
-    scope = {"type": "http", "method": "POST", "path": "/v2/models/bench/infer", "query_string": b"",
-             "http_version": "1.1", "scheme": "http", "root_path": "", "server": ("127.0.0.1", 8080),
-             "client": ("127.0.0.1", 50000)}
-    statuses: list[int] = []
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"] if any(k == b"x-variant" for k, _ in message["headers"]) else -1)
-
-    times = []
-    async with Lifespan(app):
-        for i in range(warmup + requests):
-            if gap_s:
-                await asyncio.sleep(gap_s)
-            request = {**scope, "headers": [*headers, (b"x-user-id", b"user-%d" % i)]}
-            start = time.perf_counter()
-            await app(request, receive, send)
-            times.append(time.perf_counter() - start)
-    if set(statuses) != {200}:
-        raise RuntimeError(f"the router app answered {sorted(set(statuses))}, not 200 with an arm")
-    x = np.array(times[warmup:]) * 1e6
-    return {"requests": requests, "gap_ms": gap_s * 1000, "p50_us": round(float(np.median(x)), 1),
-            "mean_us": round(float(x.mean()), 1)}
+    """The summary (milliseconds) of ``requests`` timed requests of this checkout's router app, ``gap_s`` idle
+    before each."""
+    return {"gap_ms": gap_s * 1000, **summarize(await handler_timing.time_requests(requests, gap_s, warmup))}
 
 
-class Lifespan:
-    """Runs an ASGI app's lifespan start-up on enter and its shut-down on exit."""
-
-    def __init__(self, app):
-        self.app, self.inbox = app, asyncio.Queue()
-        self.started, self.done = asyncio.Event(), asyncio.Event()
-
-    async def _send(self, message: dict) -> None:
-        if message["type"].startswith("lifespan.startup"):
-            self.started.set()
-        elif message["type"].startswith("lifespan.shutdown"):
-            self.done.set()
-
-    async def __aenter__(self):
-        await self.inbox.put({"type": "lifespan.startup"})
-        self.task = asyncio.ensure_future(self.app({"type": "lifespan", "state": {}}, self.inbox.get, self._send))
-        await self.started.wait()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.inbox.put({"type": "lifespan.shutdown"})
-        await self.task
-
-
-def run_tree(tree: Path, requests: int, gaps: list[float]) -> list[dict]:
-    """``measure`` for each gap in a fresh process that imports the router from ``tree``."""
+def run_tree(tree: Path, requests: int, gaps: list[float]) -> list[list[float]]:
+    """Milliseconds per request for each gap, in a fresh process that imports the router from ``tree``."""
     code = (f"import sys, json, importlib.util; sys.path.insert(0, {str(tree)!r})\n"  # the router comes from tree
-            f"spec = importlib.util.spec_from_file_location('handler_bench', {__file__!r})\n"  # this bench from here
-            "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)\nimport uvloop\n"
+            f"spec = importlib.util.spec_from_file_location('handler_timing', {handler_timing.__file__!r})\n"
+            "timing = importlib.util.module_from_spec(spec); spec.loader.exec_module(timing)\nimport uvloop\n"
             "import serving.router.app as app\n"  # not the installed package's, when tree has none
             f"assert app.__file__.startswith({str(tree)!r}), 'no router in this tree: ' + app.__file__\n"
-            f"print(json.dumps([uvloop.run(bench.measure({requests}, g)) for g in {gaps!r}]))")
+            f"print(json.dumps([uvloop.run(timing.time_requests({requests}, g)) for g in {gaps!r}]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"handler bench in {tree} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class HandlerBenchConfig(BenchOutput):
+    """The router's own work per HTTP request, in process, this checkout and optionally another."""
+
+    requests: int = 2000
+    """Timed requests per tree, gap and round."""
+    gap_ms: float = 5.0
+    """Idle time before each request of the second run."""
+    rounds: int = 3
+    """Rounds; the trees alternate within each."""
+    compare_tree: str | None = None
+    """Another checkout (the code before a change)."""
+
+    def __post_init__(self) -> None:
+        problems = [] if self.requests >= 1 and self.rounds >= 1 else [
+            f"requests and rounds must be >= 1, got {self.requests} and {self.rounds}"]
+        if self.gap_ms < 0:
+            problems.append(f"gap_ms must be >= 0, got {self.gap_ms}")
+        raise_problems(problems, ValueError, "handler bench config")
+
+
+def tree_rows(trees: dict[str, Path], runs: dict[str, list[list[list[float]]]], gaps: list[float]) -> dict[str, list]:
+    """Per tree (its path) and gap: every request's summary, each round's p50, and the difference from this tree."""
+    by_path: dict[str, list[list[list[float]]]] = {}
+    for arm, tree in trees.items():  # the same tree given twice is one entry with every round of both
+        by_path.setdefault(str(tree), []).extend(runs[arm])
+    rows = {}
+    for path, rounds in by_path.items():
+        rows[path] = []
+        for i, gap in enumerate(gaps):
+            blocks = [np.asarray(r[i]) for r in rounds]
+            cell = {"gap_ms": gap * 1000, **summarize(np.concatenate(blocks)),
+                    "rounds_p50_ms": [summarize(b)["p50_ms"] for b in blocks]}
+            if path != str(trees["this"]) and len(blocks) >= 2:
+                cell.update(compare(str(trees["this"]), [np.asarray(r[i]) for r in by_path[str(trees["this"])]], blocks))
+            rows[path].append(cell)
+    return rows
+
+
+def table(document: dict) -> str:
+    """Markdown: per tree, p50 (microseconds) back to back and after the gap, each round's p50 in brackets."""
+    def us(x: float) -> str:
+        return f"{x * 1000:.1f}"
+
+    def cell(c: dict) -> str:
+        text = f"{us(c['p50_ms'])} [{', '.join(us(x) for x in c['rounds_p50_ms'])}]"
+        if "diff_p50_ms" in c:
+            d = c["diff_p50_ms"]
+            text += f"; vs this tree {us(d['estimate'])} [{us(d['low'])}, {us(d['high'])}]"
+        return text
+
+    gap = document["config"]["gap_ms"]
+    return markdown_table(["tree", "back to back: p50 us [per round]", f"after a {gap:g} ms idle gap: p50 us [per round]"],
+                          [(Path(tree).name, cell(cells[0]), cell(cells[1])) for tree, cells in document["trees"].items()])
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.handler_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=2000, help="timed requests per tree, gap and round")
-    p.add_argument("--gap-ms", type=float, default=5.0, help="idle time before each request of the second run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; the trees alternate within each")
-    p.add_argument("--compare-tree", default=None, help="another checkout (the code before a change)")
-    p.add_argument("--out", default="reports/handler_bench.json", help="JSON results")
-    args = p.parse_args(argv)
-    trees = [ROOT] + ([Path(args.compare_tree).resolve()] if args.compare_tree else [])
-    gaps = [0.0, args.gap_ms / 1000]
-    rows: dict[str, list[list[dict]]] = {str(t): [] for t in trees}
-    for r in range(args.rounds):
-        for tree in trees if r % 2 == 0 else trees[::-1]:
-            rows[str(tree)].append(run_tree(tree, args.requests, gaps))
-    result = {"what": "router app, POST infer, canned upstream; microseconds per request (median of the rounds)",
-              "trees": {t: [{"gap_ms": g * 1000, "p50_us": float(np.median([run[i]["p50_us"] for run in runs])),
-                             "rounds_p50_us": [run[i]["p50_us"] for run in runs]} for i, g in enumerate(gaps)]
-                        for t, runs in rows.items()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("| tree | back to back: p50 us | after a " f"{args.gap_ms:g} ms idle gap: p50 us |\n|---|---|---|")
-    for tree, cells in result["trees"].items():
-        print(f"| {Path(tree).name} | {cells[0]['p50_us']} {cells[0]['rounds_p50_us']} | "
-              f"{cells[1]['p50_us']} {cells[1]['rounds_p50_us']} |")
-    print(f"wrote {args.out}")
+    cfg = parse_dataclass(HandlerBenchConfig, argv, "python -m serving.handler_bench", __doc__.split("\n\n")[0])
+    run = BenchRun("handler", "The router app's infer path, in process", cfg)
+    trees = {"this": ROOT, **({"compare": Path(cfg.compare_tree).resolve()} if cfg.compare_tree else {})}
+    gaps = [0.0, cfg.gap_ms / 1000]
+    runs = run_phases({arm: (lambda _, tree=tree: run_tree(tree, cfg.requests, gaps)) for arm, tree in trees.items()},
+                      cfg.rounds, mirror=True)
+    rows = tree_rows(trees, runs, gaps)
+    cdfs = {f"latency_cdf_gap_{g * 1000:g}ms": {Path(t).name + ("" if a == "this" else f" ({a})"):
+                                                 np.concatenate([r[i] for r in runs[a]]) for a, t in trees.items()}
+            for i, g in enumerate(gaps)}
+    report = run.write({"what": "router app, POST infer, canned upstream; milliseconds per request", "trees": rows},
+                       table, cdfs)
+    print(table(report.data))
+    print(f"\nwritten: {report.folder}")
     return 0
 
 

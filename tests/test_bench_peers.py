@@ -1,4 +1,5 @@
-"""The bench's peer servers (FastAPI + ORT, LitServe + ORT) on the tiny model: start, answer like Triton, stop."""
+"""The bench's peer servers (FastAPI + ORT, LitServe + ORT) on the tiny model: start, answer like Triton, stop;
+and the in-process limit they are compared with."""
 
 from __future__ import annotations
 
@@ -54,3 +55,15 @@ def test_peer_starts_answers_like_the_published_model_and_stops(name, tiny_onnx_
     assert service.child is None
     _, alive = psutil.wait_procs([psutil.Process(p) for p in tree if psutil.pid_exists(p)], timeout=30)
     assert not alive, f"{name} left processes behind: {alive}"
+
+
+def test_inprocess_limit_alternates_its_rows(tiny_onnx_dir, tmp_path):
+    from loadtests.peers.inprocess import inprocess_limit
+
+    version_dir = publish(tiny_onnx_dir, "int8", ExportConfig(repository=tmp_path / "repository"))
+    limit = inprocess_limit(version_dir, TEXTS * 12, threads=1, seconds=0.6, phases=2)
+    assert [(r["code"], r["batch_size"]) for r in limit["rows"]] == [
+        ("tokenizers + ORT", 1), ("tokenizers + ORT", 16), ("model.py TextClassifier", 16)]
+    for row in limit["rows"]:
+        assert row["n"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["items_per_s"] > 0, row
+    assert limit["best_items_per_s"] == max(r["items_per_s"] for r in limit["rows"])

@@ -20,8 +20,9 @@ def test_latency_log_round_trip_and_exact_percentiles(tmp_path):
     assert len(rows) == 100 and rows[0].ms == 1.0 and not rows[0].ok and rows[1].ok
     stats = window_stats(rows)
     ok = [float(i + 1) for i in range(100) if i % 10]
-    assert stats["ok"] == 90 and stats["error_rate"] == pytest.approx(0.1)
-    assert stats["p50_ms"] == pytest.approx(sorted(ok)[44] / 2 + sorted(ok)[45] / 2)  # not rounded to whole ms
+    assert stats["n"] == 90 and stats["error_rate"] == pytest.approx(0.1)
+    assert stats["p50_ms"] == sorted(ok)[44]  # the exact order statistic x_(45) of 90, not rounded to whole ms
+    assert stats["p99_ms"] == sorted(ok)[89] and stats["mean_ms"] == pytest.approx(sum(ok) / 90)
     half = window_stats(rows, rows[50].end_s, rows[-1].end_s)  # [start, end): the last request is outside
     assert half["requests"] == 49
 
@@ -54,8 +55,7 @@ def test_ratios_and_targets():
                        "p50_vs_fastapi_ort": True}
     data.update(config={"run": "runs/demo", "threads": 2, "litserve_max_batch_size": 16, "litserve_batch_timeout": 0.002,
                         "p99_bound_ms": 100.0, "rate": 20.0, "rate_time": "15s", "users": "4", "level_time": "10s"},
-                machine={"cpus": 2, "platform": "linux", "load_average_at_start": (0.1, 0, 0)},
-                load_average_at_end=(0.5, 0, 0), ratios=ratios, targets=targets,
+                ratios=ratios, targets=targets,
                 triton={"version": 3, "variant": "int8", "settings": "2 inst x 1 thr"})
     text = render(data)
     assert "| FastAPI + ORT (batch 1, 2 threads) | 6.0 / 12.0 | 300 | 4 | 1.33 | 70 % | - |" in text

@@ -1,4 +1,5 @@
-"""tunestack.cli and tunestack.configfile: one dataclass -> CLI helper, one config-file loader."""
+"""tunestack.cli and tunestack.configfile: one dataclass -> CLI helper with its subcommand table, one
+config-file loader."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Literal
 
 import pytest
 
-from tunestack.cli import dataclass_parser, field_docs, parse_dataclass
-from tunestack.configfile import ConfigFileError, load_config_file
+from export.pipeline import ExportResult
+from tunestack.cli import Command, Commands, dataclass_parser, field_docs, option, parse_dataclass, pop_flag
+from tunestack.configfile import ConfigFileError, load_config_file, load_documents
 
 
 @dataclass
@@ -95,3 +97,62 @@ def test_argv_none_reads_the_command_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_dataclass(Demo, None, prog="demo")
     assert exit_info.value.code == 0 and "--budget-s" in capsys.readouterr().out
+
+
+def test_export_result_docstrings_sit_under_their_fields():
+    docs = field_docs(ExportResult)
+    assert docs["already_published"].startswith("Variants whose exact ONNX file")
+    assert docs["triton_repository"].startswith("For an s3:// repository")
+
+
+@dataclass
+class Action:
+    """A command with positional arguments and a repeatable flag."""
+
+    action: Literal["list", "load"] = option(positional=True)
+    """What to do."""
+    model: str | None = option(None, positional=True)
+    """The model."""
+    versions: tuple[int, ...] = option((), flag="--version", repeat=True)
+    """Versions to serve."""
+    texts: tuple[str, ...] = ()
+    """More texts."""
+
+
+def test_positional_arguments_and_repeatable_flags():
+    cfg = parse_dataclass(Action, ["load", "m", "--version", "1", "--version", "3,4"])
+    assert cfg == Action("load", "m", (1, 3, 4))
+    assert parse_dataclass(Action, ["list"]) == Action("list")
+    assert "--version VERSIONS" in dataclass_parser(Action).format_help()
+
+
+def test_pop_flag_takes_the_last_value_in_either_spelling():
+    assert pop_flag(["--settings", "a", "--users", "3", "--settings=b", "x"], "--settings") == ("b", ["--users", "3", "x"])
+    assert pop_flag(["--users", "3"], "--settings") == (None, ["--users", "3"])
+
+
+def test_commands_run_the_named_subcommand_with_the_rest(capsys):
+    calls = []
+    inner = Commands("tool group", "A group.", {"go": Command(lambda argv: calls.append(("go", argv)) or 0, "go")})
+    tool = Commands("tool", "A tool.", {"group": Command(inner, "a group"),
+                                        "run": Command(lambda argv: calls.append(("run", argv)) or 3, "run it")})
+    assert tool(["run", "--x", "1"]) == 3 and tool(["group", "go", "a"]) == 0
+    assert calls == [("run", ["--x", "1"]), ("go", ["a"])]
+    assert tool(["--help"]) == 0 and "run    run it" in capsys.readouterr().out
+    assert tool(["walk"]) == 2 and "unknown command 'walk'; expected one of: group, run" in capsys.readouterr().err
+    assert tool([]) == 2
+    with_default = Commands("tool", "A tool.", {"run": Command(lambda argv: len(argv), "run")}, default="run")
+    assert with_default(["--x", "1"]) == 2  # not a command's name: the whole line goes to the default
+
+
+def test_configfile_sections_conf_files_and_documents(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.locust]\nusers = 3\n[tool.other]\nx = 1\n')
+    assert load_config_file(tmp_path / "pyproject.toml", section="tool.locust") == {"users": 3}
+    assert load_config_file(tmp_path / "pyproject.toml", section="tool.none") == {}
+    (tmp_path / "locust.conf").write_text("# Locust's format\n[locust]\nusers = 4\nrun-time = 2m\n")
+    assert load_config_file(tmp_path / "locust.conf") == {"users": "4", "run-time": "2m"}
+    (tmp_path / "m.yaml").write_text("kind: A\n---\n---\nkind: B\n")
+    assert load_documents(tmp_path / "m.yaml") == [{"kind": "A"}, {"kind": "B"}]
+    (tmp_path / "bad.yaml").write_text("kind: [\n")
+    with pytest.raises(ConfigFileError, match=r"bad\.yaml is not valid YAML"):
+        load_documents(tmp_path / "bad.yaml")

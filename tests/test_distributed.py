@@ -12,6 +12,8 @@ from peft import PeftModel
 
 from training.distributed import Dist
 from training.model import load_classifier
+from tunestack import names
+from tunestack.layout import RunLayout
 
 
 def test_dist_from_env():
@@ -41,13 +43,13 @@ def test_two_processes_train_one_adapter_and_the_loss_goes_down(tmp_path, tiny_m
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    adapter = tmp_path / "runs" / "ddp" / "adapter"
-    metrics = json.loads((adapter / "metrics.json").read_text())
+    adapter = RunLayout.of(tmp_path / "runs", "ddp").adapter
+    metrics = json.loads((adapter / names.METRICS_FILE).read_text())
     assert metrics["processes"] == 2
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.2, metrics
     assert metrics["test_after"]["accuracy"] > 0.9
     # the test split was predicted by both ranks and gathered: every example counted once
     assert metrics["test_after"]["examples"] == metrics["splits"]["test"] == 40
     assert proc.stdout.count("adapter: ") == 1, "only rank 0 reports and writes"
-    labels = json.loads((adapter / "label_map.json").read_text())["labels"]
+    labels = json.loads((adapter / names.LABEL_MAP_FILE).read_text())["labels"]
     PeftModel.from_pretrained(load_classifier(tiny_model_dir, labels), adapter)

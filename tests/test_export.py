@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -20,12 +19,15 @@ from export.errors import ConfigError, InputError
 from export.merge import merge
 from export.parity import check_parity
 from export.pipeline import run_export
+from tests.conftest import shift_bias
 from training.model import load_classifier
+from tunestack import names
+from tunestack.layout import RunLayout
 
 
 def test_merged_logits_equal_the_peft_model(tiny_adapter_dir, tiny_model_dir, tmp_path):
-    merged_dir = merge(tiny_adapter_dir, tmp_path / "merged")
-    labels = json.loads((tiny_adapter_dir / "label_map.json").read_text())["labels"]
+    merged_dir = merge(tiny_adapter_dir, RunLayout(tmp_path).merged)
+    labels = json.loads((tiny_adapter_dir / names.LABEL_MAP_FILE).read_text())["labels"]
     peft_model = PeftModel.from_pretrained(load_classifier(tiny_model_dir, labels), tiny_adapter_dir).eval()
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
     tok = AutoTokenizer.from_pretrained(merged_dir)
@@ -40,16 +42,16 @@ def test_merged_logits_equal_the_peft_model(tiny_adapter_dir, tiny_model_dir, tm
 
 
 def test_merge_twice_says_already_merged(tiny_adapter_dir, tmp_path, caplog):
-    out = merge(tiny_adapter_dir, tmp_path / "merged")
+    out = merge(tiny_adapter_dir, RunLayout(tmp_path).merged)
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        merge(tiny_adapter_dir, tmp_path / "merged")
+        merge(tiny_adapter_dir, RunLayout(tmp_path).merged)
     assert "already merged" in caplog.text
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
 
 
 def test_export_passes_the_gate(tiny_onnx_dir):
-    parity = json.loads((tiny_onnx_dir / "parity.json").read_text())
+    parity = json.loads((tiny_onnx_dir / names.PARITY_FILE).read_text())
     fp32 = parity["variants"]["fp32"]
     assert fp32["publishable"] and fp32["label_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
     assert parity["variants"]["int8"]["max_abs_diff"] > fp32["max_abs_diff"]  # int8 is really quantized
@@ -60,37 +62,24 @@ def test_export_passes_the_gate(tiny_onnx_dir):
     assert (tiny_onnx_dir / "model.int8.onnx").stat().st_size < (tiny_onnx_dir / "model.onnx").stat().st_size
 
 
-def _shift_bias(path, label_index, amount):
-    """Add ``amount`` to the classifier bias of one label in an ONNX file (pushes predictions to it)."""
-    model = onnx.load(path)
-    for init in model.graph.initializer:
-        if "classifier" in init.name and "bias" in init.name:
-            value = numpy_helper.to_array(init).copy()
-            value[label_index] += amount
-            init.CopyFrom(numpy_helper.from_array(value, init.name))
-            break
-    else:
-        pytest.fail(f"no classifier bias in {path}")
-    onnx.save(model, path)
-
-
 def _perturbed_copy(onnx_dir, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(onnx_dir.parent, runs / "tiny")
-    _shift_bias(runs / "tiny" / "onnx" / "model.onnx", 0, 5.0)
+    shift_bias(RunLayout.of(runs, "tiny").onnx / "model.onnx", 0, 5.0)
     return runs
 
 
 def test_perturbed_onnx_fails_the_gate_and_nothing_is_publishable(tiny_onnx_dir, tmp_path):
     runs = _perturbed_copy(tiny_onnx_dir, tmp_path)
-    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0)
-    report = check_parity(runs / "tiny" / "onnx", runs / "tiny" / "merged", cfg)
+    tiny = RunLayout.of(runs, "tiny")
+    cfg = ExportConfig(adapter=tiny.adapter, runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0)
+    report = check_parity(tiny.onnx, tiny.merged, cfg)
     assert not report["passed"]
     fp32 = report["variants"]["fp32"]
     assert not fp32["publishable"] and fp32["max_abs_diff"] > 1.0
     assert [c["name"] for c in fp32["checks"] if not c["passed"]][0] == "max_abs_diff"
     assert not report["variants"]["int8"]["publishable"], "int8 is derived from a failed fp32 export"
-    on_disk = json.loads((runs / "tiny" / "onnx" / "parity.json").read_text())
+    on_disk = json.loads(RunLayout.of(runs, "tiny").parity.read_text())
     assert not any(v["publishable"] for v in on_disk["variants"].values())
 
 
@@ -99,19 +88,20 @@ def test_int8_gate_fails_on_an_accuracy_drop(tiny_onnx_dir, tmp_path):
     model towards the label fp32 predicts least: int8 loses far more than the default 1.0 point."""
     runs = tmp_path / "runs"
     shutil.copytree(tiny_onnx_dir.parent, runs / "tiny")
-    merged = runs / "tiny" / "merged"
+    tiny = RunLayout.of(runs, "tiny")
+    merged = tiny.merged
     from export.parity import onnx_logits, onnx_session
 
-    examples = [json.loads(line) for line in (merged / "heldout.jsonl").read_text().splitlines()]
-    labels = json.loads((merged / "label_map.json").read_text())["labels"]
+    examples = [json.loads(line) for line in tiny.heldout.read_text().splitlines()]
+    labels = json.loads((merged / names.LABEL_MAP_FILE).read_text())["labels"]
     tok = AutoTokenizer.from_pretrained(merged)
-    preds = onnx_logits(onnx_session(runs / "tiny" / "onnx" / "model.onnx"), tok, [e["text"] for e in examples], 32, 32).argmax(-1)
-    (merged / "heldout.jsonl").write_text("".join(json.dumps({"text": e["text"], "label": labels[p]}) + "\n" for e, p in zip(examples, preds, strict=True)))
+    preds = onnx_logits(onnx_session(tiny.onnx / "model.onnx"), tok, [e["text"] for e in examples], 32, 32).argmax(-1)
+    tiny.heldout.write_text("".join(json.dumps({"text": e["text"], "label": labels[p]}) + "\n" for e, p in zip(examples, preds, strict=True)))
     rare = int(np.argmin(np.bincount(preds, minlength=len(labels))))
-    _shift_bias(runs / "tiny" / "onnx" / "model.int8.onnx", rare, 50.0)
+    shift_bias(tiny.onnx / "model.int8.onnx", rare, 50.0)
 
-    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False)  # default gate: 1.0 point
-    report = check_parity(runs / "tiny" / "onnx", merged, cfg)
+    cfg = ExportConfig(adapter=tiny.adapter, runs_dir=runs, publish=False)  # default gate: 1.0 point
+    report = check_parity(tiny.onnx, merged, cfg)
     assert report["variants"]["fp32"]["accuracy"] == 1.0 and report["variants"]["fp32"]["publishable"]
     int8 = report["variants"]["int8"]
     assert not int8["publishable"] and not report["passed"]
@@ -120,7 +110,7 @@ def test_int8_gate_fails_on_an_accuracy_drop(tiny_onnx_dir, tmp_path):
 
 def test_cli_exits_nonzero_when_the_gate_fails(tiny_onnx_dir, tmp_path, capsys):
     runs = _perturbed_copy(tiny_onnx_dir, tmp_path)
-    code = export_main(["--adapter", str(runs / "tiny" / "adapter"), "--runs-dir", str(runs), "--variants", "fp32", "--no-publish"])
+    code = export_main(["--adapter", str(RunLayout.of(runs, "tiny").adapter), "--runs-dir", str(runs), "--variants", "fp32", "--no-publish"])
     out = capsys.readouterr()
     assert code == 1, out.err
     assert "FAIL: max_abs_diff=" in out.out and "nothing was published" in out.err
@@ -128,7 +118,7 @@ def test_cli_exits_nonzero_when_the_gate_fails(tiny_onnx_dir, tmp_path, capsys):
 
 def test_export_is_safe_to_run_twice(tiny_onnx_dir, caplog):
     runs = tiny_onnx_dir.parent.parent
-    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0,
+    cfg = ExportConfig(adapter=RunLayout.of(runs, "tiny").adapter, runs_dir=runs, publish=False, int8_max_accuracy_drop=100.0,
                        variants=tuple(VARIANT_FILES))  # as the fixture exported it
     with caplog.at_level("INFO"):
         result = run_export(cfg)
@@ -140,10 +130,11 @@ def test_export_is_safe_to_run_twice(tiny_onnx_dir, caplog):
 def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         run_export(ExportConfig(adapter=tmp_path / "missing", runs_dir=tmp_path))
-    (tmp_path / "x" / "adapter").mkdir(parents=True)
-    (tmp_path / "x" / "adapter" / "notes.txt").write_text("")
+    bad = RunLayout.of(tmp_path, "x").adapter
+    bad.mkdir(parents=True)
+    (bad / "notes.txt").write_text("")
     with pytest.raises(InputError, match=r"missing \['adapter_config.json'.*\(found: \['notes.txt'\]\)"):
-        run_export(ExportConfig(adapter=tmp_path / "x" / "adapter", runs_dir=tmp_path))
+        run_export(ExportConfig(adapter=bad, runs_dir=tmp_path))
     with pytest.raises(ConfigError, match="unknown variant"):
         ExportConfig(variants=("fp16",))
     with pytest.raises(ConfigError, match="unknown layout"):
@@ -153,7 +144,7 @@ def test_bad_inputs(tmp_path):
 def test_parity_reports_onnx_equal_to_torch_on_real_text(tiny_onnx_dir):
     from export.parity import onnx_logits, onnx_session
 
-    merged = tiny_onnx_dir.parent / "merged"
+    merged = RunLayout.of_folder(tiny_onnx_dir).merged
     tok = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     texts = ["an utterly charming film", "the worst two hours of my life"]
@@ -165,7 +156,7 @@ def test_parity_reports_onnx_equal_to_torch_on_real_text(tiny_onnx_dir):
 
 def test_publishing_the_same_export_twice_adds_no_version(tiny_onnx_dir, tmp_path):
     runs = tiny_onnx_dir.parent.parent
-    cfg = ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, repository=tmp_path / "repo",
+    cfg = ExportConfig(adapter=RunLayout.of(runs, "tiny").adapter, runs_dir=runs, repository=tmp_path / "repo",
                        int8_max_accuracy_drop=100.0, variants=tuple(VARIANT_FILES))
     first = run_export(cfg)
     assert {v: p.name for v, p in first.published.items()} == {"fp32": "1", "int8": "2", "int8-static": "3"}

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from serving.judge.drift import DriftMonitor, Reference, categorical_psi, compare, psi
 from training.bundled import bundled_data_file, bundled_model_dir
+from tunestack import names
 
 
 def _column(path, column: str, keep=lambda row: True) -> list[str]:
@@ -45,8 +46,8 @@ def test_in_domain_reviews_do_not_drift_and_headlines_do(corpora, tmp_path):
     reviews, headlines, tok = corpora
     ref = Reference.from_texts(reviews[:3000], tok, labels=["positive"] * 1500 + ["negative"] * 1500,
                                confidences=np.random.default_rng(2).beta(8, 2, 3000))
-    ref.write(tmp_path / "drift_reference.json")
-    ref = Reference.read(tmp_path / "drift_reference.json")
+    ref.write(tmp_path / names.DRIFT_REFERENCE_FILE)
+    ref = Reference.read(tmp_path / names.DRIFT_REFERENCE_FILE)
     monitor = DriftMonitor(ref, tok)
     for i in range(0, 300, 10):  # 30 requests of 10 texts per arm
         monitor.observe("control", reviews[3000 + i: 3010 + i], labels=["positive", "negative"] * 5)

@@ -14,7 +14,7 @@ from deploy.config import K8sError
 from deploy.validate import KSERVE_SCHEMA, LIVE, READY, kserve_validator, validate_manifest
 from serving.router.config import RouterConfig, experiment_from_dict, load_experiment
 from serving.router.state import TOKEN_ENV
-from serving.triton_cli import triton_parser
+from serving.triton_cli import TritonArgs
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "serving" / "experiments" / "sentiment-ab.yaml"
 REPOSITORY = "s3://models/tunestack"
@@ -65,7 +65,7 @@ def test_names_ports_and_weights_come_from_the_configs(rendered):
     kind, docs = rendered
     experiment = load_experiment(EXPERIMENT)
     base = experiment.name
-    http_port = triton_parser().get_default("http_port")
+    http_port = TritonArgs.http_port
     router_port = RouterConfig(experiment=str(EXPERIMENT)).port
 
     # the router's experiment: the file's arms and weights, upstream at the in-cluster Triton
@@ -84,7 +84,7 @@ def test_names_ports_and_weights_come_from_the_configs(rendered):
         triton = docs[("Deployment", f"{base}-triton")]
         service = docs[("Service", f"{base}-triton")]
         ports = {p["name"]: p["containerPort"] for p in container(triton)["ports"]}
-        assert ports == {n: triton_parser().get_default(f"{n}_port") for n in ("http", "grpc", "metrics")}
+        assert ports == {n: getattr(TritonArgs, f"{n}_port") for n in ("http", "grpc", "metrics")}
         assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
         assert f"--model-repository={REPOSITORY}" in container(triton)["args"]
         assert service["spec"]["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()

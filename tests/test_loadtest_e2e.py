@@ -28,7 +28,7 @@ def stats(folder: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_onnx_dir, tmp_path_factory):
+def stack(tiny_onnx_dir, tiny_heldout, tmp_path_factory):
     """Triton serving fp32 (v1) and int8 (v2) of the tiny export, and the router splitting 50/50 between them."""
     tmp = tmp_path_factory.mktemp("loadtest-stack")
     cfg = ExportConfig(repository=tmp / "repository", model_name=MODEL, name="tiny")
@@ -39,8 +39,7 @@ def stack(tiny_onnx_dir, tmp_path_factory):
         "name": "sentiment-ab", "sticky": {"header": "X-User-Id"}, "fallback": "control",
         "arms": [{"name": "control", "model": MODEL, "version": "1", "weight": 50},
                  {"name": "treatment", "model": MODEL, "version": "2", "weight": 50}]}))
-    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
-                 if p.is_file())
+    texts = tiny_heldout
     with TritonServer(cfg.repository, models=[MODEL]) as triton, \
             RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url) as router:
         yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}

@@ -31,6 +31,7 @@ from export.object_store import (
     list_versions,
     publish_s3,
 )
+from tunestack.layout import RunLayout
 from tunestack.procs import free_port
 
 MODEL = CONTRACT.default_model_name
@@ -185,7 +186,7 @@ def test_failed_first_publish_leaves_an_empty_bucket(repo, tiny_onnx_dir):
 
 def abandon_version(repo: S3Repository, version: int) -> None:
     """What a publisher killed midway leaves behind: some files of a version, no marker, no config change."""
-    for name, body in [("model.py", b"raise RuntimeError('half-uploaded version loaded')\n"), ("label_map.json", b"{}")]:
+    for name, body in [("model.py", b"raise RuntimeError('half-uploaded version loaded')\n"), (CONTRACT.label_map_file, b"{}")]:
         repo.client.put_object(Bucket=repo.location.bucket, Key=repo.location.key(MODEL, version, name), Body=body)
 
 
@@ -304,7 +305,7 @@ def test_export_cli_publishes_to_the_bucket_once(repo, tiny_onnx_dir, capsys):
     from export.__main__ import main as export_main
 
     runs = tiny_onnx_dir.parent.parent
-    argv = ["--adapter", str(runs / "tiny" / "adapter"), "--runs-dir", str(runs), "--repository", repo.location.uri,
+    argv = ["--adapter", str(RunLayout.of(runs, "tiny").adapter), "--runs-dir", str(runs), "--repository", repo.location.uri,
             "--model-name", MODEL, "--int8-max-accuracy-drop", "100", "--variants", "fp32,int8"]
     assert export_main(argv) == 0
     first = capsys.readouterr().out

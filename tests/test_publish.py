@@ -19,6 +19,8 @@ from export.contract import CONTRACT, VARIANT_FILES
 from export.errors import GateError, InputError, PublishError
 from export.publish import publish
 from export.triton_model.model import RequestError, TextClassifier, decode_texts, softmax
+from tests.conftest import export_settings
+from tunestack.layout import RunLayout
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -29,12 +31,6 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*"))}
 
 
-def export_settings(onnx_dir: Path) -> tuple[list[str], int]:
-    """The labels and the trained max_length an export folder carries."""
-    labels = json.loads((onnx_dir / CONTRACT.label_map_file).read_text())["labels"]
-    return labels, int(json.loads((onnx_dir / "training_config.json").read_text())["max_length"])
-
-
 @pytest.fixture
 def cfg(tmp_path: Path) -> ExportConfig:
     return ExportConfig(repository=tmp_path / "model_repository", max_batch_size=8)
@@ -43,7 +39,7 @@ def cfg(tmp_path: Path) -> ExportConfig:
 @pytest.fixture
 def failing_gate(tiny_onnx_dir: Path, tmp_path: Path) -> Path:
     """A copy of the export folder whose int8 variant failed the parity gate."""
-    copy = shutil.copytree(tiny_onnx_dir, tmp_path / "runs" / "bad" / "onnx")
+    copy = shutil.copytree(tiny_onnx_dir, RunLayout.of(tmp_path / "runs", "bad").onnx)
     parity = json.loads((copy / CONTRACT.parity_file).read_text())
     parity["variants"]["int8"]["publishable"] = False
     parity["variants"]["int8"]["checks"] = [{"name": "accuracy_drop_points", "value": 3.1, "threshold": 1.0,

@@ -10,6 +10,7 @@ from export.config import ExportConfig
 from export.pipeline import run_export
 from training.config import TrainConfig
 from training.train import train
+from tunestack import names
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_minilm_train_merge_export_parity(tmp_path):
     assert metrics["splits"]["test"] == 120
 
     export = run_export(ExportConfig(adapter=result.adapter_dir, runs_dir=tmp_path, publish=False))
-    parity = json.loads((export.onnx_dir / "parity.json").read_text())
+    parity = json.loads((export.onnx_dir / names.PARITY_FILE).read_text())
     fp32, int8 = parity["variants"]["fp32"], parity["variants"]["int8"]
     assert parity["examples"] == 120
     assert fp32["publishable"] and fp32["label_agreement"] == 1.0 and fp32["max_abs_diff"] < 1e-4

@@ -25,6 +25,7 @@ import pytest
 
 from loadtests.drills.common import DrillConfig
 from loadtests.drills.progressive import ArmSource, flipped_export, rollout_drill_run
+from tunestack.layout import RunLayout
 
 MIN_SAMPLES = {name: 100 for name in ("error_rate", "latency_mean", "latency_p99", "accuracy", "label_distribution",
                                       "confidence_mean")}
@@ -60,23 +61,25 @@ def relabelled_run(onnx_dir, dest):
     from export.publish import read_source
 
     src = read_source(onnx_dir, "fp32")
-    rows = [json.loads(line) for line in (onnx_dir.parent / "merged" / "heldout.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in RunLayout.of_folder(onnx_dir).heldout.read_text().splitlines()]
     logits = onnx_logits(onnx_session(src.onnx_file, 1), AutoTokenizer.from_pretrained(onnx_dir),
                          [r["text"] for r in rows], src.max_length, 32)
     relabelled = [{"text": r["text"], "label": src.labels[int(k)]} for r, k in zip(rows, np.argmax(logits, 1), strict=True)]
     # Locust accepts only the labels its texts carry: keep every label name in the file (one row each)
     relabelled += [{"text": f"{name} anchor", "label": name} for name in src.labels]
-    shutil.copytree(onnx_dir, dest / "onnx")
-    (dest / "merged").mkdir()
-    (dest / "merged" / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in relabelled))
+    layout = RunLayout(dest)
+    shutil.copytree(onnx_dir, layout.onnx)
+    layout.merged.mkdir()
+    layout.heldout.write_text("".join(json.dumps(r) + "\n" for r in relabelled))
     return dest
 
 
 @pytest.mark.e2e
 def test_bad_accuracy_is_rolled_back_at_the_first_step(tiny_onnx_dir, tmp_path):
     run = relabelled_run(tiny_onnx_dir, tmp_path / "run")
-    arms = [ArmSource("fp32", run / "onnx", "fp32"),
-            ArmSource("flipped", flipped_export(run / "onnx", tmp_path / "flipped"), "fp32", model="flipped")]
+    onnx_dir = RunLayout(run).onnx
+    arms = [ArmSource("fp32", onnx_dir, "fp32"),
+            ArmSource("flipped", flipped_export(onnx_dir, tmp_path / "flipped"), "fp32", model="flipped")]
     s = rollout_drill_run(drill_config(run, tmp_path), "bad", arms,
                           section([25, 50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 25.0}), 45)
     assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]

@@ -59,22 +59,24 @@ def test_floor_proxies_pass_answers_through(repository, tmp_path):
 
 
 def test_router_bench_measures_every_path(repository, tmp_path):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "bench"
     argv = [sys.executable, "-m", "serving.router_bench", "--repository", str(repository), "--requests", "40",
             "--concurrency", "1,2", "--phases", "2", "--warmup", "4", "--floor", "--out", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads((out / "bench.json").read_text())["rows"]
     assert [r["concurrency"] for r in rows] == [1, 2]
     compared = {"router": "direct", "router grpc": "direct grpc", "floor raw": "direct", "floor asgi": "direct",
                 "floor grpc": "direct grpc"}
     for row in rows:
         assert set(row["paths"]) == {"direct", "direct grpc", *compared}
         for name, path in row["paths"].items():
-            assert path["requests"] == 40 and 0 < path["p50_ms"] <= path["p99_ms"], (name, path)
+            assert path["n"] == 40 and 0 < path["p50_ms"] <= path["p99_ms"], (name, path)
         for name, baseline in compared.items():
             path = row["paths"][name]
-            assert path["overhead_p50_ms"]["vs"] == baseline
-            assert path["overhead_p50_ms"]["low"] <= path["overhead_p50_ms"]["estimate"] <= path["overhead_p50_ms"]["high"]
+            assert path["diff_p50_ms"]["vs"] == baseline
+            assert path["diff_p50_ms"]["low"] <= path["diff_p50_ms"]["estimate"] <= path["diff_p50_ms"]["high"]
             assert path["cpu_us_per_request"] >= 0, name  # psutil counts CPU in 10 ms ticks: 40 requests may read 0
     assert "| floor raw |" in done.stdout and "| router grpc |" in done.stdout
+    assert "| floor raw |" in (out / "bench.md").read_text()
+    assert sorted(p.name for p in out.glob("*.png")) == ["latency_cdf_c1.png", "latency_cdf_c2.png"]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.router.cli import router_parser
+from serving.router.cli import parse_router_config
 from serving.router.config import RouterConfig, Sticky, experiment_from_dict, load_experiment
 from serving.router.errors import ExperimentError
+from tunestack.cli import dataclass_parser
 
 ROOT = Path(__file__).parents[1]
 
@@ -131,9 +132,9 @@ def test_router_config_validation_and_cli_mirror():
     with pytest.raises(ExperimentError) as e:
         RouterConfig(experiment="e.yaml", port=0, max_body_bytes=0)
     assert "port must be in 1..65535" in str(e.value) and "max_body_bytes must be >= 1" in str(e.value)
-    args = router_parser().parse_args(["--experiment", "e.yaml", "--max-body-bytes", "2048"])
-    assert set(vars(args)) == {f.name for f in fields(RouterConfig)}
-    config = RouterConfig(**vars(args))
+    parser = dataclass_parser(RouterConfig, config_file=False)
+    assert set(parser.get_defaults().keys()) == {f.name for f in fields(RouterConfig)}
+    config = parse_router_config(["--experiment", "e.yaml", "--max-body-bytes", "2048"])
     assert config.host == "127.0.0.1" and config.max_body_bytes == 2048
 
 

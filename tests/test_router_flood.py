@@ -1,9 +1,9 @@
-"""A flood of malformed requests hurts only its sender (issue #10).
+"""A flood of malformed requests hurts only its sender.
 
 Real processes: tritonserver on the tiny model (two versions), the router as a subprocess on a 70/30
 experiment with a fallback arm, and a real headless Locust run of good traffic. Once the router has answered
-some of it, one client sends ``FLOOD_COUNT`` malformed requests, paced at ``FLOOD_RATE`` a second (the bodies
-from the issue: ``"data": null``, a negative dimension, a number where BYTES text is expected, 100,000 nested
+some of it, one client sends ``FLOOD_COUNT`` malformed requests, paced at ``FLOOD_RATE`` a second (the bodies:
+``"data": null``, a negative dimension, a number where BYTES text is expected, 100,000 nested
 ``[``, a blank text the model itself refuses, an oversize body); Locust is stopped only after the router has
 answered more good requests after the flood's last (``tests.flood.flood_amid_good_traffic``: an order of
 events, not a clock). Every malformed request must get its 4xx with a JSON error, every good request must
@@ -60,10 +60,9 @@ MALFORMED = {  # name -> (body, the status the router must answer)
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_onnx_dir, tmp_path_factory) -> Iterator[dict]:
+def stack(tiny_onnx_dir, tiny_heldout, tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("flood")
-    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
-                 if p.is_file())
+    texts = tiny_heldout
     with flood_stack(tiny_onnx_dir, tmp, EXPERIMENT) as (triton, router):
         yield {"triton": triton, "router": router, "texts": str(texts), "reports": tmp / "reports"}
 

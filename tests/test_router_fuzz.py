@@ -22,20 +22,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.config import ExportConfig
 from export.contract import CONTRACT
-from export.publish import publish
 from serving.router.errors import BadRequest
 from serving.router.process import RouterProcess
 from serving.router.protocol import parse_request, validate
-from serving.triton import TritonServer
+from tests.conftest import REPOSITORY_MAX_BATCH
 
 MODEL = CONTRACT.default_model_name
 EXPERIMENT = "fuzz-ab"
 META = {"name": MODEL, "inputs": [{"name": CONTRACT.input_text, "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [{"name": CONTRACT.output_probabilities, "datatype": "FP32", "shape": [-1, 2]},
                     {"name": CONTRACT.output_label, "datatype": "BYTES", "shape": [-1, 1]}]}
-MAX_BATCH = 8
+MAX_BATCH = REPOSITORY_MAX_BATCH  # the conftest repository's, which the triton fixture serves
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -163,16 +161,6 @@ def test_any_body_is_accepted_or_refused_with_bad_request(body_headers):
 
 
 # -- end to end: the real router and the real python-backend model --------------------------------------------
-
-@pytest.fixture(scope="module")
-def triton(tiny_onnx_dir, tmp_path_factory) -> Iterator[TritonServer]:
-    cfg = ExportConfig(repository=tmp_path_factory.mktemp("fuzz") / "model_repository", model_name=MODEL,
-                       max_batch_size=MAX_BATCH, max_queue_delay_us=0)
-    publish(tiny_onnx_dir, "fp32", cfg)
-    publish(tiny_onnx_dir, "int8", cfg)
-    with TritonServer(cfg.repository, models=[MODEL], startup_timeout=90) as server:
-        yield server
-
 
 @pytest.fixture(scope="module")
 def router(triton, tmp_path_factory) -> Iterator[RouterProcess]:

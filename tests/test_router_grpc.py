@@ -204,9 +204,8 @@ def test_sticky_by_request_parameter_over_grpc(triton, tmp_path):
             rc.close()
 
 
-def test_locust_grpc_user_through_the_router(router, tiny_onnx_dir, tmp_path):
-    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
-                 if p.is_file())
+def test_locust_grpc_user_through_the_router(router, tiny_heldout, tmp_path):
+    texts = tiny_heldout
     prefix = tmp_path / "locust"
     expected = Assigner(experiment_from_dict(spec("http://x")))
     arms_of = [expected.assign(f"grpc-user-0-{i}", None) for i in range(1, 41)]  # GrpcUser's user ids, in order

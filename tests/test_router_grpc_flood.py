@@ -1,4 +1,4 @@
-"""A flood of malformed gRPC requests hurts only its sender (issue #10, the gRPC twin of test_router_flood.py).
+"""A flood of malformed gRPC requests hurts only its sender (the gRPC twin of test_router_flood.py).
 
 Real processes: tritonserver on the tiny model (two versions), the router as a subprocess on a 70/30
 experiment with a fallback arm, its gRPC endpoint forwarding to Triton's gRPC port. Four ``tritonclient.grpc``

@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2_grpc
 from export.contract import CONTRACT
 from serving.router.grpc_protocol import CONTENTS_FIELD
 from serving.router.process import RouterProcess
-from tests.test_router_fuzz import MAX_BATCH, MODEL, bytes_tensor, server_errors, triton  # noqa: F401
+from tests.test_router_fuzz import MAX_BATCH, MODEL, bytes_tensor, server_errors
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +127,7 @@ def broken_requests(draw) -> pb.ModelInferRequest:
 
 
 @pytest.fixture(scope="module")
-def router(triton, tmp_path_factory) -> Iterator[RouterProcess]:  # noqa: F811
+def router(triton, tmp_path_factory) -> Iterator[RouterProcess]:
     folder: Path = tmp_path_factory.mktemp("grpc-fuzz-router")
     (folder / "experiment.yaml").write_text(yaml.safe_dump({
         "name": EXPERIMENT, "upstream": triton.http_url, "timeout_s": 5.0, "fallback": "control",

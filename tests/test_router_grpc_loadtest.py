@@ -40,9 +40,8 @@ def feedback_count(url: str) -> float:
 
 
 @pytest.mark.e2e
-def test_grpc_load_test_sends_feedback_through_the_router(router, tiny_onnx_dir, tmp_path):  # noqa: F811
-    texts = next(p for p in (tiny_onnx_dir / "heldout.jsonl", tiny_onnx_dir.parent / "merged" / "heldout.jsonl")
-                 if p.is_file())
+def test_grpc_load_test_sends_feedback_through_the_router(router, tiny_heldout, tmp_path):  # noqa: F811
+    texts = tiny_heldout
     before = feedback_count(router.url)
     result = run_loadtest(LoadTestConfig(
         protocol="grpc", host=router.url, grpc_host=router.grpc_address, experiment=EXPERIMENT, texts=str(texts),

@@ -160,45 +160,6 @@ def test_power_label_distribution():
 
 # -- small exact values --------------------------------------------------------------------------------
 
-def drifting_phases(rng: np.random.Generator, phases: int, n: int, delta: float, drift: float, jitter: float):
-    """A benchmark's alternating phases on a machine whose speed drifts: phase pair ``k`` shares a slow factor
-    ``exp(N(0, drift))``, each phase adds its own ``exp(N(0, jitter))``; the treatment is ``delta`` s slower."""
-    shared = rng.normal(0, drift, phases)
-    control = [rng.lognormal(MU, SIGMA, n) * math.exp(s + rng.normal(0, jitter)) for s in shared]
-    treatment = [rng.lognormal(MU, SIGMA, n) * math.exp(s + rng.normal(0, jitter)) + delta for s in shared]
-    return control, treatment
-
-
-@pytest.mark.parametrize("q", [0.5, 0.99])
-def test_blocked_interval_keeps_its_coverage_when_the_machine_drifts(q):
-    """``router_bench``'s interval: ~95 % coverage of the true overhead with drift between phases, where
-    the pooled interval (every request independent) covers it far less often at the median."""
-    rng = np.random.default_rng(7)
-    sims, delta = 300, 0.0005
-    blocked = pooled = 0
-    for _ in range(sims):
-        control, treatment = drifting_phases(rng, 8, 250, delta, drift=0.15, jitter=0.08)
-        b = stats.blocked_quantile_diff_ci(control, treatment, q)
-        p = stats.quantile_diff_ci(np.concatenate(control), np.concatenate(treatment), q)
-        blocked += b.low <= delta <= b.high
-        pooled += p.low <= delta <= p.high
-    assert 0.91 <= blocked / sims <= 0.99, blocked / sims
-    if q == 0.5:
-        assert pooled / sims < 0.8, pooled / sims
-
-
-def test_blocked_interval_power_and_aa_rate():
-    rng = np.random.default_rng(8)
-    sims = 300
-    aa = sum(detected(stats.blocked_quantile_diff_ci(*drifting_phases(rng, 8, 250, 0.0, 0.1, 0.05), 0.5))
-             for _ in range(sims)) / sims
-    found = sum(detected(stats.blocked_quantile_diff_ci(*drifting_phases(rng, 8, 250, 0.002, 0.1, 0.05), 0.5))
-                for _ in range(sims)) / sims
-    assert aa <= 0.09 and found >= 0.9, (aa, found)
-    with pytest.raises(ValueError, match="paired blocks"):
-        stats.blocked_quantile_diff_ci([np.ones(3)], [np.ones(3)], 0.5)
-
-
 def test_wilson_and_newcombe_known_values():
     # Newcombe (1998), example (a): 56/70 vs 48/80 -> difference 0.2 [0.0524, 0.3339]
     ci = stats.proportion_diff_ci(48, 80, 56, 70)

@@ -233,7 +233,7 @@ def test_admin_tokens_have_names():
 
 
 def test_audit_and_report_commands_read_the_store(tmp_path, capsys):
-    from serving.router.cli import main
+    from serving.__main__ import main
 
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
 

@@ -13,15 +13,16 @@ from training.data import load_splits
 from training.errors import ConfigError, DataError, ModelError
 from training.model import load_classifier
 from training.train import train
+from tunestack.names import LABEL_MAP_FILE, METRICS_FILE
 
 
 def test_adapter_folder_has_everything_and_loads(tiny_adapter_dir, tiny_model_dir):
     names = {p.name for p in tiny_adapter_dir.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "label_map.json",
             "training_config.json", "metrics.json", "heldout.jsonl"} <= names
-    labels = json.loads((tiny_adapter_dir / "label_map.json").read_text())["labels"]
+    labels = json.loads((tiny_adapter_dir / LABEL_MAP_FILE).read_text())["labels"]
     assert labels == ["negative", "positive"]
-    metrics = json.loads((tiny_adapter_dir / "metrics.json").read_text())
+    metrics = json.loads((tiny_adapter_dir / METRICS_FILE).read_text())
     for split in ("test_before", "test_after"):
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0 and 0.0 <= metrics[split]["macro_f1"] <= 1.0
         assert metrics[split]["examples"] == metrics["splits"]["test"] > 0
@@ -114,7 +115,7 @@ def test_custom_columns_and_jsonl(tmp_path, tiny_model_dir):
     data = write(tmp_path / "d.jsonl", lines)
     cfg = tiny_train_config(tmp_path, tiny_model_dir, data=data, text_column="review", label_column="y", max_steps=2, eval_every=2)
     result = train(cfg)
-    assert json.loads((result.adapter_dir / "label_map.json").read_text())["labels"] == ["a", "b"]
+    assert json.loads((result.adapter_dir / LABEL_MAP_FILE).read_text())["labels"] == ["a", "b"]
 
 
 def test_bad_model_folder(tmp_path):
@@ -141,17 +142,20 @@ def test_config_collects_every_problem():
 
 
 def test_cli_reads_a_config_file_and_flags_override_it(tmp_path):
-    from tunestack.cli import parse_config
+    from functools import partial
 
+    from tunestack.cli import parse_dataclass
+
+    parse_config = partial(parse_dataclass, TrainConfig, prog="t", description="d", errors=())
     (tmp_path / "train.yaml").write_text("name: fromfile\nlora_r: 16\ntarget-modules: query,key\ntime_budget_s: 60\n")
     (tmp_path / "train.toml").write_text('name = "toml"\nlora_alpha = 8\n')
-    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "train.yaml"), "--lora-r", "4"], "t", "d")
+    cfg = parse_config(["--config", str(tmp_path / "train.yaml"), "--lora-r", "4"])
     assert (cfg.name, cfg.lora_r, cfg.target_modules, cfg.time_budget_s) == ("fromfile", 4, ("query", "key"), 60.0)
-    assert parse_config(TrainConfig, ["--config", str(tmp_path / "train.toml")], "t", "d").lora_alpha == 8
-    assert parse_config(TrainConfig, ["--max-steps", "none", "--no-overwrite"], "t", "d").max_steps is None
+    assert parse_config(["--config", str(tmp_path / "train.toml")]).lora_alpha == 8
+    assert parse_config(["--max-steps", "none", "--no-overwrite"]).max_steps is None
     (tmp_path / "bad.yaml").write_text("lora_rank: 4\n")
     with pytest.raises(ConfigError, match=r"unknown training config key\(s\) \['lora_rank'\]"):
-        parse_config(TrainConfig, ["--config", str(tmp_path / "bad.yaml")], "t", "d")
+        parse_config(["--config", str(tmp_path / "bad.yaml")])
 
 
 def test_training_cli_reports_errors_without_a_traceback(tmp_path, capsys):

@@ -26,15 +26,16 @@ from tritonclient.utils import InferenceServerException
 
 from export import triton_config
 from export.config import ExportConfig
-from export.contract import CONTRACT, VARIANT_FILES
+from export.contract import VARIANT_FILES
 from export.publish import publish
 from export.triton_model.model import length_buckets, softmax
 from serving import client as client_cli
-from serving import triton_cli
+from serving.__main__ import main as serving_main
 from serving.client import TritonClassifier, text_input
 from serving.errors import InferenceError, TritonStartError
 from serving.repository import ModelRepository
 from serving.triton import TritonServer
+from tests.conftest import export_settings
 from tunestack.procs import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,12 +44,6 @@ MODEL = "sentiment"
 MAX_BATCH = 8
 TEXTS = ["a fine film", "A DULL, overlong mess that never ends.", "not bad at all", "word " * 4000]
 LONG_TEXT = "a " * 10_000  # 20,000 characters: accepted, truncated to the trained max_length tokens
-
-
-def export_settings(onnx_dir: Path) -> tuple[list[str], int]:
-    """The labels and the trained max_length an export folder carries."""
-    labels = json.loads((onnx_dir / CONTRACT.label_map_file).read_text())["labels"]
-    return labels, int(json.loads((onnx_dir / "training_config.json").read_text())["max_length"])
 
 
 @pytest.fixture(scope="module")
@@ -282,8 +277,8 @@ def test_load_unload_and_rollback(server, repository, capsys):
             repo.rollback(MODEL, 7)
 
     cli = ["models", "--url", server.http_address, "--repository", str(repository)]
-    assert triton_cli.main(cli + ["load", MODEL]) == 0
-    assert triton_cli.main(cli + ["list"]) == 0
+    assert serving_main(cli + ["load", MODEL]) == 0
+    assert serving_main(cli + ["list"]) == 0
     listing = capsys.readouterr().out
     assert re.search(rf"{MODEL}\s+1\s+READY", listing) and re.search(rf"{MODEL}\s+2\s+READY", listing)
     assert served_by() == "2"
@@ -327,13 +322,15 @@ def test_launcher_serves_until_sigterm(repository):
 def test_bench_writes_figures_for_every_path(repository, tmp_path, capsys):
     from serving import bench
 
-    out = tmp_path / "reports" / "bench-serving.json"
+    out = tmp_path / "reports" / "bench-serving"
     assert bench.main(["--repository", str(repository), "--model", MODEL, "--version", "1", "--requests", "30",
                        "--duration", "1", "--concurrency", "4", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = json.loads((out / "bench.json").read_text())
     assert set(report["batch1"]) == {"in-process ORT", "Triton HTTP", "Triton gRPC"}
-    assert all(s["requests"] == 30 and 0 < s["median_ms"] <= s["p99_ms"] for s in report["batch1"].values())
+    assert all(s["n"] == 30 and 0 < s["p50_ms"] <= s["p99_ms"] for s in report["batch1"].values())
+    assert report["batch1"]["Triton HTTP"]["diff_p50_ms"]["vs"] == "in-process ORT"
     throughput = report["throughput"]
     assert throughput["no dynamic batching"]["mean_batch_size"] == 1.0
     assert all(s["requests_per_s"] > 0 for s in throughput.values()) and len(throughput) == 3
-    assert out.with_suffix(".md").is_file() and "| Triton gRPC | 30 |" in capsys.readouterr().out
+    assert (out / "bench.md").is_file() and (out / "latency_cdf.png").is_file()
+    assert "| Triton gRPC | 30 |" in capsys.readouterr().out

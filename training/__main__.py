@@ -12,12 +12,11 @@ from training.config import TrainConfig
 from training.distributed import Dist
 from training.errors import TrainingError
 from training.train import train
-from tunestack.cli import parse_config
+from tunestack.cli import Command, Commands, parse_dataclass
 
 
 def compare_main(argv: list[str]) -> int:
     from training.compare import CompareConfig, run_compare
-    from tunestack.cli import parse_dataclass
 
     cfg = parse_dataclass(CompareConfig, argv, "python -m training compare", errors=(TrainingError, ValueError, TypeError))
     try:
@@ -30,15 +29,12 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["compare"]:
-        return compare_main(argv[1:])
+def train_main(argv: list[str]) -> int:
     try:
-        cfg = parse_config(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face sequence classifier on labelled text, or a causal LM on prompts and references "
-                           "(--task causal-lm), with --method lora|full|freeze|ia3|loha; "
-                           "`python -m training compare --help` compares the methods.")
+        cfg = parse_dataclass(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face sequence classifier on "
+                              "labelled text, or a causal LM on prompts and references (--task causal-lm), with "
+                              "--method lora|full|freeze|ia3|loha; `python -m training compare --help` compares the "
+                              "methods.", errors=())
         dist = Dist.from_env()  # torchrun's RANK / WORLD_SIZE, read once here
         result = train(cfg, dist)
     except (TrainingError, FileNotFoundError, ValueError) as e:
@@ -59,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}"
           + (f", ROC-AUC {after['auc']:.4f}" if after["auc"] is not None else ""))
     return 0
+
+
+COMMANDS = Commands("python -m training", "Fine-tuning, and every method compared.", {
+    "train": Command(train_main, "fine-tune one method (the default: `python -m training --method lora ...`)"),
+    "compare": Command(compare_main, "every method on the same split and budget, trained, exported and timed"),
+}, default="train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from training.data import read_jsonl
 from training.errors import ConfigError
 from training.methods import METHODS, check_method
 from training.train import train
-from tunestack import tracking
+from tunestack import names, tracking
 from tunestack.configfile import config_to_dict
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def compare_one(cfg: CompareConfig, method: str, name: str, served_repo: Path | 
     variants = export.parity["variants"]
     timed = "int8" if variants.get("int8", {}).get("publishable") else "fp32"
     m, after = result.metrics, result.metrics["test_after"]
-    test_labels = Counter(ex.label for ex in read_jsonl(result.adapter_dir / "heldout.jsonl"))
+    test_labels = Counter(ex.label for ex in read_jsonl(result.adapter_dir / names.HELDOUT_FILE))
     if served_repo is not None and variants[timed]["publishable"]:
         publish_for_serving(export.onnx_dir, timed, served_repo, method)
     return {
@@ -192,7 +192,7 @@ def compare_one(cfg: CompareConfig, method: str, name: str, served_repo: Path | 
         "parity": {v: {"max_abs_diff": e["max_abs_diff"], "label_agreement": e["label_agreement"],
                        "accuracy": e["accuracy"], "publishable": e["publishable"]} for v, e in variants.items()},
         "served_variant": timed, "served_p50_ms": None, "served_p99_ms": None,
-        "inprocess_p50_ms": inprocess_p50_ms(export.onnx_dir / variants[timed]["file"], export.onnx_dir / "heldout.jsonl",
+        "inprocess_p50_ms": inprocess_p50_ms(export.onnx_dir / variants[timed]["file"], export.onnx_dir / names.HELDOUT_FILE,
                                        tcfg.max_length, cfg.latency_requests, cfg.threads),
         "adapter_dir": str(result.adapter_dir), "training_run_id": result.run_id,
     }
@@ -210,7 +210,7 @@ def run_compare(cfg: CompareConfig) -> Path:
             log.info("compare %d/%d: %s (budget %.0f s)", i, len(cfg.methods), method, cfg.time_budget_s)
             rows.append(compare_one(cfg, method, f"compare-{stamp}-{method}", served_repo))
         if served_repo is not None:
-            texts = [ex.text for ex in read_jsonl(Path(rows[0]["adapter_dir"]) / "heldout.jsonl")]
+            texts = [ex.text for ex in read_jsonl(Path(rows[0]["adapter_dir"]) / names.HELDOUT_FILE)]
             log.info("timing %d methods through tritonserver (%d requests each)", len(rows), cfg.latency_requests)
             gated = [r["method"] for r in rows if r["parity"][r["served_variant"]]["publishable"]]
             served = served_latencies(served_repo, gated, texts, cfg.latency_requests,

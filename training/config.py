@@ -9,6 +9,7 @@ from typing import Any
 from training.errors import ConfigError
 from training.methods import METHODS, check_method
 from tunestack.configfile import config_from_dict, config_to_dict
+from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -213,7 +214,7 @@ class TrainConfig:
 
     @property
     def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
+        return RunLayout(self.run_dir).adapter
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     if dist.is_main:
         run_id = tracking.log_run("training", cfg.name, params=cfg.to_dict() | {"learning_rate": cfg.lr},
                                   metrics={k: v for k, v in metrics.items() if k != "history"},
-                                  series=progress.history, documents={"metrics.json": metrics}, uri=cfg.tracking_uri)
+                                  series=progress.history, documents={names.METRICS_FILE: metrics}, uri=cfg.tracking_uri)
         _write_adapter(model, tokenizer, splits, cfg, model_dir, metrics, run_id)
     dist.close()
     return TrainResult(cfg.adapter_dir, metrics, progress.history, run_id)

@@ -2,7 +2,7 @@
 
 Tensor and model names served by Triton live in ``export.contract`` (the serving contract); this module
 holds the rest: where the servers listen by default, the router's upstream timeout, and the names of
-files one stage writes and a later stage reads.
+files one stage writes and a later stage reads (where they lie in a run: ``tunestack.layout.RunLayout``).
 """
 
 from __future__ import annotations
@@ -44,3 +44,14 @@ METRICS_FILE = "metrics.json"
 """Training's evaluation history and final test metrics."""
 HELDOUT_FILE = "heldout.jsonl"
 """The held-out test split (text, label): parity data, benchmark and load-test texts."""
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+"""peft's config of a saved adapter (absent when training saved a full model)."""
+
+# Files export writes into runs/NAME/onnx/; publish copies some of them into each version.
+PARITY_FILE = "parity.json"
+"""The parity report written next to the ONNX files (and copied into each published version)."""
+EXPORT_CONFIG_FILE = "export_config.json"
+"""The resolved export config, next to the ONNX files."""
+DRIFT_REFERENCE_FILE = "drift_reference.json"
+"""Inside each published version: the drift monitor's training reference (``serving.judge.drift``); in
+``runs/NAME/onnx/`` one per variant (``tunestack.layout.RunLayout.drift_reference``)."""

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunestack import names
 from tunestack.problems import is_number
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def log_export(cfg, result) -> str | None:
     published = {variant: str(where) for variant, where in result.published.items()}
     return log_run("export", cfg.run_name, params=cfg.to_dict(), metrics=metrics,
                    tags={"training_run_id": link.get("run_id", ""), "published": json.dumps(published)},
-                   documents={"parity.json": result.parity})
+                   documents={names.PARITY_FILE: result.parity})
 
 
 def log_loadtest(summary: dict, folder: Path) -> str | None:

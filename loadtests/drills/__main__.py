@@ -1,55 +1,56 @@
 """``python -m loadtests.drills rollout|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
-drill and print its report."""
+drill and print its report; exit 0 when the drill met its bar, 1 when it did not."""
 
 from __future__ import annotations
 
-import argparse
+import sys
+from functools import partial
 from pathlib import Path
 
 from loadtests.drills import DrillConfig, fault_drill, rollout_drill
 from loadtests.drills.drift import drift_drill
 from loadtests.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
-from tunestack.cli import parse_dataclass
+from tunestack.cli import Command, Commands, parse_dataclass
 from tunestack.logs import setup_logging
 
 DRILLS = ("rollout", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
 
 
-def parse_args(argv: list[str] | None) -> tuple[str, DrillConfig]:
-    """The drill's name and its settings: ``DrillConfig``'s defaults, then ``--config FILE``, then the flags."""
-    parser = argparse.ArgumentParser(prog="python -m loadtests.drills", add_help=False,
-                                     description="Operational drills under continuous Locust load "
-                                                 "(see loadtests/drills/__init__.py).")
-    parser.add_argument("drill", choices=DRILLS, help="which drill to run")
-    known, rest = parser.parse_known_args(argv)
-    return known.drill, parse_dataclass(DrillConfig, rest, prog=f"python -m loadtests.drills {known.drill}")
+def parse_drill(drill: str, argv: list[str]) -> DrillConfig:
+    """The drill's settings: ``DrillConfig``'s defaults, then ``--config FILE``, then the flags."""
+    return parse_dataclass(DrillConfig, argv, prog=f"python -m loadtests.drills {drill}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        import sys
-
-        argv = sys.argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: python -m loadtests.drills {{{','.join(DRILLS)}}} [--config FILE] [flags]\n"
-              "Run `python -m loadtests.drills rollout --help` for every setting.")
-        return 0
-    drill, cfg = parse_args(argv)
+def run_drill(drill: str, argv: list[str]) -> int:
+    cfg = parse_drill(drill, argv)
     setup_logging(Path(cfg.out_dir) / f"{drill}-drill.log")  # progress here; library warnings in the file
     if drill.startswith("rollout-"):
         summary = progressive_drill(cfg, drill.removeprefix("rollout-"))
-        print((Path(summary["folder"]) / "drill.md").read_text())
-        return 0 if summary["decision"] == EXPECTED[drill.removeprefix("rollout-")] else 1
-    if drill == "drift":
+        ok = summary["decision"] == EXPECTED[drill.removeprefix("rollout-")]
+    elif drill == "drift":
         summary = drift_drill(cfg)
-        print((Path(summary["folder"]) / "drill.md").read_text())
-        return 0 if summary["detected_within_bound"] and not summary["false_alarm_in_domain"] else 1
-    summary = (rollout_drill if drill == "rollout" else fault_drill)(cfg)
+        ok = summary["detected_within_bound"] and not summary["false_alarm_in_domain"]
+    elif drill == "rollout":
+        summary = rollout_drill(cfg)
+        ok = summary["failed_requests"] == 0
+    else:
+        summary = fault_drill(cfg)
+        ok = summary["malformed_all_4xx"] and summary["no_request_hung"] and summary["metrics"]["errors_match"]
     print((Path(summary["folder"]) / "drill.md").read_text())
-    if drill == "rollout":
-        return 0 if summary["failed_requests"] == 0 else 1
-    ok = summary["malformed_all_4xx"] and summary["no_request_hung"] and summary["metrics"]["errors_match"]
     return 0 if ok else 1
+
+
+HELP = {"rollout": "publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load",
+        "fault": "kill and restart tritonserver under load; malformed requests under load",
+        "drift": "half the traffic switches to news headlines; the drift gauges must show it"}
+COMMANDS = Commands("python -m loadtests.drills", "Operational drills under continuous Locust load "
+                    "(see loadtests/drills/__init__.py).",
+                    {d: Command(partial(run_drill, d), HELP.get(d, f"the rollout controller under load: {d}"))
+                     for d in DRILLS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMANDS(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

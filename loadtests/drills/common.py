@@ -21,6 +21,7 @@ from loadtests.run import PREFIX, RunResult, run_loadtest
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack import names
+from tunestack.layout import RunLayout
 from tunestack.procs import wait_for
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class DrillConfig:
     """Rollout drill bad: the run whose fp32 export (an adapter trained for a few steps) is the candidate."""
     rollout_load_s: float = 300.0
     """Rollout drills good/bad/slow: seconds of load (the controller must decide within them, or it holds)."""
+
+    @property
+    def layout(self) -> RunLayout:
+        """``run``'s folders and files."""
+        return RunLayout(self.run)
 
 
 @dataclass
@@ -152,7 +158,7 @@ def fill_steps(steps: list[Step], rows: list[dict]) -> None:
 def load_config(cfg: DrillConfig, router: RouterProcess, triton: TritonServer, folder: Path, seconds: float) -> LoadTestConfig:
     return LoadTestConfig(
         host=router.url, target="router", experiment=EXPERIMENT, users=4, arrival_rate=cfg.rate,
-        user_population=500, run_time=f"{int(seconds)}s", texts=str(cfg.run / "merged" / "heldout.jsonl"),
+        user_population=500, run_time=f"{int(seconds)}s", texts=str(cfg.layout.heldout),
         feedback_fraction=0.0, request_timeout=cfg.timeout_s * 3, out_dir=str(folder),
         triton_metrics_url=triton.metrics_url,
     )
@@ -160,13 +166,13 @@ def load_config(cfg: DrillConfig, router: RouterProcess, triton: TritonServer, f
 
 def prepare(cfg: DrillConfig, kind: str) -> tuple[Path, ExportConfig]:
     """The drill's folder, and the export settings that publish into its own fresh model repository."""
-    onnx_dir = cfg.run / "onnx"
+    onnx_dir = cfg.layout.onnx
     if not (onnx_dir / CONTRACT.parity_file).is_file():
         raise FileNotFoundError(f"{onnx_dir / CONTRACT.parity_file} does not exist; run `make export` (or "
-                                f"`python -m export --adapter {cfg.run / 'adapter'} --no-publish`) first")
+                                f"`python -m export --adapter {cfg.layout.adapter} --no-publish`) first")
     folder = Path(cfg.out_dir) / f"{kind}-drill-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True)
-    export_cfg = ExportConfig(adapter=cfg.run / "adapter", runs_dir=cfg.run.parent,
+    export_cfg = ExportConfig(adapter=cfg.layout.adapter, runs_dir=cfg.run.parent,
                               repository=folder / "model_repository", model_name=cfg.model_name)
     return folder, export_cfg
 

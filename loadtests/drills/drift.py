@@ -118,10 +118,10 @@ def drift_drill(cfg: DrillConfig, in_domain_s: float = IN_DOMAIN_S, ood_s: float
     """Run the drill (see the module docstring); return its summary (also in ``drift.json``)."""
     folder, export_cfg = prepare(cfg, "drift")
     repository = export_cfg.repository
-    v1, v2 = (publish(cfg.run / "onnx", v, export_cfg).name for v in ("fp32", "int8"))
+    v1, v2 = (publish(cfg.layout.onnx, v, export_cfg).name for v in ("fp32", "int8"))
     experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("control", v1, 50), ("treatment", v2, 50)],
                                   cfg.model_name, cfg.timeout_s)
-    mixed = write_mixed_texts(folder / "mixed-texts.jsonl", cfg.run / "merged" / "heldout.jsonl", ood_share)
+    mixed = write_mixed_texts(folder / "mixed-texts.jsonl", cfg.layout.heldout, ood_share)
     args = ["--model-repository", str(repository), "--drift-sample-rate", "1", "--store", "memory"]
     with TritonServer(repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url, extra_args=args,

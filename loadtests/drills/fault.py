@@ -109,7 +109,7 @@ def fault_drill(cfg: DrillConfig) -> dict:
     """Kill tritonserver under load, restart it, then send malformed requests under load."""
     folder, export_cfg = prepare(cfg, "fault")
     repository = export_cfg.repository
-    version = publish(cfg.run / "onnx", "fp32", export_cfg).name
+    version = publish(cfg.layout.onnx, "fp32", export_cfg).name
     experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("control", version, 50), ("treatment", version, 50)],
                                   cfg.model_name, cfg.timeout_s, fallback="control")
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}

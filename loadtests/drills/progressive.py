@@ -37,6 +37,7 @@ from serving.rollout.config import RolloutArgs
 from serving.router.process import RouterProcess
 from serving.router.store import default_store_url, open_store
 from serving.triton import TritonServer
+from tunestack.layout import RunLayout
 from tunestack.procs import wait_for
 
 ROLLOUT_DRILLS = ("good", "bad", "slow")
@@ -79,11 +80,11 @@ def flipped_export(onnx_dir: Path, dest: Path) -> Path:
 
 def real_setup(cfg: DrillConfig, drill: str) -> tuple[list[ArmSource], dict[str, Any]]:
     """The arms and ``rollout:`` section of a drill on the real model (``cfg.run``; ``cfg.bad_run`` for bad)."""
-    onnx, section = cfg.run / "onnx", json.loads(json.dumps(BASE_SECTION))
+    onnx, section = cfg.layout.onnx, json.loads(json.dumps(BASE_SECTION))
     if drill == "good":
         return [ArmSource("fp32", onnx, "fp32"), ArmSource("int8", onnx, "int8")], section
     if drill == "bad":
-        return [ArmSource("fp32", onnx, "fp32"), ArmSource("few-steps", cfg.bad_run / "onnx", "fp32")], section
+        return [ArmSource("fp32", onnx, "fp32"), ArmSource("few-steps", RunLayout(cfg.bad_run).onnx, "fp32")], section
     if drill == "slow":
         section["judge"]["margins"]["latency_p99"] = 1.0
         return [ArmSource("int8", onnx, "int8"), ArmSource("fp32", onnx, "fp32")], section

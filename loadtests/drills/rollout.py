@@ -33,7 +33,7 @@ def rollout_drill(cfg: DrillConfig) -> dict:
     """v1 serves; publish v2, load it, ramp it 0 -> 10 -> 50 -> 100 %, unload v1; all under load."""
     folder, export_cfg = prepare(cfg, "rollout")
     repository = export_cfg.repository
-    old = publish(cfg.run / "onnx", "fp32", export_cfg).name
+    old = publish(cfg.layout.onnx, "fp32", export_cfg).name
     experiment = write_experiment(folder / "experiment.yaml", EXPERIMENT, [("stable", old, 100), ("canary", str(int(old) + 1), 0)],
                                   cfg.model_name, cfg.timeout_s)
     token = secrets.token_urlsafe(16)
@@ -54,7 +54,7 @@ def rollout_drill(cfg: DrillConfig) -> dict:
             return act
 
         def publish_and_load() -> dict:
-            new = publish(cfg.run / "onnx", "int8", export_cfg).name
+            new = publish(cfg.layout.onnx, "int8", export_cfg).name
             t0 = time.monotonic()
             models.load(cfg.model_name)  # config.pbtxt's policy: the newest versions, old and new
             return {"published": new, "load_seconds": round(time.monotonic() - t0, 2),

@@ -3,7 +3,6 @@ the KServe v2 JSON subset Triton speaks (``TEXT`` in, ``PROBABILITIES`` and ``LA
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.contract import CONTRACT
+from tunestack import names
 
 READY_PATH = "/v2/health/ready"
 
@@ -71,10 +71,15 @@ def v2_answer(name: str, probs: np.ndarray, labels: list[str]) -> dict:
         {"name": CONTRACT.output_label, "datatype": "BYTES", "shape": [len(predicted), 1], "data": predicted}]}
 
 
-def peer_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--model-dir", type=Path, required=True, help="a published version folder (model.onnx, tokenizer.json, ...)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, required=True, help="port to bind")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    return p
+@dataclass
+class PeerArgs:
+    """A peer server: which version folder it serves and where it listens."""
+
+    model_dir: Path
+    """A published version folder (model.onnx, tokenizer.json, ...)."""
+    port: int
+    """Port to bind."""
+    host: str = names.HOST
+    """Address to bind."""
+    threads: int = 2
+    """ONNX Runtime intra-op threads."""

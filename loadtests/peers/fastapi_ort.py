@@ -9,7 +9,8 @@ from __future__ import annotations
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
-from loadtests.peers.common import READY_PATH, OrtModel, peer_parser, request_texts, v2_answer
+from loadtests.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
+from tunestack.cli import parse_dataclass
 
 NAME = "fastapi-ort"
 
@@ -33,7 +34,7 @@ def build_app(model: OrtModel) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = peer_parser("python -m loadtests.peers.fastapi_ort", __doc__.split("\n\n")[0]).parse_args(argv)
+    args = parse_dataclass(PeerArgs, argv, "python -m loadtests.peers.fastapi_ort", __doc__.split("\n\n")[0])
     uvicorn.run(build_app(OrtModel.load(args.model_dir, args.threads)), host=args.host, port=args.port,
                 log_level="warning", access_log=False)
     return 0

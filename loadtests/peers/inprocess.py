@@ -15,37 +15,45 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.peers.common import OrtModel
+from tunestack.bench import run_phases, summarize, time_each
 
 log = logging.getLogger(__name__)
 
+PHASES = 5
+"""Phases the rows alternate in."""
+WARMUP = 10
+"""Untimed calls per row before the first phase."""
 
-def _loop(predict, texts: list[str], batch: int, seconds: float, warmup: int = 10) -> dict:
-    """Call ``predict`` on consecutive batches of ``texts`` for ``seconds``; items/s and per-call P50/P99."""
-    batches = [texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)]
-    for i in range(warmup):
-        predict(batches[i % len(batches)])
+
+def _phase(predict, batches: list[list[str]], seconds: float) -> tuple[np.ndarray, float]:
+    """Call ``predict`` on consecutive batches for ``seconds``; (milliseconds per call, seconds elapsed)."""
     times, start, i = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        predict(batches[i % len(batches)])
-        times.append(time.perf_counter() - t)
+        times.append(time_each(predict, [batches[i % len(batches)]])[0])
         i += 1
-    elapsed = time.perf_counter() - start
-    ms = np.array(times) * 1000
-    return {"batch_size": batch, "calls": len(times), "items_per_s": len(times) * batch / elapsed,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return np.asarray(times), time.perf_counter() - start
 
 
-def inprocess_limit(version_dir: Path, texts: list[str], threads: int, seconds: float) -> dict:
-    """Rows for batch 1 and 16 with the peers' code, batch 16 with the served ``model.py``; and the best items/s."""
+def inprocess_limit(version_dir: Path, texts: list[str], threads: int, seconds: float, phases: int = PHASES) -> dict:
+    """Rows for batch 1 and 16 with the peers' code, batch 16 with the served ``model.py`` (alternating in
+    ``phases`` phases, ``seconds`` per row in all; figures per call in the bench harness's schema); and the
+    best items/s."""
     from export.triton_model.model import TextClassifier
 
     model = OrtModel.load(version_dir, threads)
     served = TextClassifier(version_dir, intra_op_threads=threads)
+    codes = {("tokenizers + ORT", 1): model.predict, ("tokenizers + ORT", 16): model.predict,
+             ("model.py TextClassifier", 16): served.predict}
+    batches = {batch: [texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)] for _, batch in codes}
+    log.info("in process: %s, %d threads, %.0f s each in %d phases", ", ".join(f"{c} batch {b}" for c, b in codes),
+             threads, seconds, phases)
+    blocks = run_phases({key: (lambda _, key=key: _phase(codes[key], batches[key[1]], seconds / phases))
+                         for key in codes}, phases,
+                        warmup=lambda key: [codes[key](batches[key[1]][i % len(batches[key[1]])]) for i in range(WARMUP)])
     rows = []
-    for name, predict, batch in (("tokenizers + ORT", model.predict, 1), ("tokenizers + ORT", model.predict, 16),
-                                 ("model.py TextClassifier", served.predict, 16)):
-        log.info("in process: %s, batch %d, %d threads, %.0f s", name, batch, threads, seconds)
-        rows.append({"code": name, "threads": threads, **_loop(predict, texts, batch, seconds)})
+    for (name, batch), got in blocks.items():
+        times = np.concatenate([t for t, _ in got])
+        rows.append({"code": name, "threads": threads, "batch_size": batch, **summarize(times),
+                     "items_per_s": len(times) * batch / sum(elapsed for _, elapsed in got)})
     best = max(rows, key=lambda r: r["items_per_s"])
     return {"rows": rows, "best_items_per_s": best["items_per_s"], "best": f"{best['code']}, batch {best['batch_size']}"}

@@ -6,11 +6,13 @@ arrive within ``--batch-timeout`` seconds are run as one padded batch of up to `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
 
-from loadtests.peers.common import READY_PATH, OrtModel, peer_parser, request_texts, v2_answer
+from loadtests.peers.common import READY_PATH, OrtModel, PeerArgs, request_texts, v2_answer
+from tunestack.cli import parse_dataclass
 
 NAME = "litserve"
 
@@ -52,11 +54,18 @@ class SentimentAPI(ls.LitAPI):
         return v2_answer(NAME, output, self.model.labels)
 
 
+@dataclass
+class LitServeArgs(PeerArgs):
+    """LitServe on a published version folder, with its own dynamic batching."""
+
+    max_batch_size: int = 16
+    """LitServe max_batch_size."""
+    batch_timeout: float = 0.002
+    """LitServe batch_timeout (seconds)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = peer_parser("python -m loadtests.peers.litserve_ort", __doc__.split("\n\n")[0])
-    p.add_argument("--max-batch-size", type=int, default=16, help="LitServe max_batch_size")
-    p.add_argument("--batch-timeout", type=float, default=0.002, help="LitServe batch_timeout (seconds)")
-    args = p.parse_args(argv)
+    args = parse_dataclass(LitServeArgs, argv, "python -m loadtests.peers.litserve_ort", __doc__.split("\n\n")[0])
     api = SentimentAPI(args.model_dir, args.threads, max_batch_size=args.max_batch_size,
                        batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, healthcheck_path=READY_PATH)

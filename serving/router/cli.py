@@ -1,6 +1,6 @@
 """``python -m serving router ...`` runs the A/B router; ``python -m serving report ...`` prints a report.
 
-The ``router`` options mirror ``RouterConfig`` one to one. The router serves HTTP (uvicorn) and, on
+The ``router`` options mirror ``RouterConfig`` one to one, ``report``'s ``ReportArgs`` (``tunestack.cli``). The router serves HTTP (uvicorn) and, on
 ``--grpc-port``, gRPC (``serving.router.grpc_service``) from one process and one event loop. The admin
 token comes from ``--admin-token-file`` or the environment variable ``TUNESTACK_ROUTER_ADMIN_TOKEN``,
 read once here.
@@ -8,14 +8,14 @@ read once here.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 
@@ -24,16 +24,17 @@ from serving.router.errors import ExperimentError
 from serving.router.state import TOKEN_ENV
 from serving.router.store import STORE_ENV, default_store_url
 from tunestack import names
-from tunestack.cli import dataclass_parser
+from tunestack.cli import parse_dataclass
 
 GRACEFUL_SHUTDOWN_S = 10
 """Seconds in-flight requests (HTTP and gRPC) get to finish after SIGTERM."""
 
 
-def router_parser():
-    """One flag per ``RouterConfig`` field, typed and documented from the dataclass (``tunestack.cli``)."""
-    return dataclass_parser(RouterConfig, "python -m serving router", "Run the A/B router in front of Triton.",
-                            config_file=False)
+def parse_router_config(argv: list[str]) -> RouterConfig:
+    """One flag per ``RouterConfig`` field, typed and documented from the dataclass (``tunestack.cli``); its
+    validation's problems are a usage error (exit status 2)."""
+    return parse_dataclass(RouterConfig, argv, "python -m serving router", "Run the A/B router in front of Triton.",
+                           config_file=False, errors=(ExperimentError,))
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -48,9 +49,8 @@ def read_token(token_file: str | None) -> str | None:
 def run_router(argv: list[str]) -> int:
     from serving.router.app import create_app
 
-    args = router_parser().parse_args(argv)
+    config = parse_router_config(argv)
     try:
-        config = RouterConfig(**args.as_dict())
         experiment = load_experiment(config.experiment, config.triton_url, config.triton_grpc_url)
         store = config.store or os.environ.get(STORE_ENV) or experiment.store or default_store_url(config.experiment)
         config = replace(config, store=None if store == NO_STORE else store)
@@ -105,21 +105,32 @@ class RouterServer(uvicorn.Server):
         await asyncio.gather(stop_grpc_server(self.grpc, self.state, GRACEFUL_SHUTDOWN_S), super().shutdown(sockets))
 
 
+@dataclass
+class ReportArgs:
+    """Print an experiment's report from a running router (or computed from its store)."""
+
+    url: str = names.ROUTER_URL
+    """The router's base URL."""
+    experiment: str | None = None
+    """Experiment name (default: the router's only experiment)."""
+    alpha: float = 0.05
+    """Significance level of the verdicts."""
+    resamples: int = 2000
+    """Bootstrap resamples for the quantile intervals."""
+    format: Literal["markdown", "json"] = "markdown"
+    """Output format."""
+    out: str | None = None
+    """Also write the report to this file (e.g. reports/ab.md), with the latency CDF per arm next to it
+    (reports/ab-latency-cdf.png)."""
+    store: str | None = None
+    """Compute the report from this experiment store URL (every replica's traffic, no router needed) instead of
+    asking the router at --url; needs --experiment when the store holds several."""
+
+
 def run_report(argv: list[str]) -> int:
     import httpx
 
-    p = argparse.ArgumentParser(prog="python -m serving report", description="Print an experiment's report from a running router.")
-    p.add_argument("--url", default=names.ROUTER_URL, help="the router's base URL")
-    p.add_argument("--experiment", default=None, help="experiment name (default: the router's only experiment)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples for the quantile intervals")
-    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="output format")
-    p.add_argument("--out", default=None, help="also write the report to this file (e.g. reports/ab.md), "
-                   "with the latency CDF per arm next to it (reports/ab-latency-cdf.png)")
-    p.add_argument("--store", default=None, help="compute the report from this experiment store URL (every "
-                   "replica's traffic, no router needed) instead of asking the router at --url; needs --experiment "
-                   "when the store holds several")
-    args = p.parse_args(argv)
+    args = parse_dataclass(ReportArgs, argv, prog="python -m serving report")
     if args.store:
         from serving.router.store.cli import report_from_store
 
@@ -153,18 +164,3 @@ def _print_report(report: dict, fmt: str, out_file: str | None) -> int:
         out.write_text(text + "\n")
         plot_latency_cdf(report, str(out.with_name(out.stem + "-latency-cdf.png")))
     return 0
-
-
-def main(argv: list[str]) -> int:
-    """``argv[0]`` is the subcommand: ``router``, ``report`` or ``audit``."""
-    command, rest = argv[0], argv[1:]
-    if command == "router":
-        return run_router(rest)
-    if command == "report":
-        return run_report(rest)
-    if command == "audit":
-        from serving.router.store.cli import run_audit
-
-        return run_audit(rest)
-    print(f"error: unknown command {command!r}; expected router, report or audit", file=sys.stderr)
-    return 2

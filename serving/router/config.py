@@ -19,7 +19,6 @@ An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the key
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +30,10 @@ import yaml
 from serving.router.errors import ExperimentError
 from serving.router.schema import DEFAULT_UPSTREAM, TRITON_GRPC_PORT, store_url_problem, validate
 from tunestack import names
+from tunestack.configfile import SUFFIXES, ConfigFileError, parse_text
 
+EXPERIMENT_SUFFIXES = (".yaml", ".yml", ".toml")
+"""The file types an experiment file may have (``tunestack.configfile`` reads them)."""
 NO_STORE = "memory"
 """``--store memory``: no store; the experiment lives in the router's memory only (one process, lost on restart)."""
 
@@ -248,15 +250,11 @@ def load_experiment(path: str | Path, upstream: str | None = None, grpc_upstream
     path = Path(path)
     if not path.is_file():
         raise ExperimentError([f"file not found: {path}"], str(path))
-    text = path.read_text()
+    if path.suffix not in EXPERIMENT_SUFFIXES:
+        raise ExperimentError([f"unknown file type {path.suffix!r}; expected .yaml, .yml or .toml"], str(path))
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text)
-        else:
-            raise ExperimentError([f"unknown file type {path.suffix!r}; expected .yaml, .yml or .toml"], str(path))
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        data = parse_text(path.read_text(), SUFFIXES[path.suffix], str(path))
+    except ConfigFileError as e:
         raise ExperimentError([f"cannot parse: {e}"], str(path)) from e
     if upstream and isinstance(data, dict):
         data = {**data, "upstream": upstream}

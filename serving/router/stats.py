@@ -8,8 +8,9 @@
   exact bootstrap standard error of each arm's quantile. (The percentile interval of the difference is
   conservative for tail quantiles -- about 3.5 % false positives at alpha 0.05 for p99 with 1,000
   requests per arm -- while this one is calibrated: about 4.6 %.)
-* A quantile difference measured in a benchmark's alternating phases (``router_bench``): a t interval over
-  the per-phase differences, so drift between phases widens it instead of being read as a difference.
+* ``Interval`` and the sample quantile (an order statistic) are the bench harness's
+  (``tunestack.bench.stats``), as is the interval of a quantile difference measured in a benchmark's
+  alternating phases.
 * Mean latency difference: Welch's t interval (unequal variances).
 * Proportions (accuracy, shadow agreement): Wilson score interval; a difference of two proportions:
   Newcombe's hybrid score interval.
@@ -23,30 +24,19 @@ give false positives at about ``alpha`` and that injected differences are found 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats as sps
 
+from tunestack.bench.stats import (
+    Interval,
+    blocked_quantile_diff_ci,  # noqa: F401 - serving.router.store.bench reads it here
+    quantile,
+)
+
 BETTER, WORSE, NO_DIFFERENCE, DIFFERENT = "better", "worse", "no detectable difference", "different"
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a two-sided ``1 - alpha`` confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def quantile(x: np.ndarray, q: float) -> float:
-    """The sample ``q``-quantile as an order statistic (``x_(k)``, ``k = ceil(n q)``)."""
-    return float(np.quantile(np.asarray(x, dtype=np.float64), q, method="inverted_cdf"))
 
 
 def _order_stat_rank(n: int, q: float) -> int:
@@ -98,20 +88,6 @@ def quantile_diff_ci(control: np.ndarray, treatment: np.ndarray, q: float, alpha
     se = math.sqrt(quantile_bootstrap_var(control, q) + quantile_bootstrap_var(treatment, q))
     half = float(sps.norm.ppf(1 - alpha / 2)) * se
     return Interval(diff, diff - half, diff + half)
-
-
-def blocked_quantile_diff_ci(control: Sequence[np.ndarray], treatment: Sequence[np.ndarray], q: float,
-                             alpha: float = 0.05) -> Interval:
-    """t interval for ``quantile(treatment) - quantile(control)`` measured in paired blocks: block ``k`` of
-    each was taken side by side in time (a benchmark's alternating phases). One difference per block, so a
-    machine whose speed drifts between blocks widens the interval instead of narrowing it falsely, as an
-    interval over the pooled samples does (``quantile_diff_ci`` treats every sample as independent)."""
-    if len(control) != len(treatment) or len(control) < 2:
-        raise ValueError(f"need >= 2 paired blocks, got {len(control)} and {len(treatment)}")
-    d = np.array([quantile(t, q) - quantile(c, q) for c, t in zip(control, treatment, strict=True)])
-    estimate = float(d.mean())
-    half = float(sps.t.ppf(1 - alpha / 2, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(len(d))
-    return Interval(estimate, estimate - half, estimate + half)
 
 
 def mean_diff_ci(control: np.ndarray, treatment: np.ndarray, alpha: float = 0.05) -> Interval:

@@ -14,8 +14,8 @@ DESCRIPTION = ("Search instance count x ORT threads x dynamic batching x max bat
 
 
 def main(argv: Sequence[str]) -> int:
-    """``argv[0]`` is ``tune``, the rest its options; exit 0 when a config met the objective, 1 when none did."""
-    cfg = parse_dataclass(TuneConfig, list(argv[1:]), prog="python -m serving tune", description=DESCRIPTION,
+    """``python -m serving tune``'s options; exit 0 when a config met the objective, 1 when none did."""
+    cfg = parse_dataclass(TuneConfig, list(argv), prog="python -m serving tune", description=DESCRIPTION,
                           errors=(TuneError,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.tune.run import run_tune

@@ -22,6 +22,7 @@ from serving.tune import report
 from serving.tune.config import TuneConfig, TuneError
 from serving.tune.search import Candidate, brute_force, hill_climb
 from serving.tune.trial import Load, candidate_of, run_trial
+from tunestack.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def publish_winner(cfg: TuneConfig, provenance: dict, best: Candidate, tuned: in
 
 
 def texts_for(cfg: TuneConfig, provenance: dict) -> Path:
-    texts = Path(cfg.texts) if cfg.texts else Path(provenance["source"]["onnx_dir"]).parent / "merged" / "heldout.jsonl"
+    texts = Path(cfg.texts) if cfg.texts else RunLayout.of_folder(provenance["source"]["onnx_dir"]).heldout
     if not texts.is_file():
         raise TuneError(f"texts file {texts} does not exist; pass --texts FILE (JSONL with a text field)")
     return texts

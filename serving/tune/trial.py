@@ -25,6 +25,7 @@ from loadtests.measure import ProcessTreeCPU, read_latencies, window_stats
 from loadtests.run import PREFIX, run_loadtest
 from serving.triton import TritonServer
 from serving.tune.search import Candidate, Measurement
+from tunestack.bench import summarize
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def split_levels(rows: list, load: Load, cpu: ProcessTreeCPU | None = None) -> l
     """Exact stats per load level: window k is [t0 + k T, t0 + (k+1) T), its first WARMUP_FRACTION left out;
     with ``cpu``, also the server's CPU (% of one core) over the same window."""
     if not rows:
-        return [{"load": lv, "throughput_rps": 0.0, "p50_ms": None, "p99_ms": None, "error_rate": 1.0, "requests": 0}
+        return [{"load": lv, "requests": 0, **summarize([]), "throughput_rps": 0.0, "error_rate": 1.0}
                 for lv in load.levels()]
     t0 = min(r.end_s - r.ms / 1000 for r in rows)
     length = load.step_time_s if load.rate <= 0 else load.step_time_s * load.steps

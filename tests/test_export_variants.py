@@ -1,5 +1,5 @@
-"""Cheaper compute behind the parity gate (issue 14): fused fp32, static int8, batch invariance,
-length-bucketed batches in the served model, and serving settings derived from the core count."""
+"""The export variants behind the parity gate: fused fp32, static int8, batch invariance, length-bucketed
+batches in the served model, and serving settings derived from the core count."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from export.parity import batch_invariance, check_parity, onnx_logits, onnx_sess
 from export.publish import publish
 from export.quantize import FLOAT_CONSUMERS, training_texts
 from export.triton_model.model import TextClassifier, length_buckets
-from tests.test_export import _shift_bias
+from tests.conftest import shift_bias
 from training.data import read_jsonl
+from tunestack import names
+from tunestack.layout import RunLayout
 
 FUSED_OPS = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
 
@@ -35,7 +37,7 @@ def test_fp32_is_the_fused_graph_and_passes_the_gate(tiny_onnx_dir):
     assert FUSED_OPS <= set(fused), fused
     assert not FUSED_OPS & set(unfused), "the unfused export is Optimum's graph as written"
     assert sum(fused.values()) < sum(unfused.values()) / 3
-    fp32 = json.loads((tiny_onnx_dir / "parity.json").read_text())["variants"]["fp32"]
+    fp32 = json.loads((tiny_onnx_dir / names.PARITY_FILE).read_text())["variants"]["fp32"]
     assert fp32["publishable"] and fp32["label_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
 
 
@@ -58,17 +60,18 @@ def test_static_int8_is_gated_like_dynamic(tiny_onnx_dir, tmp_path):
     label: it fails the default 1-point gate while dynamic int8 is judged on its own."""
     runs = tmp_path / "runs"
     shutil.copytree(tiny_onnx_dir.parent, runs / "tiny")
-    merged, onnx_dir = runs / "tiny" / "merged", runs / "tiny" / "onnx"
-    examples = read_jsonl(merged / "heldout.jsonl")
-    labels = json.loads((merged / "label_map.json").read_text())["labels"]
+    tiny = RunLayout.of(runs, "tiny")
+    merged, onnx_dir = tiny.merged, tiny.onnx
+    examples = read_jsonl(tiny.heldout)
+    labels = json.loads((merged / names.LABEL_MAP_FILE).read_text())["labels"]
     tokenizer = AutoTokenizer.from_pretrained(merged)
     predicted = onnx_logits(onnx_session(onnx_dir / VARIANT_FILES["fp32"]), tokenizer, [e.text for e in examples], 32, 32).argmax(-1)
-    (merged / "heldout.jsonl").write_text("".join(json.dumps({"text": e.text, "label": labels[p]}) + "\n"
-                                                  for e, p in zip(examples, predicted, strict=True)))
+    tiny.heldout.write_text("".join(json.dumps({"text": e.text, "label": labels[p]}) + "\n"
+                                    for e, p in zip(examples, predicted, strict=True)))
     rare = int(np.argmin(np.bincount(predicted, minlength=len(labels))))
-    _shift_bias(onnx_dir / VARIANT_FILES["int8-static"], rare, 50.0)
+    shift_bias(onnx_dir / VARIANT_FILES["int8-static"], rare, 50.0)
 
-    report = check_parity(onnx_dir, merged, ExportConfig(adapter=runs / "tiny" / "adapter", runs_dir=runs, publish=False,
+    report = check_parity(onnx_dir, merged, ExportConfig(adapter=tiny.adapter, runs_dir=runs, publish=False,
                                                          variants=tuple(VARIANT_FILES)))
     static = report["variants"]["int8-static"]
     assert report["variants"]["fp32"]["accuracy"] == 1.0 and not report["passed"]
@@ -77,7 +80,7 @@ def test_static_int8_is_gated_like_dynamic(tiny_onnx_dir, tmp_path):
 
 
 def test_every_variant_reports_batch_invariance(tiny_onnx_dir):
-    variants = json.loads((tiny_onnx_dir / "parity.json").read_text())["variants"]
+    variants = json.loads((tiny_onnx_dir / names.PARITY_FILE).read_text())["variants"]
     assert set(variants) == {"fp32", "int8", "int8-static"}
     for name in ("fp32", "int8-static"):
         assert variants[name]["batch_invariant"] is True, variants[name]["batch_invariance"]
@@ -104,8 +107,7 @@ def test_batch_invariance_catches_an_answer_that_depends_on_its_batch():
 
 
 def test_calibration_reads_training_texts_never_held_out_ones(tiny_onnx_dir):
-    merged = tiny_onnx_dir.parent / "merged"
-    heldout = merged / "heldout.jsonl"
+    merged, heldout = RunLayout.of_folder(tiny_onnx_dir).merged, RunLayout.of_folder(tiny_onnx_dir).heldout
     texts = training_texts(merged, None, 1000, heldout)
     held = {e.text for e in read_jsonl(heldout)}
     assert len(texts) > 200 and not held & set(texts)
@@ -131,7 +133,7 @@ def test_length_buckets_bound_the_padding_and_cover_every_index():
 def test_bucketed_batches_answer_like_unbucketed_in_request_order(tiny_onnx_dir, tmp_path, variant):
     cfg = ExportConfig(repository=tmp_path / "repo")
     version = publish(tiny_onnx_dir, variant, cfg)
-    texts = [e.text for e in read_jsonl(tiny_onnx_dir.parent / "merged" / "heldout.jsonl")[:40]]
+    texts = [e.text for e in read_jsonl(RunLayout.of_folder(tiny_onnx_dir).heldout)[:40]]
     texts[5] = "word " * 200  # truncated to max_length: the longest bucket
     bucketed = TextClassifier(version, 1)
     unbucketed = TextClassifier(version, 1, max_padding=None)

@@ -1,4 +1,4 @@
-"""CLIs moved onto tunestack.cli keep their flags and their settings files."""
+"""``python -m loadtests``: its commands, ``run``'s settings file then its flags, bad values as usage errors."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def test_loadtest_run_bad_values_exit_2_with_the_problem(tmp_path, capsys):
         parse_run(["--settings", str(conf), "--shape", "zigzag"])
     assert exit_info.value.code == 2
     assert "unknown shape 'zigzag'; expected one of: none, steps, spike" in capsys.readouterr().err
+
+
+def test_loadtest_commands_are_declared_once(capsys):
+    from loadtests.__main__ import main
+
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(f"  {name} " in usage for name in ("run", "report", "bench", "baseline"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report"])  # the Locust CSV prefix is required
+    assert exit_info.value.code == 2 and "prefix" in capsys.readouterr().err
+    assert main(["rnu"]) == 2 and "unknown command 'rnu'" in capsys.readouterr().err
