@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.contract import CONTRACT, GENERATIVE, GENERATIVE_VARIANT_FILES, VARIANT_FILES
+from export.contract import CONTRACT, DECODE_BATCHING, GENERATIVE, GENERATIVE_VARIANT_FILES, VARIANT_FILES
 from export.errors import ConfigError
 from tunestack import names
 from tunestack.configfile import config_from_dict, config_to_dict
@@ -148,6 +148,12 @@ class ExportConfig:
     """causal-lm int8 gate: the ROUGE-L points (0-100 scale) int8 may lose against fp32."""
     int8_max_perplexity_increase: float = 0.10
     """causal-lm int8 gate: the relative perplexity increase int8 may have over fp32 (0.10 = 10 %)."""
+    decode_batching: str = "continuous"
+    """causal-lm served model: continuous (iteration-level batching: every active stream in one ONNX call per
+    decode step, streams joining and leaving between steps) or none (a thread per stream); docs/generative.md
+    has the measurements."""
+    max_sequences: int = 8
+    """causal-lm served model: streams decoded at once per instance (the others wait in arrival order)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes copied into the provenance."""
 
@@ -185,6 +191,8 @@ class ExportConfig:
             problems.append(f"unknown variant(s) {unknown or self.variants!r} for task {self.task}; expected one or more "
                             f"of: {', '.join(allowed)}" + (" (int8-static calibrates encoder inputs: classifiers only)"
                                                            if "int8-static" in unknown else ""))
+        if self.decode_batching not in DECODE_BATCHING:
+            problems.append(f"unknown decode_batching {self.decode_batching!r}; expected one of: {', '.join(DECODE_BATCHING)}")
         if self.layout not in LAYOUTS:
             problems.append(f"unknown layout {self.layout!r}; expected one of: {', '.join(LAYOUTS)}")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -194,7 +202,8 @@ class ExportConfig:
         if self.batch_invariance_tolerance < 0:
             problems.append(f"batch_invariance_tolerance must be >= 0, got {self.batch_invariance_tolerance}")
         for name in ("max_batch_size", "instance_count", "intra_op_threads", "parity_batch_size", "cpu_count",
-                     "calibration_examples", "generation_parity_prompts", "generation_max_new_tokens", "quality_examples"):
+                     "calibration_examples", "generation_parity_prompts", "generation_max_new_tokens", "quality_examples",
+                     "max_sequences"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.served_versions < 0:

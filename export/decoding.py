@@ -14,7 +14,9 @@ No torch and no ONNX Runtime here: numpy and ``tokenizers`` only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -53,24 +55,34 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         elif isinstance(self.stop, list | tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
-        problems = []
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
-            problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not is_number(self.temperature) or not 0.0 <= self.temperature <= 2.0:
-            problems.append(f"temperature must be a number in [0, 2] (0: greedy), got {self.temperature!r}")
-        if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
-            problems.append(f"seed must be an integer >= 0 or null, got {self.seed!r}")
-        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            problems.append(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
-        elif len(self.stop) > MAX_STOP_STRINGS:
-            problems.append(f"stop holds {len(self.stop)} strings; at most {MAX_STOP_STRINGS} are allowed")
-        raise_problems(problems, GenerationError, "sampling parameters")
+        raise_problems(sampling_problems(vars(self)), GenerationError, "sampling parameters")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def sampling_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with ``SamplingParams`` field values (``stop`` already a tuple), each naming its field and
+    value; ``[]`` when they are fine. ``SamplingParams`` raises them; a server adds them to a request's."""
+    problems = []
+    max_tokens, temperature, top_p = values["max_tokens"], values["temperature"], values["top_p"]
+    seed, stop, ignore_eos = values["seed"], values["stop"], values["ignore_eos"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        problems.append(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if not is_number(temperature) or not 0.0 <= temperature <= 2.0:
+        problems.append(f"temperature must be a number in [0, 2] (0: greedy), got {temperature!r}")
+    if not is_number(top_p) or not 0.0 < top_p <= 1.0:
+        problems.append(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        problems.append(f"seed must be an integer >= 0 or null, got {seed!r}")
+    if not isinstance(stop, tuple) or not all(isinstance(s, str) and s for s in stop):
+        problems.append(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+    elif len(stop) > MAX_STOP_STRINGS:
+        problems.append(f"stop holds {len(stop)} strings; at most {MAX_STOP_STRINGS} are allowed")
+    if not isinstance(ignore_eos, bool):
+        problems.append(f"ignore_eos must be true or false, got {ignore_eos!r}")
+    return problems
 
 
 def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

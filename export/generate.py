@@ -5,11 +5,13 @@ The model is Optimum's ``text-generation-with-past`` export: one ``model.onnx`` 
 returning ``logits`` and ``present.N.key/value``. A request is run as prefill (the whole prompt in one
 call, the cache empty) and then one call per new token (that token alone, the cache grown by one).
 
-Several sequences advance together: prompts are padded on the left to one length (``attention_mask`` 0
-on padding, positions counted from each prompt's first token, so a sequence gets the same tokens as when
-run alone), every step runs one batched call, and a finished sequence leaves the batch (its rows are
-dropped from the cache). ``Generator.stream`` is one sequence; ``stream_batch`` yields
-``(index, Token)`` for several. No torch: the Triton python model and the benchmarks import this.
+Several sequences advance together in a ``Batch``: prompts are padded on the left to one length
+(``attention_mask`` 0 on padding, positions counted from each prompt's first token, so a sequence gets
+the same tokens as when run alone), every step runs one batched call, a finished sequence leaves the
+batch (its rows are dropped from the cache) and a new one may join between steps (prefilled, its cache
+merged in). ``Generator.stream`` is one sequence; ``stream_batch`` yields ``(index, Token)`` for a fixed
+set; ``export.scheduler`` admits requests into a running batch. No torch: the Triton python model
+(``export/triton_llm/model.py``) and the benchmarks import this.
 
     gen = Generator.from_folder("model_repository/verdict-llm/1")
     for token in gen.stream(gen.encode(prompt), SamplingParams(max_tokens=32, stop=("\\n",))):
@@ -149,6 +151,96 @@ def _left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray
     return ids, mask, np.maximum(mask.cumsum(axis=1) - 1, 0)
 
 
+def _pad_left(array: np.ndarray, axis: int, width: int) -> np.ndarray:
+    """``array`` with ``width`` zeros added before its start along ``axis``."""
+    if width == 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (width, 0)
+    return np.pad(array, pad)
+
+
+class Batch:
+    """Sequences decoded together, one ONNX call per step; sequences join and leave between steps.
+
+    Each row holds one sequence: its cache columns (left-padded to the batch's cache length, mask 0 on
+    the padding), the position of its next token and the logits its next token is chosen from. A step is
+    ``choose`` (every row picks a token from its logits) then ``advance`` (finished or dropped rows leave,
+    the rest run one decode call with the tokens they chose). ``join`` prefills newcomers in one call
+    (left-padded among themselves) and merges their cache into the batch's, padding the shorter side on
+    the left, so a sequence gets the tokens it gets alone whenever it joins. Cache columns that no
+    remaining row uses are cut off when rows leave.
+    """
+
+    def __init__(self, generator: Generator):
+        self.generator = generator
+        self.keys: list = []
+        """The caller's key of each row (``stream_batch``: the prompt's index)."""
+        self.seqs: list[_Sequence] = []
+        self.past: list[np.ndarray] = []
+        self.mask = np.zeros((0, 0), dtype=np.int64)
+        self.next_positions = np.zeros((0, 1), dtype=np.int64)
+        self.logits = np.zeros((0, 0), dtype=np.float32)
+        self.chosen: list[int] = []
+        self.dropped: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def join(self, keys: Sequence, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]) -> None:
+        """Prefill ``prompts`` (checked by ``Generator.check``) and add them as rows; their first token is
+        chosen at the next ``choose``."""
+        gen = self.generator
+        budgets = [gen.check(p, sp, f"prompt {i}") for i, (p, sp) in enumerate(zip(prompts, params, strict=True))]
+        ids, mask, positions = _left_padded(prompts, gen.settings.pad_token_id)
+        logits, past = gen.decoder.run(ids, mask, positions, gen.decoder.empty_past(len(prompts)))
+        if self.keys:
+            width = max(self.mask.shape[1], mask.shape[1])
+            past = [np.concatenate([_pad_left(old, 2, width - old.shape[2]), _pad_left(new, 2, width - new.shape[2])])
+                    for old, new in zip(self.past, past, strict=True)]
+            mask = np.concatenate([_pad_left(self.mask, 1, width - self.mask.shape[1]),
+                                   _pad_left(mask, 1, width - mask.shape[1])])
+        self.past, self.mask = past, mask
+        self.next_positions = np.concatenate([self.next_positions, positions[:, -1:] + 1])
+        self.logits = np.concatenate([self.logits, logits[:, -1, :]]) if self.keys else logits[:, -1, :]
+        self.keys += list(keys)
+        self.seqs += [_Sequence(sp, b, gen.tokenizer, gen.eos) for sp, b in zip(params, budgets, strict=True)]
+
+    def choose(self) -> list[tuple[object, Token]]:
+        """Every row's next token, ``(key, Token)`` in row order (a finished sequence's token has its finish_reason)."""
+        tokens = [(key, seq.step(self.logits[row])) for row, (key, seq) in enumerate(zip(self.keys, self.seqs, strict=True))]
+        self.chosen = [token.id for _, token in tokens]
+        return tokens
+
+    def drop(self, keys: Sequence) -> None:
+        """Take these rows out at the next ``advance`` (a cancelled stream), whether finished or not."""
+        self.dropped.update(row for row, key in enumerate(self.keys) if key in keys)
+
+    def advance(self) -> None:
+        """Finished and dropped rows leave; the others run one decode call on the tokens ``choose`` picked."""
+        rows = [r for r, seq in enumerate(self.seqs) if not seq.finished and r not in self.dropped]
+        self.dropped = set()
+        if len(rows) < len(self.keys):
+            self._keep(rows)
+        if not rows:
+            return
+        mask = np.concatenate([self.mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+        chosen = np.asarray(self.chosen, dtype=np.int64)[:, None]
+        logits, self.past = self.generator.decoder.run(chosen, mask, self.next_positions, self.past)
+        self.mask, self.logits = mask, logits[:, -1, :]
+        self.next_positions = self.next_positions + 1
+
+    def _keep(self, rows: list[int]) -> None:
+        self.keys = [self.keys[r] for r in rows]
+        self.seqs = [self.seqs[r] for r in rows]
+        self.chosen = [self.chosen[r] for r in rows]
+        self.mask, self.next_positions, self.logits = self.mask[rows], self.next_positions[rows], self.logits[rows]
+        used = np.flatnonzero(self.mask.any(axis=0))
+        start = int(used[0]) if used.size else self.mask.shape[1]  # columns before it are padding in every row
+        self.mask = np.ascontiguousarray(self.mask[:, start:])
+        self.past = [np.ascontiguousarray(p[rows][:, :, start:]) for p in self.past]
+
+
 class Generator:
     """Prompts in, tokens out, over one ``OnnxDecoder`` (see the module docstring)."""
 
@@ -170,12 +262,14 @@ class Generator:
         """Token ids of an already rendered prompt (special tokens such as ``<|im_start|>`` are recognised)."""
         return self.tokenizer.encode(prompt, add_special_tokens=False).ids
 
-    def _budget(self, index: int, prompt: Sequence[int], params: SamplingParams) -> int:
+    def check(self, prompt: Sequence[int], params: SamplingParams, name: str = "the prompt") -> int:
+        """The most tokens ``prompt`` may get (``max_tokens``, or fewer where the context ends); GenerationError
+        naming the prompt (``name``) when it is empty or fills the context."""
         room = self.settings.max_context - len(prompt)
         if not prompt:
-            raise GenerationError(f"prompt {index} is empty; expected at least one token")
+            raise GenerationError(f"{name} is empty; expected at least one token")
         if room < 1:
-            raise GenerationError(f"prompt {index} has {len(prompt)} tokens; the model's context holds "
+            raise GenerationError(f"{name} has {len(prompt)} tokens; the model's context holds "
                                   f"{self.settings.max_context}, leaving no room to generate")
         return min(params.max_tokens, room)
 
@@ -189,30 +283,11 @@ class Generator:
         a token with a ``finish_reason``. Every prompt is checked before any work starts."""
         if len(params) != len(prompts) or not prompts:
             raise GenerationError(f"expected one SamplingParams per prompt, got {len(params)} for {len(prompts)} prompts")
-        budgets = [self._budget(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params, strict=True))]
-        seqs = [_Sequence(sp, b, self.tokenizer, self.eos) for sp, b in zip(params, budgets, strict=True)]
-        ids, mask, positions = _left_padded(prompts, self.settings.pad_token_id)
-        logits, past = self.decoder.run(ids, mask, positions, self.decoder.empty_past(len(prompts)))
-        active = list(range(len(prompts)))
-        last = logits[:, -1, :]
-        while True:
-            chosen = []
-            for row, index in enumerate(active):
-                token = seqs[index].step(last[row])
-                chosen.append(token.id)
-                yield index, token
-            rows = [row for row, index in enumerate(active) if not seqs[index].finished]
-            if not rows:
-                return
-            if len(rows) < len(active):  # finished sequences leave the batch
-                active = [active[r] for r in rows]
-                past = [p[rows] for p in past]
-                mask, positions = mask[rows], positions[rows]
-                chosen = [chosen[r] for r in rows]
-            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
-            positions = positions[:, -1:] + 1
-            logits, past = self.decoder.run(np.asarray(chosen, dtype=np.int64)[:, None], mask, positions, past)
-            last = logits[:, -1, :]
+        batch = Batch(self)
+        batch.join(range(len(prompts)), prompts, params)
+        while batch:
+            yield from batch.choose()
+            batch.advance()
 
     def generate(self, prompt: Sequence[int], params: SamplingParams = GREEDY) -> Completion:
         """A whole sequence: the stream collected."""

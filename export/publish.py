@@ -175,7 +175,7 @@ def _onnx_names(onnx_file: Path) -> tuple[list[str], str]:
 def install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str | None]], version: int) -> None:
     """Move staged ``model -> (version folder, config text)`` into the repository, undoing on failure.
 
-    A config text of None writes no ``config.pbtxt`` (a causal LM's versions wait for the serving part's)."""
+    A config text of None leaves ``config.pbtxt`` as it is (or absent)."""
     undo: list[tuple[Path, Path]] = []  # (src, dst) renames that put things back, newest last
     try:
         for model, (version_dir, config_text) in staged.items():
@@ -199,6 +199,10 @@ def install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str | Non
                 continue
             new_config, old_config = tmp / f"{model}.config.pbtxt", tmp / f"{model}.config.pbtxt.old"
             new_config.write_text(config_text)
+            if not config_path.is_file():  # a model folder published without one: undoing takes it out again
+                os.replace(new_config, config_path)
+                undo.append((config_path, new_config))
+                continue
             shutil.copy2(config_path, old_config)
             os.replace(new_config, config_path)
             undo.append((old_config, config_path))

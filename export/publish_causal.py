@@ -2,9 +2,10 @@
 
 A version folder holds ``model.onnx`` (the variant's decoder under one name), the tokenizer files,
 ``generation.json``, ``parity.json`` and ``provenance.json`` (variant, task, source run, sha256, configs):
-everything ``export.generate.Generator.from_folder`` needs. No ``config.pbtxt`` or ``model.py`` is written:
-the served model (a decoupled Triton python model) is the serving stage's, and until it writes its
-config the launcher (``serving.triton.repository_models``) leaves the folder alone.
+everything ``export.generate.Generator.from_folder`` needs; and the served model: ``model.py`` (the
+decoupled Triton python model, ``export/triton_llm/model.py``) with the project modules it imports under
+``runtime/`` (``runtime_files``: found by following its imports, so the copy is whole by construction).
+``MODEL/config.pbtxt`` is written from ``export.triton_config.causal_model_config``.
 
 The repository rules are the classifier's (``export.publish``): versions only go up, one is never
 overwritten, everything is staged beside the repository and renamed in, a failure leaves it as it was,
@@ -14,12 +15,14 @@ folder that serves a classifier is refused (and the reverse, in ``export.publish
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 import logging
 import shutil
 from pathlib import Path
 
+from export import triton_config
 from export.config import ExportConfig
 from export.contract import CONTRACT, GENERATIVE, GENERATIVE_VARIANT_FILES
 from export.errors import GateError, InputError, PublishError
@@ -31,6 +34,40 @@ from tunestack.tracking import read_link
 log = logging.getLogger(__name__)
 
 TASK = "causal-lm"
+SERVED_MODEL = Path(__file__).parent / "triton_llm" / "model.py"
+"""The served model's file, copied into each version as ``model.py``."""
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("export", "tunestack")
+"""The packages whose modules ``runtime_files`` follows (everything else comes from the venv)."""
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Dotted names of the project modules ``path`` imports (any ``import`` / ``from ... import``, at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] in PROJECT_PACKAGES}
+
+
+def runtime_files(entry: Path = SERVED_MODEL) -> list[Path]:
+    """The project files ``entry`` needs, relative to the project root: every module it imports from
+    ``PROJECT_PACKAGES``, what those import, and each package's ``__init__.py``."""
+    files: set[Path] = set()
+    todo = [entry]
+    while todo:
+        for name in _imported_modules(todo.pop()):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                module = PROJECT_ROOT.joinpath(*parts[:depth])
+                for candidate in (module / "__init__.py", module.with_suffix(".py")):
+                    rel = candidate.relative_to(PROJECT_ROOT)
+                    if candidate.is_file() and rel not in files:
+                        files.add(rel)
+                        todo.append(candidate)
+    return sorted(files)
 
 
 def version_task(version_dir: Path) -> str | None:
@@ -63,6 +100,10 @@ def _check_source(onnx_dir: Path, variant: str) -> dict:
 
 def _stage(onnx_dir: Path, variant: str, entry: dict, cfg: ExportConfig, dest: Path, version: int) -> None:
     dest.mkdir(parents=True)
+    shutil.copy2(SERVED_MODEL, dest / SERVED_MODEL.name)
+    for rel in runtime_files():
+        (dest / GENERATIVE.runtime_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / rel, dest / GENERATIVE.runtime_dir / rel)
     shutil.copy2(onnx_dir / GENERATIVE_VARIANT_FILES[variant], dest / GENERATIVE.onnx_file)
     for name in (*GENERATIVE.tokenizer_files, GENERATIVE.generation_file, CONTRACT.parity_file):
         if (onnx_dir / name).is_file():
@@ -95,7 +136,8 @@ def publish_causal(onnx_dir: Path, variant: str, cfg: ExportConfig) -> Path:
     try:
         version = 1 + max(existing_versions(model_dir), default=0)
         _stage(onnx_dir, variant, entry, cfg, tmp / "v" / cfg.model_name, version)
-        install(repository, tmp, {cfg.model_name: (tmp / "v" / cfg.model_name, None)}, version)
+        config = triton_config.to_pbtxt(triton_config.causal_model_config(cfg))
+        install(repository, tmp, {cfg.model_name: (tmp / "v" / cfg.model_name, config)}, version)
     except OSError as e:
         raise PublishError(f"publishing {variant} of {onnx_dir} to {repository} failed; repository unchanged: {e}") from e
     finally:
