@@ -31,6 +31,11 @@ from export.errors import GenerationError
 from export.generate import Generator
 from tunestack.problems import raise_problems
 
+REQUEST = "generation request"
+"""What ``raise_problems`` calls a request: a refusal reads "invalid generation request:" and its problems."""
+REJECTION_PREFIX = f"invalid {REQUEST}:"
+"""How every refusal's message starts. Over gRPC's ``ModelStreamInfer`` a response carries an error's message
+but not its code, so this is how a client tells the caller's mistake from the model's failure there."""
 STREAM_PARAMETER = "stream"
 """Request parameter: true (default) streams a response per token; false sends the completion in one."""
 SAMPLING_PARAMETERS = tuple(f.name for f in fields(SamplingParams) if f.name != "stop")
@@ -102,14 +107,17 @@ def parse_request(text: bytes | str | None, messages: bytes | str | None, stop: 
     elif text is not None and messages is not None:
         problems.append(f"give {GENERATIVE.input_text!r} or {GENERATIVE.input_messages!r}, not both")
     values, stream = _parameters(parameters, stops, problems)
-    if chat_text is not None and not problems:
-        if chat is None:
-            problems.append(f"{GENERATIVE.input_messages!r}: this model has no chat template; send the prompt "
-                            f"as {GENERATIVE.input_text!r}")
-        else:
-            prompt = chat.render(parse_messages(chat_text))
-    raise_problems(problems, GenerationError, "generation request")
-    params = SamplingParams(**values)
-    ids = generator.encode(prompt)
-    generator.check(ids, params, GENERATIVE.input_text if text is not None else f"the rendered {GENERATIVE.input_messages}")
+    if not problems:
+        try:
+            if chat_text is not None:
+                if chat is None:
+                    raise GenerationError(f"{GENERATIVE.input_messages!r}: this model has no chat template; send the "
+                                          f"prompt as {GENERATIVE.input_text!r}")
+                prompt = chat.render(parse_messages(chat_text))
+            params, ids = SamplingParams(**values), generator.encode(prompt)
+            name = GENERATIVE.input_text if text is not None else f"the rendered {GENERATIVE.input_messages}"
+            generator.check(ids, params, name)
+        except GenerationError as e:
+            problems.append(str(e))
+    raise_problems(problems, GenerationError, REQUEST)
     return GenerationRequest(ids, params, stream)

@@ -13,8 +13,9 @@ response per token follows from the scheduler's thread through the request's res
 ``finish_reason`` ('' until the last response, which carries Triton's final flag). ``stream: false``
 sends the whole completion as one response instead.
 
-- A bad request gets one error response, ``TritonError.INVALID_ARG`` (HTTP 400, gRPC INVALID_ARGUMENT),
-  naming the field and the value; the other requests are not touched.
+- A bad request gets one error response, ``TritonError.INVALID_ARG`` (HTTP 400), naming the field and the
+  value, its message starting with ``export.llm_request.REJECTION_PREFIX`` (gRPC's stream carries the
+  message, not the code); the other requests are not touched.
 - A stream whose client went away (HTTP connection closed, gRPC stream cancelled: Triton marks the
   request cancelled, ``response_sender.is_cancelled()``) stops before its next token, leaves the
   batch, is counted in ``tunestack_llm_cancelled_total`` and logged ("cancelled after N tokens").
@@ -43,7 +44,7 @@ from export.chat import ChatTemplate  # noqa: E402
 from export.contract import GENERATIVE  # noqa: E402
 from export.errors import GenerationError  # noqa: E402
 from export.generate import Generator, Token  # noqa: E402
-from export.llm_request import GenerationRequest, parse_request  # noqa: E402
+from export.llm_request import REJECTION_PREFIX, GenerationRequest, parse_request  # noqa: E402
 from export.scheduler import Sink, make_scheduler  # noqa: E402
 
 try:  # only importable inside Triton's python-backend stub
@@ -171,7 +172,7 @@ class TritonPythonModel:
                 text, messages, stop, parameters = read_request(request)
                 parsed = parse_request(text, messages, stop, parameters, self.generator, self.chat)
             except Exception as e:  # noqa: BLE001 - whatever is wrong with one request fails that request only
-                message = str(e) if isinstance(e, GenerationError) else f"cannot read the request: {type(e).__name__}: {e}"
+                message = str(e) if isinstance(e, GenerationError) else f"{REJECTION_PREFIX} cannot read it: {type(e).__name__}: {e}"
                 request.get_response_sender().send(error_response(message),
                                                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
