@@ -84,6 +84,7 @@ class ContinuousScheduler(Scheduler):
     def __init__(self, generator: Generator, max_sequences: int = 8, on_step: Callable[[int], None] | None = None):
         super().__init__(generator, max_sequences, on_step)
         self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.closing = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="continuous-batching", daemon=True)
         self.thread.start()
 
@@ -91,21 +92,20 @@ class ContinuousScheduler(Scheduler):
         self.queue.put(Job(prompt, params, sink))
 
     def close(self) -> None:
-        self.queue.put(None)
+        self.closing.set()
+        self.queue.put(None)  # wakes the loop if it waits for work
         self.thread.join()
 
-    def _admit(self, block: bool, room: int) -> list[Job] | None:
-        """Jobs that arrived (waiting for one when ``block``), at most ``room``; None when closing."""
+    def _admit(self, block: bool, room: int) -> list[Job]:
+        """Jobs that arrived (waiting for one when ``block``), at most ``room``; those cancelled meanwhile end here."""
         jobs: list[Job] = []
-        while len(jobs) < room:
+        while len(jobs) < room and not self.closing.is_set():
             try:
                 job = self.queue.get(block=block and not jobs)
             except queue.Empty:
                 break
             if job is None:
-                for waiting in jobs:
-                    waiting.sink.fail(RuntimeError("the model is shutting down"))
-                return None
+                continue
             if job.sink.cancelled():
                 job.sink.end_cancelled(0)
             else:
@@ -114,23 +114,25 @@ class ContinuousScheduler(Scheduler):
 
     def _loop(self) -> None:
         batch = Batch(self.generator)
-        while True:
+        jobs: list[Job] = []
+        while not self.closing.is_set():
             jobs = self._admit(block=not batch, room=self.max_sequences - len(batch))
-            if jobs is None:
-                break
             try:
                 if jobs:
                     batch.join(jobs, [j.prompt for j in jobs], [j.params for j in jobs])
-                self._step(batch)
+                    jobs = []
+                if batch:
+                    self._step(batch)
             except Exception as e:  # noqa: BLE001 - a failed ONNX call fails the streams in it, not the model
                 log.exception("decode step failed for %d streams", len(batch.keys) + len(jobs))
-                for job in {*batch.keys, *jobs}:
+                for job in [*batch.keys, *jobs]:
                     job.sink.fail(e)
-                batch = Batch(self.generator)
-        for job in batch.keys:
+                batch, jobs = Batch(self.generator), []
+        for job in [*batch.keys, *jobs, *self._drain()]:
             job.sink.fail(RuntimeError("the model is shutting down"))
 
     def _step(self, batch: Batch) -> None:
+        """One token for every row (a cancelled stream leaves instead), then one decode call for those left."""
         gone, emitted = [], 0
         for job, token in batch.choose():
             if job.sink.cancelled():
@@ -148,6 +150,16 @@ class ContinuousScheduler(Scheduler):
         self.on_step(emitted)
         batch.advance()
 
+    def _drain(self) -> list[Job]:
+        """The jobs still queued."""
+        jobs = []
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
 
 class ThreadedScheduler(Scheduler):
     """A thread per stream, ``max_sequences`` at once (see the module docstring)."""
@@ -156,16 +168,22 @@ class ThreadedScheduler(Scheduler):
         super().__init__(generator, max_sequences, on_step)
         self.pool = ThreadPoolExecutor(max_workers=max_sequences, thread_name_prefix="stream")
         self.lock = threading.Lock()
+        self.closing = threading.Event()
 
     def submit(self, prompt: Sequence[int], params: SamplingParams, sink: Sink) -> None:
         self.pool.submit(self._run, Job(prompt, params, sink))
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.closing.set()
+        self.pool.shutdown(wait=True)
 
     def _run(self, job: Job) -> None:
         try:
+            if self.closing.is_set():
+                raise RuntimeError("the model is shutting down")
             for token in self.generator.stream(job.prompt, job.params):
+                if self.closing.is_set():
+                    raise RuntimeError("the model is shutting down")
                 if job.sink.cancelled():
                     job.sink.end_cancelled(job.count)
                     return
@@ -174,7 +192,8 @@ class ThreadedScheduler(Scheduler):
                 with self.lock:
                     self.on_step(1)
         except Exception as e:  # noqa: BLE001 - this stream fails, the others go on
-            log.exception("stream failed after %d tokens", job.count)
+            if not self.closing.is_set():
+                log.exception("stream failed after %d tokens", job.count)
             job.sink.fail(e)
 
 

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from export import triton_config
 from export.__main__ import main as export_main
 from export.config import ExportConfig
 from export.errors import ConfigError, GateError, InputError, PublishError
@@ -74,8 +75,10 @@ def test_publish_makes_self_contained_versions(tiny_causal_onnx_dir, tmp_path):
     cfg = ExportConfig(task="causal-lm", repository=tmp_path / "repo")
     v1, v2 = publish_causal(tiny_causal_onnx_dir, "fp32", cfg), publish_causal(tiny_causal_onnx_dir, "int8", cfg)
     assert (v1.name, v2.name) == ("1", "2") and v1.parent.name == "verdict-llm"
-    assert not (v1.parent / "config.pbtxt").exists()  # the serving stage writes the served model's config
-    assert {"model.onnx", "tokenizer.json", "generation.json", "parity.json", "provenance.json"} <= {p.name for p in v1.iterdir()}
+    config = triton_config.parse_pbtxt((v1.parent / "config.pbtxt").read_text())
+    assert config.model_transaction_policy.decoupled and config.backend == "python"
+    assert {"model.onnx", "tokenizer.json", "generation.json", "parity.json", "provenance.json", "model.py",
+            "runtime"} <= {p.name for p in v1.iterdir()}
     provenance = json.loads((v2 / "provenance.json").read_text())
     assert provenance["task"] == "causal-lm" and provenance["variant"] == "int8"
     prompt = json.loads((tiny_causal_onnx_dir / "heldout.jsonl").read_text().splitlines()[0])["prompt"]
@@ -104,7 +107,7 @@ def test_classifier_and_causal_versions_never_share_a_model(tiny_causal_onnx_dir
     publish(tiny_onnx_dir, "fp32", ExportConfig(repository=repo, model_name="c"))
     with pytest.raises(PublishError, match="holds classification versions"):
         publish_causal(tiny_causal_onnx_dir, "fp32", ExportConfig(task="causal-lm", repository=repo, model_name="c"))
-    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1"]
+    assert sorted(p.name for p in (repo / "m").iterdir()) == ["1", "config.pbtxt"]
 
 
 def test_config_refuses_what_a_causal_lm_cannot_do(tiny_causal_adapter_dir, tiny_adapter_dir):
