@@ -121,16 +121,19 @@ class TritonLLM:
             self.client = httpx.Client(base_url=f"http://{self.url}", timeout=timeout)
 
     def stream(self, text: str | None = None, *, messages: Sequence[dict] | None = None, stop: Sequence[str] = (),
-               **parameters) -> Iterator[Chunk]:
-        """The model's responses as they arrive; the last one has a ``finish_reason``."""
+               request_id: str = "", **parameters) -> Iterator[Chunk]:
+        """The model's responses as they arrive; the last one has a ``finish_reason``. ``request_id`` names the
+        request in Triton's log."""
         inputs = request_inputs(text, messages, stop)
         parameters = {k: v for k, v in parameters.items() if v is not None}
-        return self._grpc(inputs, parameters) if self.protocol == "grpc" else self._http(inputs, parameters)
+        if self.protocol == "grpc":
+            return self._grpc(inputs, parameters, request_id)
+        return self._http({**inputs, **({"id": request_id} if request_id else {})}, parameters)
 
     def generate(self, text: str | None = None, *, messages: Sequence[dict] | None = None, stop: Sequence[str] = (),
-                 **parameters) -> Completion:
+                 request_id: str = "", **parameters) -> Completion:
         """The whole completion (the stream, collected)."""
-        chunks = list(self.stream(text, messages=messages, stop=stop, **parameters))
+        chunks = list(self.stream(text, messages=messages, stop=stop, request_id=request_id, **parameters))
         last = chunks[-1]
         return Completion("".join(c.text for c in chunks), last.finish_reason or "", last.prompt_tokens,
                           last.completion_tokens, last.model_version)
@@ -154,7 +157,7 @@ class TritonLLM:
                     return
         raise InferenceError("the stream ended without a final response")
 
-    def _grpc(self, inputs: dict, parameters: dict) -> Iterator[Chunk]:
+    def _grpc(self, inputs: dict, parameters: dict, request_id: str) -> Iterator[Chunk]:
         from tritonclient.utils import InferenceServerException
 
         responses: queue.SimpleQueue = queue.SimpleQueue()
@@ -167,7 +170,8 @@ class TritonLLM:
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         finished = False
         try:
-            self.client.async_stream_infer(self.model, tensors, model_version=self.version, parameters=parameters)
+            self.client.async_stream_infer(self.model, tensors, model_version=self.version, request_id=request_id,
+                                           parameters=parameters)
             while not finished:
                 try:
                     result, error = responses.get(timeout=self.timeout)
