@@ -161,9 +161,12 @@ def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], Callable[[]
             name = f"{transport} / {batching} / {c}"
             meta[name] = (transport, batching, c)
 
-            def arm(phase: int, make=make, c=c) -> dict:
-                shift = phase * c * cfg.requests  # each phase its own prompts, the same for every arm
-                return run_streams(make, prompts[shift % len(prompts):] + prompts[:shift % len(prompts)], c, cfg.requests)
+            def arm(phase: int, make=make, c=c, name=name) -> dict:
+                shift = phase * c * cfg.requests % len(prompts)  # each phase its own prompts, the same for every arm
+                result = run_streams(make, prompts[shift:] + prompts[:shift], c, cfg.requests)
+                log.info("phase %d/%d  %-28s %7.1f tokens/s", phase + 1, cfg.phases, name,
+                         result["tokens"] / result["wall_s"])
+                return result
 
             arms[name] = arm
     warm = {key: False for key in streamers}
