@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,28 +66,30 @@ def _batches(examples: list[Example], batch_size: int, seed: int, dist: Dist):
 
 
 @dataclass
-class _Step:
-    """Everything one optimizer step uses besides the batches."""
+class OptimizerStep:
+    """Everything one optimizer step uses besides the batches; ``loss(batch)`` is a micro-batch's mean loss."""
 
-    forward: torch.nn.Module
-    tokenizer: object
-    label_ids: dict[str, int]
+    loss: Callable[[list], torch.Tensor]
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: object
     precision: Precision
     scaler: torch.amp.GradScaler
 
-    def run(self, micro_batches: list[list[Example]], cfg: TrainConfig, dist: Dist) -> float:
+    @classmethod
+    def build(cls, model: torch.nn.Module, loss: Callable[[list], torch.Tensor], cfg: TrainConfig, n_layers: int,
+              total_steps: int, precision: Precision) -> OptimizerStep:
+        """AdamW and its schedule over ``model``'s trainable parameters (``training.optim``)."""
+        optimizer, scheduler = make_optimizer(model, cfg, n_layers, total_steps)
+        return cls(loss, [p for p in model.parameters() if p.requires_grad], optimizer, scheduler, precision,
+                   precision.scaler())
+
+    def run(self, micro_batches: list[list], dist: Dist) -> float:
         """Accumulate gradients over ``micro_batches``, then one (scaled, clipped) optimizer step."""
         total = 0.0
         for batch in micro_batches:
-            enc = encode(self.tokenizer, [ex.text for ex in batch], cfg.max_length)
-            inputs = {k: torch.from_numpy(v).to(self.precision.device) for k, v in enc.items()}
-            labels = torch.tensor([self.label_ids[ex.label] for ex in batch], device=self.precision.device)
             with self.precision.autocast():
-                logits = self.forward(**inputs).logits
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing) / len(micro_batches)
+                loss = self.loss(batch).float() / len(micro_batches)
             self.scaler.scale(loss).backward()
             total += loss.item()
         self.scaler.unscale_(self.optimizer)
@@ -96,6 +99,24 @@ class _Step:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return dist.mean(total)
+
+
+def total_steps(cfg: TrainConfig, n_train: int, dist: Dist) -> int:
+    """Optimizer steps of the run: ``max_steps``, else ``epochs`` over ``n_train`` examples."""
+    steps_per_epoch = math.ceil(n_train / (cfg.batch_size * cfg.gradient_accumulation_steps * dist.world_size))
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def _classifier_loss(forward: torch.nn.Module, tokenizer, labels: list[str], cfg: TrainConfig, device: torch.device):
+    label_ids = {label: i for i, label in enumerate(labels)}
+
+    def loss(batch: list[Example]) -> torch.Tensor:
+        enc = encode(tokenizer, [ex.text for ex in batch], cfg.max_length)
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in enc.items()}
+        targets = torch.tensor([label_ids[ex.label] for ex in batch], device=device)
+        return F.cross_entropy(forward(**inputs).logits.float(), targets, label_smoothing=cfg.label_smoothing)
+
+    return loss
 
 
 def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir: Path, metrics: dict, run_id: str | None) -> Path:
@@ -112,7 +133,7 @@ def _write_adapter(model, tokenizer, splits: Splits, cfg: TrainConfig, model_dir
     return cfg.adapter_dir
 
 
-def _check_before_training(cfg: TrainConfig, model_dir: Path, device: torch.device) -> Precision:
+def check_before_training(cfg: TrainConfig, model_dir: Path, device: torch.device) -> Precision:
     """The checks that need the model or the hardware, done before any data or weights load."""
     if cfg.method == "freeze":
         depth = model_depth(model_dir)
@@ -137,11 +158,15 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     and time-budget decisions are shared, and only rank 0 writes checkpoints and the adapter.
     """
     dist = dist or Dist()
+    if cfg.task == "causal-lm":
+        from training.causal_train import train_causal
+
+        return train_causal(cfg, dist)
     if cfg.adapter_dir.exists() and not cfg.overwrite:
         raise ConfigError(f"{cfg.adapter_dir} already exists; pass --overwrite to replace it, or choose another --name")
     device = torch.device("cuda" if torch.cuda.is_available() and not dist.enabled else "cpu")
     model_dir = resolve_model_dir(cfg.model)
-    precision = _check_before_training(cfg, model_dir, device)
+    precision = check_before_training(cfg, model_dir, device)
     if cfg.threads or dist.enabled:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
     dist.start()
@@ -153,12 +178,15 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     validation = splits.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else splits.validation
     log.info("evaluating the untuned model on %d test examples", len(splits.test))
     before = _evaluate(model, tokenizer, splits.test, splits.labels, cfg, dist)
-    steps_per_epoch = math.ceil(len(splits.train) / (cfg.batch_size * cfg.gradient_accumulation_steps * dist.world_size))
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer, scheduler = make_optimizer(model, cfg, model_depth(model_dir), total_steps)
-    step_fn = _Step(dist.wrap(model), tokenizer, {label: i for i, label in enumerate(splits.labels)},
-                    [p for p in model.parameters() if p.requires_grad], optimizer, scheduler, precision, precision.scaler())
-    progress, losses, loop = _loop(model, step_fn, splits, validation, tokenizer, cfg, dist, total_steps)
+    steps = total_steps(cfg, len(splits.train), dist)
+    loss = _classifier_loss(dist.wrap(model), tokenizer, splits.labels, cfg, precision.device)
+    step_fn = OptimizerStep.build(model, loss, cfg, model_depth(model_dir), steps, precision)
+
+    def validate(model) -> dict:
+        val = _evaluate(model, tokenizer, validation, splits.labels, cfg, dist)
+        return {"accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "val_loss": val["loss"], "auc": val["auc"]}
+
+    progress, losses, loop = training_loop(model, step_fn, splits.train, validate, cfg, dist, steps)
     model.load_state_dict(progress.best_state, strict=False)
     log.info("restored the best checkpoint (step %d); evaluating on %d test examples", progress.best["step"], len(splits.test))
     after = _evaluate(model, tokenizer, splits.test, splits.labels, cfg, dist)
@@ -184,31 +212,35 @@ def train(cfg: TrainConfig, dist: Dist | None = None) -> TrainResult:
     return TrainResult(cfg.adapter_dir, metrics, progress.history, run_id)
 
 
-def _loop(model, step_fn: _Step, splits: Splits, validation, tokenizer, cfg: TrainConfig, dist: Dist, total_steps: int):
-    """Optimizer steps with periodic evaluation until done, early-stopped or out of time."""
+def training_loop(model, step_fn: OptimizerStep, train_examples: list, validate: Callable[[torch.nn.Module], dict], cfg: TrainConfig,
+                  dist: Dist, n_steps: int):
+    """Optimizer steps with periodic evaluation until done, early-stopped or out of time.
+
+    ``step_fn.run(micro_batches, dist)`` takes one optimizer step and returns its loss; ``validate(model)``
+    returns the validation metrics (``cfg.early_stopping_metric`` among them) recorded in the history.
+    """
     progress = Progress(model, cfg.early_stopping_metric)
     losses: list[float] = []
     seen, stop_reason, step = 0, "completed", 0
     started = time.monotonic()
     model.train()
-    bar = tqdm(total=total_steps, unit="step", desc=f"train {cfg.method}", mininterval=1.0 if sys.stderr.isatty() else 10.0,
+    bar = tqdm(total=n_steps, unit="step", desc=f"train {cfg.method}", mininterval=1.0 if sys.stderr.isatty() else 10.0,
                disable=not dist.is_main)
-    batches = _batches(splits.train, cfg.batch_size, cfg.seed, dist)
-    for step in range(1, total_steps + 1):
+    batches = _batches(train_examples, cfg.batch_size, cfg.seed, dist)
+    for step in range(1, n_steps + 1):
         micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
-        losses.append(step_fn.run([b for _, b in micro], cfg, dist))
+        losses.append(step_fn.run([b for _, b in micro], dist))
         seen += sum(len(b) for _, b in micro) * dist.world_size
         elapsed = time.monotonic() - started
         epoch = micro[-1][0]
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / elapsed:.1f}", epoch=epoch, refresh=False)
         out_of_time = dist.any(cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s)
-        if step % cfg.eval_every == 0 or step == total_steps or out_of_time:
-            val = _evaluate(model, tokenizer, validation, splits.labels, cfg, dist)
-            log.info("step %d: loss %.4f, validation accuracy %.4f, macro-F1 %.4f, loss %.4f",
-                     step, losses[-1], val["accuracy"], val["macro_f1"], val["loss"])
-            entry = {"step": step, "epoch": epoch, "loss": losses[-1], "elapsed_s": round(elapsed, 1),
-                     "accuracy": val["accuracy"], "macro_f1": val["macro_f1"], "val_loss": val["loss"], "auc": val["auc"]}
+        if step % cfg.eval_every == 0 or step == n_steps or out_of_time:
+            val = validate(model)
+            log.info("step %d: loss %.4f, validation %s", step, losses[-1],
+                     ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
+            entry = {"step": step, "epoch": epoch, "loss": losses[-1], "elapsed_s": round(elapsed, 1), **val}
             if progress.record(model, entry) and dist.is_main:
                 model.save_pretrained(cfg.run_dir / "checkpoints" / "best")
             if progress.stale >= cfg.patience:
