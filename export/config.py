@@ -146,8 +146,9 @@ class ExportConfig:
     quality_examples: int = 48
     """causal-lm int8 gate: held-out examples scored by fp32 and int8 (greedy ROUGE-L, reference perplexity)."""
     int8_scheme: str = "weight-only"
-    """causal-lm int8: weight-only (MatMulNBits, int8 weights, fp32 activations) or dynamic (quantize_dynamic,
-    as the classifier; the gate refuses it on SmolLM2). See export.onnx_causal."""
+    """causal-lm int8: weight-only (MatMulNBits: int8 weights of the constant-weight MatMuls, int8 compute with
+    per-block activation scales) or dynamic (quantize_dynamic, as the classifier; the gate refuses it on
+    SmolLM2). See export.onnx_causal."""
     int8_max_rouge_drop: float = 2.0
     """causal-lm int8 gate: the ROUGE-L points (0-100 scale) int8 may lose against fp32."""
     int8_max_perplexity_increase: float = 0.10
