@@ -15,6 +15,8 @@ from tunestack.configfile import config_from_dict, config_to_dict
 from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
+INT8_SCHEMES = ("weight-only", "dynamic")
+"""How a causal LM's int8 variant is quantized (``export.onnx_causal``)."""
 TASKS = ("classification", "causal-lm")
 """What the adapter was fine-tuned for (``training.config.TASKS``): the export path follows it."""
 
@@ -144,6 +146,10 @@ class ExportConfig:
     """causal-lm gate: the largest |logit difference| allowed between ONNX fp32 and torch over the greedy steps."""
     quality_examples: int = 48
     """causal-lm int8 gate: held-out examples scored by fp32 and int8 (greedy ROUGE-L, reference perplexity)."""
+    int8_scheme: str = "weight-only"
+    """causal-lm int8: weight-only (MatMulNBits: int8 weights of the constant-weight MatMuls, int8 compute with
+    per-block activation scales) or dynamic (quantize_dynamic, as the classifier; the gate refuses it on
+    SmolLM2). See export.onnx_causal."""
     int8_max_rouge_drop: float = 2.0
     """causal-lm int8 gate: the ROUGE-L points (0-100 scale) int8 may lose against fp32."""
     int8_max_perplexity_increase: float = 0.10
@@ -183,6 +189,8 @@ class ExportConfig:
         problems = []
         if self.task not in TASKS:
             problems.append(f"unknown task {self.task!r}; expected one of: {', '.join(TASKS)}")
+        if self.int8_scheme not in INT8_SCHEMES:
+            problems.append(f"unknown int8_scheme {self.int8_scheme!r}; expected one of: {', '.join(INT8_SCHEMES)}")
         if self.task == "causal-lm" and str(self.repository).startswith("s3://"):
             problems.append(f"repository {self.repository}: a causal LM publishes to a local folder only")
         allowed = GENERATIVE_VARIANT_FILES if self.task == "causal-lm" else VARIANT_FILES

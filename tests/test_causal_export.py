@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import onnx
 import pytest
 
 from export import triton_config
@@ -26,8 +27,9 @@ def test_fp32_decodes_torchs_tokens_and_int8_is_scored(tiny_causal_onnx_dir):
     assert all(p["onnx_tokens"] == p["torch_tokens"] > 0 for p in fp32["prompts"])
     assert 0 < fp32["max_abs_logit_diff"] <= 1e-3 and fp32["publishable"]
     assert {c["name"] for c in int8["checks"]} == {"rouge_l_drop_points", "perplexity_increase", "fp32_export_passed"}
-    assert int8["perplexity"] != fp32["perplexity"]  # really quantized
-    assert (tiny_causal_onnx_dir / "model.int8.onnx").stat().st_size < (tiny_causal_onnx_dir / "model.onnx").stat().st_size
+    assert int8["perplexity"] != fp32["perplexity"]  # really quantized: MatMulNBits, no per-tensor activations
+    ops = {n.op_type for n in onnx.load(str(tiny_causal_onnx_dir / "model.int8.onnx")).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops
     generation = json.loads((tiny_causal_onnx_dir / "generation.json").read_text())
     assert generation == {"eos_token_ids": [2], "pad_token_id": 2, "max_context": 512}
     table = format_causal_table(report)
@@ -114,7 +116,9 @@ def test_config_refuses_what_a_causal_lm_cannot_do(tiny_causal_adapter_dir, tiny
     assert ExportConfig(adapter=tiny_causal_adapter_dir).task == "causal-lm"
     assert ExportConfig(adapter=tiny_causal_adapter_dir).model_name == "verdict-llm"
     with pytest.raises(ConfigError) as info:
-        ExportConfig(adapter=tiny_causal_adapter_dir, variants=("fp32", "int8-static"), repository="s3://b/p")
+        ExportConfig(adapter=tiny_causal_adapter_dir, variants=("fp32", "int8-static"), repository="s3://b/p",
+                     int8_scheme="int4")
+    assert "unknown int8_scheme 'int4'; expected one of: weight-only, dynamic" in str(info.value)
     assert "int8-static calibrates encoder inputs: classifiers only" in str(info.value)
     assert "a causal LM publishes to a local folder only" in str(info.value)
     with pytest.raises(InputError, match="--task causal-lm does not match the adapter"):
