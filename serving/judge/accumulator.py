@@ -27,8 +27,14 @@ import numpy as np
 
 from serving.judge.config import JudgeConfig
 from serving.judge.judge import Verdicts, judge
-from serving.judge.units import (LATENCY_CAP_MS, PSEUDO_UNITS, UnitTable, latency_bucket, tail_threshold_ms,
-                                 weights_of)
+from serving.judge.units import (
+    LATENCY_CAP_MS,
+    PSEUDO_UNITS,
+    UnitTable,
+    latency_bucket,
+    tail_threshold_ms,
+    weights_of,
+)
 
 _FIELDS = ("requests", "server_errors", "answered", "latency_sum", "latency_sq", "predictions", "confidence_n",
            "confidence_sum", "confidence_sq", "feedback_n", "feedback_correct")

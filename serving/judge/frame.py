@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from serving.judge.ratio import Layout
 from serving.judge.units import UnitTable, weights_of
 
 SUMS = ("requests", "server_errors", "answered", "latency_sum", "latency_sq", "predictions", "confidence_n",
@@ -40,6 +42,8 @@ class Frame:
     unit: np.ndarray | None
     """``(R,)`` or ``(B, R)`` unit index in ``[0, n_units)``; None: every request is a unit of its own."""
     n_units: int
+    keyed: np.ndarray
+    """``(R,)`` or ``(B, R)``: the row is a sticky key's (False: a bucket of independently assigned requests)."""
     sums: Mapping[str, np.ndarray]
     """Each of ``SUMS``: ``(B, R)``."""
     labels: Mapping[str, np.ndarray]
@@ -62,6 +66,11 @@ class Frame:
     def n_groups(self) -> int:
         return len(self.arms) * self.n_periods
 
+    @cached_property
+    def layout(self) -> Layout:
+        """The served-arm layout every metric's contrast uses."""
+        return Layout.of(self.group, self.unit, self.n_units, len(self.arms), self.n_periods)
+
     @classmethod
     def from_table(cls, table: UnitTable) -> Frame:
         """One table as a batch of one."""
@@ -76,10 +85,10 @@ class Frame:
         tail = np.zeros(table.rows) if table.tail is None else np.asarray(table.tail, dtype=np.float64)
         sums["tail"] = tail[None]
         labels = {k: np.asarray(v, dtype=np.float64)[None] for k, v in table.labels.items()}
-        new = new_unit_counts(pidx, assigned, unit, np.asarray(table.keyed, dtype=bool), sums["requests"][0],
-                              P, len(table.arms))
+        keyed = np.asarray(table.keyed, dtype=bool)
+        new = new_unit_counts(pidx, assigned, unit, keyed, sums["requests"][0], P, len(table.arms))
         return cls(tuple(table.arms), shares, (arm * P + pidx)[None], (assigned * P + pidx)[None], unit,
-                   int(unit.max()) + 1 if table.rows else 0, sums, labels,
+                   int(unit.max()) + 1 if table.rows else 0, keyed, sums, labels,
                    np.array([table.tail_threshold_ms is not None]), new[None])
 
 

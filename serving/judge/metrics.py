@@ -93,15 +93,19 @@ def verdict_codes(low, high, margin: float, enough, higher_is_better: bool | Non
 
 
 def _contrast(frame: Frame, y: np.ndarray, n: np.ndarray, q: np.ndarray | None, treatment: int) -> Contrast:
-    return contrast(y, n, q, frame.group, frame.unit, frame.n_units, len(frame.arms), frame.n_periods, treatment)
+    return contrast(y, n, q, frame.layout, treatment)
 
 
 def _labels(frame: Frame, t: int, a: float, cfg: JudgeConfig) -> MetricArrays:
     names = sorted(k for k, v in frame.labels.items() if v.sum() > 0)
     n = frame.sums[LABEL_DENOMINATOR]
     tests = 1 if len(names) == 2 else max(len(names), 1)
-    parts = {k: _contrast(frame, frame.labels[k], n, None, t) for k in names}
+    parts = {k: _contrast(frame, frame.labels[k], n, None, t) for k in names[: 1 if len(names) == 2 else None]}
     per_label = {k: c.interval(a / tests, cfg.tune_n) for k, c in parts.items()}
+    if len(names) == 2:  # two labels' shares move together: the second is the first's mirror image
+        est, low, high = per_label[names[0]]
+        per_label[names[1]] = (-est, -high, -low)
+        parts[names[1]] = parts[names[0]]
     B = frame.batch
     if len(names) < 2:
         empty = _contrast(frame, np.zeros_like(n), n, None, t)
@@ -148,8 +152,8 @@ def sample_ratio(frame: Frame, cfg: JudgeConfig, a: float) -> SampleRatioArrays:
     level = a / 2 / (len(frame.arms) - 1)
     requests, mismatch = {}, log_e >= threshold
     for t in range(1, len(frame.arms)):
-        shift = srm.request_shift(frame.sums["requests"], frame.assigned, frame.unit, frame.n_units,
-                                  frame.shares, t)
+        shift = srm.request_shift(frame.sums["requests"], frame.assigned, frame.unit, frame.keyed,
+                                  frame.n_units, frame.shares, t)
         est, low, high = shift.interval(level, 2 * cfg.tune_n)
         requests[frame.arms[t]] = (est, low, high)
         mismatch = mismatch | (low > 0) | (high < 0)

@@ -68,24 +68,47 @@ class Contrast:
         return est, est - half, est + half
 
 
-def _group_sums(x: np.ndarray, flat: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
-    return np.bincount(flat.ravel(), weights=x.ravel(), minlength=size).reshape(shape)
+@dataclass(frozen=True)
+class Layout:
+    """Where ``B`` experiments' rows sit, computed once per ``Frame`` and shared by every metric."""
+
+    batch: int
+    n_arms: int
+    n_periods: int
+    group: np.ndarray
+    """Flat ``(B * R,)`` index of each row's (experiment, arm * P + period) in ``B * n_arms * P``."""
+    unit: np.ndarray | None
+    """Flat ``(B * R,)`` index of each row's (experiment, unit) in ``B * n_units``; None: every request is a
+    unit of its own."""
+    n_units: int
+
+    @classmethod
+    def of(cls, group: np.ndarray, unit: np.ndarray | None, n_units: int, n_arms: int, n_periods: int) -> Layout:
+        B = group.shape[0]
+        rows_b = np.arange(B)[:, None]
+        flat_unit = None if unit is None else (np.broadcast_to(unit, group.shape) + n_units * rows_b).ravel()
+        return cls(B, n_arms, n_periods, (group + n_arms * n_periods * rows_b).ravel(), flat_unit, n_units)
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_arms * self.n_periods
+
+    def group_sums(self, x: np.ndarray) -> np.ndarray:
+        """``(B, G)`` sums of the rows' ``x`` per (arm, period)."""
+        G = self.n_groups
+        return np.bincount(self.group, weights=x.ravel(), minlength=self.batch * G).reshape(self.batch, G)
 
 
-def contrast(y: np.ndarray, n: np.ndarray, q: np.ndarray | None, group: np.ndarray, unit: np.ndarray | None,
-             n_units: int, n_arms: int, n_periods: int, treatment: int) -> Contrast:
+def contrast(y: np.ndarray, n: np.ndarray, q: np.ndarray | None, layout: Layout, treatment: int) -> Contrast:
     """Arm ``treatment`` against arm 0 for the ratio ``sum y / sum n`` (rows ``(B, R)``, see ``Frame``).
 
     ``q``: per row, the sum of the squares of its requests' values (``None``: the values are 0/1, so the
-    binomial variance with ``p~`` is used for ``var_iid``). ``unit=None``: every request is a unit of its
-    own, and the variance is ``var_iid``.
+    binomial variance with ``p~`` is used for ``var_iid``). ``layout.unit=None``: every request is a unit of
+    its own, and the variance is ``var_iid``.
     """
-    B = group.shape[0]
-    G = n_arms * n_periods
-    flat = group + G * np.arange(B)[:, None]
-    Y = _group_sums(y, flat, B * G, (B, G))
-    N = _group_sums(n, flat, B * G, (B, G))
-    c, t = slice(0, n_periods), slice(treatment * n_periods, (treatment + 1) * n_periods)
+    B, P, G = layout.batch, layout.n_periods, layout.n_groups
+    Y, N = layout.group_sums(y), layout.group_sums(n)
+    c, t = slice(0, P), slice(treatment * P, (treatment + 1) * P)
     with np.errstate(divide="ignore", invalid="ignore"):
         R = np.where(N > 0, Y / N, 0.0)
         both = (N[:, c] > 0) & (N[:, t] > 0)
@@ -99,17 +122,16 @@ def contrast(y: np.ndarray, n: np.ndarray, q: np.ndarray | None, group: np.ndarr
             p = (Y + 0.5) / (N + 1)
             per_request = p * (1 - p) * N
         else:
-            per_request = np.maximum(_group_sums(q, flat, B * G, (B, G)) - R * Y, 0.0)
+            per_request = np.maximum(layout.group_sums(q) - R * Y, 0.0)
     k = np.where(np.isfinite(k), k, 0.0)
     var_iid = (k * k * per_request).sum(axis=1)
-    if unit is None:
+    if layout.unit is None:
         var = var_iid
     else:
-        rows_b = np.arange(B)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            leverage = np.where(N[rows_b, group] > 0, n / N[rows_b, group], 0.0)
-            psi = k[rows_b, group] * (y - R[rows_b, group] * n) / np.maximum(1.0 - leverage, 1e-3)
-        uflat = np.broadcast_to(unit, group.shape) + n_units * rows_b
-        phi = np.bincount(uflat.ravel(), weights=psi.ravel(), minlength=B * n_units)
-        var = np.maximum((phi * phi).reshape(B, n_units).sum(axis=1), var_iid)
+        kg, Rg, Ng = k.ravel()[layout.group], R.ravel()[layout.group], N.ravel()[layout.group]
+        nv = n.ravel()
+        leverage = nv / np.where(Ng > 0, Ng, 1.0)
+        psi = kg * (y.ravel() - Rg * nv) / np.maximum(1.0 - leverage, 1e-3)
+        phi = np.bincount(layout.unit, weights=psi, minlength=B * layout.n_units)
+        var = np.maximum((phi * phi).reshape(B, layout.n_units).sum(axis=1), var_iid)
     return Contrast(est, var, var_iid, W, N[:, c].sum(axis=1), N[:, t].sum(axis=1))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from serving.judge.traffic import Scenario
 
-MILD = {"latency_sd": 0.1, "label_sd": 0.5, "difficulty_sd": 0.5}
+MILD = {"latency_sd": 0.25, "label_sd": 1.2, "difficulty_sd": 1.2}
 """Mild differences between users."""
-STRONG = {"latency_sd": 0.3, "label_sd": 1.5, "difficulty_sd": 1.5}
+STRONG = {"latency_sd": 0.35, "label_sd": 1.8, "difficulty_sd": 1.8}
 """Strong differences between users."""
 STICKY = {"users": 2000, "activity": "pareto", "activity_index": 1.2, **STRONG}
 """The sticky traffic of the ``-sticky`` and ``srm`` scenarios."""
@@ -20,7 +20,9 @@ RAMP = {"steps": (0.05, 0.25, 0.5)}
 """A ramp: the treatment at 5, then 25, then 50 % of traffic, for equal stretches of time."""
 TRENDS = {"latency_trend": 0.10, "error_trend": 1.0, "label_share_start": 0.45, "label_share_end": 0.55}
 """Trends both arms share over the experiment: latency +10 %, server errors x2 (load), positive share
-0.45 -> 0.55 (the mix of texts)."""
+0.45 -> 0.55 (the mix of texts); the drifting AR(1) load level of every scenario comes on top."""
+STILL = {"latency_trend": 0.0, "error_trend": 0.0, "label_share_start": 0.5, "label_share_end": 0.5, "load_sd": 0.0}
+"""No trend and no drifting load: the ramp grid's rows add one trend each to this."""
 
 
 def _effects(suffix: str, description: str, traffic: dict) -> dict[str, Scenario]:
@@ -68,25 +70,22 @@ GRIDS = {
         ("200 users, equal activity (50 requests each), strong differences",
          {"users": 200, "activity": "equal", **STRONG}),
         ("2,000 users, heavy tail, very strong differences (x2)",
-         {**STICKY, "latency_sd": 0.6, "label_sd": 3.0, "difficulty_sd": 3.0}),
+         {**STICKY, **{k: 2 * v for k, v in STRONG.items()}}),
         ("20,000 users, heavy-tailed activity, strong differences", {**STICKY, "users": 20000}),
         ("the same heavy-tailed users, each request assigned on its own", {**STICKY, "sticky": False}),
     ),
     "ramp": (
-        ("independent requests, latency +10 % over the experiment", {"latency_trend": 0.10, "error_trend": 0.0,
-                                                                     "label_share_start": 0.5,
-                                                                     "label_share_end": 0.5}),
-        ("independent requests, latency +5 %", {"latency_trend": 0.05, "error_trend": 0.0,
-                                                "label_share_start": 0.5, "label_share_end": 0.5}),
-        ("independent requests, positive share 0.45 -> 0.55", {"latency_trend": 0.0, "error_trend": 0.0}),
-        ("independent requests, server errors x2 (load)", {"latency_trend": 0.0, "label_share_start": 0.5,
-                                                           "label_share_end": 0.5}),
-        ("independent requests, no trend", {"latency_trend": 0.0, "error_trend": 0.0, "label_share_start": 0.5,
-                                            "label_share_end": 0.5}),
-        ("independent requests, every trend at once", {}),
-        ("sticky heavy-tailed users (monotone ramp), every trend at once", dict(STICKY)),
-        ("sticky heavy-tailed users, latency +30 %, positive share 0.35 -> 0.65",
-         {**STICKY, "latency_trend": 0.3, "label_share_start": 0.35, "label_share_end": 0.65}),
+        ("independent requests, latency +10 % over the experiment", {**STILL, "latency_trend": 0.10}),
+        ("independent requests, latency +5 %", {**STILL, "latency_trend": 0.05}),
+        ("independent requests, positive share 0.45 -> 0.55", {**STILL, "label_share_start": 0.45,
+                                                               "label_share_end": 0.55}),
+        ("independent requests, server errors x2", {**STILL, "error_trend": 1.0}),
+        ("independent requests, a drifting load level (AR(1), sd 0.15)", {**STILL, "load_sd": 0.15}),
+        ("independent requests, no trend", dict(STILL)),
+        ("independent requests, every trend and the drifting load", {}),
+        ("sticky heavy-tailed users (monotone ramp), every trend and the drifting load", dict(STICKY)),
+        ("sticky heavy-tailed users, latency +30 %, positive share 0.35 -> 0.65, errors x3",
+         {**STICKY, "latency_trend": 0.3, "label_share_start": 0.35, "label_share_end": 0.65, "error_trend": 2.0}),
     ),
 }
 """Named grids of traffic settings: ``--scenario aa-sticky --grid sticky``, ``--scenario aa-ramp --grid ramp``."""

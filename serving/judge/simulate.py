@@ -81,9 +81,11 @@ class SimulationSpec:
     """The positive share at the start, both arms."""
     label_share_end: float | None = None
     """The positive share at the end, both arms."""
+    load_sd: float | None = None
+    """Spread of the drifting (AR(1)) load level both arms share, on the log-latency scale (0: none)."""
 
     TRAFFIC = ("users", "sticky", "activity", "activity_index", "latency_sd", "label_sd", "difficulty_sd", "steps",
-               "latency_trend", "error_trend", "label_share_start", "label_share_end")
+               "latency_trend", "error_trend", "label_share_start", "label_share_end", "load_sd")
 
     def __post_init__(self) -> None:
         problems = []
@@ -110,26 +112,20 @@ class SimulationSpec:
         return np.arange(2 * self.look_every, 2 * self.max_per_arm + 1, 2 * self.look_every)
 
 
-def _frames(req: Requests, acc: dict[str, np.ndarray], L: int, shares: np.ndarray, pooled_t: float,
-            unit_counts: np.ndarray) -> tuple[Frame, Frame]:
-    """The units frame and the naive frame after ``L`` requests (``acc``: the rows' sums so far)."""
+def _frames(req: Requests, acc: dict[str, np.ndarray], naive: dict[str, np.ndarray], L: int, shares: np.ndarray,
+            pooled_t: float, unit_counts: np.ndarray) -> tuple[Frame, Frame]:
+    """The units frame and the naive frame after ``L`` requests (``acc``: the rows' sums so far; ``naive``:
+    the same per arm)."""
     B = req.row_group.shape[0]
-    P = shares.shape[0]
-    sums = {k: acc[k] for k in SUMS}
-    labels = {k: acc[f"label:{k}"] for k in LABELS}
     known = L >= req.threshold_at
-    units = Frame(("control", "treatment"), shares, req.row_group, req.row_group, req.row_unit, req.n_units, sums,
-                  labels, known, unit_counts)
-    flat = (req.row_group // P + 2 * np.arange(B)[:, None]).ravel()
-
-    def per_arm(x: np.ndarray) -> np.ndarray:
-        return np.bincount(flat, weights=x.ravel(), minlength=2 * B).reshape(B, 2)
-
+    keyed = np.full(req.row_unit.shape, req.keyed)
+    units = Frame(("control", "treatment"), shares, req.row_group, req.row_group, req.row_unit, req.n_units, keyed,
+                  {k: acc[k] for k in SUMS}, {k: acc[f"label:{k}"] for k in LABELS}, known, unit_counts)
     groups = np.broadcast_to(np.arange(2), (B, 2))
-    naive = Frame(("control", "treatment"), np.array([[1 - pooled_t, pooled_t]]), groups, groups, None, 0,
-                  {k: per_arm(v) for k, v in sums.items()}, {k: per_arm(v) for k, v in labels.items()}, known,
-                  per_arm(acc["requests"])[:, None, :])
-    return units, naive
+    pooled = Frame(("control", "treatment"), np.array([[1 - pooled_t, pooled_t]]), groups, groups, None, 0,
+                   np.zeros(2, dtype=bool), {k: naive[k] for k in SUMS}, {k: naive[f"label:{k}"] for k in LABELS},
+                   known, naive["requests"][:, None, :])
+    return units, pooled
 
 
 def _new_units(req: Requests, L: int, period: np.ndarray, acc_new: np.ndarray, P: int) -> np.ndarray:
@@ -159,6 +155,8 @@ def simulate_chunk(sc: Scenario, sims: int, looks: np.ndarray, cfg: JudgeConfig,
     pooled = np.cumsum(steps[period]) / np.arange(1, n + 1)
     new_flat = (np.arange(B)[:, None] * 2 * P + period * 2 + req.arm)
     acc = {k: np.zeros((B, R)) for k in req.values}
+    naive = {k: np.zeros((B, 2)) for k in req.values}
+    by_arm = req.arm + 2 * np.arange(B)[:, None]
     acc_new = np.zeros((B, P, 2))
     out = {f"{j}:{k}": np.zeros((B, len(looks)), dtype=np.int8) for j in ("units", "naive")
            for k in (*METRICS, "sample_ratio")}
@@ -167,9 +165,11 @@ def simulate_chunk(sc: Scenario, sims: int, looks: np.ndarray, cfg: JudgeConfig,
         idx = flat_rows[:, start:L].ravel()
         for k, v in req.values.items():
             acc[k] += np.bincount(idx, weights=v[:, start:L].ravel(), minlength=B * R).reshape(B, R)
+            naive[k] += np.bincount(by_arm[:, start:L].ravel(), weights=v[:, start:L].ravel(),
+                                    minlength=2 * B).reshape(B, 2)
         acc_new += np.bincount(new_flat[:, start:L].ravel(), weights=req.kept[:, start:L].ravel(),
                                minlength=B * 2 * P).reshape(B, P, 2)
-        frames = _frames(req, acc, int(L), shares, float(pooled[L - 1]), _new_units(req, int(L), period, acc_new, P))
+        frames = _frames(req, acc, naive, int(L), shares, float(pooled[L - 1]), _new_units(req, int(L), period, acc_new, P))
         for name, frame in zip(("units", "naive"), frames, strict=True):
             arrays, srm = m.evaluate(frame, cfg)
             for metric, a in arrays["treatment"].items():

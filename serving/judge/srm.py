@@ -14,13 +14,21 @@ its own, reported first. Two tests, each valid at every look and across weight c
   beginning is a test martingale, so the periods' e-values multiply, and Ville's inequality bounds the
   chance that the product ever reaches ``1/alpha`` by ``alpha``.
 * **Requests** (``request_shift``). Requests are clustered in units, so their split is tested as a ratio
-  over units: per treatment arm, ``sum_p (N_ap - theta_ap R_p) / R`` (requests in the arm minus its
+  over units: per treatment arm, ``D = sum_p (N_ap - theta_ap R_p) / R`` (requests in the arm minus its
   configured share of the period's requests, over all periods), mean 0 under the weights whatever the units'
-  activity, with the variance over units (each unit's terms summed over its periods) and the asymptotic CS
-  of ``ratio.Contrast``.
+  activity, with the asymptotic CS of ``ratio.Contrast``. Its variance is the larger of two: the plug-in
+  variance over units (each unit's terms summed over its periods), and the variance the design gives ``D``
+  given the units' activity. The router's assignment (``serving/router/assignment.py``) gives a treatment
+  the nested intervals ``[start, start + theta_p)`` of a uniform bucket, so a keyed unit is in the arm in
+  periods ``p`` and ``q`` together with probability ``min(theta_p, theta_q)``: its terms have covariance
+  ``r_p r_q (min(theta_p, theta_q) - theta_p theta_q)``; unkeyed requests are independent draws
+  (``theta (1 - theta)`` each). The plug-in alone is too small when a very active unit happens to sit in an
+  arm with a small share (the statistic is skewed); the design variance alone too small when it sits in it.
+  The test assumes the treatment does not change how many requests a unit sends.
 
-The prior's concentration ``c`` is matched, as ``boundaries.quantile_prior`` does, to the normal mixture
-tightest at ``tune_n`` units: ``c + 1 = 1 / boundaries.tuned_rho2(tune_n, alpha)``.
+The prior's concentration ``c`` makes the units' test most sensitive near ``tune_n`` units: matching the
+prior's variance ``theta (1 - theta) / (c + 1)`` to that of the normal mixture tightest at ``tune_n``
+(``boundaries.tuned_rho2``) gives ``c + 1 = 1 / tuned_rho2(tune_n, alpha)`` (about 140 at the defaults).
 """
 
 from __future__ import annotations
@@ -55,12 +63,28 @@ def units_log_evalue(counts: np.ndarray, shares: np.ndarray, c: float) -> np.nda
     return np.where(impossible, np.inf, per_period).sum(axis=-1)
 
 
-def request_shift(requests: np.ndarray, assigned: np.ndarray, unit: np.ndarray | None, n_units: int,
-                  shares: np.ndarray, arm: int) -> Contrast:
+def _design_var(requests: np.ndarray, assigned: np.ndarray, unit: np.ndarray, keyed: np.ndarray, n_units: int,
+                theta: np.ndarray) -> np.ndarray:
+    """``(B,)``: ``sum_units r' C r`` (keyed units) + ``sum_rows r theta (1 - theta)`` (unkeyed rows)."""
+    B, P = requests.shape[0], len(theta)
+    rows_b = np.arange(B)[:, None]
+    keyed = np.broadcast_to(keyed, requests.shape)
+    period = assigned % P
+    flat = ((np.broadcast_to(unit, requests.shape) + n_units * rows_b) * P + period)[keyed]
+    r = np.bincount(flat, weights=requests[keyed], minlength=B * n_units * P).reshape(B, n_units, P)
+    cov = np.minimum.outer(theta, theta) - np.outer(theta, theta)
+    clustered = np.einsum("bup,pq,buq->b", r, cov, r)
+    free = np.where(keyed, 0.0, requests * (theta * (1 - theta))[period]).sum(axis=1)
+    return clustered + free
+
+
+def request_shift(requests: np.ndarray, assigned: np.ndarray, unit: np.ndarray | None, keyed: np.ndarray,
+                  n_units: int, shares: np.ndarray, arm: int) -> Contrast:
     """Arm ``arm``'s share of requests minus its configured share, combined over periods (``Contrast``;
     ``n_control``: all requests, ``n_treatment``: the arm's).
 
-    ``requests``, ``assigned`` (assigned arm * P + period index): ``(B, R)``; ``unit`` as in ``Frame``.
+    ``requests``, ``assigned`` (assigned arm * P + period index): ``(B, R)``; ``unit``, ``keyed`` as in
+    ``Frame``.
     """
     P, A = shares.shape
     B = requests.shape[0]
@@ -80,6 +104,7 @@ def request_shift(requests: np.ndarray, assigned: np.ndarray, unit: np.ndarray |
             psi = (in_arm - theta[assigned % P]) * requests / total[:, None]
             uflat = np.broadcast_to(unit, assigned.shape) + n_units * rows_b
             phi = np.bincount(uflat.ravel(), weights=psi.ravel(), minlength=B * n_units)
-            var = np.maximum((phi * phi).reshape(B, n_units).sum(axis=1), var_iid)
+            design = _design_var(requests, assigned, unit, keyed, n_units, theta) / total**2
+            var = np.maximum(np.maximum((phi * phi).reshape(B, n_units).sum(axis=1), design), var_iid)
     # the CS's effective time is in requests: half of them stands in for "per arm" in Contrast.interval
     return Contrast(est, var, var_iid, total / 2, total, N[:, arm].sum(axis=1))
