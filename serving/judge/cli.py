@@ -30,7 +30,7 @@ class SimulateCommand(SimulationSpec):
     """Simulate experiments and read the anytime-valid judge (and the naive request-level one) at every look."""
 
     scenario: str = "aa"
-    """One of scenarios.SCENARIOS, or all."""
+    """One of scenarios.SCENARIOS, several separated by commas, or all."""
     grid: str | None = None
     """Run the scenario under every traffic setting of this grid (sticky, ramp); flags still override."""
     alpha: float = 0.05
@@ -43,18 +43,23 @@ class SimulateCommand(SimulationSpec):
     def __post_init__(self) -> None:
         if self.grid is not None and self.grid not in GRIDS:
             raise ValueError(f"grid={self.grid!r}: expected one of {', '.join(GRIDS)}")
-        if self.scenario != "all":
-            super().__post_init__()
+        for name in self.names():
+            SimulationSpec(**{**self._base(), "scenario": name})  # validates each
+
+    def names(self) -> list[str]:
+        return list(SCENARIOS) if self.scenario == "all" else [s.strip() for s in self.scenario.split(",")]
+
+    def _base(self) -> dict:
+        keep = {f.name for f in fields(SimulationSpec)}
+        return {k: v for k, v in asdict(self).items() if k in keep}
 
     def specs(self) -> list[tuple[str, SimulationSpec]]:
         """``(setting, spec)`` per run."""
-        keep = {f.name for f in fields(SimulationSpec)}
-        base = {k: v for k, v in asdict(self).items() if k in keep}
+        base = self._base()
         given = {k: v for k, v in base.items() if k in SimulationSpec.TRAFFIC and v is not None}
-        names = list(SCENARIOS) if self.scenario == "all" else [self.scenario]
         settings = GRIDS[self.grid] if self.grid else (("", {}),)
         return [(label, SimulationSpec(**{**base, **setting, **given, "scenario": name}))
-                for name in names for label, setting in settings]
+                for name in self.names() for label, setting in settings]
 
 
 def _pct(x: float | None) -> str:

@@ -87,5 +87,15 @@ GRIDS = {
         ("sticky heavy-tailed users, latency +30 %, positive share 0.35 -> 0.65, errors x3",
          {**STICKY, "latency_trend": 0.3, "label_share_start": 0.35, "label_share_end": 0.65, "error_trend": 2.0}),
     ),
+    "power": (
+        ("1,000 users, equal activity, mild differences, each request assigned on its own",
+         {"users": 1000, "activity": "equal", **MILD, "sticky": False}),
+        ("1,000 users, equal activity, mild differences, sticky", {"users": 1000, "activity": "equal", **MILD}),
+        ("2,000 users, heavy-tailed activity, strong differences, each request assigned on its own",
+         {**STICKY, "sticky": False}),
+        ("2,000 users, heavy-tailed activity, strong differences, sticky", dict(STICKY)),
+    ),
 }
-"""Named grids of traffic settings: ``--scenario aa-sticky --grid sticky``, ``--scenario aa-ramp --grid ramp``."""
+"""Named grids of traffic settings: ``--scenario aa-sticky --grid sticky``, ``--scenario aa-ramp --grid ramp``,
+``--scenario p99-sticky,accuracy-sticky,errors-sticky,labels-sticky --grid power`` (the same users, sticky or
+each request assigned on its own: what the right unit costs)."""

@@ -83,9 +83,14 @@ class SimulationSpec:
     """The positive share at the end, both arms."""
     load_sd: float | None = None
     """Spread of the drifting (AR(1)) load level both arms share, on the log-latency scale (0: none)."""
+    drop_t: float | None = None
+    """Share of the treatment's requests lost before they are recorded (a sample-ratio fault)."""
+    drop_users_t: float | None = None
+    """Share of users who lose every request they send while in the treatment (a sample-ratio fault)."""
 
     TRAFFIC = ("users", "sticky", "activity", "activity_index", "latency_sd", "label_sd", "difficulty_sd", "steps",
-               "latency_trend", "error_trend", "label_share_start", "label_share_end", "load_sd")
+               "latency_trend", "error_trend", "label_share_start", "label_share_end", "load_sd", "drop_t",
+               "drop_users_t")
 
     def __post_init__(self) -> None:
         problems = []

@@ -82,9 +82,12 @@ class Scenario:
             out.append(f"activity_index={self.activity_index}: expected > 0")
         if not self.steps or not all(0 < s < 1 for s in self.steps):
             out.append(f"steps={self.steps}: expected treatment shares in (0, 1)")
-        for name in ("latency_sd", "label_sd", "difficulty_sd"):
+        for name in ("latency_sd", "label_sd", "difficulty_sd", "load_sd"):
             if getattr(self, name) < 0:
                 out.append(f"{name}={getattr(self, name)}: expected >= 0")
+        for name in ("drop_t", "drop_users_t", "label_share_start", "label_share_end"):
+            if not 0 <= getattr(self, name) <= 1:
+                out.append(f"{name}={getattr(self, name)}: expected 0..1")
         return out
 
 
