@@ -130,8 +130,9 @@ def test_more_treatments_split_alpha_with_the_sample_ratio_check():
 
 
 def test_bad_input_names_the_field():
-    with pytest.raises(ValueError, match=r"alpha=2.*margins\.accuracy=-1"):
-        JudgeConfig.from_dict({"alpha": 2, "margins": {"accuracy": -1}})
+    with pytest.raises(ValueError, match=r"alpha=2.*margins\.latency_p99=2.0: expected a difference of shares "
+                                         r"in \[0, 1\] \(default 0.01\).*margins\.accuracy=-1"):
+        JudgeConfig.from_dict({"alpha": 2, "margins": {"accuracy": -1, "latency_p99": 2.0}})
     with pytest.raises(KeyError, match="unknown arm 'x'"):
         Judge(arms=("a", "b")).answered("x", 1.0)
     with pytest.raises(ValueError, match="at least one treatment"):

@@ -19,6 +19,10 @@ HIGHER_IS_BETTER = {"error_rate": False, "latency_mean": False, "latency_p99": F
                     "label_distribution": None, "confidence_mean": True}
 """The direction of "better" per metric; ``None``: a difference has no direction ("different")."""
 
+SHARES = ("error_rate", "latency_p99", "accuracy", "label_distribution", "confidence_mean")
+"""Metrics whose differences (and margins) are differences of shares or probabilities, in [0, 1]: the
+``latency_p99`` guardrail is the share of answers slower than the control's p99, not milliseconds."""
+
 UNITS = {"error_rate": "", "latency_mean": " ms", "latency_p99": "", "accuracy": "", "label_distribution": "",
          "confidence_mean": ""}
 """The unit of each metric's interval, for reports (``latency_p99`` is a difference of shares)."""
@@ -86,8 +90,12 @@ class JudgeConfig:
         if self.tune_n < 1:
             problems.append(f"tune_n={self.tune_n}: expected >= 1")
         for name in METRICS:
-            if getattr(self.margins, name) < 0:
-                problems.append(f"margins.{name}={getattr(self.margins, name)}: expected >= 0")
+            margin = getattr(self.margins, name)
+            if margin < 0:
+                problems.append(f"margins.{name}={margin}: expected >= 0")
+            elif name in SHARES and margin > 1:
+                problems.append(f"margins.{name}={margin}: expected a difference of shares in [0, 1] "
+                                f"(default {getattr(Margins(), name)})")
             if getattr(self.min_samples, name) < 2:
                 problems.append(f"min_samples.{name}={getattr(self.min_samples, name)}: expected >= 2")
         if problems:

@@ -111,7 +111,8 @@ class Requests:
     keyed: bool
     """Rows are users' (True) or buckets of independently assigned requests (False)."""
     first_seen: np.ndarray | None
-    """Keyed: ``(B, users)`` the time of each user's first recorded request (``n``: none)."""
+    """Keyed: ``(B, U)`` the time of each user's first recorded request (``n``: none); users are numbered
+    per experiment among those who send requests."""
     threshold_at: np.ndarray
     """``(B,)``: the number of requests after which the tail threshold is known (``n + 1``: never)."""
 
@@ -178,14 +179,22 @@ def draw(sc: Scenario, rng: np.random.Generator, B: int, n: int, needed: int, qu
               "feedback_correct": correct * a, "tail": tail * a, "label:positive": pos * a,
               "label:negative": (1 - pos) * a}
     if keyed:
-        row = who * P + period
-        unit = np.arange(sc.users * P) // P
-        row_arm = (bucket[:, :, None] < np.asarray(sc.steps)).reshape(B, -1).astype(np.int64)
-        row_group = row_arm * P + np.tile(np.arange(P), sc.users)
-        first = np.full((B, sc.users), n)
+        # rows only for the users who send requests (the rest would be empty): compact indices per experiment
+        found = [np.unique(who[b], return_inverse=True) for b in range(B)]
+        U = max(len(u) for u, _ in found)
+        bucket_c = np.ones((B, U))  # padding users (no requests) sit in the control
+        who_c = np.empty_like(who)
+        for b, (u, inv) in enumerate(found):
+            bucket_c[b, :len(u)] = bucket[b, u]
+            who_c[b] = inv.reshape(-1)
+        row = who_c * P + period
+        unit = np.arange(U * P) // P
+        row_arm = (bucket_c[:, :, None] < np.asarray(sc.steps)).reshape(B, -1).astype(np.int64)
+        row_group = row_arm * P + np.tile(np.arange(P), U)
+        first = np.full((B, U), n)
         t_idx = np.broadcast_to(np.arange(n), (B, n))
-        np.minimum.at(first, (np.broadcast_to(b_idx, (B, n))[kept], who[kept]), t_idx[kept])
-        return Requests(row, arm, kept, values, row_group, unit, sc.users, True, first, threshold_at)
+        np.minimum.at(first, (np.broadcast_to(b_idx, (B, n))[kept], who_c[kept]), t_idx[kept])
+        return Requests(row, arm, kept, values, row_group, unit, U, True, first, threshold_at)
     pseudo = rng.integers(0, PSEUDO_UNITS, (B, n))
     row = (pseudo * 2 + arm) * P + period
     R = PSEUDO_UNITS * 2 * P
