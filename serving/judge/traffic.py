@@ -179,28 +179,35 @@ def draw(sc: Scenario, rng: np.random.Generator, B: int, n: int, needed: int, qu
               "feedback_correct": correct * a, "tail": tail * a, "label:positive": pos * a,
               "label:negative": (1 - pos) * a}
     if keyed:
-        # rows only for the users who send requests (the rest would be empty): compact indices per experiment
-        found = [np.unique(who[b], return_inverse=True) for b in range(B)]
-        U = max(len(u) for u, _ in found)
-        bucket_c = np.ones((B, U))  # padding users (no requests) sit in the control
-        who_c = np.empty_like(who)
-        for b, (u, inv) in enumerate(found):
-            bucket_c[b, :len(u)] = bucket[b, u]
-            who_c[b] = inv.reshape(-1)
-        row = who_c * P + period
-        unit = np.arange(U * P) // P
-        row_arm = (bucket_c[:, :, None] < np.asarray(sc.steps)).reshape(B, -1).astype(np.int64)
-        row_group = row_arm * P + np.tile(np.arange(P), U)
-        first = np.full((B, U), n)
-        t_idx = np.broadcast_to(np.arange(n), (B, n))
-        np.minimum.at(first, (np.broadcast_to(b_idx, (B, n))[kept], who_c[kept]), t_idx[kept])
-        return Requests(row, arm, kept, values, row_group, unit, U, True, first, threshold_at)
+        return _keyed(who, bucket, period, arm, kept, values, sc.steps, threshold_at)
     pseudo = rng.integers(0, PSEUDO_UNITS, (B, n))
     row = (pseudo * 2 + arm) * P + period
     R = PSEUDO_UNITS * 2 * P
     group_of_row = ((np.arange(R) // P) % 2) * P + np.arange(R) % P
     return Requests(row, arm, kept, values, np.broadcast_to(group_of_row, (B, R)), np.arange(R) // (2 * P),
                     PSEUDO_UNITS, False, None, threshold_at)
+
+
+def _keyed(who: np.ndarray, bucket: np.ndarray, period: np.ndarray, arm: np.ndarray, kept: np.ndarray,
+           values: dict[str, np.ndarray], steps: tuple[float, ...], threshold_at: np.ndarray) -> Requests:
+    """Rows per (user, period), only for the users who send requests (the rest would be empty): users are
+    numbered per experiment."""
+    B, n = who.shape
+    P = len(steps)
+    found = [np.unique(who[b], return_inverse=True) for b in range(B)]
+    U = max(len(u) for u, _ in found)
+    bucket_c = np.ones((B, U))  # padding users (no requests) sit in the control
+    who_c = np.empty_like(who)
+    for b, (u, inv) in enumerate(found):
+        bucket_c[b, :len(u)] = bucket[b, u]
+        who_c[b] = inv.reshape(-1)
+    row_arm = (bucket_c[:, :, None] < np.asarray(steps)).reshape(B, -1).astype(np.int64)
+    row_group = row_arm * P + np.tile(np.arange(P), U)
+    first = np.full((B, U), n)
+    rows_b = np.broadcast_to(np.arange(B)[:, None], (B, n))
+    np.minimum.at(first, (rows_b[kept], who_c[kept]), np.broadcast_to(np.arange(n), (B, n))[kept])
+    return Requests(who_c * P + period, arm, kept, values, row_group, np.arange(U * P) // P, U, True, first,
+                    threshold_at)
 
 
 def _tail(lat: np.ndarray, control_answer: np.ndarray, needed: int,
