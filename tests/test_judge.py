@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,7 @@ def test_not_enough_evidence_then_equivalent_for_identical_arms():
     _feed(j, rng, 50, {"control": {}, "int8": {}})
     early = j.report()
     assert {r.verdict for r in early.treatments["int8"].metrics.values()} == {"not enough evidence yet"}
+    json.dumps(early.to_dict(), allow_nan=False)  # JSON as it is, no NaN or Infinity
     _feed(j, rng, 6000, {"control": {}, "int8": {}})
     v = j.report()
     late = v.treatments["int8"].metrics
@@ -43,6 +46,7 @@ def test_not_enough_evidence_then_equivalent_for_identical_arms():
     assert late["latency_mean"].design_effect > 1.5  # users' latency levels differ: requests are clustered
     assert v.sample_ratio.verdict == "no mismatch detected"
     assert v.headline.startswith("No sample ratio mismatch. int8 vs control:")
+    json.dumps(v.to_dict(), allow_nan=False)
 
 
 def test_worse_treatment_is_worse_with_the_size_of_the_difference():
