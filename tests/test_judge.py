@@ -93,6 +93,24 @@ def test_table_rows_are_units_periods_and_arms():
     assert tab.keyed.all() and tab.tail is None  # no control answers yet: no tail threshold
 
 
+def test_named_periods_and_requests_in_flight_across_a_weight_change():
+    """The router names its periods (store revisions): a request assigned before a change is recorded in the
+    period it started in, after the new period began."""
+    j = Judge(arms=("control", "t"), weights={"control": 90, "t": 10}, period=3)
+    assert j.period == 3 and j.weights_changed({"control": 50, "t": 50}, period=7) == 7
+    j.answered("t", 5.0, unit="u1", period=3)  # in flight across the change
+    j.failed("control", unit="u2", period=3)
+    j.answered("t", 6.0, unit="u1")  # the current period: 7
+    j.feedback("t", correct=True, unit="u1", period=3)
+    tab = j.table()
+    assert tab.periods == {3: {"control": 90.0, "t": 10.0}, 7: {"control": 50.0, "t": 50.0}}
+    got = sorted((int(p), int(a), int(r), int(e), int(f)) for p, a, r, e, f in
+                 zip(tab.period, tab.arm, tab.requests, tab.server_errors, tab.feedback_n, strict=True))
+    assert got == [(3, 0, 1, 1, 0), (3, 1, 1, 0, 1), (7, 1, 1, 0, 0)]
+    with pytest.raises(ValueError, match=r"period=5: expected one of the periods so far, \[3, 7\]"):
+        j.answered("t", 1.0, period=5)
+
+
 def test_unkeyed_requests_are_units_of_their_own_in_pseudo_units():
     j = Judge(arms=("control", "t"))
     for _ in range(3 * PSEUDO_UNITS):
@@ -145,5 +163,7 @@ def test_bad_input_names_the_field():
         Judge(arms=("a", "b")).answered("a", float("nan"))
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['z'\]"):
         Judge(arms=("a", "b")).weights_changed({"a": 1, "z": 1})
-    with pytest.raises(ValueError, match=r"period=7: expected one of the periods so far, 0..0"):
+    with pytest.raises(ValueError, match=r"period=7: expected one of the periods so far, \[0\]"):
         Judge(arms=("a", "b")).feedback("a", True, period=7)
+    with pytest.raises(ValueError, match=r"period 3: expected a period after the current one \(5\)"):
+        Judge(arms=("a", "b"), period=5).weights_changed({"a": 1}, period=3)

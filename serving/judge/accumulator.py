@@ -9,6 +9,11 @@
     j.weights_changed({"control": 75, "int8": 25})     # a new period (returns its id)
     j.report()                                          # Verdicts, any time (serving.judge.judge)
 
+A caller that numbers its own periods (the router: its store revision, or its in-memory counter) names them:
+``Judge(..., period=1)``, ``weights_changed(weights, period=4)``, and ``answered``/``failed``/``feedback``
+with ``period=`` the one in force when the request was assigned (a request in flight across a weight change
+belongs to the period it started in).
+
 One row per (served arm, assigned arm, period, unit) holds additive sums, so adding a sample is O(1) (a
 dict look-up and a few additions). ``unit`` is the request's sticky key; ``None`` makes the request a unit
 of its own, summed into one of ``units.PSEUDO_UNITS`` buckets in turn (independent requests grouped
@@ -50,7 +55,7 @@ class Judge:
     """Feeds samples per arm, unit and period as they arrive and judges on demand (see the module docstring)."""
 
     def __init__(self, config: JudgeConfig | None = None, arms: Sequence[str] = ("control", "treatment"),
-                 weights: Mapping[str, float] | None = None):
+                 weights: Mapping[str, float] | None = None, period: int = 0):
         if len(arms) < 2 or len(set(arms)) != len(arms):
             raise ValueError(f"arms={list(arms)}: expected a control and at least one treatment, distinct names")
         self.config = config or JudgeConfig()
@@ -58,7 +63,7 @@ class Judge:
         self._index = {a: i for i, a in enumerate(self.arms)}
         self._periods: dict[int, dict[str, float]] = {}
         self._period = -1
-        self.weights_changed(weights if weights is not None else {a: 1.0 for a in self.arms})
+        self.weights_changed(weights if weights is not None else {a: 1.0 for a in self.arms}, period)
         self._rows: dict[tuple, list] = {}
         self._free = itertools.count()
         self._needed = self.config.min_samples.latency_p99
@@ -69,18 +74,28 @@ class Judge:
         """The current period (record it with an answer to name it in its feedback)."""
         return self._period
 
-    def weights_changed(self, weights: Mapping[str, float]) -> int:
-        """Start a new period with these weights (any scale; an arm not named gets 0); returns its id."""
+    def weights_changed(self, weights: Mapping[str, float], period: int | None = None) -> int:
+        """Start a new period with these weights (any scale; an arm not named gets 0); returns its id:
+        ``period`` when given (it must be later than the current one), else the current one + 1."""
         unknown = sorted(set(weights) - set(self.arms))
         bad = [f"{a}={w!r}" for a, w in weights.items() if not (isinstance(w, int | float) and w >= 0)]
-        if unknown or bad:
-            raise ValueError(f"weights {dict(weights)}: " + "; ".join(
+        late = period is not None and period <= self._period
+        if unknown or bad or late:
+            raise ValueError(f"weights {dict(weights)}, period {period}: " + "; ".join(
                 ([f"unknown arm(s) {unknown}, expected some of {list(self.arms)}"] if unknown else [])
-                + ([f"{', '.join(bad)}: expected numbers >= 0"] if bad else [])))
+                + ([f"{', '.join(bad)}: expected numbers >= 0"] if bad else [])
+                + ([f"expected a period after the current one ({self._period})"] if late else [])))
         weights_of({0: weights}, self.arms)  # raises when no arm gets traffic
-        self._period += 1
+        self._period = self._period + 1 if period is None else int(period)
         self._periods[self._period] = {a: float(w) for a, w in weights.items()}
         return self._period
+
+    def _period_of(self, period: int | None) -> int:
+        if period is None:
+            return self._period
+        if period not in self._periods:
+            raise ValueError(f"period={period!r}: expected one of the periods so far, {sorted(self._periods)}")
+        return period
 
     def _arm(self, arm: str) -> int:
         try:
@@ -99,12 +114,13 @@ class Judge:
 
     def answered(self, arm: str, latency_ms: float, label: str | Sequence[str] | None = None,
                  confidence: float | Sequence[float] | None = None, unit: str | None = None,
-                 assigned: str | None = None) -> None:
+                 assigned: str | None = None, period: int | None = None) -> None:
         """One answered request: its latency, its predicted label(s) and top-class probability(ies) when
-        known, its sticky key (``unit``), and the arm it was assigned to when a fallback served it."""
+        known, its sticky key (``unit``), the arm it was assigned to when a fallback served it, and the period
+        it was assigned in (default: the current one)."""
         if not (isinstance(latency_ms, int | float) and math.isfinite(latency_ms) and latency_ms >= 0):
             raise ValueError(f"latency_ms={latency_ms!r}: expected a finite number >= 0")
-        row = self._row(arm, assigned, unit, self._period)
+        row = self._row(arm, assigned, unit, self._period_of(period))
         row[_REQ] += 1
         row[_ANS] += 1
         lat = min(latency_ms, LATENCY_CAP_MS)
@@ -127,20 +143,17 @@ class Judge:
                 row[_CS2] += c * c
 
     def failed(self, arm: str, server_error: bool = True, unit: str | None = None,
-               assigned: str | None = None) -> None:
+               assigned: str | None = None, period: int | None = None) -> None:
         """One failed request. Only server errors count: a client error is the caller's, not the arm's."""
         if server_error:
-            row = self._row(arm, assigned, unit, self._period)
+            row = self._row(arm, assigned, unit, self._period_of(period))
             row[_REQ] += 1
             row[_ERR] += 1
 
     def feedback(self, arm: str, correct: bool, unit: str | None = None, period: int | None = None,
                  assigned: str | None = None) -> None:
         """One feedback outcome for an answer this arm gave to ``unit`` in ``period`` (default: now)."""
-        p = self._period if period is None else period
-        if p not in self._periods:
-            raise ValueError(f"period={period!r}: expected one of the periods so far, 0..{self._period}")
-        row = self._row(arm, assigned, unit, p)
+        row = self._row(arm, assigned, unit, self._period_of(period))
         row[_FN] += 1
         row[_FC] += int(bool(correct))
 
