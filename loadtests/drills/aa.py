@@ -56,6 +56,10 @@ reach: the p99 guardrail is the share of answers slower than the control's p95 o
 label shares' intervals are as wide as a few dozen users make them."""
 
 
+SHOWN = 30
+"""Looks drill.md lists (evenly spaced; drill.json has every one)."""
+
+
 class Looks:
     """Reads the router's report every ``interval`` seconds in a thread, until ``stop()``: one row per look."""
 
@@ -176,10 +180,16 @@ def aa_markdown(s: dict) -> str:
              f"- requests {s['requests']}, failed {s['failed_requests']}, feedback {s['feedback']} (failed "
              f"{s['failed_feedback']}); looks that failed to read the report: {s['failed_looks']}",
              f"- the judge at the end: {end['headline']} (requests {end['requests']}, users {end['users']})", "",
-             "| look | seconds | requests control / treatment | users (first seen) | sample ratio | verdicts |",
+             f"The looks ({SHOWN} evenly spaced, the last, and every one with a false verdict; all in drill.json); "
+             "users are counted in the arm where each was first seen:", "",
+             "| look | seconds | requests control / treatment | users control / treatment | sample ratio | verdicts |",
              "|---|---|---|---|---|---|"]
-    t0 = s["look_rows"][0]["t"] if s["look_rows"] else 0.0
-    for i, row in enumerate(s["look_rows"]):
+    rows = s["look_rows"]
+    t0 = rows[0]["t"] if rows else 0.0
+    every = max(1, -(-len(rows) // SHOWN))
+    for i, row in enumerate(rows):
+        if i % every and i != len(rows) - 1 and not row["false"]:
+            continue
         req, users = row["requests"], row["users"]
         counts = {v: list(row["verdicts"].values()).count(v) for v in dict.fromkeys(row["verdicts"].values())}
         lines.append(f"| {i + 1} | {row['t'] - t0:.0f} | {req.get('control', 0)} / {req.get('treatment', 0)} | "
