@@ -259,8 +259,10 @@ def test_config_errors_name_every_problem():
     assert "unknown metric(s) ['p99']" in text and "on_timeout='wait'" in text
     with pytest.raises(RolloutConfigError, match=r"judge.margins: unknown metric\(s\) \['p99'\]"):
         RolloutConfig.from_dict({"judge": {"margins": {"p99": 1}}})
-    cfg = RolloutConfig.from_dict({"judge": {"margins": {"latency_p99": 1.0}}})
-    assert cfg.judge.margins.latency_p99 == 1.0 and cfg.steps == (1, 5, 25, 50, 100)
+    with pytest.raises(RolloutConfigError, match=r"margins.latency_p99=5.0: expected a difference of shares in \[0, 1\]"):
+        RolloutConfig.from_dict({"judge": {"margins": {"latency_p99": 5.0}}})  # milliseconds are refused
+    cfg = RolloutConfig.from_dict({"judge": {"margins": {"latency_p99": 0.02}}})
+    assert cfg.judge.margins.latency_p99 == 0.02 and cfg.steps == (1, 5, 25, 50, 100)
 
 
 def test_step_weights_keep_the_other_arms_proportions():
