@@ -46,6 +46,7 @@ help:
 	@echo "make fault-drill    kill and restart tritonserver under load; malformed requests under load"
 	@echo "make rollout-drills the rollout controller under load: good (int8) promoted; bad (few steps), slow (fp32 vs int8) rolled back"
 	@echo "make drift-drill    half the traffic switches to news headlines under load; the router's drift gauges must show it"
+	@echo "make aa-drill       both arms one version, users that differ, a rollout: no false verdict at any look -> reports/aa-drill-TIMESTAMP/ (AA_DRILL_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -140,6 +141,13 @@ runs/$(NAME)/onnx/drift_reference.fp32.json: | install runs/$(NAME)/adapter/trai
 
 drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
 	$(PY) -m loadtests.drills drift --run runs/$(NAME)
+
+# The A/A drill (loadtests/drills/aa.py): a few minutes by default; larger, e.g.
+#   make aa-drill AA_DRILL_ARGS="--aa-users 2000 --aa-load-s 900 --rate 40"
+.PHONY: aa-drill
+AA_DRILL_ARGS ?=
+aa-drill: install runs/$(NAME)/onnx/parity.json
+	$(PY) -m loadtests.drills aa --run runs/$(NAME) $(AA_DRILL_ARGS)
 
 # Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2

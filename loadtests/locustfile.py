@@ -9,6 +9,13 @@ a variant. A user served by another variant than before is counted in a ``sticky
 row (expected after a weight change, a broken sticky assignment otherwise), or with
 ``--sticky-check fail`` fails that request.
 
+Who sends what (``--user-texts``, ``--user-activity``): by default every request draws its texts from all of
+them and every user id is alike. Real users differ, and the judge's statistics must hold when they do: with
+``--user-texts window`` each user id draws only from its own window of the texts sorted by label, then length
+(``--user-text-window`` of them, placed by a hash of the id: the same in every Locust process), so users differ
+in label mix and text length; with ``--user-activity s`` the open loop's arrivals pick the ``k``-th user id
+with weight ``k^-s`` (Zipf), so a few heavy users send much of the traffic.
+
 Three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
 
 - ``ClosedLoopUser``: N users, each sends, waits for the answer (and ``--think-time``), sends again.
@@ -41,6 +48,7 @@ from export.contract import CONTRACT
 from loadtests import measure
 from loadtests.config import add_locust_arguments
 from loadtests.protocol import check_prediction, infer_body
+from loadtests.users import text_order, window_pick, zipf_weights
 from serving.client import text_input
 
 INFER = "infer"
@@ -82,6 +90,16 @@ class Workload:
     feedback_path: str | None
     feedback_fraction: float
     sticky_check: str
+    order: tuple[int, ...] | None = None
+    """``--user-texts window``: the texts' indices sorted by label, then length; None: every user draws from all."""
+    window: int = 0
+    """Texts in each user's window."""
+
+    def pick(self, user_id: str, rng: random.Random) -> int:
+        """The index of a text for ``user_id`` to send: any text, or one of its own window's."""
+        if self.order is None:
+            return rng.randrange(len(self.texts))
+        return window_pick(self.order, self.window, user_id, rng)
 
     @classmethod
     def from_options(cls, opts) -> Workload:
@@ -95,9 +113,11 @@ class Workload:
             raise ValueError(f"--texts {path} holds no {{\"text\", \"label\"}} rows")
         router = opts.target == "router"
         name = opts.experiment if router else opts.model
+        texts, labels = tuple(str(r["text"]) for r in rows), tuple(str(r.get("label", "")) for r in rows)
+        windowed = opts.user_texts == "window"
         return cls(
-            texts=tuple(str(r["text"]) for r in rows),
-            labels=tuple(str(r.get("label", "")) for r in rows),
+            texts=texts,
+            labels=labels,
             label_set=frozenset(str(r["label"]) for r in rows if r.get("label") is not None),
             path=f"/v2/models/{name}",
             target=opts.target,
@@ -107,6 +127,8 @@ class Workload:
             feedback_path=f"/v2/experiments/{opts.experiment}/feedback" if router else None,
             feedback_fraction=opts.feedback_fraction if router else 0.0,
             sticky_check=opts.sticky_check,
+            order=text_order(texts, labels) if windowed else None,
+            window=max(1, round(opts.user_text_window * len(texts))),
         )
 
 
@@ -134,7 +156,7 @@ class _ReviewUser(FastHttpUser):
     def predict(self, user_id: str) -> None:
         """One inference request for ``user_id``, reported under the name of the variant that served it."""
         w = self.workload
-        picks = [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
+        picks = [w.pick(user_id, self.rng) for _ in range(w.batch_size)]
         path, version = w.path, ""
         if w.versions:  # target triton: each user sticks to one version, as the router's users do to an arm
             version = w.versions[int(uuid.uuid5(uuid.NAMESPACE_OID, user_id)) % len(w.versions)]
@@ -221,7 +243,8 @@ class ClosedLoopUser(_ReviewUser):
 class OpenLoopUser(_ReviewUser):
     """An arrival generator: Poisson arrivals at ``--arrival-rate / --users`` per second, not waiting for answers.
 
-    Each arrival is a visitor drawn from ``--user-population`` stable ids, sent from its own greenlet.
+    Each arrival is a visitor drawn from ``--user-population`` stable ids (alike, or by ``--user-activity``'s
+    Zipf weights), sent from its own greenlet.
     When ``--max-in-flight`` requests of this process are already waiting, the arrival is dropped and
     counted as a failure named ``(dropped)``: the client, not the server, is then the limit.
     """
@@ -233,6 +256,8 @@ class OpenLoopUser(_ReviewUser):
         self.pool = Pool(opts.max_in_flight)
         self.rate = opts.arrival_rate / max(1, opts.num_users or 1)
         self.population = opts.user_population
+        self.activity = zipf_weights(opts.user_population, opts.user_activity) if opts.user_activity > 0 else None
+        """Cumulative weights of the user ids (Zipf), or None: every id alike."""
         if self.rate <= 0:
             raise ValueError("OpenLoopUser needs --arrival-rate > 0 (requests per second)")
 
@@ -253,7 +278,11 @@ class OpenLoopUser(_ReviewUser):
                 request_type=INFER, name="(dropped)", response_time=0, response_length=0, context={},
                 exception=RuntimeError(f"client limit: {self.pool.size} requests already in flight"))
             return
-        self.pool.spawn(self.predict, f"visitor-{self.rng.randrange(self.population)}")
+        if self.activity is None:
+            k = self.rng.randrange(self.population)
+        else:
+            k = self.rng.choices(range(self.population), cum_weights=self.activity)[0]
+        self.pool.spawn(self.predict, f"visitor-{k}")
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
@@ -301,7 +330,7 @@ class GrpcUser(User):
     @task
     def review(self) -> None:
         w = self.workload
-        picks = [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
+        picks = [w.pick(self.user_id, self.rng) for _ in range(w.batch_size)]
         texts = [w.texts[i] for i in picks]
         self.sent += 1
         request_id = f"{self.user_id}-{self.sent}"  # Triton echoes it in the answer's id, through the router

@@ -9,8 +9,9 @@ experiment on the same Triton. Prints p50/p99 per router and the differences wit
 writes ``reports/store_bench.json``. The second part times the report's query on a store holding
 ``--rows`` answers (default 1e6; SQLite, or ``--report-store URL``) of realistic unit traffic
 (``unit_traffic``: 10,000 users with Pareto activity, a four-period ramp): insert in the writer's batches,
-then ``snapshot`` (aggregates in SQL + the newest latencies per arm), the report built from it, and the
-judge's ``unit_table``.
+then each read the report makes -- ``snapshot`` (aggregates in SQL + the newest latencies per arm), the
+judge's ``unit_table`` -- the report built from them (the judge's verdicts and the per-arm intervals), and
+the whole report from the store as ``GET .../report`` and ``serving report --store`` make it.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serving.router import stats
+from serving.judge import JudgeConfig
 from serving.router.assignment import buckets
 from serving.router.config import Experiment, experiment_from_dict
 from serving.router.process import RouterProcess
 from serving.router.report import build_report
 from serving.router.store import AnswerRow, ErrorRow, open_store
 from serving.router.store.sync import spec_of
+from serving.router.store.unit_table import table_for
 from serving.router_bench import ms, run_load
 from serving.triton import TritonServer
+from tunestack.bench.stats import blocked_quantile_diff_ci, quantile
 
 
 def latency_rows(triton_url: str, model: str, version: str, store: str | None, requests: int, levels: list[int],
@@ -59,9 +62,9 @@ def latency_rows(triton_url: str, model: str, version: str, store: str | None, r
             x_off, x_on = np.concatenate(got["off"]), np.concatenate(got["on"])
             row = {"concurrency": c, "requests_per_router": int(len(x_off))}
             for name, x in (("store_off", x_off), ("store_on", x_on)):
-                row[name] = {"p50_ms": ms(stats.quantile(x, 0.5)), "p99_ms": ms(stats.quantile(x, 0.99))}
+                row[name] = {"p50_ms": ms(quantile(x, 0.5)), "p99_ms": ms(quantile(x, 0.99))}
             for q in (0.5, 0.99):  # per phase pair, as router_bench: drift between phases widens the interval
-                ci = stats.blocked_quantile_diff_ci(got["off"], got["on"], q)
+                ci = blocked_quantile_diff_ci(got["off"], got["on"], q)
                 row[f"diff_p{round(q * 100)}_ms"] = {"estimate": ms(ci.estimate), "low": ms(ci.low), "high": ms(ci.high)}
             rows.append(row)
     return rows
@@ -115,9 +118,11 @@ async def _timed(work, repeat: int) -> tuple[dict, object]:
 
 
 async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5) -> dict:
-    """Write ``rows`` answers of ``unit_traffic`` in the writer's batches, then time (median of ``repeat``) the
-    snapshot query and the report built on it (what the report reads today), and the judge's unit table."""
+    """Write ``rows`` answers of ``unit_traffic`` in the writer's batches, then time (median of ``repeat``) each
+    read of the report (the snapshot query, the unit table), the report built from them (the judge and the
+    per-arm intervals), and the whole report from the store (reads and build, as the router makes it)."""
     exp, specs, records = unit_traffic(rows)
+    config = JudgeConfig()
     async with open_store(url) as store:
         for spec in specs:
             await store.add_revision("million", spec, "admin", "bench", "ramp")
@@ -126,14 +131,21 @@ async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5
             await store.write_batch(records[lo:lo + batch])
         inserted = time.perf_counter() - start
         snapshot_t, snapshot = await _timed(lambda: store.snapshot("million", 50_000), repeat)
+        table_t, table = await _timed(lambda: table_for(store, "million", exp.arm_names, config), repeat)
 
-        async def report() -> None:
-            build_report(exp, snapshot, 0.05, 2000, np.random.default_rng(0))
-        report_t, _ = await _timed(report, repeat)
-        table_t, table = await _timed(lambda: store.unit_table("million", exp.arm_names, 0.99, 500), repeat)
+        async def build() -> dict:
+            return build_report(exp, snapshot, table, 0.05, 2000, np.random.default_rng(0), config=config)
+
+        async def whole() -> dict:
+            got_snapshot = await store.snapshot("million", 50_000)
+            got_table = await table_for(store, "million", exp.arm_names, config)
+            return build_report(exp, got_snapshot, got_table, 0.05, 2000, np.random.default_rng(0), config=config)
+
+        build_t, report = await _timed(build, repeat)
+        whole_t, _ = await _timed(whole, repeat)
     return {"rows": rows, "store": url.split(":")[0], "insert_s": round(inserted, 2), "snapshot_query": snapshot_t,
-            "report_from_snapshot": report_t, "unit_table": table_t, "unit_table_rows": table.rows,
-            "units": int(len(np.unique(table.unit)))}
+            "unit_table": table_t, "report_build": build_t, "whole_report": whole_t, "unit_table_rows": table.rows,
+            "units": int(len(np.unique(table.unit))), "headline": report["judge"]["headline"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         r = result["report"]
         print(f"\nreport on {r['rows']:,} answers ({r['store']}; insert {r['insert_s']} s), median of 5, wall / CPU s: "
               + ", ".join(f"{name} {r[key]['wall_s']} / {r[key]['cpu_s']}" for name, key in (
-                  ("snapshot query", "snapshot_query"), ("report from the snapshot", "report_from_snapshot"),
-                  ("unit table", "unit_table")))
-              + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units)")
+                  ("snapshot query", "snapshot_query"), ("unit table", "unit_table"),
+                  ("report built (judge + per-arm)", "report_build"), ("whole report", "whole_report")))
+              + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units)\njudge: {r['headline']}")
     print(f"\nwrote {args.out}")
     return 0
 

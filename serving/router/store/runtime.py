@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from serving.judge import JudgeConfig, UnitTable
 from serving.judge.drift import FeatureDrift
 from serving.router.config import Experiment, RouterConfig
 from serving.router.drift_feed import drift_report
@@ -24,6 +25,7 @@ from serving.router.store import open_store
 from serving.router.store.base import DuplicateFeedback, Revision, StoreUnavailable
 from serving.router.store.sink import RecordSink
 from serving.router.store.sync import experiment_of, follow, reconcile, spec_of
+from serving.router.store.unit_table import table_for
 from serving.router.store.writer import BatchWriter
 
 if TYPE_CHECKING:
@@ -147,6 +149,13 @@ class StoreRuntime:
         """The report's per-arm data over every replica's traffic (raises ``StoreUnavailable``)."""
         assert self._state is not None
         return await self.store.snapshot(self._state.experiment.name, self.config.latency_window)
+
+    async def unit_table(self, config: JudgeConfig) -> UnitTable:
+        """The judge's unit table over every replica's traffic, its tail threshold by ``config`` (raises
+        ``StoreUnavailable``)."""
+        assert self._state is not None
+        exp = self._state.experiment
+        return await table_for(self.store, exp.name, exp.arm_names, config)
 
     async def drift(self) -> Callable[[], dict[str, dict[str, FeatureDrift]]] | None:
         """The drift every replica monitored, from the store: a function that compares each arm's window
