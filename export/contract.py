@@ -47,3 +47,66 @@ CONTRACT = ModelContract()
 VARIANT_FILES = {"fp32": CONTRACT.onnx_file, "int8": CONTRACT.onnx_int8_file,
                  "int8-static": CONTRACT.onnx_int8_static_file}
 """Export variant name -> ONNX file name inside ``runs/NAME/onnx/``."""
+
+
+@dataclass(frozen=True)
+class GenerativeContract:
+    """Names of an exported causal LM: its files in ``runs/NAME/onnx/`` and in each published version folder,
+    and the tensors of the served model (a decoupled Triton python model, ``export/triton_llm/model.py``).
+
+    A version folder holds ``onnx_file`` (the variant's graph under one name), the tokenizer files, the
+    generation settings, ``parity.json``, ``provenance.json``, the served ``model.py`` and the decode loop
+    it runs (``runtime_dir``); ``export.generate.Generator.from_folder`` opens it. ``export.triton_config``
+    writes ``config.pbtxt`` from the tensor names here, and ``serving.llm_client`` reads them back.
+    """
+
+    onnx_file: str = CONTRACT.onnx_file
+    """The fp32 decoder with its KV cache (Optimum ``text-generation-with-past``); each version's model."""
+    onnx_int8_file: str = CONTRACT.onnx_int8_file
+    """The dynamically quantized int8 decoder inside ``runs/NAME/onnx/``."""
+    tokenizer_file: str = "tokenizer.json"
+    """The ``tokenizers`` file the decode loop encodes and decodes with (no BOS added)."""
+    tokenizer_config_file: str = "tokenizer_config.json"
+    """transformers' tokenizer settings; may hold the chat template."""
+    special_tokens_file: str = "special_tokens_map.json"
+    """The special tokens (``bos_token``, ``eos_token``, ...): variables of the chat template."""
+    chat_template_file: str = "chat_template.jinja"
+    """The chat template, where transformers saved it apart from ``tokenizer_config.json``."""
+    generation_file: str = "generation.json"
+    """``{"eos_token_ids", "pad_token_id", "max_context"}``: ``export.generate.GenerationSettings``."""
+    runtime_dir: str = "runtime"
+    """Inside each version: the decode loop's modules (``export/...``, ``tunestack/...``) that ``model.py`` imports."""
+    default_model_name: str = "verdict-llm"
+    """The model name a causal LM is published under when none is given."""
+
+    input_text: str = "text_input"
+    """The prompt as it is fed to the model (BYTES, one element; the name of Triton's generate extension)."""
+    input_messages: str = "messages"
+    """Chat messages as JSON text, ``[{"role", "content"}, ...]``, rendered with the chat template (BYTES, one
+    element); a request gives this or ``input_text``."""
+    input_stop: str = "stop"
+    """Stop strings (BYTES, one element per string, optional)."""
+    output_text: str = "text_output"
+    """The text this response adds (BYTES, one element; '' while held back)."""
+    output_completion_tokens: str = "completion_tokens"
+    """Tokens generated so far (INT32): the last response's value is the completion's usage."""
+    output_prompt_tokens: str = "prompt_tokens"
+    """Tokens of the prompt (INT32)."""
+    output_finish_reason: str = "finish_reason"
+    """'' while the stream goes on; ``stop`` or ``length`` on its last response (BYTES)."""
+
+    @property
+    def tokenizer_files(self) -> tuple[str, ...]:
+        """Published with the model: the tokenizer, its settings, special tokens and chat template."""
+        return (self.tokenizer_file, self.tokenizer_config_file, self.special_tokens_file, self.chat_template_file)
+
+
+GENERATIVE = GenerativeContract()
+
+GENERATIVE_VARIANT_FILES = {"fp32": GENERATIVE.onnx_file, "int8": GENERATIVE.onnx_int8_file}
+"""The variants a causal LM is exported as (static int8 is the classifier's only: its QDQ calibration
+reader feeds encoder inputs)."""
+
+DECODE_BATCHING = ("continuous", "none")
+"""How the served causal LM decodes concurrent streams (``export.scheduler``): ``continuous`` (iteration-level
+batching, one ONNX call per step for every active stream) or ``none`` (a thread per stream)."""

@@ -19,3 +19,8 @@ class GateError(ExportError):
 
 class PublishError(ExportError):
     """Publishing to the model repository failed; the repository was left as it was."""
+
+
+class GenerationError(ExportError, ValueError):
+    """A generation request is invalid (a sampling parameter out of range, an empty or too long prompt): the
+    sender's mistake, which a server answers with a 400 naming the field and the value."""

@@ -3,7 +3,8 @@
 The training folder holds either a peft adapter (``adapter_config.json``: lora, ia3, loha), folded
 into its base with ``merge_and_unload``, or a whole fine-tuned model (``config.json`` +
 ``model.safetensors``: full, freeze), copied as it is. Either way ``merged/`` is a plain transformers
-classifier, and ``merge_source.json`` records which weights it came from (safe to run twice).
+classifier or causal LM (``training_config.json``'s task), and ``merge_source.json`` records which weights it
+came from (safe to run twice).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from export.config import training_task
 from export.contract import CONTRACT
 from export.errors import InputError
+from training.causal_model import load_causal_lm
 from training.model import load_classifier, load_tokenizer
 from tunestack import names
 from tunestack.files import atomic_folder, sha256
@@ -39,10 +42,11 @@ def is_full_model(adapter_dir: Path) -> bool:
 def check_adapter_dir(adapter_dir: Path) -> None:
     if not adapter_dir.is_dir():
         raise InputError(f"adapter dir {adapter_dir} does not exist; train one with `python -m training --name NAME`")
+    labels = (CONTRACT.label_map_file,) if training_task(adapter_dir) == "classification" else ()
     if is_full_model(adapter_dir):
-        required, weights = ("config.json", CONTRACT.label_map_file, names.TRAINING_CONFIG_FILE), [adapter_dir / FULL_MODEL_WEIGHTS]
+        required, weights = ("config.json", *labels, names.TRAINING_CONFIG_FILE), [adapter_dir / FULL_MODEL_WEIGHTS]
     else:
-        required, weights = (names.ADAPTER_CONFIG_FILE, CONTRACT.label_map_file, names.TRAINING_CONFIG_FILE), list(adapter_dir.glob("adapter_model.*"))
+        required, weights = (names.ADAPTER_CONFIG_FILE, *labels, names.TRAINING_CONFIG_FILE), list(adapter_dir.glob("adapter_model.*"))
     missing = [name for name in required if not (adapter_dir / name).is_file()] + [p.name for p in weights if not p.is_file()]
     if missing or not weights:
         found = sorted(p.name for p in adapter_dir.iterdir())
@@ -75,13 +79,17 @@ def merge(adapter_dir: Path, merged_dir: Path) -> Path:
                     shutil.copy2(path, tmp / path.name)
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
         return merged_dir
-    labels = json.loads((adapter_dir / CONTRACT.label_map_file).read_text())["labels"]
     base_dir = Path(json.loads((adapter_dir / names.ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"])
     if not (base_dir / "config.json").is_file():
         raise InputError(f"the adapter's base model {base_dir} (from adapter_config.json) is not a local model folder")
     tokenizer = load_tokenizer(adapter_dir)
     log.info("merging %s into %s", adapter_dir, base_dir)
-    model = PeftModel.from_pretrained(load_classifier(base_dir, labels, tokenizer.pad_token_id), adapter_dir)
+    if training_task(adapter_dir) == "causal-lm":
+        base = load_causal_lm(base_dir)
+    else:
+        labels = json.loads((adapter_dir / CONTRACT.label_map_file).read_text())["labels"]
+        base = load_classifier(base_dir, labels, tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(base, adapter_dir)
     merged = model.merge_and_unload()
     with atomic_folder(merged_dir) as tmp:
         merged.save_pretrained(tmp)

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.config import ExportConfig
+from export.config import ExportConfig, training_task
 from export.contract import VARIANT_FILES
 from export.errors import InputError
 from export.merge import check_adapter_dir, merge
@@ -44,10 +44,22 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if cfg.adapter is None:
         raise InputError("no adapter given: pass --adapter runs/NAME/adapter (or run `make export`, which trains first)")
     check_adapter_dir(cfg.adapter)
+    if training_task(cfg.adapter) != cfg.task:
+        raise InputError(f"--task {cfg.task} does not match the adapter {cfg.adapter}, trained for "
+                         f"{training_task(cfg.adapter)} (leave --task unset to follow the adapter)")
+    causal = cfg.task == "causal-lm"
     merged_dir = merge(cfg.adapter, cfg.merged_dir)
-    onnx_dir = export_onnx(merged_dir, cfg.onnx_dir, cfg)
-    (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    parity = check_parity(onnx_dir, merged_dir, cfg)
+    if causal:
+        from export.onnx_causal import export_causal_onnx
+        from export.parity_causal import check_causal_parity
+
+        onnx_dir = export_causal_onnx(merged_dir, cfg.onnx_dir, cfg)
+        (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        parity = check_causal_parity(onnx_dir, merged_dir, cfg)
+    else:
+        onnx_dir = export_onnx(merged_dir, cfg.onnx_dir, cfg)
+        (onnx_dir / names.EXPORT_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        parity = check_parity(onnx_dir, merged_dir, cfg)
     result = ExportResult(merged_dir, onnx_dir, parity)
     if not result.passed:
         failed = [v for v in cfg.variants if not parity["variants"][v]["publishable"]]
@@ -57,7 +69,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if cfg.publish:
         from export.object_store import S3Repository, is_s3_uri
         from export.publish import publish  # the publish step writes the Triton model repository
+        from export.publish_causal import publish_causal
 
+        publish_one = publish_causal if causal else publish
         bucket = S3Repository.from_env(cfg.repository) if is_s3_uri(cfg.repository) else None
         for variant in cfg.variants:
             onnx_file = onnx_dir / VARIANT_FILES[variant]
@@ -70,7 +84,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 result.published[variant] = existing
                 result.already_published.append(variant)
                 continue
-            result.published[variant] = bucket.publish(onnx_dir, variant, cfg) if bucket else publish(onnx_dir, variant, cfg)
+            result.published[variant] = bucket.publish(onnx_dir, variant, cfg) if bucket else publish_one(onnx_dir, variant, cfg)
         if bucket is not None:
             result.triton_repository = bucket.triton_uri
     tracking.log_export(cfg, result)

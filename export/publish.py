@@ -112,7 +112,12 @@ def read_config(model_dir: Path):
 
 
 def _check_compatible(model_dir: Path, layout: str, labels: list[str]) -> None:
-    """Versions of one model share config.pbtxt: refuse another layout or other labels."""
+    """Versions of one model share config.pbtxt: refuse another layout or other labels (or a causal LM's folder)."""
+    causal = [v for v in existing_versions(model_dir) if (model_dir / str(v) / PROVENANCE_FILE).is_file()
+              and json.loads((model_dir / str(v) / PROVENANCE_FILE).read_text()).get("task") == "causal-lm"]
+    if causal:
+        raise PublishError(f"{model_dir} holds causal-lm versions {causal}; refusing to add a classifier version "
+                           "(use another --model-name)")
     existing = read_config(model_dir)
     if existing is None:
         return
@@ -125,7 +130,7 @@ def _check_compatible(model_dir: Path, layout: str, labels: list[str]) -> None:
                            "(publish under another --model-name)")
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -135,7 +140,7 @@ def _stage_files(src: Source, cfg: ExportConfig, dest: Path, version: int, *, ro
     if role in ("classify", "tokenize", "postprocess"):
         shutil.copy2(TEMPLATE_DIR / "model.py", dest / "model.py")
         shutil.copy2(src.onnx_dir / CONTRACT.label_map_file, dest / CONTRACT.label_map_file)
-        _write_json(dest / SETTINGS_FILE, {"max_length": src.max_length, "onnx_file": CONTRACT.onnx_file})
+        write_json(dest / SETTINGS_FILE, {"max_length": src.max_length, "onnx_file": CONTRACT.onnx_file})
     if role in ("classify", "tokenize"):
         for name in TOKENIZER_FILES:
             if (src.onnx_dir / name).is_file():
@@ -147,7 +152,7 @@ def _stage_files(src: Source, cfg: ExportConfig, dest: Path, version: int, *, ro
         drift_reference = reference_path(src.onnx_dir, src.variant)
         if drift_reference.is_file():  # exports from before drift references were written have none
             shutil.copy2(drift_reference, dest / CONTRACT.drift_reference_file)
-        _write_json(dest / PROVENANCE_FILE, {
+        write_json(dest / PROVENANCE_FILE, {
             "model_name": cfg.model_name, "version": version, "variant": src.variant, "layout": cfg.layout,
             "method": src.training_config.get("method", "lora"), "training_run": read_link(src.onnx_dir),
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -167,8 +172,10 @@ def _onnx_names(onnx_file: Path) -> tuple[list[str], str]:
     return [i.name for i in graph.input if i.name not in initializers], graph.output[0].name
 
 
-def _install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str]], version: int) -> None:
-    """Move staged ``model -> (version folder, config text)`` into the repository, undoing on failure."""
+def install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str | None]], version: int) -> None:
+    """Move staged ``model -> (version folder, config text)`` into the repository, undoing on failure.
+
+    A config text of None leaves ``config.pbtxt`` as it is (or absent)."""
     undo: list[tuple[Path, Path]] = []  # (src, dst) renames that put things back, newest last
     try:
         for model, (version_dir, config_text) in staged.items():
@@ -176,7 +183,8 @@ def _install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str]], v
             if not model_dir.exists():  # a new model: config.pbtxt and version land in one rename
                 whole = tmp / f"model-{model}"
                 whole.mkdir()
-                (whole / "config.pbtxt").write_text(config_text)
+                if config_text is not None:
+                    (whole / "config.pbtxt").write_text(config_text)
                 os.rename(version_dir, whole / str(version))
                 os.rename(whole, model_dir)
                 undo.append((model_dir, whole))
@@ -187,10 +195,14 @@ def _install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str]], v
             os.rename(version_dir, target)
             undo.append((target, version_dir))
             config_path = model_dir / "config.pbtxt"
-            if config_path.is_file() and config_path.read_text() == config_text:
+            if config_text is None or (config_path.is_file() and config_path.read_text() == config_text):
                 continue
             new_config, old_config = tmp / f"{model}.config.pbtxt", tmp / f"{model}.config.pbtxt.old"
             new_config.write_text(config_text)
+            if not config_path.is_file():  # a model folder published without one: undoing takes it out again
+                os.replace(new_config, config_path)
+                undo.append((config_path, new_config))
+                continue
             shutil.copy2(config_path, old_config)
             os.replace(new_config, config_path)
             undo.append((old_config, config_path))
@@ -203,7 +215,7 @@ def _install(repository: Path, tmp: Path, staged: dict[str, tuple[Path, str]], v
         raise
 
 
-def _staging_dir(repository: Path) -> Path:
+def staging_dir(repository: Path) -> Path:
     """A temporary folder on the repository's filesystem, beside it so Triton never sees it.
 
     (Triton treats every folder in the repository as a model: a half-built ``.tmp`` folder inside would
@@ -228,7 +240,7 @@ def publish(onnx_dir: Path, variant: str, cfg: ExportConfig) -> Path:
     _check_compatible(repository / cfg.model_name, cfg.layout, src.labels)
     created_repository = not repository.exists()
     repository.mkdir(parents=True, exist_ok=True)
-    tmp = _staging_dir(repository)
+    tmp = staging_dir(repository)
     try:
         version = 1 + max((v for m in models for v in existing_versions(repository / m)), default=0)
         staged: dict[str, tuple[Path, str]] = {}
@@ -243,7 +255,7 @@ def publish(onnx_dir: Path, variant: str, cfg: ExportConfig) -> Path:
             for model, role in roles.items():
                 _stage_files(src, cfg, tmp / "v" / model, version, role=role)
                 staged[model] = (tmp / "v" / model, triton_config.to_pbtxt(configs[model]))
-        _install(repository, tmp, staged, version)
+        install(repository, tmp, staged, version)
     except PublishError:
         raise
     except OSError as e:

@@ -9,7 +9,9 @@ written with ``text_format``, so a field name Triton does not know cannot be wri
   MODEL_tokenize (python, TEXT -> token ids) -> MODEL_onnx (``onnxruntime_onnx``) -> MODEL_postprocess
   (python, logits -> PROBABILITIES, LABEL).
 
-Every model config carries the labels as the JSON parameter ``labels``, which ``serving.client`` reads.
+A causal LM is one decoupled python-backend model streaming tokens (``causal_model_config``).
+
+Every classifier model config carries the labels as the JSON parameter ``labels``, which ``serving.client`` reads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.config import ExportConfig
-from export.contract import CONTRACT
+from export.contract import CONTRACT, GENERATIVE
 from export.triton_model.model import SPINNING_PARAMETER
 
 LABELS_PARAMETER = "labels"
@@ -85,6 +87,30 @@ def python_model_config(cfg: ExportConfig, labels: list[str]) -> mc.ModelConfig:
     _batching(config, cfg)
     _params(config, role="classify", labels=json.dumps(labels), intra_op_threads=cfg.intra_op_threads,
             **{SPINNING_PARAMETER: int(cfg.intra_op_spinning)})
+    return config
+
+
+def causal_model_config(cfg: ExportConfig) -> mc.ModelConfig:
+    """A causal LM: one decoupled python-backend model streaming a response per token (``export/triton_llm``).
+
+    No Triton batching (``max_batch_size: 0``): the model batches concurrent streams itself at every decode
+    step (``decode_batching``). Every input is optional to Triton; the model asks for ``text_input`` or
+    ``messages`` and names what is missing.
+    """
+    from export.triton_llm.model import BATCHING_PARAMETER, MAX_SEQUENCES_PARAMETER, THREADS_PARAMETER
+
+    g = GENERATIVE
+    config = mc.ModelConfig(name=cfg.model_name, backend="python", max_batch_size=0)
+    config.version_policy.CopyFrom(version_policy(cfg.served_versions))
+    config.model_transaction_policy.decoupled = True
+    for name, dims in ((g.input_text, [1]), (g.input_messages, [1]), (g.input_stop, [-1])):
+        config.input.add(name=name, data_type=mc.TYPE_STRING, dims=dims, optional=True)
+    for name, kind in ((g.output_text, mc.TYPE_STRING), (g.output_completion_tokens, mc.TYPE_INT32),
+                       (g.output_prompt_tokens, mc.TYPE_INT32), (g.output_finish_reason, mc.TYPE_STRING)):
+        config.output.add(name=name, data_type=kind, dims=[1])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=cfg.instance_count)
+    _params(config, **{BATCHING_PARAMETER: cfg.decode_batching, MAX_SEQUENCES_PARAMETER: cfg.max_sequences,
+                       THREADS_PARAMETER: cfg.intra_op_threads})
     return config
 
 

@@ -24,6 +24,7 @@ TARGETS = ("router", "triton")
 PROTOCOLS = ("http", "grpc")
 SHAPES = ("none", "steps", "spike")
 STICKY_CHECKS = ("count", "fail")
+USER_TEXTS = ("shared", "window")
 DEFAULT_HOSTS = {"router": names.ROUTER_URL, "triton": names.TRITON_URL}
 DEFAULT_GRPC_HOSTS = {"router": f"{names.HOST}:{names.ROUTER_GRPC_PORT}", "triton": names.TRITON_GRPC_ADDRESS}
 
@@ -64,6 +65,13 @@ class LoadTestConfig:
     arrival_rate: float = _f(0.0, "open loop: requests per second in total, Poisson arrivals; 0: closed loop")
     think_time: float = _f(0.0, "closed loop: seconds a user waits after each answer")
     user_population: int = _f(1000, "open loop: distinct user ids the arrivals are drawn from (sticky keys)")
+    user_activity: float = _f(0.0, "open loop: 0: each arrival is any of the user ids alike; s > 0: the k-th id is "
+                              "drawn with weight k^-s (Zipf), so a few heavy users send much of the traffic (s 1: "
+                              "the busiest of 300 ids sends ~16 %%)")
+    user_texts: str = _f("shared", "shared: every request draws from all the texts; window: each user id draws only "
+                         "from its own window of the texts sorted by label, then length (user_text_window of them, "
+                         "placed by a hash of the id), so users differ in label mix and text length, as real users do")
+    user_text_window: float = _f(0.05, "user_texts window: the share of the texts in each user's window, in (0, 1]")
     max_in_flight: int = _f(256, "open loop: requests in flight per Locust process; arrivals beyond are dropped "
                             "and counted as failures")
     feedback_fraction: float = _f(0.2, "target router: fraction of answers followed by feedback (the true label)")
@@ -94,6 +102,10 @@ class LoadTestConfig:
             problems.append(f"protocol grpc runs closed loop (GrpcUser); set arrival_rate 0, got {self.arrival_rate}")
         if self.grpc_host and not re.fullmatch(r"[^/:\s]+:\d+", self.grpc_host):
             problems.append(f"grpc_host must be HOST:PORT like {DEFAULT_GRPC_HOSTS[TARGETS[0]]}, got {self.grpc_host!r}")
+        if self.user_texts not in USER_TEXTS:
+            problems.append(f"unknown user_texts {self.user_texts!r}; expected one of: {', '.join(USER_TEXTS)}")
+        if not 0 < self.user_text_window <= 1:
+            problems.append(f"user_text_window must lie in (0, 1], got {self.user_text_window}")
         if self.sticky_check not in STICKY_CHECKS:
             problems.append(f"unknown sticky_check {self.sticky_check!r}; expected one of: {', '.join(STICKY_CHECKS)}")
         if self.shape not in SHAPES:
@@ -101,7 +113,7 @@ class LoadTestConfig:
         for name in ("users", "batch_size", "user_population", "max_in_flight", "steps", "workers"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("spawn_rate", "arrival_rate", "think_time"):
+        for name in ("spawn_rate", "arrival_rate", "think_time", "user_activity"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.request_timeout <= 0:
@@ -246,6 +258,7 @@ def add_locust_arguments(parser) -> None:
         if not f.metadata.get("custom"):
             continue
         kind = type(f.default)
-        choices = {"target": TARGETS, "protocol": PROTOCOLS, "shape": SHAPES, "sticky_check": STICKY_CHECKS}.get(name)
+        choices = {"target": TARGETS, "protocol": PROTOCOLS, "shape": SHAPES, "sticky_check": STICKY_CHECKS,
+                   "user_texts": USER_TEXTS}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, choices=choices,
                             help=f.metadata["help"].replace("%%", "%"), include_in_web_ui=False)

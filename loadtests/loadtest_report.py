@@ -274,6 +274,10 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
     out = [f"# Load test report: {folder.name}", ""]
     for w in summary["warnings"]:
         out += [f"> **Warning:** {w}", ""]
+    judged = (summary.get("router_report") or {}).get("judge")
+    if judged:
+        out += [f"> **The router's judge:** {judged['headline']} (its verdicts: \"The router's statistical "
+                "report\" below)", ""]
     if cfg:
         processes = "1" if cfg["workers"] == 1 else f"master + {cfg['workers']} workers"
         mode = (f"open loop, {cfg['arrival_rate']:g} req/s Poisson arrivals from {cfg['users']} generator(s)"

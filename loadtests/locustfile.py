@@ -9,6 +9,13 @@ a variant. A user served by another variant than before is counted in a ``sticky
 row (expected after a weight change, a broken sticky assignment otherwise), or with
 ``--sticky-check fail`` fails that request.
 
+Who sends what (``--user-texts``, ``--user-activity``): by default every request draws its texts from all of
+them and every user id is alike. Real users differ, and the judge's statistics must hold when they do: with
+``--user-texts window`` each user id draws only from its own window of the texts sorted by label, then length
+(``--user-text-window`` of them, placed by a hash of the id: the same in every Locust process), so users differ
+in label mix and text length; with ``--user-activity s`` the open loop's arrivals pick the ``k``-th user id
+with weight ``k^-s`` (Zipf), so a few heavy users send much of the traffic.
+
 One user logic (``Reviews``: the texts, the version a user sticks to on Triton, its user id, the checks of an
 answer, the sticky accounting and the feedback) over two transports (``HttpTransport``, ``GrpcTransport``),
 in three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
@@ -44,6 +51,7 @@ from export.contract import CONTRACT
 from loadtests import measure
 from loadtests.config import add_locust_arguments
 from loadtests.payloads import check_prediction, infer_body
+from loadtests.users import text_order, window_pick, zipf_weights
 from serving.client import text_input
 
 INFER = "infer"
@@ -85,6 +93,16 @@ class Workload:
     feedback_path: str | None
     feedback_fraction: float
     sticky_check: str
+    order: tuple[int, ...] | None = None
+    """``--user-texts window``: the texts' indices sorted by label, then length; None: every user draws from all."""
+    window: int = 0
+    """Texts in each user's window."""
+
+    def pick(self, user_id: str, rng: random.Random) -> int:
+        """The index of a text for ``user_id`` to send: any text, or one of its own window's."""
+        if self.order is None:
+            return rng.randrange(len(self.texts))
+        return window_pick(self.order, self.window, user_id, rng)
 
     @classmethod
     def from_options(cls, opts) -> Workload:
@@ -98,9 +116,11 @@ class Workload:
             raise ValueError(f"--texts {path} holds no {{\"text\", \"label\"}} rows")
         router = opts.target == "router"
         name = opts.experiment if router else opts.model
+        texts, labels = tuple(str(r["text"]) for r in rows), tuple(str(r.get("label", "")) for r in rows)
+        windowed = opts.user_texts == "window"
         return cls(
-            texts=tuple(str(r["text"]) for r in rows),
-            labels=tuple(str(r.get("label", "")) for r in rows),
+            texts=texts,
+            labels=labels,
             label_set=frozenset(str(r["label"]) for r in rows if r.get("label") is not None),
             path=f"/v2/models/{name}",
             target=opts.target,
@@ -110,6 +130,8 @@ class Workload:
             feedback_path=f"/v2/experiments/{opts.experiment}/feedback" if router else None,
             feedback_fraction=opts.feedback_fraction if router else 0.0,
             sticky_check=opts.sticky_check,
+            order=text_order(texts, labels) if windowed else None,
+            window=max(1, round(opts.user_text_window * len(texts))),
         )
 
 
@@ -151,10 +173,10 @@ class Reviews:
         self.rng = random.Random()
         self.variant_of: dict[str, str] = {}  # user id -> the variant that served it first
 
-    def pick(self) -> list[int]:
-        """The rows of the held-out texts one request sends."""
+    def pick(self, user: str) -> list[int]:
+        """The rows of the held-out texts one request of ``user`` sends (from its own window with ``--user-texts window``)."""
         w = self.workload
-        return [self.rng.randrange(len(w.texts)) for _ in range(w.batch_size)]
+        return [w.pick(user, self.rng) for _ in range(w.batch_size)]
 
     def version_of(self, user: str) -> str:
         """Target triton: the version ``user`` sticks to, as the router's users stick to an arm; "" otherwise."""
@@ -193,7 +215,7 @@ class Reviews:
         served it; then, for a share of the valid answers, its true labels to the router (``feedback_client``:
         an HTTP client of the router, or None)."""
         w = self.workload
-        picks = self.pick()
+        picks = self.pick(user)
         version = self.version_of(user)
 
         def judge(reply: Reply) -> tuple[str | None, str | None]:
@@ -273,7 +295,8 @@ class ClosedLoopUser(FastHttpUser):
 class OpenLoopUser(FastHttpUser):
     """An arrival generator: Poisson arrivals at ``--arrival-rate / --users`` per second, not waiting for answers.
 
-    Each arrival is a visitor drawn from ``--user-population`` stable ids, sent from its own greenlet.
+    Each arrival is a visitor drawn from ``--user-population`` stable ids (alike, or by ``--user-activity``'s
+    Zipf weights), sent from its own greenlet.
     When ``--max-in-flight`` requests of this process are already waiting, the arrival is dropped and
     counted as a failure named ``(dropped)``: the client, not the server, is then the limit.
     """
@@ -288,6 +311,8 @@ class OpenLoopUser(FastHttpUser):
         self.pool = Pool(opts.max_in_flight)
         self.rate = opts.arrival_rate / max(1, opts.num_users or 1)
         self.population = opts.user_population
+        self.activity = zipf_weights(opts.user_population, opts.user_activity) if opts.user_activity > 0 else None
+        """Cumulative weights of the user ids (Zipf), or None: every id alike."""
         if self.rate <= 0:
             raise ValueError("OpenLoopUser needs --arrival-rate > 0 (requests per second)")
 
@@ -308,8 +333,11 @@ class OpenLoopUser(FastHttpUser):
                 request_type=INFER, name="(dropped)", response_time=0, response_length=0, context={},
                 exception=RuntimeError(f"client limit: {self.pool.size} requests already in flight"))
             return
-        visitor = f"visitor-{self.reviews.rng.randrange(self.population)}"
-        self.pool.spawn(self.reviews.predict, visitor, self.transport, self.client)
+        if self.activity is None:
+            k = self.reviews.rng.randrange(self.population)
+        else:
+            k = self.reviews.rng.choices(range(self.population), cum_weights=self.activity)[0]
+        self.pool.spawn(self.reviews.predict, f"visitor-{k}", self.transport, self.client)
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)

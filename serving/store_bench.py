@@ -9,8 +9,9 @@ both routers run the same A/A experiment on the same Triton. Prints p50/p99 per 
 with per-phase 95 % intervals, and writes ``reports/bench-store-TIMESTAMP/``. The second part times the report's query on a store holding
 ``--rows`` answers (default 1e6; SQLite, or ``--report-store URL``) of realistic unit traffic
 (``unit_traffic``: 10,000 users with Pareto activity, a four-period ramp): insert in the writer's batches,
-then ``snapshot`` (aggregates in SQL + the newest latencies per arm), the report built from it, and the
-judge's ``unit_table``.
+then each read the report makes -- ``snapshot`` (aggregates in SQL + the newest latencies per arm), the
+judge's ``unit_table`` -- the report built from them (the judge's verdicts and the per-arm intervals), and
+the whole report from the store as ``GET .../report`` and ``experiments.store.cli report`` make it.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import yaml
 
 from experiments.assignment import buckets
 from experiments.experiment_report import build_report
+from experiments.judge import JudgeConfig
 from experiments.spec import Experiment, experiment_from_dict
 from experiments.store import AnswerRow, ErrorRow, open_store
 from experiments.store.sync import spec_of
+from experiments.store.unit_table import table_for
 from serving.router.process import RouterProcess
 from serving.router_bench import run_load
 from serving.triton import TritonServer
@@ -124,9 +127,11 @@ async def _timed(work, repeat: int) -> tuple[dict, object]:
 
 
 async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5) -> dict:
-    """Write ``rows`` answers of ``unit_traffic`` in the writer's batches, then time (median of ``repeat``) the
-    snapshot query and the report built on it (what the report reads today), and the judge's unit table."""
+    """Write ``rows`` answers of ``unit_traffic`` in the writer's batches, then time (median of ``repeat``) each
+    read of the report (the snapshot query, the unit table), the report built from them (the judge and the
+    per-arm intervals), and the whole report from the store (reads and build, as the router makes it)."""
     exp, specs, records = unit_traffic(rows)
+    config = JudgeConfig()
     async with open_store(url) as store:
         for spec in specs:
             await store.add_revision("million", spec, "admin", "bench", "ramp")
@@ -135,14 +140,21 @@ async def _report_timing(url: str, rows: int, batch: int = 2000, repeat: int = 5
             await store.write_batch(records[lo:lo + batch])
         inserted = time.perf_counter() - start
         snapshot_t, snapshot = await _timed(lambda: store.snapshot("million", 50_000), repeat)
+        table_t, table = await _timed(lambda: table_for(store, "million", exp.arm_names, config), repeat)
 
-        async def report() -> None:
-            build_report(exp, snapshot, 0.05, 2000, np.random.default_rng(0))
-        report_t, _ = await _timed(report, repeat)
-        table_t, table = await _timed(lambda: store.unit_table("million", exp.arm_names, 0.99, 500), repeat)
+        async def build() -> dict:
+            return build_report(exp, snapshot, table, 0.05, 2000, np.random.default_rng(0), config=config)
+
+        async def whole() -> dict:
+            got_snapshot = await store.snapshot("million", 50_000)
+            got_table = await table_for(store, "million", exp.arm_names, config)
+            return build_report(exp, got_snapshot, got_table, 0.05, 2000, np.random.default_rng(0), config=config)
+
+        build_t, report = await _timed(build, repeat)
+        whole_t, _ = await _timed(whole, repeat)
     return {"rows": rows, "store": url.split(":")[0], "insert_s": round(inserted, 2), "snapshot_query": snapshot_t,
-            "report_from_snapshot": report_t, "unit_table": table_t, "unit_table_rows": table.rows,
-            "units": int(len(np.unique(table.unit)))}
+            "unit_table": table_t, "report_build": build_t, "whole_report": whole_t, "unit_table_rows": table.rows,
+            "units": int(len(np.unique(table.unit))), "headline": report["judge"]["headline"]}
 
 
 @dataclass
@@ -201,8 +213,8 @@ def render(document: dict) -> str:
         r = document["report"]
         parts.append(f"Report on {r['rows']:,} answers ({r['store']}; insert {r['insert_s']} s), median of 5, wall / CPU s: "
                      + ", ".join(f"{name} {r[key]['wall_s']} / {r[key]['cpu_s']}" for name, key in (
-                         ("snapshot query", "snapshot_query"), ("report from the snapshot", "report_from_snapshot"),
-                         ("unit table", "unit_table")))
+                         ("snapshot query", "snapshot_query"), ("unit table", "unit_table"),
+                         ("report built (judge + per-arm)", "report_build"), ("whole report", "whole_report")))
                      + f" ({r['unit_table_rows']:,} rows, {r['units']:,} units).")
     return "\n\n".join(parts) + "\n"
 

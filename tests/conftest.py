@@ -185,3 +185,29 @@ def triton(repository):
     """A tritonserver on ``repository``, one per test module; stopped when the module is done."""
     with TritonServer(repository, models=[CONTRACT.default_model_name], startup_timeout=90) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random Llama with a BPE tokenizer trained on the bundled reviews (tests/causal_helpers.py)."""
+    from tests.causal_helpers import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_adapter_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """``runs/tiny-llm/adapter`` from a few real causal-lm training steps (LoRA) on the verdict task."""
+    from tests.causal_helpers import tiny_causal_config
+
+    return train(tiny_causal_config(tmp_path_factory.mktemp("runs-llm"), tiny_llama_dir)).adapter_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_onnx_dir(tiny_causal_adapter_dir) -> Path:
+    """``runs/tiny-llm/onnx`` (fp32 and int8 decoders with their KV cache, parity.json), not published."""
+    cfg = ExportConfig(adapter=tiny_causal_adapter_dir, runs_dir=tiny_causal_adapter_dir.parent.parent, publish=False,
+                       generation_max_new_tokens=12)
+    result = run_export(cfg)
+    assert result.passed, result.parity
+    return result.onnx_dir

@@ -89,11 +89,12 @@ def test_every_answer_feeds_the_confidence_and_the_drift_monitor_over_http_and_g
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["drift"] == r["drift"]
+    assert json.loads(cli.stdout)["judge"] == r["judge"], "the router and the store alone give the same verdicts"
     assert {k: r["drift"][k[0]][k[1]]["psi"] for k in gauges} == pytest.approx(gauges, rel=1e-12)
-    conf = r["judge"]["treatment"]["metrics"]["confidence_mean"]
+    conf = r["judge"]["treatments"]["treatment"]["metrics"]["confidence_mean"]
     assert (conf["n_control"], conf["n_treatment"]) == (served["control"], served["treatment"])
     assert set(r["drift"]) == {a for a, n in served.items() if n >= MIN_SAMPLES} == {"control", "treatment"}
     for arm, feats in r["drift"].items():
         assert feats["text_length"]["n"] == served[arm]
-    guard = r["judge"]["treatment"]["metrics"]["drift"]  # 5 short texts: whether they drift is not the point here
+    guard = r["judge"]["treatments"]["treatment"]["metrics"]["drift"]  # 5 short texts: whether they drift is not the point here
     assert guard["verdict"] in ("equivalent within margin", "worse") and guard["n_treatment"] == served["treatment"]

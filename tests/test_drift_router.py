@@ -22,7 +22,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from experiments.drift.guardrail import drift_verdict
 from experiments.drift.monitor import FeatureDrift, Reference
-from experiments.experiment_report import build_report, judge_arms, render_markdown
+from experiments.experiment_report import build_report, render_markdown
+from experiments.judge import judge
 from experiments.spec import experiment_from_dict
 from experiments.store import AnswerRow, open_store
 from export.contract import CONTRACT
@@ -146,8 +147,9 @@ def test_feed_shows_headlines_on_the_treatment_and_the_guardrail_says_worse(repo
     assert registry.get_sample_value("router_drift_samples_total", {"experiment": "ab", "arm": "control"}) == 300
 
     recorder = Recorder("ab")
-    report = build_report(exp, recorder.snapshot(), resamples=100, drift=got)
-    guard = report["judge"]["treatment"]["metrics"]["drift"]
+    recorder.start_judge(exp.arm_names, exp.shares, 1)
+    report = build_report(exp, recorder.snapshot(), recorder.unit_table(), resamples=100, drift=got)
+    guard = report["judge"]["treatments"]["treatment"]["metrics"]["drift"]
     assert guard["verdict"] == "worse" and {"text_length", "label_shares"} <= set(guard["features"])
     text = render_markdown(report)
     assert "## Drift (live traffic" in text and "| treatment | text_length | 300 |" in text
@@ -167,14 +169,14 @@ def test_unsampled_and_unreferenced_arms_are_skipped(repository, tmp_path):
 
 def test_confidences_reach_the_judge_from_the_recorder_and_from_the_store(tmp_path):
     recorder = Recorder("ab")
+    recorder.start_judge(("control", "treatment"), {"control": 0.5, "treatment": 0.5}, 1)
     for i in range(300):
         recorder.served(f"c{i}", "control", 0.01, ("positive",), confidences=(0.9,))
         recorder.served(f"t{i}", "treatment", 0.01, ("positive",), confidences=(0.6,))
-    snap = recorder.snapshot()["arms"]
-    verdict = judge_arms(snap["control"], {"treatment": snap["treatment"]}, 0.05)["treatment"]["metrics"]
+    verdict = judge(recorder.unit_table()).treatments["treatment"].metrics
     conf = verdict["confidence_mean"]
-    assert (conf["n_control"], conf["n_treatment"], conf["verdict"]) == (300, 300, "worse")
-    assert conf["estimate"] == pytest.approx(-0.3)
+    assert (conf.n_control, conf.n_treatment, conf.verdict) == (300, 300, "worse")
+    assert conf.estimate == pytest.approx(-0.3)
 
     async def go():
         async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from export.contract import CONTRACT
@@ -9,6 +11,7 @@ from loadtests.config import LoadTestConfig, LoadTestError, parse_timespan, read
 from loadtests.payloads import check_prediction, infer_body
 from loadtests.profiles import spike_profile, steps_profile
 from loadtests.triton_metrics import deltas, parse_metrics
+from loadtests.users import text_order, window_pick, zipf_weights
 
 LABELS = frozenset({"negative", "positive"})
 
@@ -20,6 +23,11 @@ def test_invalid_config_lists_every_problem():
     for part in ("unknown target 'trition'", "users must be >= 1", "run_time 'soon'", "unknown shape 'wave'",
                  "feedback_fraction must lie in [0, 1]"):
         assert part in message
+    with pytest.raises(LoadTestError) as e:
+        LoadTestConfig(user_texts="slices", user_text_window=0, user_activity=-1)
+    for part in ("unknown user_texts 'slices'; expected one of: shared, window", "user_text_window must lie in (0, 1]",
+                 "user_activity must be >= 0"):
+        assert part in str(e.value)
 
 
 def test_settings_merge_command_line_wins(tmp_path):
@@ -120,3 +128,32 @@ def test_max_throughput_respects_the_p99_bound_and_errors():
               {"users": 8, "throughput_rps": 95.0, "p99_ms": 90.0, "error_rate": 0.05}]  # too many errors
     assert max_throughput(levels, 100.0) == {"bound_ms": 100.0, "throughput_rps": 70.0, "users": 2, "p99_ms": 60.0}
     assert max_throughput(levels, 10.0)["throughput_rps"] is None
+
+
+def test_each_user_draws_from_its_own_window_of_the_texts_sorted_by_label_then_length():
+    rng = random.Random(0)
+    labels = [("neg", "pos")[i % 2] for i in range(1000)]
+    texts = ["x" * rng.randrange(5, 200) for _ in range(1000)]
+    order = text_order(texts, labels)
+    assert [labels[i] for i in order] == ["neg"] * 500 + ["pos"] * 500
+    assert all(len(texts[a]) <= len(texts[b]) for a, b in zip(order[:499], order[1:500], strict=True))
+    picks = {f"visitor-{k}": [window_pick(order, 50, f"visitor-{k}", rng) for _ in range(200)] for k in range(300)}
+    for user, got in picks.items():
+        assert len({order.index(i) for i in got}) <= 50 and max(order.index(i) for i in got) - min(
+            order.index(i) for i in got) < 50, "a user's texts are one window of 50"
+        assert got[:5] != picks["visitor-0"][:5] or user == "visitor-0"
+    positive = sorted(sum(labels[i] == "pos" for i in got) / len(got) for got in picks.values())
+    assert positive[30] < 0.05 and positive[-30] > 0.95, "users differ in label mix: most see one label only"
+    # the window is placed by the id alone: another process (another rng) draws from the same window
+    again = [window_pick(order, 50, "visitor-7", random.Random(9 + i)) for i in range(200)]
+    both = [order.index(i) for i in again + picks["visitor-7"]]
+    assert max(both) - min(both) < 50
+
+
+def test_zipf_activity_makes_a_few_heavy_users():
+    cum = zipf_weights(300, 1.0)
+    assert len(cum) == 300 and cum[0] == 1.0 and cum[-1] == pytest.approx(sum(1 / k for k in range(1, 301)))
+    draws = random.Random(1).choices(range(300), cum_weights=cum, k=30_000)
+    top = draws.count(0) / len(draws)
+    assert 0.15 < top < 0.17, top  # 1 / H_300 = 0.159
+    assert len(set(draws)) > 250, "the tail of light users still arrives"

@@ -5,14 +5,17 @@ On a tiny random model "accuracy" means nothing, so the candidates are made cont
 * good: the tiny int8 export behind its fp32 control (the same predictions up to quantization); the tiny
   model answers one label only, so the label mix has no verdict (the judge needs two labels) and is no
   guardrail here; and on the shared, busy 2-core test machine the latency tail is scheduling noise, so
-  the p99 margin is wide (500 ms): this test checks the promotion mechanics, ``slow`` the latency guardrail;
+  the p99 margin is wide (0.5: half the answers may cross the control's p95): this test checks the promotion
+  mechanics, ``slow`` the latency guardrail;
 * bad: the control's own export with its label names reversed (every prediction's name flipped), and
   held-out texts relabelled with the control's predictions, so the control is right on every answer and
   the candidate on none; the label mix is no guardrail here (flipping the names moves it too);
 * slow: the same fp32 export published as a second Triton model whose dynamic batcher holds every request
-  200 ms (``max_queue_delay_microseconds``), behind the int8 control, p99 margin 1 ms.
-The judge reads the 95th latency percentile (``quantile: 0.95``) as its "p99" metric here: the 99th needs
-~700 answers per arm before its interval is finite, more than a short test serves.
+  200 ms (``max_queue_delay_microseconds``), behind the int8 control, p99 margin 0.01: every one of its answers
+  is slower than the control's tail threshold.
+The judge's "p99" metric here is the share of answers slower than the control's 95th percentile over its
+first 100 answers (``quantile: 0.95``, ``min_samples`` 100): the 99th over 500 answers takes more traffic than a
+short test serves. Each judges users (Locust's 500 visitor ids), within each ramp step, and checks the split.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ def drill_config(run, tmp_path) -> DrillConfig:
 @pytest.mark.e2e
 def test_good_candidate_is_promoted_to_100_percent_with_no_failed_request(tiny_onnx_dir, tmp_path):
     arms = [ArmSource("fp32", tiny_onnx_dir, "fp32"), ArmSource("int8", tiny_onnx_dir, "int8")]
-    margins = {"error_rate": 0.05, "latency_p99": 500.0}
+    margins = {"error_rate": 0.05, "latency_p99": 0.5}
     s = rollout_drill_run(drill_config(tiny_onnx_dir.parent, tmp_path), "good", arms,
                           section([25, 50, 100], ["error_rate", "latency_p99"], margins), 55)
     assert (s["decision"], s["step"], s["percent"]) == ("complete", 3, 100.0), s["reason"]
     assert s["failed_requests"] == 0 and s["failed_feedback"] == 0
     assert s["candidate_requests"] > 100 and s["candidate_users"] > 50
     assert len(s["revisions"]) == 4  # start, promote to 50, promote to 100, complete
+    assert s["judge"]["sample_ratio"] == "no mismatch detected"
 
 
 def relabelled_run(onnx_dir, dest):
@@ -81,7 +85,7 @@ def test_bad_accuracy_is_rolled_back_at_the_first_step(tiny_onnx_dir, tmp_path):
     arms = [ArmSource("fp32", onnx_dir, "fp32"),
             ArmSource("flipped", flipped_export(onnx_dir, tmp_path / "flipped"), "fp32", model="flipped")]
     s = rollout_drill_run(drill_config(run, tmp_path), "bad", arms,
-                          section([25, 50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 25.0}), 45)
+                          section([25, 50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 0.5}), 45)
     assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]
     assert s["reason"].startswith("accuracy worse"), s["reason"]
     assert s["decided_in_s"] is not None and s["decided_in_s"] > 0
@@ -94,7 +98,7 @@ def test_slow_candidate_is_rolled_back_on_p99(tiny_onnx_dir, tmp_path):
     arms = [ArmSource("int8", tiny_onnx_dir, "int8"),
             ArmSource("fp32-slow", tiny_onnx_dir, "fp32", model="slow", max_queue_delay_us=200_000)]
     s = rollout_drill_run(drill_config(tiny_onnx_dir.parent, tmp_path), "slow", arms,
-                          section([50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 1.0}), 45)
+                          section([50, 100], ["error_rate", "latency_p99"], {"error_rate": 0.05, "latency_p99": 0.01}), 45)
     assert (s["decision"], s["step"], s["percent"]) == ("rollback", 1, 0.0), s["reason"]
     assert "latency_p99 worse" in s["reason"], s["reason"]
     assert s["failed_requests"] == 0

@@ -232,12 +232,15 @@ def test_shadow_agreement_feedback_and_report(router, tmp_path):
     arms = report["arms"]
     accuracy = [arms[a]["accuracy"] for a in ("control", "treatment") if arms[a]["accuracy"]]
     assert sum(a["n"] for a in accuracy) == 100 and all(a["estimate"] == 1.0 for a in accuracy)
-    assert report["comparisons"]["treatment"]["latency_p99_diff_ms"]["verdict"] in {
-        "better", "worse", "no detectable difference"}
+    judged = report["judge"]  # the judge on the store's unit table: feedback joined on each answer's user
+    assert judged["sample_ratio"]["verdict"] in {"no mismatch detected", "sample ratio mismatch"}
+    accuracy = judged["treatments"]["treatment"]["metrics"]["accuracy"]
+    assert accuracy["n_control"] + accuracy["n_treatment"] == 100
+    assert accuracy["units_control"] + accuracy["units_treatment"] == 100  # 100 users, one request each
     out = subprocess.run([sys.executable, "-m", "serving", "report", "--url", router.url, "--resamples", "200",
                           "--out", str(tmp_path / "ab.md")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "# Experiment `sentiment-ab`" in out.stdout and "p99 latency: **" in out.stdout
+    assert "# Experiment `sentiment-ab`" in out.stdout and "| latency p99 | share of answers slower than" in out.stdout
     assert (tmp_path / "ab.md").read_text().startswith("# Experiment")
     assert (tmp_path / "ab-latency-cdf.png").read_bytes()[:4] == b"\x89PNG"
 

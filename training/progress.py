@@ -30,11 +30,10 @@ class Progress:
         return value < best if self.metric in LOWER_IS_BETTER else value > best
 
     def record(self, model: torch.nn.Module, entry: dict) -> bool:
-        """Add an evaluation (``entry`` holds ``val_loss`` and the metrics); True when it is the best so far."""
+        """Add an evaluation (``entry``: step, elapsed_s and the validation metrics); True when it is the best so far."""
         self.history.append(entry)
         if self._better(entry[self.metric]):
-            self.best = {"step": entry["step"], "elapsed_s": entry["elapsed_s"], "accuracy": entry["accuracy"],
-                         "macro_f1": entry["macro_f1"], "val_loss": entry["val_loss"]}
+            self.best = {k: v for k, v in entry.items() if k not in ("epoch", "loss", "auc")}
             self.best_state = trainable_state(model)
             self.stale = 0
             return True

@@ -135,7 +135,8 @@ def log_export(cfg, result) -> str | None:
     """Log one export (``export.pipeline.run_export``'s config and result): the parity figures per variant,
     the gate's verdict and the published versions, tagged with the training run it came from."""
     link = read_link(result.onnx_dir) or {}
-    keys = ("max_abs_diff", "mean_abs_diff", "label_agreement", "accuracy", "macro_f1", "publishable")
+    keys = ("max_abs_diff", "mean_abs_diff", "label_agreement", "accuracy", "macro_f1", "publishable",
+            "max_abs_logit_diff", "rouge_l", "bleu4", "perplexity", "first_word_match")
     metrics = {"passed": float(result.passed), **{
         name: {k: float(v[k]) for k in keys if k in v} for name, v in result.parity.get("variants", {}).items()}}
     published = {variant: str(where) for variant, where in result.published.items()}

@@ -134,10 +134,9 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict,
             "throughput_rps": lat.get("throughput_rps"),
             "failures": lat.get("failures"),
         }
-    judged = ab.get("judge", {}).get("treatment", {}).get("metrics", {})
+    judged = ab.get("judge") or {}
     verdicts = {metric: {k: m.get(k) for k in ("verdict", "estimate", "low", "high", "unit", "margin")}
-                for metric, m in judged.items()}
-    snapshot = {metric: value.get("verdict") for comp in ab.get("comparisons", {}).values() for metric, value in comp.items()}
+                for metric, m in judged.get("treatments", {}).get("treatment", {}).get("metrics", {}).items()}
     drifted = sorted(f"{arm} {feature} (PSI {d['psi']:.2f})" for arm, feats in ab.get("drift", {}).items()
                      for feature, d in feats.items() if d.get("drifted"))
     return {
@@ -147,8 +146,9 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict,
         "training": {"test_accuracy_before": training["test_before"]["accuracy"],
                      "test_accuracy_after": training["test_after"]["accuracy"]},
         "arms": arms,
+        "judge_headline": judged.get("headline", "no verdicts (the router's report had no judge section)"),
+        "sample_ratio": (judged.get("sample_ratio") or {}).get("verdict"),
         "verdicts_treatment_vs_control": verdicts,
-        "snapshot_verdicts_treatment_vs_control": snapshot,
         "drift": {"monitored": bool(ab.get("drift")), "drifted": drifted},
         "warnings": load.get("warnings", []),
         "seconds": round(seconds, 1),
@@ -180,8 +180,10 @@ def format_summary(summary: dict) -> str:
         p99 = f"{a['p99_ms']:.1f}" if a["p99_ms"] is not None else "n/a"
         lines.append(f"| {arm} | {a['variant']} (v{a['version']}) | {a['requests']} | {acc} | {offline} | {p50} | {p99} | {a['failures']} |")
     lines.append("")
-    lines.append("judge (anytime-valid), treatment (int8) vs control (fp32): " + "; ".join(
-        f"{metric.replace('_', ' ')}: {verdict_text(m)}" for metric, m in summary["verdicts_treatment_vs_control"].items()))
+    lines.append(f"judge: {summary['judge_headline']}")
+    lines.append(f"judge (anytime-valid, users as units), sample ratio: {summary['sample_ratio']}; treatment (int8) "
+                 "vs control (fp32): " + "; ".join(f"{metric.replace('_', ' ')}: {verdict_text(m)}"
+                                                   for metric, m in summary["verdicts_treatment_vs_control"].items()))
     drift = summary.get("drift", {})
     if drift.get("monitored"):
         lines.append("drift against the training reference: " + (", ".join(drift["drifted"]) or "none"))

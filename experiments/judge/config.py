@@ -1,10 +1,11 @@
 """The judge's settings: alpha, the metrics it reports, their margins and minimum samples.
 
-The family-wise error rate is split evenly (Bonferroni) over the ``len(METRICS)`` metrics, always all of
-them, whether or not a metric has data yet, so the split never changes during an experiment: each metric's
-confidence sequence is at level ``alpha / 6``, and the chance of any false "better", "worse" or
-"different" on any metric at any look is at most ``alpha`` per comparison with the control. A report with
-several treatments divides ``alpha`` by their number first (``comparisons``).
+The family-wise error rate is split evenly (Bonferroni) over every check the judge makes: the
+``len(METRICS)`` metrics of each treatment against the control, always all of them, whether or not a metric
+has data yet, plus one sample-ratio check of the whole experiment (``checks``). So the split never changes
+during an experiment: with one treatment each confidence sequence is at level ``alpha / 7``, and the chance
+of any false "better", "worse", "different" or "sample ratio mismatch", on any metric, at any look, is at
+most ``alpha``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ HIGHER_IS_BETTER = {"error_rate": False, "latency_mean": False, "latency_p99": F
                     "label_distribution": None, "confidence_mean": True}
 """The direction of "better" per metric; ``None``: a difference has no direction ("different")."""
 
-UNITS = {"error_rate": "", "latency_mean": " ms", "latency_p99": " ms", "accuracy": "", "label_distribution": "",
+SHARES = ("error_rate", "latency_p99", "accuracy", "label_distribution", "confidence_mean")
+"""Metrics whose differences (and margins) are differences of shares or probabilities, in [0, 1]: the
+``latency_p99`` guardrail is the share of answers slower than the control's p99, not milliseconds."""
+
+UNITS = {"error_rate": "", "latency_mean": " ms", "latency_p99": "", "accuracy": "", "label_distribution": "",
          "confidence_mean": ""}
-"""The unit of each metric's interval, for reports."""
+"""The unit of each metric's interval, for reports (``latency_p99`` is a difference of shares)."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,11 @@ class Margins:
     error_rate: float = 0.005
     """Server-error rate, absolute (0.005 = half a percentage point)."""
     latency_mean: float = 1.0
-    """Mean latency (clipped at ``latency_cap_ms``), in ms."""
-    latency_p99: float = 2.0
-    """p99 latency, in ms."""
+    """Mean latency (clipped at ``units.LATENCY_CAP_MS``), in ms."""
+    latency_p99: float = 0.01
+    """The share of answers slower than the tail threshold (the control's p99), absolute: 0.01 lets the
+    treatment's share move from the control's ~1 % to at most ~2 % (for the demo model's latencies, a p99
+    about 7 % slower)."""
     accuracy: float = 0.02
     """Accuracy from feedback, absolute (0.02 = two points)."""
     label_distribution: float = 0.05
@@ -46,11 +53,11 @@ class MinSamples:
     """Per arm, the samples a metric needs before any verdict (before: "not enough evidence yet")."""
 
     error_rate: int = 200
-    """Requests (answered or failed)."""
+    """Requests (answered or failed on the server side)."""
     latency_mean: int = 200
-    """Answered requests with a latency."""
+    """Answered requests."""
     latency_p99: int = 500
-    """Answered requests with a latency (a p99 needs a few hundred to have an upper bound at all)."""
+    """Answered requests; the control's first this many answers also set the tail threshold."""
     accuracy: int = 100
     """Feedback outcomes."""
     label_distribution: int = 200
@@ -64,17 +71,15 @@ class JudgeConfig:
     """How the judge decides; the defaults suit the demo model (10 ms median latency, two labels)."""
 
     alpha: float = 0.05
-    """Family-wise error rate over all metrics (per comparison with the control)."""
+    """Family-wise error rate over all metrics, all treatments, the sample-ratio check and all looks."""
     margins: Margins = field(default_factory=Margins)
     """Equivalence margins per metric."""
     min_samples: MinSamples = field(default_factory=MinSamples)
     """Minimum samples per arm per metric."""
-    latency_cap_ms: float = 1000.0
-    """Latencies are clipped here for the mean (a finite variance: the CLT behind the mean's CS holds)."""
     quantile: float = 0.99
-    """The latency quantile compared (0.99: p99)."""
+    """The latency quantile of the control that sets the tail threshold (0.99: p99)."""
     tune_n: int = 2000
-    """Per-arm sample size at which the intervals are tightest (they stay valid before and after)."""
+    """Effective samples per arm at which the intervals are tightest (they stay valid before and after)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,21 +87,28 @@ class JudgeConfig:
             problems.append(f"alpha={self.alpha}: expected 0 < alpha < 1")
         if not 0 < self.quantile < 1:
             problems.append(f"quantile={self.quantile}: expected 0 < quantile < 1")
-        if self.latency_cap_ms <= 0:
-            problems.append(f"latency_cap_ms={self.latency_cap_ms}: expected > 0")
         if self.tune_n < 1:
             problems.append(f"tune_n={self.tune_n}: expected >= 1")
         for name in METRICS:
-            if getattr(self.margins, name) < 0:
-                problems.append(f"margins.{name}={getattr(self.margins, name)}: expected >= 0")
+            margin = getattr(self.margins, name)
+            if margin < 0:
+                problems.append(f"margins.{name}={margin}: expected >= 0")
+            elif name in SHARES and margin > 1:
+                problems.append(f"margins.{name}={margin}: expected a difference of shares in [0, 1] "
+                                f"(default {getattr(Margins(), name)})")
             if getattr(self.min_samples, name) < 2:
                 problems.append(f"min_samples.{name}={getattr(self.min_samples, name)}: expected >= 2")
         if problems:
             raise ValueError("invalid judge config: " + "; ".join(problems))
 
+    @staticmethod
+    def checks(comparisons: int = 1) -> int:
+        """The checks alpha is split over: every metric of every treatment, and the sample-ratio check."""
+        return max(1, comparisons) * len(METRICS) + 1
+
     def alpha_per_metric(self, comparisons: int = 1) -> float:
-        """The level of each metric's CS: ``alpha / comparisons / len(METRICS)`` (Bonferroni)."""
-        return self.alpha / max(1, comparisons) / len(METRICS)
+        """The level of each metric's CS, and of the sample-ratio check: ``alpha / checks(comparisons)``."""
+        return self.alpha / self.checks(comparisons)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,34 +1,37 @@
-"""The anytime-valid judge: per metric, a confidence sequence of ``treatment - control`` and a verdict.
+"""The anytime-valid judge: per treatment and metric, a confidence sequence of ``treatment - control`` and a
+verdict, plus the sample-ratio check, from one ``UnitTable``.
 
-    from experiments.judge import Judge, JudgeConfig
-
-    j = Judge(JudgeConfig(alpha=0.05), arms=("control", "int8"))
-    j.answered("int8", latency_ms=4.2, label="positive", confidence=0.91)   # as requests arrive
-    j.failed("control")                                                      # a server error
-    j.feedback("int8", correct=True)
-    result = j.report()              # any time, as often as you like: {"int8": Judgement}
-    result["int8"].metrics["accuracy"].verdict    # "worse", "equivalent within margin", ...
-
-or, from a store's snapshot, ``judge(control_stats, treatment_stats, config)`` with two ``ArmStats``.
+    from experiments.judge import judge
+    v = judge(table)                        # any time, as often as you like
+    v.sample_ratio.verdict                  # "sample ratio mismatch" / "no mismatch detected": read it first
+    v.treatments["int8"].metrics["accuracy"].verdict    # "worse", "equivalent within margin", ...
+    v.headline                              # one sentence, the sample-ratio check first
 
 Verdicts: "not enough evidence yet" (an arm below the metric's minimum sample), "better"/"worse" (the CS
 of the difference excludes 0; its interval is the size), "different" (label distribution: some label's
 share moved), "equivalent within margin" (the whole CS inside +-margin), "no decision yet". The CSs hold
-at every look at once, and the Bonferroni split over the six metrics keeps the chance of any false
-better/worse/different across all metrics and all looks at most ``alpha`` (``config.py``).
+at every look at once, with units (not requests) as the independent observations and the arms compared
+within each period of constant weights; the Bonferroni split over every metric of every treatment and the
+sample-ratio check keeps the chance of any false verdict across all of them and all looks at most
+``alpha`` (``config.py``, ``metrics.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from experiments.judge import metrics as m
-from experiments.judge.config import HIGHER_IS_BETTER, METRICS, UNITS, JudgeConfig
-from experiments.judge.snapshot import ArmAccumulator, ArmStats
+from experiments.judge.config import METRICS, UNITS, JudgeConfig
+from experiments.judge.frame import Frame
+from experiments.judge.units import UnitTable
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,28 @@ class MetricResult:
     low: float | None
     high: float | None
     n_control: int
+    """The metric's denominator in the control (requests, answers, feedback or predictions)."""
     n_treatment: int
     min_samples: int
     margin: float
     unit: str = ""
     per_label: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Label distribution only: the CS of each label's share difference."""
+    units_control: int = 0
+    """Units (sticky keys; unkeyed requests in buckets) that contributed to the control."""
+    units_treatment: int = 0
+    design_effect: float | None = None
+    """The variance over units / the variance were every request independent (1: no clustering)."""
+    threshold_ms: float | None = None
+    """``latency_p99`` only: the tail threshold (the control's p99 on the latency grid); the metric is the
+    share of answers slower than it."""
 
     def to_dict(self) -> dict:
         out = asdict(self)
         if not self.per_label:
             out.pop("per_label")
+        if self.threshold_ms is None:
+            out.pop("threshold_ms")
         return out
 
 
@@ -67,93 +81,117 @@ class Judgement:
                 "metrics": {k: v.to_dict() for k, v in self.metrics.items()}}
 
 
-def _finite(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+@dataclass(frozen=True)
+class SampleRatio:
+    """The sample-ratio check: observed vs configured split of units and of requests (``srm.py``)."""
+
+    verdict: str
+    """"sample ratio mismatch" or "no mismatch detected"."""
+    alpha: float
+    """Its Bonferroni share of alpha (half to the units' test, half to the requests')."""
+    units_evalue: float
+    """The units' e-value (product over periods); a mismatch at ``units_threshold`` (= 2 / alpha) or above."""
+    units_threshold: float
+    units: dict[str, dict[str, float]]
+    """Per arm: new units ``observed`` and ``expected`` (by the weights of the period each was first seen in),
+    and their shares."""
+    requests: dict[str, dict[str, float | None]]
+    """Per arm: observed and expected share of requests; per treatment the CS of observed - expected."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def _result(code, est, low, high, n_c: int, n_t: int, name: str, cfg: JudgeConfig, **extra) -> MetricResult:
-    return MetricResult(m.VERDICTS[int(code)], _finite(est), _finite(low), _finite(high), n_c, n_t,
-                        getattr(cfg.min_samples, name), getattr(cfg.margins, name), UNITS[name], **extra)
+@dataclass(frozen=True)
+class Verdicts:
+    """Everything the judge says about an experiment at one moment."""
+
+    treatments: dict[str, Judgement]
+    sample_ratio: SampleRatio
+    headline: str
+    """One sentence: the sample-ratio check first, then each treatment's decided metrics."""
+
+    def to_dict(self) -> dict:
+        return {"headline": self.headline, "sample_ratio": self.sample_ratio.to_dict(),
+                "treatments": {k: v.to_dict() for k, v in self.treatments.items()}}
 
 
-def _interval_metric(name: str, est, low, high, n_c: int, n_t: int, cfg: JudgeConfig) -> MetricResult:
-    enough = min(n_c, n_t) >= getattr(cfg.min_samples, name)
-    code = m.verdict_codes(low, high, getattr(cfg.margins, name), enough, HIGHER_IS_BETTER[name])
-    return _result(code, est, low, high, n_c, n_t, name, cfg)
+def _units_per_arm(frame: Frame, n: np.ndarray, arm: int) -> int:
+    if frame.unit is None:
+        return int(n[0][(frame.group[0] // frame.n_periods) == arm].sum())
+    rows = (n[0] > 0) & ((frame.group[0] // frame.n_periods) == arm)
+    return int(np.unique(np.broadcast_to(frame.unit, frame.group.shape)[0][rows]).size)
 
 
-def _labels(c: ArmStats, t: ArmStats, a: float, cfg: JudgeConfig) -> MetricResult:
-    labels = sorted({k for k in (*c.labels, *t.labels) if c.labels.get(k, 0) + t.labels.get(k, 0) > 0})
-    n_c, n_t = sum(c.labels.values()), sum(t.labels.values())
-    enough = min(n_c, n_t) >= cfg.min_samples.label_distribution and len(labels) >= 2
-    if len(labels) < 2:
-        return _result(m.NOT_ENOUGH, math.nan, -math.inf, math.inf, n_c, n_t, "label_distribution", cfg)
-    counts_c = np.array([c.labels.get(k, 0) for k in labels], dtype=np.float64)
-    counts_t = np.array([t.labels.get(k, 0) for k in labels], dtype=np.float64)
-    code, est, low, high = m.label_share_codes(counts_c, n_c, counts_t, n_t, a, cfg.tune_n,
-                                               cfg.margins.label_distribution, enough)
-    per_label = {k: {"estimate": _finite(e), "low": _finite(lo), "high": _finite(hi)}
-                 for k, e, lo, hi in zip(labels, est, low, high, strict=True)}
-    widest = int(np.argmax(np.abs(est)))  # the headline: the label whose share moved most
-    return _result(code, est[widest], low[widest], high[widest], n_c, n_t, "label_distribution", cfg,
-                   per_label=per_label)
+def _result(name: str, arrays: m.MetricArrays, frame: Frame, t: int, cfg: JudgeConfig,
+            threshold_ms: float | None) -> MetricResult:
+    c = arrays.contrast
+    denominator = m.LABEL_DENOMINATOR if name == "label_distribution" else m.RATIOS[name][1]
+    n = frame.sums[denominator]
+    per_label = {k: {"estimate": _finite(e[0]), "low": _finite(lo[0]), "high": _finite(hi[0])}
+                 for k, (e, lo, hi) in arrays.per_label.items()}
+    return MetricResult(m.VERDICTS[int(arrays.codes[0])], _finite(arrays.estimate[0]), _finite(arrays.low[0]),
+                        _finite(arrays.high[0]), int(round(c.n_control[0])), int(round(c.n_treatment[0])),
+                        getattr(cfg.min_samples, name), getattr(cfg.margins, name), UNITS[name], per_label,
+                        _units_per_arm(frame, n, 0), _units_per_arm(frame, n, t), _finite(c.design_effect[0]),
+                        threshold_ms if name == "latency_p99" else None)
 
 
-def judge(control: ArmStats, treatment: ArmStats, config: JudgeConfig | None = None,
-          comparisons: int = 1) -> Judgement:
-    """Every metric of ``treatment`` against ``control`` from two snapshots; valid at any moment.
+def _sample_ratio(s: m.SampleRatioArrays, frame: Frame, a: float) -> SampleRatio:
+    observed = frame.new_units[0].sum(axis=0)
+    expected = (frame.new_units[0].sum(axis=1, keepdims=True) * frame.shares).sum(axis=0)
+    total = max(float(observed.sum()), 1.0)
+    units = {arm: {"observed": float(o), "expected": float(e), "observed_share": float(o) / total,
+                   "expected_share": float(e) / total}
+             for arm, o, e in zip(frame.arms, observed, expected, strict=True)}
+    req = frame.sums["requests"][0]
+    by_group = np.bincount(frame.assigned[0], weights=req, minlength=frame.n_groups).reshape(len(frame.arms), -1)
+    r_total = max(float(req.sum()), 1.0)
+    expected_r = (by_group.sum(axis=0) * frame.shares.T).sum(axis=1) / r_total
+    requests: dict[str, dict[str, float | None]] = {}
+    for i, arm in enumerate(frame.arms):
+        row: dict[str, float | None] = {"observed_share": float(by_group[i].sum()) / r_total,
+                                        "expected_share": float(expected_r[i])}
+        if arm in s.requests:
+            est, low, high = (x[0] for x in s.requests[arm])
+            row.update(estimate=_finite(est), low=_finite(low), high=_finite(high))
+        requests[arm] = row
+    e = float(np.exp(min(float(s.units_log_evalue[0]), 700.0)))
+    return SampleRatio(m.MISMATCH if bool(s.mismatch[0]) else m.NO_MISMATCH, a, e, math.exp(s.units_threshold),
+                       units, requests)
 
-    ``comparisons``: the number of treatments judged against the same control (alpha is split over them).
-    """
+
+def headline(treatments: dict[str, Judgement], sample_ratio: SampleRatio, control: str) -> str:
+    """One sentence: a sample-ratio mismatch first (it voids the rest), then each treatment's verdicts."""
+    if sample_ratio.verdict == m.MISMATCH:
+        shares = ", ".join(f"{a} {100 * u['observed_share']:.1f} % of units / "
+                           f"{100 * sample_ratio.requests[a]['observed_share']:.1f} % of requests "
+                           f"(configured {100 * u['expected_share']:.1f} %)" for a, u in sample_ratio.units.items())
+        return f"Sample ratio mismatch: {shares}; the split is broken, so no other verdict can be trusted."
+    parts = []
+    for t, j in treatments.items():
+        by: dict[str, list[str]] = {}
+        for name, r in j.metrics.items():
+            by.setdefault(r.verdict, []).append(name)
+        said = [f"{v} on {', '.join(by[v])}" for v in ("worse", "different", "better", "equivalent within margin")
+                if v in by]
+        rest = len(by.get("no decision yet", [])) + len(by.get("not enough evidence yet", []))
+        if rest:
+            said.append(f"{rest} undecided")
+        parts.append(f"{t} vs {control}: {'; '.join(said)}")
+    return "No sample ratio mismatch. " + ". ".join(parts) + "."
+
+
+def judge(table: UnitTable, config: JudgeConfig | None = None) -> Verdicts:
+    """Every treatment (every arm after the first) against the control (the first arm), and the
+    sample-ratio check, from one ``UnitTable``; valid at any moment and at every look."""
     cfg = config or JudgeConfig()
-    a = cfg.alpha_per_metric(comparisons)
-    c, t = control, treatment
-    out: dict[str, MetricResult] = {}
-    est, low, high = m.proportion_diff_cs(c.server_errors, c.requests, t.server_errors, t.requests, a)
-    out["error_rate"] = _interval_metric("error_rate", est, low, high, c.requests, t.requests, cfg)
-    mc, mt = c.clipped_moments(cfg.latency_cap_ms), t.clipped_moments(cfg.latency_cap_ms)
-    est, low, high = m.mean_diff_cs(mc.n, mc.total, mc.total_sq, mt.n, mt.total, mt.total_sq, a, cfg.tune_n)
-    out["latency_mean"] = _interval_metric("latency_mean", est, low, high, mc.n, mt.n, cfg)
-    est, low, high = m.quantile_diff_cs(c.latency_ms, t.latency_ms, cfg.quantile, a, cfg.tune_n)
-    out["latency_p99"] = _interval_metric("latency_p99", est, low, high, len(c.latency_ms), len(t.latency_ms), cfg)
-    est, low, high = m.mean_diff_cs(c.feedback_total, c.feedback_correct, c.feedback_correct, t.feedback_total,
-                                    t.feedback_correct, t.feedback_correct, a, cfg.tune_n, bernoulli=True)
-    out["accuracy"] = _interval_metric("accuracy", est, low, high, c.feedback_total, t.feedback_total, cfg)
-    out["label_distribution"] = _labels(c, t, a, cfg)
-    cc, ct = c.confidence, t.confidence
-    est, low, high = m.mean_diff_cs(cc.n, cc.total, cc.total_sq, ct.n, ct.total, ct.total_sq, a, cfg.tune_n)
-    out["confidence_mean"] = _interval_metric("confidence_mean", est, low, high, cc.n, ct.n, cfg)
-    assert tuple(out) == METRICS
-    return Judgement(cfg.alpha, a, out)
-
-
-class Judge:
-    """Feeds samples per arm as they arrive and judges every treatment against the first arm on demand."""
-
-    def __init__(self, config: JudgeConfig | None = None, arms: Sequence[str] = ("control", "treatment")):
-        if len(arms) < 2 or len(set(arms)) != len(arms):
-            raise ValueError(f"arms={list(arms)}: expected a control and at least one treatment, distinct names")
-        self.config = config or JudgeConfig()
-        self.arms = tuple(arms)
-        self._acc = {a: ArmAccumulator(self.config.latency_cap_ms) for a in self.arms}
-
-    def _arm(self, arm: str) -> ArmAccumulator:
-        if arm not in self._acc:
-            raise KeyError(f"unknown arm {arm!r}; expected one of: {', '.join(self.arms)}")
-        return self._acc[arm]
-
-    def answered(self, arm: str, latency_ms: float, label: str | None = None, confidence: float | None = None) -> None:
-        self._arm(arm).answered(latency_ms, label, confidence)
-
-    def failed(self, arm: str, server_error: bool = True) -> None:
-        self._arm(arm).failed(server_error)
-
-    def feedback(self, arm: str, correct: bool) -> None:
-        self._arm(arm).feedback(correct)
-
-    def report(self) -> dict[str, Judgement]:
-        """Each treatment's ``Judgement`` against the control, now."""
-        control = self._acc[self.arms[0]].stats()
-        treatments = self.arms[1:]
-        return {t: judge(control, self._acc[t].stats(), self.config, len(treatments)) for t in treatments}
+    frame = Frame.from_table(table)
+    arrays, srm = m.evaluate(frame, cfg)
+    a = cfg.alpha_per_metric(len(frame.arms) - 1)
+    treatments = {}
+    for t, name in enumerate(frame.arms[1:], start=1):
+        metrics = {k: _result(k, arrays[name][k], frame, t, cfg, table.tail_threshold_ms) for k in METRICS}
+        treatments[name] = Judgement(cfg.alpha, a, metrics)
+    sample_ratio = _sample_ratio(srm, frame, a)
+    return Verdicts(treatments, sample_ratio, headline(treatments, sample_ratio, frame.arms[0]))

@@ -1,22 +1,24 @@
-"""Per-metric confidence sequences for ``treatment - control`` and the verdicts read from them.
+"""Every metric's confidence sequence and verdict, and the sample-ratio check, for a batch of experiments.
 
-Every function is vectorised (any array shape), so the judge (scalars) and the simulation (sims x looks)
-run the same code. Each metric's CS is at level ``alpha_m`` (the judge's Bonferroni share):
-
-* error rate: one exact beta-binomial CS per arm at ``alpha_m / 2`` (``boundaries.proportion_cs``, no
-  asymptotics: right even with zero errors), the difference is ``[lo_t - hi_c, hi_t - lo_c]``;
-* mean latency, accuracy, mean confidence and each label's share: the asymptotic normal-mixture CS of the
-  difference of two independent means (Waudby-Smith et al. 2024; Johari et al. 2022), plug-in standard
-  error ``sqrt(var_c / n_c + var_t / n_t)`` at the effective size ``2 n_c n_t / (n_c + n_t)``;
-* p99 latency: one sequential quantile CS per arm at ``alpha_m / 2`` (Howard and Ramdas 2022), then the
-  difference as for the error rate.
+``evaluate(frame, config)`` runs on a ``Frame`` of ``B`` experiments (arrays of shape ``(B,)`` out), so
+``judge(table)`` (batch 1) and the simulation (thousands of runs) share every line. Each metric is a ratio
+over units (``RATIOS``, compared by ``ratio.contrast``: within periods, combined, variance over units) with
+an asymptotic CS at the Bonferroni level ``alpha / checks`` (``config.py``); the label distribution tests
+every label's share at ``alpha / k`` (``k`` labels, or 1 test for two labels, whose shares move together);
+the sample-ratio check is ``srm.py``'s two tests at half its level each.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from experiments.judge import boundaries
+from experiments.judge import srm
+from experiments.judge.config import HIGHER_IS_BETTER, METRICS, JudgeConfig
+from experiments.judge.frame import Frame
+from experiments.judge.ratio import Contrast, contrast
 
 NOT_ENOUGH, BETTER, WORSE, DIFFERENT, EQUIVALENT, UNDECIDED = range(6)
 """Verdict codes (arrays of them in the simulation); ``VERDICTS`` names them."""
@@ -27,63 +29,48 @@ VERDICTS = ("not enough evidence yet", "better", "worse", "different", "equivale
 FALSE_IN_AA = (BETTER, WORSE, DIFFERENT)
 """The verdicts that are false when both arms are the same (A/A)."""
 
+MISMATCH, NO_MISMATCH = "sample ratio mismatch", "no mismatch detected"
+"""The sample-ratio check's verdicts."""
 
-def _arrays(*xs):
-    return [np.asarray(x, dtype=np.float64) for x in xs]
+RATIOS = {"error_rate": ("server_errors", "requests", None),
+          "latency_mean": ("latency_sum", "answered", "latency_sq"),
+          "latency_p99": ("tail", "answered", None),
+          "accuracy": ("feedback_correct", "feedback_n", None),
+          "confidence_mean": ("confidence_sum", "confidence_n", "confidence_sq")}
+"""Per metric (but the label distribution): the ``Frame`` sums of its numerator, denominator, and the sum of
+squares of its per-request values (``None``: 0/1 values)."""
 
-
-def mean_diff_cs(n_c, sum_c, sumsq_c, n_t, sum_t, sumsq_t, alpha: float, t_opt: float,
-                 bernoulli: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(estimate, low, high)`` of ``mean_t - mean_c`` from counts, sums and sums of squares.
-
-    ``bernoulli``: the observations are 0/1 and the variance is taken as ``p~ (1 - p~)`` with ``p~ =
-    (s + 1/2) / (n + 1)``, so a run of all-0 or all-1 outcomes does not give a zero-width interval.
-    """
-    n_c, sum_c, sumsq_c, n_t, sum_t, sumsq_t = _arrays(n_c, sum_c, sumsq_c, n_t, sum_t, sumsq_t)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_c, mean_t = sum_c / n_c, sum_t / n_t
-        if bernoulli:
-            pc, pt = (sum_c + 0.5) / (n_c + 1), (sum_t + 0.5) / (n_t + 1)
-            var_c, var_t = pc * (1 - pc), pt * (1 - pt)
-        else:
-            var_c = np.maximum(sumsq_c - n_c * mean_c**2, 0.0) / (n_c - 1)
-            var_t = np.maximum(sumsq_t - n_t * mean_t**2, 0.0) / (n_t - 1)
-        se = np.sqrt(var_c / n_c + var_t / n_t)
-        t_eff = 2 * n_c * n_t / (n_c + n_t)
-        half = boundaries.normal_mixture_halfwidth(se, t_eff, alpha, t_opt)
-    ok = (n_c >= 2) & (n_t >= 2)
-    est = np.where(ok, mean_t - mean_c, np.nan)
-    half = np.where(ok, half, np.inf)
-    return est, est - half, est + half
+LABEL_DENOMINATOR = "predictions"
+"""Each label's share is its count over the predictions."""
 
 
-def proportion_diff_cs(k_c, n_c, k_t, n_t, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(estimate, low, high)`` of ``p_t - p_c``: exact per-arm beta-binomial CSs at ``alpha / 2`` each."""
-    k_c, n_c, k_t, n_t = _arrays(k_c, n_c, k_t, n_t)
-    lo_c, hi_c = boundaries.proportion_cs(k_c, n_c, alpha / 2)
-    lo_t, hi_t = boundaries.proportion_cs(k_t, n_t, alpha / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        est = np.where((n_c > 0) & (n_t > 0), k_t / n_t - k_c / n_c, np.nan)
-    return est, lo_t - hi_c, hi_t - lo_c
+@dataclass(frozen=True)
+class MetricArrays:
+    """One metric of one treatment in ``B`` experiments."""
+
+    codes: np.ndarray
+    """Verdict codes ``(B,)``."""
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    contrast: Contrast
+    """The headline contrast (label distribution: the label that moved most in experiment 0)."""
+    per_label: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Label distribution only: ``(estimate, low, high)`` per label."""
 
 
-def quantile_bounds(sorted_x: np.ndarray, p: float, alpha: float, t_opt: float) -> tuple[float, float]:
-    """One arm's quantile CS ``(low, high)`` at level ``alpha`` from its sorted latencies (+-inf: no bound yet)."""
-    n = len(sorted_x)
-    lo, hi = boundaries.quantile_cs_ranks(n, float(p), float(alpha), float(t_opt))
-    return (float(sorted_x[lo - 1]) if lo >= 1 else -np.inf), (float(sorted_x[hi - 1]) if hi <= n else np.inf)
+@dataclass(frozen=True)
+class SampleRatioArrays:
+    """The sample-ratio check in ``B`` experiments."""
 
-
-def quantile_diff_cs(lat_c: np.ndarray, lat_t: np.ndarray, p: float, alpha: float,
-                     t_opt: float) -> tuple[float, float, float]:
-    """``(estimate, low, high)`` of ``Q_t(p) - Q_c(p)``: per-arm quantile CSs at ``alpha / 2`` each."""
-    c, t = np.sort(np.asarray(lat_c, dtype=np.float64)), np.sort(np.asarray(lat_t, dtype=np.float64))
-    if len(c) == 0 or len(t) == 0:
-        return np.nan, -np.inf, np.inf
-    lo_c, hi_c = quantile_bounds(c, p, alpha / 2, t_opt)
-    lo_t, hi_t = quantile_bounds(t, p, alpha / 2, t_opt)
-    est = float(np.quantile(t, p, method="inverted_cdf") - np.quantile(c, p, method="inverted_cdf"))
-    return est, lo_t - hi_c, hi_t - lo_c
+    mismatch: np.ndarray
+    """``(B,)`` bool: either test found a mismatch."""
+    units_log_evalue: np.ndarray
+    units_threshold: float
+    """``log(1 / level)`` of the units' test."""
+    requests: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    """Per treatment arm: ``(observed - configured share, low, high)`` of its requests."""
+    requests_level: float
 
 
 def verdict_codes(low, high, margin: float, enough, higher_is_better: bool | None) -> np.ndarray:
@@ -93,7 +80,7 @@ def verdict_codes(low, high, margin: float, enough, higher_is_better: bool | Non
     the reverse, and "different" for a metric without direction; inside ``[-margin, margin]`` it is
     "equivalent within margin"; otherwise "no decision yet".
     """
-    low, high = _arrays(low, high)
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     above, below = low > 0, high < 0
     if higher_is_better is None:
         decided = np.where(above | below, DIFFERENT, UNDECIDED)
@@ -105,21 +92,76 @@ def verdict_codes(low, high, margin: float, enough, higher_is_better: bool | Non
     return np.where(np.asarray(enough, dtype=bool), decided, NOT_ENOUGH).astype(np.int8)
 
 
-def label_share_codes(counts_c: np.ndarray, n_c, counts_t: np.ndarray, n_t, alpha: float, t_opt: float,
-                      margin: float, enough) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The label-distribution verdict from per-label counts (last axis: labels).
+def _contrast(frame: Frame, y: np.ndarray, n: np.ndarray, q: np.ndarray | None, treatment: int) -> Contrast:
+    return contrast(y, n, q, frame.layout, treatment)
 
-    Each label's share difference gets a CS at ``alpha / k`` (``k`` = labels, or 1 with two labels, whose
-    shares move together): "different" if any excludes 0, "equivalent within margin" if all lie within
-    +-margin. Returns ``(codes, estimate, low, high)``, the last three per label.
-    """
-    counts_c, counts_t = _arrays(counts_c, counts_t)
-    k = counts_c.shape[-1]
-    tests = 1 if k == 2 else k
-    n_c, n_t = (np.asarray(x, dtype=np.float64)[..., None] for x in (n_c, n_t))
-    est, low, high = mean_diff_cs(n_c, counts_c, counts_c, n_t, counts_t, counts_t, alpha / tests, t_opt,
-                                  bernoulli=True)
+
+def _labels(frame: Frame, t: int, a: float, cfg: JudgeConfig) -> MetricArrays:
+    names = sorted(k for k, v in frame.labels.items() if v.sum() > 0)
+    n = frame.sums[LABEL_DENOMINATOR]
+    tests = 1 if len(names) == 2 else max(len(names), 1)
+    parts = {k: _contrast(frame, frame.labels[k], n, None, t) for k in names[: 1 if len(names) == 2 else None]}
+    per_label = {k: c.interval(a / tests, cfg.tune_n) for k, c in parts.items()}
+    if len(names) == 2:  # two labels' shares move together: the second is the first's mirror image
+        est, low, high = per_label[names[0]]
+        per_label[names[1]] = (-est, -high, -low)
+        parts[names[1]] = parts[names[0]]
+    B = frame.batch
+    if len(names) < 2:
+        empty = _contrast(frame, np.zeros_like(n), n, None, t)
+        return MetricArrays(np.full(B, NOT_ENOUGH, dtype=np.int8), np.full(B, np.nan), np.full(B, -np.inf),
+                            np.full(B, np.inf), empty)
+    est = np.stack([per_label[k][0] for k in names], -1)
+    low = np.stack([per_label[k][1] for k in names], -1)
+    high = np.stack([per_label[k][2] for k in names], -1)
+    margin = cfg.margins.label_distribution
     different = ((low > 0) | (high < 0)).any(axis=-1)
     equivalent = ((low >= -margin) & (high <= margin)).all(axis=-1)
+    first = parts[names[0]]
+    enough = np.minimum(first.n_control, first.n_treatment) >= cfg.min_samples.label_distribution
     codes = np.where(different, DIFFERENT, np.where(equivalent, EQUIVALENT, UNDECIDED))
-    return np.where(np.asarray(enough, dtype=bool), codes, NOT_ENOUGH).astype(np.int8), est, low, high
+    codes = np.where(enough, codes, NOT_ENOUGH).astype(np.int8)
+    widest = int(np.nanargmax(np.abs(est[0]))) if np.isfinite(est[0]).any() else 0
+    b = np.arange(B)
+    return MetricArrays(codes, est[b, widest], low[b, widest], high[b, widest], parts[names[widest]], per_label)
+
+
+def evaluate_treatment(frame: Frame, t: int, cfg: JudgeConfig, a: float) -> dict[str, MetricArrays]:
+    """Every metric of arm ``t`` against the control, each CS at level ``a``."""
+    out: dict[str, MetricArrays] = {}
+    for name in METRICS:
+        if name == "label_distribution":
+            out[name] = _labels(frame, t, a, cfg)
+            continue
+        y, n, q = RATIOS[name]
+        c = _contrast(frame, frame.sums[y], frame.sums[n], None if q is None else frame.sums[q], t)
+        est, low, high = c.interval(a, cfg.tune_n)
+        enough = np.minimum(c.n_control, c.n_treatment) >= getattr(cfg.min_samples, name)
+        if name == "latency_p99":
+            enough = enough & frame.tail_known
+        codes = verdict_codes(low, high, getattr(cfg.margins, name), enough, HIGHER_IS_BETTER[name])
+        out[name] = MetricArrays(codes, est, low, high, c)
+    return out
+
+
+def sample_ratio(frame: Frame, cfg: JudgeConfig, a: float) -> SampleRatioArrays:
+    """Both sample-ratio tests at ``a / 2`` each (the requests' split over the treatment arms)."""
+    c = srm.concentration(cfg.tune_n, a / 2)
+    log_e = srm.units_log_evalue(frame.new_units, frame.shares, c)
+    threshold = math.log(2 / a)
+    level = a / 2 / (len(frame.arms) - 1)
+    requests, mismatch = {}, log_e >= threshold
+    for t in range(1, len(frame.arms)):
+        shift = srm.request_shift(frame.sums["requests"], frame.assigned, frame.unit, frame.keyed,
+                                  frame.n_units, frame.shares, t)
+        est, low, high = shift.interval(level, 2 * cfg.tune_n)
+        requests[frame.arms[t]] = (est, low, high)
+        mismatch = mismatch | (low > 0) | (high < 0)
+    return SampleRatioArrays(mismatch, log_e, threshold, requests, level)
+
+
+def evaluate(frame: Frame, cfg: JudgeConfig) -> tuple[dict[str, dict[str, MetricArrays]], SampleRatioArrays]:
+    """Every treatment's metrics against the control, and the sample-ratio check (alpha split over all)."""
+    a = cfg.alpha_per_metric(len(frame.arms) - 1)
+    treatments = {frame.arms[t]: evaluate_treatment(frame, t, cfg, a) for t in range(1, len(frame.arms))}
+    return treatments, sample_ratio(frame, cfg, a)

@@ -2,8 +2,8 @@
 
 The flags mirror ``RolloutArgs`` (via ``tunestack.cli``); the margins, minimum samples and timeouts come
 from the experiment file's ``rollout:`` section (``RolloutConfig``). The store URL is resolved as the
-router resolves it, with the environment read here, once. Exit status: 0 complete, 1 rolled back, held
-or stopped, 2 bad input.
+router resolves it, with the environment read here, once. Exit status: 0 complete, 1 rolled back, held,
+halted (a sample-ratio mismatch) or stopped, 2 bad input.
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@
       min_step_requests: 200       # new treatment requests at a step before it may be promoted
       step_timeout_s: 600          # an undecided step then holds or rolls back (on_timeout)
       on_timeout: hold
-      judge:                       # onto experiments.judge.JudgeConfig: alpha, margins, min_samples, quantile, ...
-        margins: {latency_p99: 1.0}
+      judge:                       # onto experiments.judge.JudgeConfig: alpha, margins, min_samples, quantile, tune_n
+        margins: {latency_p99: 0.02}   # a share: at most 2 points more answers slower than the control's p99
 
-Every problem in the section is collected and raised once (``RolloutConfigError``), naming the key, the
-value and what is expected.
+The judge reads the store's unit table (users are the units, each revision a period); a sample-ratio
+mismatch halts the rollout (``decision.py``). Margins of shares (``error_rate``, ``latency_p99``, ``accuracy``,
+``label_distribution``, ``confidence_mean``) lie in [0, 1]; ``latency_mean``'s is in ms. Every problem in the
+section is collected and raised once (``RolloutConfigError``), naming the key, the value and what is expected.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def _judge_config(data: Any) -> JudgeConfig:
         return JudgeConfig.from_dict(data)
     except TypeError as e:
         raise RolloutConfigError(f"judge: {e}; expected keys of JudgeConfig: alpha, margins, min_samples, "
-                                 "latency_cap_ms, quantile, tune_n") from None
+                                 "quantile, tune_n") from None
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 Every weight change is a new revision of the experiment in the store (source and who ``rollout``), so
 every router replica follows it (``experiments.store.sync``), and the revisions are the audit log.
-Each revision's ``why`` starts ``step K/N (P %): ACTION:`` (start, promote, complete, rollback, hold)
-followed by the evidence; that prefix is also how a restarted controller finds where it was:
+Each revision's ``why`` starts ``step K/N (P %): ACTION:`` (start, promote, complete, rollback, hold, halt)
+followed by the evidence; that prefix is also how a restarted controller finds where it was.
 
-* no rollout revision yet, or the last one finished (complete, rollback, hold) and someone changed the
+Each look judges the store's unit table (``experiments.judge``): the revisions are its periods, so every ramp
+step's arms are compared with each other under the same weights, load and texts, and the steps combined.
+A sample-ratio mismatch halts the rollout where it stands (``decision.py``): outcome ``halted``.
+
+* no rollout revision yet, or the last one finished (complete, rollback, hold, halt) and someone changed the
   experiment since: a new rollout starts at the first step;
 * the last one is a start or promote and is still the experiment's newest revision: resume at its step
   (the step's clock and its count of new requests run from that revision's time);
@@ -22,36 +26,36 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from experiments.arm_record import ArmRecord
-from experiments.experiment_report import judge_arms
+from experiments.judge import judge
 from experiments.rollout.config import RolloutConfig
-from experiments.rollout.decision import HOLD, PROMOTE, ROLLBACK, WAIT, decide
+from experiments.rollout.decision import HALT, HOLD, PROMOTE, ROLLBACK, WAIT, decide
 from experiments.spec import Experiment, experiment_from_dict
 from experiments.store import Revision, Store, StoreUnavailable
 from experiments.store.sync import spec_of
+from experiments.store.unit_table import table_for
 
 log = logging.getLogger(__name__)
 
 SOURCE = "rollout"
 """The ``source`` of the revisions this controller writes."""
 START, COMPLETE = "start", "complete"
-FINISHED = (COMPLETE, ROLLBACK, HOLD)
-LATENCY_WINDOW = 50_000
-"""Newest latencies per arm the judge reads (the router's default ``latency_window``)."""
+FINISHED = (COMPLETE, ROLLBACK, HOLD, HALT)
+RESULTS = {COMPLETE: "complete", ROLLBACK: "rollback", HOLD: "hold", HALT: "halted"}
+"""The outcome a finishing action ends the rollout with."""
 WHY_RE = re.compile(r"^step (\d+)/(\d+) \(([0-9.]+) %\): (\w+)")
 
 
 @dataclass
 class Look:
-    """One look at the evidence: when, at which step, what was decided, each metric's verdict and interval."""
+    """One look at the evidence: when, at which step, what was decided, the sample-ratio check's verdict and
+    each of the treatment's metrics (verdict and interval)."""
 
     t: float
     step: int
     percent: float
     action: str
     metrics: dict[str, dict[str, Any]]
+    sample_ratio: str = ""
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Outcome:
     treatment: str
     steps: list[float]
     result: str = ""
-    """complete, rollback, hold, or stopped (someone else changed the experiment)."""
+    """complete, rollback, hold, halted (a sample-ratio mismatch), or stopped (someone else changed the
+    experiment)."""
     step: int = 0
     """The step (1-based) at which it ended."""
     percent: float = 0.0
@@ -80,6 +85,8 @@ class Outcome:
     resumed: bool = False
     revisions: list[int] = field(default_factory=list)
     looks: list[Look] = field(default_factory=list)
+    verdicts: dict[str, Any] | None = None
+    """The judge's ``Verdicts.to_dict()`` at the last look."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +142,7 @@ class RolloutController:
         if action in FINISHED:
             if newest.revision != rev.revision:
                 return 0, 0.0  # finished, and the experiment changed since: a new rollout
-            out.result, out.step, out.percent, out.reason = action, step, percent, rev.why
+            out.result, out.step, out.percent, out.reason = RESULTS[action], step, percent, rev.why
             return None
         if newest.revision != rev.revision:
             out.result, out.step, out.percent = "stopped", step, percent
@@ -148,15 +155,13 @@ class RolloutController:
         log.info("rollout %s: resuming at step %d (%g %%) from revision %d", self.name, step, percent, rev.revision)
         return step, rev.at
 
-    async def _metrics(self, control: str, treatment: str) -> dict[str, dict[str, Any]]:
-        snapshot = await self.store.snapshot(self.name, LATENCY_WINDOW)
-        arms, empty = snapshot["arms"], ArmRecord(latency=np.empty(0))
-        verdicts = judge_arms(arms.get(control, empty), {treatment: arms.get(treatment, empty)}, self.cfg.judge.alpha,
-                              self.cfg.judge)
-        return verdicts[treatment]["metrics"]
+    async def _verdicts(self, exp: Experiment) -> dict[str, Any]:
+        """The judge's verdicts on the store's unit table now (``Verdicts.to_dict()``), in a worker thread."""
+        table = await table_for(self.store, self.name, exp.arm_names, self.cfg.judge)
+        return (await asyncio.to_thread(judge, table, self.cfg.judge)).to_dict()
 
     async def run(self) -> Outcome:
-        """Ramp until complete, rolled back, held or stopped; never raises on a store outage (it retries)."""
+        """Ramp until complete, rolled back, held, halted or stopped; never raises on a store outage (it retries)."""
         exp, _ = await self._experiment()
         treatment = self.cfg.treatment or (exp.arm_names[1] if len(exp.arms) > 1 else "")
         if treatment not in exp.arm_names[1:]:
@@ -195,19 +200,20 @@ class RolloutController:
             out.result, out.step, out.percent = "stopped", step, self.steps[step - 1]
             out.reason = f"revision {latest.revision} by {latest.who} ({latest.source}: {latest.why}) changed the experiment"
             return True
-        metrics = await self._metrics(out.control, out.treatment)
+        out.verdicts = await self._verdicts(exp)
+        metrics, sample_ratio = out.verdicts["treatments"][out.treatment]["metrics"], out.verdicts["sample_ratio"]
         new_requests, _ = await self.store.exposure(self.name, out.treatment, since)
         now = time.time()
-        d = decide(metrics, self.cfg, new_requests, now - since)
-        out.looks.append(Look(now, step, self.steps[step - 1], d.action, metrics))
+        d = decide(metrics, self.cfg, new_requests, now - since, sample_ratio)
+        out.looks.append(Look(now, step, self.steps[step - 1], d.action, metrics, sample_ratio["verdict"]))
         if d.action == WAIT:
             return None
         if d.action == PROMOTE and step < len(self.steps):
             rev = await self._write(exp, out, step + 1, PROMOTE, f"from step {step}: {d.reason}", self.steps[step])
             return step + 1, rev.at
         action = COMPLETE if d.action == PROMOTE else d.action
-        percent = 0.0 if action == ROLLBACK else self.steps[step - 1]
+        percent = 0.0 if action == ROLLBACK else self.steps[step - 1]  # a halt or hold keeps the weights
         rev = await self._write(exp, out, step, action, d.reason, percent)
-        out.result, out.step, out.percent, out.reason = action, step, percent, d.reason
+        out.result, out.step, out.percent, out.reason = RESULTS[action], step, percent, d.reason
         out.decided_in_s = round(rev.at - since, 3)
         return True

@@ -1,13 +1,16 @@
-"""One look at the evidence -> one decision: promote, roll back, hold, or wait.
+"""One look at the judge's verdicts -> one decision: halt, roll back, promote, hold, or wait.
 
 The rules, in order (``decide``):
 
-1. **rollback** at once when any watched metric (the guardrails, and accuracy from feedback) is "worse",
+1. **halt** when the judge finds a sample-ratio mismatch: the split of users or requests does not match the
+   weights, so no other verdict can be trusted -- neither a promotion nor a rollback. The weights stay where
+   they are and a person decides;
+2. **rollback** at once when any watched metric (the guardrails, and accuracy from feedback) is "worse",
    or the predicted-label mix is "different" while it is a guardrail;
-2. **promote** when every guardrail is "equivalent within margin" or "better" and the step has served at
+3. **promote** when every guardrail is "equivalent within margin" or "better" and the step has served at
    least ``min_step_requests`` new treatment requests;
-3. **hold** or **rollback** (``on_timeout``) when the step has been undecided for ``step_timeout_s``;
-4. otherwise **wait** and look again.
+4. **hold** or **rollback** (``on_timeout``) when the step has been undecided for ``step_timeout_s``;
+5. otherwise **wait** and look again.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from experiments.judge.metrics import MISMATCH
 from experiments.rollout.config import RolloutConfig
 
-PROMOTE, ROLLBACK, HOLD, WAIT = "promote", "rollback", "hold", "wait"
+PROMOTE, ROLLBACK, HOLD, HALT, WAIT = "promote", "rollback", "hold", "halt", "wait"
 GOOD = ("equivalent within margin", "better")
 """Verdicts that let a guardrail pass."""
 BAD = ("worse", "different")
@@ -29,7 +33,7 @@ class Decision:
     """What to do after one look, why, and the verdicts it was based on."""
 
     action: str
-    """promote, rollback, hold or wait."""
+    """halt, rollback, promote, hold or wait."""
     reason: str
     """The evidence for the audit log: each deciding metric's verdict, interval and samples (no action prefix)."""
     failing: tuple[str, ...] = ()
@@ -51,8 +55,23 @@ def evidence(metrics: dict[str, Any], names: tuple[str, ...]) -> str:
     return "; ".join(parts)
 
 
-def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elapsed_s: float) -> Decision:
-    """The decision for a step that has served ``new_requests`` treatment requests in ``elapsed_s`` seconds."""
+def mismatch_evidence(sample_ratio: dict[str, Any]) -> str:
+    """``sample ratio mismatch: control 52.1 % of new users (expected 75.0 %), ...`` for the audit log."""
+    units = ", ".join(f"{a} {100 * u['observed_share']:.1f} % of new users (expected {100 * u['expected_share']:.1f} %)"
+                      for a, u in sample_ratio["units"].items())
+    requests = ", ".join(f"{a} {100 * r['observed_share']:.1f} % of requests (expected {100 * r['expected_share']:.1f} %)"
+                         for a, r in sample_ratio["requests"].items())
+    return (f"sample ratio mismatch: {units}; {requests}; users' e-value {sample_ratio['units_evalue']:.3g} "
+            f"(threshold {sample_ratio['units_threshold']:.3g}): the split does not match the weights, so no verdict "
+            "can be trusted; weights kept, a person decides")
+
+
+def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elapsed_s: float,
+           sample_ratio: dict[str, Any] | None = None) -> Decision:
+    """The decision for a step that has served ``new_requests`` treatment requests in ``elapsed_s`` seconds, from
+    the treatment's ``metrics`` and the experiment's ``sample_ratio`` (``Verdicts.to_dict()``'s)."""
+    if sample_ratio is not None and sample_ratio["verdict"] == MISMATCH:
+        return Decision(HALT, mismatch_evidence(sample_ratio), ("sample_ratio",), metrics)
     watched = cfg.watched
     bad = tuple(n for n in watched if metrics.get(n, {}).get("verdict") in BAD
                 and (n in cfg.guardrails or metrics[n]["verdict"] == "worse"))

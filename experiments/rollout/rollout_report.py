@@ -1,8 +1,9 @@
 """The rollout report: ``reports/rollout-TIMESTAMP/`` with rollout.md, rollout.json, weights.png, intervals.png.
 
 The Markdown says how the rollout ended and why, lists every decision it wrote to the store (the audit
-log's rollout revisions) and the last verdict per metric; the plots show the treatment's share over time
-and, per metric, the judge's interval of treatment - control at every look with the +-margin band.
+log's rollout revisions) and the judge's verdicts at the last look (the sample-ratio check first); the
+plots show the treatment's share over time and, per metric, the judge's interval of treatment - control at
+every look with the +-margin band.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from experiments.experiment_report import judge_lines
-from experiments.judge import METRICS
 from experiments.rollout.controller import Outcome
 
 
@@ -34,12 +34,13 @@ def write_report(folder: Path, out: Outcome, audit: list[dict], config: dict[str
     plot_weights(out, audit, folder / "weights.png")
     plot_intervals(out, folder / "intervals.png")
     md = folder / "rollout.md"
-    md.write_text(render_markdown(out, audit, config["judge"]["alpha"]))
+    md.write_text(render_markdown(out, audit, config["judge"]))
     return md
 
 
-def render_markdown(out: Outcome, audit: list[dict], alpha: float) -> str:
-    """The report for a person: the outcome, the decisions written to the store, the last verdicts."""
+def render_markdown(out: Outcome, audit: list[dict], judge_config: dict[str, Any]) -> str:
+    """The report for a person: the outcome, the decisions written to the store, the last verdicts
+    (``judge_config``: the rollout's ``JudgeConfig.to_dict()``)."""
     decided = f"{out.decided_in_s:.1f} s" if out.decided_in_s is not None else "-"
     lines = [f"# Rollout of `{out.treatment}` in experiment `{out.experiment}`", "",
              f"**{out.result}** at step {out.step}/{len(out.steps)} ({out.percent:g} % of traffic to `{out.treatment}`); "
@@ -55,9 +56,10 @@ def render_markdown(out: Outcome, audit: list[dict], alpha: float) -> str:
         lines += ["## Decisions (the store's audit log)", "", "| revision | at (UTC) | weights | why |", "|---|---|---|---|"]
         lines += [f"| {a['revision']} | {a['at']} | " + ", ".join(f"{k} {v:g}" for k, v in a["weights"].items())
                   + f" | {a['why'].replace('|', '/')} |" for a in ours]
-    if out.looks:
-        judge = {out.treatment: {"metrics": out.looks[-1].metrics, "alpha_per_metric": alpha / len(METRICS)}}
-        lines += judge_lines({"judge": judge, "control": out.control, "alpha": alpha})
+    if out.verdicts:
+        lines += ["", f"Judge at the last look: {out.verdicts['headline']}", ""]
+        lines += judge_lines({"judge": out.verdicts, "control": out.control, "alpha": judge_config["alpha"],
+                              "tail": {"quantile": judge_config["quantile"]}})
     return "\n".join(lines) + "\n"
 
 

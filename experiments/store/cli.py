@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from experiments.judge import JudgeConfig
 from experiments.spec import experiment_from_dict
 from experiments.store import Store, StoreError, audit_entry, open_store
+from experiments.store.unit_table import table_for
 from tunestack.cli import parse_dataclass
 
 LATENCY_WINDOW = 50_000
@@ -40,17 +42,21 @@ async def _experiment_name(store: Store, name: str | None) -> str:
 
 def report_from_store(url: str, experiment: str | None, alpha: float, resamples: int) -> dict[str, Any]:
     """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it: the
-    drift section too, from the texts the routers monitored and the references they kept there."""
+    judge's verdicts on the same unit table, and the drift section from the texts the routers monitored and
+    the references they kept there."""
     from experiments.drift.monitor import drift_report
     from experiments.experiment_report import build_report
+
+    config = JudgeConfig(alpha=alpha)
 
     async def work(store: Store) -> dict[str, Any]:
         name = await _experiment_name(store, experiment)
         latest = await store.latest_revision(name)
         assert latest is not None
+        exp = experiment_from_dict(latest.spec, f"store revision {latest.revision}")
         snapshot = await store.snapshot(name, LATENCY_WINDOW)
         audit = [audit_entry(r) for r in await store.revisions(name, 50)]
-        return {"exp": experiment_from_dict(latest.spec, f"store revision {latest.revision}"), "snapshot": snapshot,
+        return {"exp": exp, "snapshot": snapshot, "table": await table_for(store, name, exp.arm_names, config),
                 "audit": audit, "drift": await store.drift_windows(name)}
 
     try:
@@ -58,7 +64,8 @@ def report_from_store(url: str, experiment: str | None, alpha: float, resamples:
     except StoreError as e:
         raise RuntimeError(str(e)) from None
     drift = drift_report(got["drift"]) if got["drift"] is not None else None
-    report = build_report(got["exp"], got["snapshot"], alpha, resamples, np.random.default_rng(0), drift)
+    report = build_report(got["exp"], got["snapshot"], got["table"], alpha, resamples, np.random.default_rng(0),
+                          drift, config)
     report["data_source"] = f"store, latencies: newest {LATENCY_WINDOW} per arm"
     report["audit"] = got["audit"]
     return report

@@ -19,6 +19,7 @@ from experiments.judge.units import PSEUDO_PREFIX, UnitTable, latency_bucket, ta
 from experiments.store.batch import UNIT_SUMS
 
 if TYPE_CHECKING:
+    from experiments.judge import JudgeConfig
     from experiments.store.base import Store
 
 _FLOAT_SUMS = {"latency_sum", "latency_sq", "confidence_sum", "confidence_sq"}
@@ -87,3 +88,10 @@ async def read_unit_table(store: Store, experiment: str, arms: Sequence[str], qu
         arms=tuple(arms), periods=await store.periods(experiment), arm=arm[order], assigned=assigned[order],
         period=period[order], unit=unit[order], keyed=~np.char.startswith(names[order], PSEUDO_PREFIX),
         labels=labels, tail=tail, tail_threshold_ms=threshold, **sums)
+
+
+async def table_for(store: Store, experiment: str, arms: Sequence[str], config: JudgeConfig) -> UnitTable:
+    """``store.unit_table`` with the tail threshold ``config`` sets (its ``quantile`` of the control's first
+    ``min_samples.latency_p99`` answers): what the router's report, ``serving report --store`` and the rollout
+    controller read, so they judge the same table."""
+    return await store.unit_table(experiment, tuple(arms), config.quantile, config.min_samples.latency_p99)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -34,6 +35,7 @@ from starlette.routing import Route
 
 from experiments.errors import ExperimentError
 from experiments.experiment_report import build_report, render_markdown
+from experiments.judge import JudgeConfig, UnitTable
 from experiments.store import StoreUnavailable
 from serving.router.errors import BadRequest, Conflict, NotFound, RouterError
 from serving.router.state import RouterState, get_state
@@ -166,33 +168,52 @@ async def report(request: Request) -> Response:
     if fmt not in {"json", "markdown"}:
         raise BadRequest(f"format must be json or markdown, got {fmt!r}")
     seed = int(_query_float(request, "seed", 0, 0, 2**32 - 1))
-    snapshot, drift, source, audit = await report_data(state)
+    config = JudgeConfig(alpha=alpha)
+    data = await report_data(state, config)
 
     def work() -> dict:
-        return build_report(exp, snapshot, alpha, resamples, np.random.default_rng(seed), drift() if drift else None)
+        return build_report(exp, data.snapshot, data.table, alpha, resamples, np.random.default_rng(seed),
+                            data.drift() if data.drift else None, config)
 
     result = await anyio.to_thread.run_sync(work)
-    result["data_source"] = source
-    if audit is not None:
-        result["audit"] = audit
+    result["data_source"] = data.source
+    if data.audit is not None:
+        result["audit"] = data.audit
     if fmt == "markdown":
         return PlainTextResponse(render_markdown(result), media_type="text/markdown")
     return JSONResponse(result)
 
 
-async def report_data(state: RouterState) -> tuple[dict, Callable[[], dict] | None, str, list[dict] | None]:
-    """The report's per-arm snapshot, its drift (a function, for the worker thread; None: no drift section),
-    where they came from, and the audit log: from the store (every replica's traffic and monitored texts)
-    when there is one and it answers, else from this replica's memory."""
+@dataclass(frozen=True)
+class ReportData:
+    """What a report is built from, and where it came from."""
+
+    snapshot: dict
+    """The per-arm data (``Recorder.snapshot()`` or ``Store.snapshot()``)."""
+    table: UnitTable | None
+    """The judge's unit table; None when the store is unavailable (a replica's memory alone is not judged)."""
+    drift: Callable[[], dict] | None
+    """The drift report (a function, for the worker thread); None: no drift section."""
+    source: str
+    audit: list[dict] | None
+
+
+async def report_data(state: RouterState, config: JudgeConfig) -> ReportData:
+    """The report's data: from the store (every replica's traffic, unit table and monitored texts) when there is
+    one and it answers; from this replica's memory (its in-memory judge) when there is none; from this
+    replica's memory without verdicts when the store is down (one replica's share would be judged apart from
+    the fleet's, and differently on each replica)."""
     memory_drift = state.drift.report if state.drift is not None else None
     if state.store is None:
-        return state.recorder.snapshot(), memory_drift, "this replica's memory (no store)", None
+        return ReportData(state.recorder.snapshot(), state.recorder.unit_table(), memory_drift,
+                          "this replica's memory (no store)", None)
     try:
-        return (await state.store.snapshot(), await state.store.drift(),
-                f"store, latencies: newest {state.config.latency_window} per arm", await state.store.audit())
+        return ReportData(await state.store.snapshot(), await state.store.unit_table(config), await state.store.drift(),
+                          f"store, latencies: newest {state.config.latency_window} per arm", await state.store.audit())
     except StoreUnavailable as e:
-        log.warning("report from this replica's memory: the store is unavailable (%s)", e)
-        return state.recorder.snapshot(), memory_drift, "this replica's memory (store unavailable)", None
+        log.warning("report from this replica's memory, without verdicts: the store is unavailable (%s)", e)
+        return ReportData(state.recorder.snapshot(), None, memory_drift,
+                          "this replica's memory (store unavailable: no verdicts)", None)
 
 
 async def audit(request: Request) -> Response:

@@ -3,11 +3,14 @@
 ``Recorder`` owns a per-app ``CollectorRegistry`` (no module-level state, so several apps can live
 in one process, as the tests do) plus bounded in-memory windows the report's statistics read:
 recent latencies per arm, predicted-label counts, shadow agreement, feedback outcomes, and the recent
-request ids that feedback refers to.
+request ids that feedback refers to. Without an experiment store it also feeds an in-memory
+``experiments.judge.Judge`` (``start_judge``): every answer, final server error and feedback with its unit (the
+sticky key) and period, in O(1); with a store the judge reads the store's unit table instead.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -17,7 +20,10 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 
 from experiments.arm_record import ArmRecord, Window
+from experiments.judge import Judge, JudgeConfig, UnitTable
 from experiments.judge.snapshot import Moments
+
+log = logging.getLogger(__name__)
 
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -50,12 +56,16 @@ class RequestRef:
     period: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Served:
-    """What the router remembers of a served request, for feedback."""
+    """What the router remembers of a served request, for feedback: the arm that served it, its labels, and
+    (for the in-memory judge) its sticky key, assigned arm and period."""
 
     arm: str
     labels: tuple[str, ...]
+    key: str | None = None
+    assigned: str | None = None
+    period: int | None = None
 
 
 class Recorder:
@@ -108,6 +118,8 @@ class Recorder:
         """The experiment store's ``RecordSink`` (``serving.router.record_sink``), or None: no store."""
         self.inflight = InFlight()
         """Requests in flight (``inc()`` / ``dec()``), exported as ``router_inflight_requests``."""
+        self.judge: Judge | None = None
+        """The in-memory judge (``start_judge``; routers without a store), or None."""
         self.m_inflight.labels(experiment).set_function(lambda: self.inflight.value)
         self._children: dict[tuple, object] = {}
 
@@ -125,6 +137,38 @@ class Recorder:
         if name not in table:
             table[name] = ArmRecord(latency=Window(self._window))
         return table[name]
+
+    def start_judge(self, arms: Sequence[str], shares: dict[str, float], period: int,
+                    config: JudgeConfig | None = None) -> None:
+        """Judge this replica's traffic in memory from now on (a router without a store), starting in ``period``."""
+        with self._lock:
+            self.judge = Judge(config, arms, shares, period)
+
+    def experiment_changed(self, arms: Sequence[str], shares: dict[str, float], period: int) -> None:
+        """The weights changed (a new ``period``): the in-memory judge starts a period with them. New arms make
+        a new experiment: the judge starts afresh (its earlier traffic compared other arms)."""
+        with self._lock:
+            judge = self.judge
+            if judge is None or period == judge.period:
+                return
+            if tuple(arms) != judge.arms:
+                log.warning("the arms changed (%s -> %s): the in-memory judge starts afresh", judge.arms, tuple(arms))
+                self.judge = Judge(judge.config, arms, shares, period)
+            else:
+                judge.weights_changed(shares, period)
+
+    def unit_table(self) -> UnitTable | None:
+        """The in-memory judge's table now (None without one), taken under the recorder's lock."""
+        with self._lock:
+            return None if self.judge is None else self.judge.table()
+
+    def _judge(self, method: str, *args, **kwargs) -> None:
+        """One sample to the in-memory judge (under ``_lock``). A request of an arm or period the judge no longer
+        knows (in flight across an arms change) is left out, never an error on the request path."""
+        try:
+            getattr(self.judge, method)(*args, **kwargs)
+        except (KeyError, ValueError) as e:
+            log.debug("left out of the in-memory judge: %s", e)
 
     def set_shares(self, shares: dict[str, float]) -> None:
         for arm, share in shares.items():
@@ -153,7 +197,9 @@ class Recorder:
                 observe = self._child(self.m_confidence, arm).observe
                 for x in confidences:
                     observe(x)
-            self._served[request_id] = Served(arm, labels)
+            if self.judge is not None:
+                self._judge("answered", arm, latency_s * 1000.0, labels, confidences or None, key, assigned, period)
+            self._served[request_id] = Served(arm, labels, key, assigned, period)
             self._served.move_to_end(request_id)
             while len(self._served) > self._log_size:
                 old, _ = self._served.popitem(last=False)
@@ -171,6 +217,8 @@ class Recorder:
             self.sink.error(arm, code, request)
         with self._lock:
             self._arm(arm).errors[str(code)] += 1
+            if self.judge is not None and request is not None:
+                self._judge("failed", arm, unit=request.key, assigned=request.assigned, period=request.period)
         self.m_errors.labels(self.experiment, arm, str(code), "server").inc()
 
     def client_error(self, arm: str, code: int | str) -> None:
@@ -234,6 +282,8 @@ class Recorder:
             rec = self._arm(served.arm)
             rec.feedback_total += 1
             rec.feedback_correct += correct
+            if self.judge is not None:
+                self._judge("feedback", served.arm, correct, served.key, served.period, served.assigned)
         self.m_feedback.labels(self.experiment, served.arm, str(correct).lower()).inc()
         return served.arm, correct
 

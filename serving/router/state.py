@@ -4,7 +4,8 @@ Weights change by swapping ``current`` (an immutable ``(Experiment, Assigner, pe
 assignment: a request reads the triple once when it starts, so in-flight requests finish with the
 assignment they started with, no request ever sees a half-updated experiment, and each request's arm
 and period are read together. The period is the store revision in force (with a store), or a counter in
-memory that moves on every weight change (without one): the judge compares arms within each period.
+memory that moves on every weight change (without one): the judge compares arms within each period (the
+store's unit table, or the recorder's in-memory ``Judge``, which starts a period on every change).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class RouterState:
         """``admin_token``: the text of the token file or variable (see ``parse_tokens``)."""
         recorder = Recorder(experiment.name, config.latency_window, config.request_log_size)
         recorder.set_shares(experiment.shares)
+        if not config.store:  # with a store the judge reads every replica's traffic from it
+            recorder.start_judge(experiment.arm_names, experiment.shares, FIRST_PERIOD)
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
         return cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
@@ -105,6 +108,7 @@ class RouterState:
             period = old_period + 1 if experiment.shares != old.shares else old_period
         self.current = (experiment, Assigner(experiment), period)
         self.recorder.set_shares(experiment.shares)
+        self.recorder.experiment_changed(experiment.arm_names, experiment.shares, period)
         log.info("experiment %s updated (%s): shares %s, period %d", experiment.name, why,
                  {k: round(v, 4) for k, v in experiment.shares.items()}, period)
 

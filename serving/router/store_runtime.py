@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from experiments.drift.monitor import FeatureDrift, drift_report
+from experiments.judge import JudgeConfig, UnitTable
 from experiments.spec import Experiment
 from experiments.store import open_store
 from experiments.store.base import DuplicateFeedback, Revision, StoreUnavailable, audit_entry
 from experiments.store.sync import experiment_of, follow, reconcile, spec_of
+from experiments.store.unit_table import table_for
 from experiments.store.writer import BatchWriter
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, Conflict, RouterError
@@ -148,6 +150,13 @@ class StoreRuntime:
         assert self._state is not None
         return await self.store.snapshot(self._state.experiment.name, self.config.latency_window)
 
+    async def unit_table(self, config: JudgeConfig) -> UnitTable:
+        """The judge's unit table over every replica's traffic, its tail threshold by ``config`` (raises
+        ``StoreUnavailable``)."""
+        assert self._state is not None
+        exp = self._state.experiment
+        return await table_for(self.store, exp.name, exp.arm_names, config)
+
     async def drift(self) -> Callable[[], dict[str, dict[str, FeatureDrift]]] | None:
         """The drift every replica monitored, from the store: a function that compares each arm's window
         with its reference (CPU work, for a worker thread); None when no replica monitored drift."""
@@ -159,4 +168,3 @@ class StoreRuntime:
         """The newest revisions, oldest first, as JSON-able dicts (the audit log)."""
         assert self._state is not None
         return [audit_entry(r) for r in await self.store.revisions(self._state.experiment.name, limit)]
-

@@ -17,6 +17,10 @@ rolled back (``progressive.py``).
 ``python -m workflows drill drift``: half of the traffic switches from held-out reviews to news headlines;
 each arm's drift gauge must show it within a stated number of requests, and not before (``drift.py``).
 
+``python -m workflows.drills aa``: both arms serve the same version to users that differ (their own texts, a
+few heavy users) while a rollout ramps the treatment; the judge must never give a verdict (nor a sample-ratio
+mismatch) at any look, and the rollout must complete (``aa.py``).
+
 All write ``reports/DRILL-TIMESTAMP/`` (drill.json, drill.md and the full load-test report inside).
 """
 

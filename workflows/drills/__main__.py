@@ -1,5 +1,5 @@
-"""``python -m workflows drill ramp|fault|rollout-good|rollout-bad|rollout-slow|drift [--config FILE] [flags]``: run a
-drill and print its report; exit 0 when the drill met its bar, 1 when it did not."""
+"""``python -m workflows drill ramp|fault|rollout-good|rollout-bad|rollout-slow|drift|aa [--config FILE] [flags]``:
+run a drill and print its report; exit 0 when the drill met its bar, 1 when it did not."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 from tunestack.cli import Command, Commands, parse_dataclass
 from tunestack.logs import setup_logging
 from workflows.drills import DrillConfig, fault_drill, ramp_drill
+from workflows.drills.aa import aa_drill
 from workflows.drills.drift import drift_drill
 from workflows.drills.progressive import EXPECTED, ROLLOUT_DRILLS, progressive_drill
 
-DRILLS = ("ramp", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift")
+DRILLS = ("ramp", "fault", *(f"rollout-{d}" for d in ROLLOUT_DRILLS), "drift", "aa")
 
 
 def parse_drill(drill: str, argv: list[str]) -> DrillConfig:
@@ -27,6 +28,9 @@ def run_drill(drill: str, argv: list[str]) -> int:
     if drill.startswith("rollout-"):
         summary = progressive_drill(cfg, drill.removeprefix("rollout-"))
         ok = summary["decision"] == EXPECTED[drill.removeprefix("rollout-")]
+    elif drill == "aa":
+        summary = aa_drill(cfg)
+        ok = summary["passed"]
     elif drill == "drift":
         summary = drift_drill(cfg)
         ok = summary["detected_within_bound"] and not summary["false_alarm_in_domain"]
@@ -42,7 +46,8 @@ def run_drill(drill: str, argv: list[str]) -> int:
 
 HELP = {"ramp": "publish, load, ramp 0 -> 10 -> 50 -> 100 %, unload the old version, under load",
         "fault": "kill and restart tritonserver under load; malformed requests under load",
-        "drift": "half the traffic switches to news headlines; the drift gauges must show it"}
+        "drift": "half the traffic switches to news headlines; the drift gauges must show it",
+        "aa": "both arms the same version, users that differ, a rollout: no false verdict at any look, promoted"}
 COMMANDS = Commands("python -m workflows drill", "Operational drills under continuous Locust load "
                     "(see workflows/drills/__init__.py).",
                     {d: Command(partial(run_drill, d), HELP.get(d, f"the rollout controller under load: {d}"))

@@ -51,6 +51,16 @@ class DrillConfig:
     """Rollout drill bad: the run whose fp32 export (an adapter trained for a few steps) is the candidate."""
     rollout_load_s: float = 300.0
     """Rollout drills good/bad/slow: seconds of load (the controller must decide within them, or it holds)."""
+    aa_users: int = 300
+    """A/A drill: distinct user ids (sticky keys) the arrivals come from."""
+    aa_activity: float = 0.7
+    """A/A drill: the users' Zipf activity exponent (the k-th id's weight k^-s: a few heavy users)."""
+    aa_text_window: float = 0.05
+    """A/A drill: the share of the held-out texts in each user's own window (sorted by label, then length)."""
+    aa_load_s: float = 240.0
+    """A/A drill: seconds of load; the rollout must complete within them (a step undecided for half of it holds)."""
+    look_s: float = 3.0
+    """A/A drill: seconds between two reads of the router's report."""
 
     @property
     def layout(self) -> RunLayout:

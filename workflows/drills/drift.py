@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from experiments.experiment_report import render_markdown
 from experiments.spec import write_experiment
 from export.contract import CONTRACT
 from export.publish import publish
@@ -136,8 +137,8 @@ def drift_drill(cfg: DrillConfig, in_domain_s: float = IN_DOMAIN_S, ood_s: float
             switched = background.join()
         wait_drained(router.url)
         after = drift_state(router.url)
-        report_md = httpx.get(f"{router.url}/v2/experiments/{EXPERIMENT}/report", params={"format": "markdown"},
-                              timeout=60).text
+        report = httpx.get(f"{router.url}/v2/experiments/{EXPERIMENT}/report", timeout=60).raise_for_status().json()
+    report_md = render_markdown(report)
     (folder / "router_report.md").write_text(report_md)
     arms = sorted(after)
     summary = {
@@ -151,6 +152,9 @@ def drift_drill(cfg: DrillConfig, in_domain_s: float = IN_DOMAIN_S, ood_s: float
             a in detected and detected[a]["requests_after_switch"] <= max_requests for a in arms),
         "loadtest_reports": [str(in_domain.report), str(switched.report)],
         "reference": CONTRACT.drift_reference_file,
+        "judge_headline": report["judge"]["headline"] if report.get("judge") else "no verdicts",
+        "drift_guardrail": {t: j["metrics"]["drift"]["verdict"]
+                            for t, j in (report.get("judge") or {}).get("treatments", {}).items() if "drift" in j["metrics"]},
     }
     write_report(folder, summary, drift_markdown(summary, report_md))
     return summary
@@ -170,5 +174,7 @@ def drift_markdown(s: dict, router_report: str) -> str:
                      f"| {hit['requests_after_switch'] if hit else 'not detected'} | {hit['psi'] if hit else '-'} "
                      f"| {end.get('drift_psi', float('nan')):.3f} |")
     drift_section = router_report[router_report.find("## Drift"):] if "## Drift" in router_report else ""
-    lines += ["", drift_section.split("\n## ")[0].strip(), "", "Load-test reports: " + ", ".join(s["loadtest_reports"])]
+    guardrail = ", ".join(f"{t} {v}" for t, v in s["drift_guardrail"].items()) or "none"
+    lines += ["", f"The judge at the end: {s['judge_headline']} Drift guardrail: {guardrail}.", "",
+              drift_section.split("\n## ")[0].strip(), "", "Load-test reports: " + ", ".join(s["loadtest_reports"])]
     return "\n".join(lines) + "\n"
