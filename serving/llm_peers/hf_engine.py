@@ -23,8 +23,9 @@ class TransformersGeneration:
 
     def __init__(self, engine: TransformersEngine, request: ChatRequest):
         self.engine, self.request = engine, request
-        self.inputs = engine.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
-                                                           return_tensors="pt", return_dict=True)
+        encoded = engine.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
+                                                       return_tensors="pt", return_dict=True)
+        self.inputs = {k: encoded[k] for k in ("input_ids", "attention_mask")}  # not token_type_ids: Llama has none
         self.prompt_tokens = int(self.inputs["input_ids"].shape[1])
         check_room(self.prompt_tokens, request, engine.context)
         self.completion_tokens, self.finish_reason = 0, ""
