@@ -30,7 +30,7 @@ help:
 	@echo "make train          fine-tuning (TRAIN_ARGS="--method full", default LoRA) -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
 	@echo "make train-llm      causal LM (SmolLM2-135M-Instruct) -> runs/\$$LLM_NAME/adapter (LLM_NAME=$(LLM_NAME), LLM_TIME_BUDGET=$(LLM_TIME_BUDGET) s)"
 	@echo "make export-llm     the causal LM -> ONNX with KV cache, fp32+int8, token-parity and int8 gates -> $(REPOSITORY)/$(LLM_MODEL)"
-	@echo "make bench-llm      its streams in-process vs Triton HTTP vs gRPC, batched per step or not -> reports/bench-llm-TIMESTAMP/"
+	@echo "make bench-llm      its streams in-process vs Triton HTTP/gRPC vs transformers and onnxruntime-genai peers -> reports/bench-llm-TIMESTAMP/"
 	@echo "make compare        full vs freeze vs LoRA vs IA3 vs LoHa: train, export, time -> reports/compare-TIMESTAMP/ (COMPARE_BUDGET=s per method)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export-TIMESTAMP/"
@@ -92,7 +92,8 @@ train-llm: install
 export-llm: install
 	$(PY) -m export --adapter runs/$(LLM_NAME)/adapter --repository $(REPOSITORY) --model-name $(LLM_MODEL)
 
-# make bench-llm LLM_BENCH_ARGS="--variant int8 --concurrency 1,8": TTFT, inter-token latency, tokens/s
+# make bench-llm LLM_BENCH_ARGS="--quick" (or "--concurrency 1,8 --peers transformers"): tokens/s, TTFT, ITL,
+# TPOT, goodput per path and peer, and the goals (bench.json "ratios")
 LLM_BENCH_ARGS ?=
 bench-llm: install
 	$(PY) -m serving.llm_bench --onnx-dir runs/$(LLM_NAME)/onnx $(LLM_BENCH_ARGS)

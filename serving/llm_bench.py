@@ -1,17 +1,28 @@
-"""``python -m serving.llm_bench``: a causal LM's streams in-process vs through Triton (HTTP generate_stream,
-gRPC stream), with iteration-level batching and with a thread per stream, at 1/2/4/8 concurrent streams.
+"""``python -m serving.llm_bench``: the generation benchmark, every option side by side in one run: a causal LM's
+streams in-process (the limit), through Triton (HTTP generate_stream, gRPC stream; iteration-level batching
+and a thread per stream), and through the peers a user would run instead (``serving.llm_peers``: transformers
+``generate`` + ``TextIteratorStreamer`` behind FastAPI, onnxruntime-genai at fp32/int8/int4), at 1/2/4/8
+concurrent streams.
 
-One run publishes the export's variant twice into a temporary repository (one model per ``--batching`` mode,
-``export.publish_causal``), starts the real tritonserver on it, and opens the same modes in-process
-(``export.scheduler`` over ``export.generate.Generator``: the code the served model runs, without Triton).
-Every arm (transport x batching x concurrency) runs once per phase, side by side (``tunestack.bench.run_phases``,
-mirrored order), on the same held-out prompts in the same phase. In an arm, ``c`` client threads start
-together and each streams ``--requests`` completions of exactly ``--new-tokens`` tokens (``ignore_eos``),
-greedy. Per arm: time to first token (request sent -> first token received), inter-token latency (gaps
-between a stream's tokens), and tokens/s (all streams' tokens / the arm's wall time) per phase.
-The clients share the machine with the server: on a small machine they are part of what is measured.
+    make bench-llm                                   # = python -m serving.llm_bench --onnx-dir runs/llm/onnx
+    python -m serving.llm_bench --quick              # 1 and 8 streams, 4 tokens, 2 phases (the e2e test's)
 
-Writes ``reports/bench-llm-TIMESTAMP/`` (bench.md, bench.json, inter-token latency CDFs) and prints the tables.
+One run publishes the export's variant into a temporary repository (one model per ``--batching`` mode,
+``export.publish_causal``), starts the real tritonserver on it, opens the same modes in-process
+(``export.scheduler`` over ``export.generate.Generator``: the code the served model runs, without Triton),
+builds the onnxruntime-genai models from the merged folder the export came from (its builder, in a child
+process) and starts each peer (``python -m serving.llm_peers`` on 127.0.0.1 and a free port); all of it is
+stopped at the end. Every arm (path x batching x concurrency) runs once per phase, side by side
+(``tunestack.bench.run_phases``, mirrored order), on the same held-out prompts in the same phase, after one
+warm-up completion per path. In an arm, ``c`` client threads start together and each streams ``--requests``
+completions of exactly ``--new-tokens`` tokens (past the EOS token), greedy (``serving.llm_bench_paths``).
+Per arm (``serving.llm_bench_report``, with vLLM's definitions: ``tunestack.bench.streams``): output tokens/s,
+TTFT, ITL, TPOT, e2e latency, goodput under ``--slo-ttft-ms``/``--slo-tpot-ms``; the report's ``ratios``
+are the product's goals. The clients share the machine with the servers: on a small machine they are part
+of what is measured.
+
+Writes ``reports/bench-llm-TIMESTAMP/`` (bench.md, bench.json, latency CDFs, each server's log) and prints the
+tables.
 """
 
 from __future__ import annotations
@@ -20,9 +31,7 @@ import json
 import logging
 import os
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,40 +39,61 @@ import numpy as np
 
 from export.config import ExportConfig, serving_defaults
 from export.contract import DECODE_BATCHING, GENERATIVE, GENERATIVE_VARIANT_FILES
-from export.decoding import SamplingParams
 from export.generate import Generator
+from export.onnx_causal import SOURCE_FILE
 from export.publish_causal import publish_causal
-from export.scheduler import QueueSink, Scheduler, make_scheduler
-from serving.llm_client import TritonLLM
+from export.scheduler import make_scheduler
+from serving.llm_bench_paths import (
+    StreamerFactory,
+    in_process_streamer,
+    openai_streamer,
+    run_streams,
+    triton_streamer,
+)
+from serving.llm_bench_report import (
+    IN_PROCESS,
+    PEER_BATCHING,
+    SERVED,
+    arm_name,
+    batching_gain,
+    goals,
+    render,
+    summarize_arm,
+)
+from serving.llm_peers import PEERS, PeerServer
 from serving.triton import TritonServer
-from tunestack.bench import BenchOutput, BenchRun, markdown_table, run_phases, summarize
+from tunestack.bench import SLO, BenchOutput, BenchRun, run_phases
 from tunestack.cli import parse_dataclass
+from tunestack.files import sha256
 from tunestack.problems import raise_problems
 
 log = logging.getLogger(__name__)
 
-IN_PROCESS = "in-process"
-TRANSPORTS = (IN_PROCESS, "http", "grpc")
+TRANSPORTS = (IN_PROCESS, *SERVED)
 """in-process: the scheduler called directly; http: Triton's generate_stream (SSE); grpc: ModelStreamInfer."""
-
-Streamer = Callable[[dict], Iterator[float]]
-"""Streams one prompt (``{"text", "ids"}``), yielding ``time.perf_counter()`` as each token arrives."""
+QUICK = {"concurrency": (1, 8), "new_tokens": 4, "requests": 1, "phases": 2, "batching": ("continuous",)}
+"""What ``--quick`` sets: both goals' concurrency levels, short completions, two phases, the served batching."""
 
 
 @dataclass
 class LLMBenchConfig(BenchOutput):
-    """Streams of an exported causal LM: in-process vs Triton HTTP vs gRPC, batched per step or not."""
+    """A causal LM's streams in-process vs Triton vs the peers, side by side (see the module docstring)."""
 
     onnx_dir: Path = Path("runs/llm/onnx")
     """The export folder (gated: parity.json), with heldout.jsonl for the prompts."""
+    merged_dir: Path | None = None
+    """The merged Hugging Face folder the export came from, for the peers (default: ONNX_DIR/../merged; its
+    weights must be the ones export_source.json names)."""
     variant: str = "fp32"
     """The variant served (fp32 or int8)."""
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     """Concurrent streams per arm."""
     transports: tuple[str, ...] = TRANSPORTS
-    """Paths measured: in-process, http, grpc."""
+    """Paths of the project's decode loop: in-process, http, grpc."""
     batching: tuple[str, ...] = DECODE_BATCHING
-    """Decode modes measured: continuous (iteration-level batching) and/or none (a thread per stream)."""
+    """Decode modes of those paths: continuous (iteration-level batching) and/or none (a thread per stream)."""
+    peers: tuple[str, ...] = tuple(PEERS)
+    """Peers measured beside them (none: an empty value): transformers, ortgenai-fp32, ortgenai-int8, ortgenai-int4."""
     new_tokens: int = 32
     """Tokens per completion (generated past the EOS token: every completion has this length)."""
     requests: int = 2
@@ -71,23 +101,37 @@ class LLMBenchConfig(BenchOutput):
     phases: int = 3
     """Times every arm runs, side by side with the others."""
     threads: int = 0
-    """ONNX Runtime intra-op threads per model (0: the published default for this machine)."""
+    """Intra-op threads of every engine (ONNX Runtime, torch; 0: the published default for this machine)."""
     max_sequences: int = 8
     """Streams decoded at once per model (the rest wait)."""
+    slo_ttft_ms: float = 2000.0
+    """Goodput: a request's time to first token at most this (ms)."""
+    slo_tpot_ms: float = 250.0
+    """Goodput: a request's time per output token at most this (ms)."""
+    quick: bool = False
+    """Replace concurrency, new_tokens, requests, phases and batching with QUICK's (1 and 8 streams, 4 tokens,
+    1 request, 2 phases, continuous): the e2e test's setting."""
 
     def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in QUICK.items():
+                setattr(self, name, value)
         self.onnx_dir = Path(self.onnx_dir)
+        self.merged_dir = Path(self.merged_dir) if self.merged_dir else self.onnx_dir.parent / "merged"
         problems = [f"unknown transport {t!r}; expected: {', '.join(TRANSPORTS)}" for t in self.transports
                     if t not in TRANSPORTS]
         problems += [f"unknown batching {b!r}; expected: {', '.join(DECODE_BATCHING)}" for b in self.batching
                      if b not in DECODE_BATCHING]
+        problems += [f"unknown peer {p!r}; expected: {', '.join(PEERS)}" for p in self.peers if p not in PEERS]
         if self.variant not in GENERATIVE_VARIANT_FILES:
             problems.append(f"unknown variant {self.variant!r}; expected: {', '.join(GENERATIVE_VARIANT_FILES)}")
-        for name in ("new_tokens", "requests", "phases", "max_sequences"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("new_tokens", "requests", "phases", "max_sequences", "slo_ttft_ms", "slo_tpot_ms"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.concurrency or min(self.concurrency) < 1:
             problems.append(f"concurrency must be one or more counts >= 1, got {self.concurrency}")
+        if not self.batching:
+            problems.append("batching must name at least one mode")
         raise_problems(problems, ValueError, "llm bench config")
 
 
@@ -95,175 +139,127 @@ def model_name(batching: str) -> str:
     return f"{GENERATIVE.default_model_name}-{batching}"
 
 
-def in_process_streamer(scheduler: Scheduler, new_tokens: int) -> Callable[[], Streamer]:
-    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-
-    def stream(prompt: dict) -> Iterator[float]:
-        sink = QueueSink()
-        scheduler.submit(prompt["ids"], params, sink)
-        for _ in sink:
-            yield time.perf_counter()
-
-    return lambda: stream
+def read_prompts(onnx_dir: Path) -> list[dict]:
+    """The held-out prompts: the rendered ``text`` and the chat ``messages`` it was rendered from."""
+    prompts = []
+    for row in map(json.loads, (onnx_dir / "heldout.jsonl").read_text().splitlines()):
+        messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + \
+                   [{"role": "user", "content": row["user"]}]
+        prompts.append({"text": row["prompt"], "messages": messages})
+    return prompts
 
 
-def triton_streamer(url: str, protocol: str, model: str, new_tokens: int) -> Callable[[], Streamer]:
-    """A factory: each client thread makes its own (one ``TritonLLM`` runs one stream at a time)."""
-    def make() -> Streamer:
-        llm = TritonLLM(url, protocol, model, timeout=300)
-        return lambda prompt: (c.received_s for c in llm.stream(prompt["text"], max_tokens=new_tokens, ignore_eos=True))
-
-    return make
-
-
-def run_streams(make: Callable[[], Streamer], prompts: list[dict], concurrency: int, requests: int) -> dict:
-    """``concurrency`` threads start together, each streaming ``requests`` completions; their figures."""
-    ttft: list[list[float]] = [[] for _ in range(concurrency)]
-    itl: list[list[float]] = [[] for _ in range(concurrency)]
-    tokens = [0] * concurrency
-    barrier = threading.Barrier(concurrency + 1)
-    errors: list[BaseException] = []
-
-    def worker(k: int) -> None:
-        stream = make()
-        barrier.wait()
-        try:
-            for r in range(requests):
-                sent = time.perf_counter()
-                times = np.asarray(list(stream(prompts[(k * requests + r) % len(prompts)])))
-                ttft[k].append((times[0] - sent) * 1000)
-                itl[k].extend(np.diff(times) * 1000)
-                tokens[k] += len(times)
-        except BaseException as e:  # noqa: BLE001 - reported by the caller, after every thread ended
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return {"ttft_ms": [x for xs in ttft for x in xs], "itl_ms": [x for xs in itl for x in xs],
-            "tokens": sum(tokens), "wall_s": wall}
+def checked_merged_dir(cfg: LLMBenchConfig) -> Path:
+    """The merged folder, refused when its weights are not the ones the ONNX export was made from."""
+    merged, source = cfg.merged_dir, cfg.onnx_dir / SOURCE_FILE
+    if not (merged / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the peers need the merged folder: {merged / 'model.safetensors'} does not exist "
+                                "(set --merged-dir, or --peers '' to measure without peers)")
+    if source.is_file():
+        expected, found = json.loads(source.read_text())["merged_sha256"], sha256(merged / "model.safetensors")
+        if expected != found:
+            raise ValueError(f"{merged} is not the model {cfg.onnx_dir} was exported from (sha256 {found[:12]}, "
+                             f"{SOURCE_FILE} names {expected[:12]})")
+    else:
+        log.warning("%s has no %s: cannot check that %s is the same model", cfg.onnx_dir, SOURCE_FILE, merged)
+    return merged
 
 
-def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], Callable[[], Streamer]],
+def decode_loop_paths(cfg: LLMBenchConfig, stack: ExitStack, folder: Path, report: Path, threads: int,
+                      prompts: list[dict]) -> dict[tuple[str, str], StreamerFactory]:
+    """In-process and Triton paths: publish, open the schedulers, start tritonserver; the prompts get their ids."""
+    repository = folder / "model_repository"
+    for batching in cfg.batching:
+        publish_causal(cfg.onnx_dir, cfg.variant, ExportConfig(
+            task="causal-lm", repository=repository, model_name=model_name(batching), decode_batching=batching,
+            max_sequences=cfg.max_sequences, intra_op_threads=threads, instance_count=1))
+    generator = Generator.from_folder(repository / model_name(cfg.batching[0]) / "1", threads=threads)
+    for prompt in prompts:
+        prompt["ids"] = generator.encode(prompt["text"])
+    streamers = {}
+    if IN_PROCESS in cfg.transports:
+        for b in cfg.batching:
+            scheduler = make_scheduler(b, generator, cfg.max_sequences)
+            stack.callback(scheduler.close)
+            streamers[(IN_PROCESS, b)] = in_process_streamer(scheduler, cfg.new_tokens)
+    served = [t for t in cfg.transports if t != IN_PROCESS]
+    if served:
+        server = stack.enter_context(TritonServer(repository, startup_timeout=600, log_file=report / "tritonserver.log"))
+        for t in served:
+            for b in cfg.batching:
+                url = server.grpc_url if t == "grpc" else server.http_address
+                streamers[(t, b)] = triton_streamer(url, t, model_name(b), cfg.new_tokens)
+    return streamers
+
+
+def peer_paths(cfg: LLMBenchConfig, stack: ExitStack, folder: Path, report: Path,
+               threads: int) -> dict[tuple[str, str], StreamerFactory]:
+    """Build what each peer loads and start it (stopped by ``stack``)."""
+    from serving.llm_peers.ortgenai_build import build_in_child
+
+    if not cfg.peers:
+        return {}
+    merged, streamers = checked_merged_dir(cfg), {}
+    for name in cfg.peers:
+        engine, precision = PEERS[name]
+        model_dir = merged if precision is None else build_in_child(
+            merged, folder / name, precision, report / f"{name}-build.log")
+        peer = stack.enter_context(PeerServer(name, engine, model_dir, GENERATIVE.default_model_name, threads,
+                                              report / f"{name}.log"))
+        streamers[(name, PEER_BATCHING)] = openai_streamer(peer.url, GENERATIVE.default_model_name, cfg.new_tokens)
+    return streamers
+
+
+def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFactory],
                prompts: list[dict]) -> tuple[dict[str, list[dict]], dict[str, tuple[str, str, int]]]:
-    """Every (transport, batching, concurrency) arm, ``cfg.phases`` times, side by side: the results by arm name,
-    and each arm's (transport, batching, concurrency)."""
+    """Every (path, batching, concurrency) arm, ``cfg.phases`` times, side by side: the results by arm name,
+    and each arm's (path, batching, concurrency)."""
     arms, meta = {}, {}
     for c in cfg.concurrency:
-        for (transport, batching), make in streamers.items():
-            name = f"{transport} / {batching} / {c}"
-            meta[name] = (transport, batching, c)
+        for (path, batching), make in streamers.items():
+            name = arm_name(path, batching, c)
+            meta[name] = (path, batching, c)
 
             def arm(phase: int, make=make, c=c, name=name) -> dict:
                 shift = phase * c * cfg.requests % len(prompts)  # each phase its own prompts, the same for every arm
                 result = run_streams(make, prompts[shift:] + prompts[:shift], c, cfg.requests)
-                log.info("phase %d/%d  %-28s %7.1f tokens/s", phase + 1, cfg.phases, name,
-                         result["tokens"] / result["wall_s"])
+                log.info("phase %d/%d  %-32s %7.1f tokens/s", phase + 1, cfg.phases, name,
+                         sum(r.output_tokens for r in result["records"]) / result["wall_s"])
                 return result
 
             arms[name] = arm
-    warm = {key: False for key in streamers}
+    warm = dict.fromkeys(streamers, False)
 
     def warmup(name: str) -> None:
-        transport, batching, _ = meta[name]
-        if not warm[(transport, batching)]:  # one short completion per path: sessions, connections, caches
-            run_streams(streamers[(transport, batching)], prompts, 1, 1)
-            warm[(transport, batching)] = True
+        path, batching, _ = meta[name]
+        if not warm[(path, batching)]:  # one short completion per path: sessions, connections, caches
+            run_streams(streamers[(path, batching)], prompts, 1, 1)
+            warm[(path, batching)] = True
 
     return run_phases(arms, cfg.phases, warmup=warmup, mirror=True), meta
 
 
-def summarize_arm(results: list[dict]) -> dict:
-    rates = [r["tokens"] / r["wall_s"] for r in results]
-    return {"tokens_per_s": round(float(np.mean(rates)), 2), "tokens_per_s_by_phase": [round(x, 2) for x in rates],
-            "tokens": sum(r["tokens"] for r in results),
-            "ttft": summarize([x for r in results for x in r["ttft_ms"]]),
-            "itl": summarize([x for r in results for x in r["itl_ms"]])}
-
-
-def batching_gain(rows: dict[str, dict]) -> list[dict]:
-    """Per transport and concurrency: tokens/s with continuous batching over tokens/s with a thread per stream,
-    as the mean of the per-phase ratios (each phase's arms ran side by side) with their range."""
-    gains = []
-    for name, row in rows.items():
-        if row["batching"] != "continuous":
-            continue
-        other = rows.get(name.replace("/ continuous /", "/ none /"))
-        if other is None:
-            continue
-        ratios = [a / b for a, b in zip(row["tokens_per_s_by_phase"], other["tokens_per_s_by_phase"], strict=True)]
-        gains.append({"transport": row["transport"], "concurrency": row["concurrency"],
-                      "ratio": round(float(np.mean(ratios)), 3), "low": round(min(ratios), 3),
-                      "high": round(max(ratios), 3)})
-    return gains
-
-
-def render(document: dict) -> str:
-    rows = document["arms"]
-    table = markdown_table(
-        ["transport", "batching", "streams", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "tokens"],
-        [[r["transport"], r["batching"], r["concurrency"], f"{r['tokens_per_s']:.1f}",
-          *(f"{r[k][q]:.1f}" for k in ("ttft", "itl") for q in ("p50_ms", "p99_ms")), r["tokens"]]
-         for r in rows.values()], "lllrrrrrr")
-    gains = markdown_table(["transport", "streams", "continuous / none tokens/s", "per-phase range"],
-                           [[g["transport"], g["concurrency"], g["ratio"], f"{g['low']} - {g['high']}"]
-                            for g in document["batching_gain"]], "lrrr")
-    c = document["config"]
-    return (f"{c['new_tokens']} tokens per completion (past EOS), {c['requests']} completions per stream per phase, "
-            f"{c['phases']} phases, variant {c['variant']} of {c['onnx_dir']}.\n\n{table}\n\n"
-            f"Iteration-level batching against a thread per stream (tokens/s ratio):\n\n{gains}\n")
-
-
-def run(cfg: LLMBenchConfig) -> dict:
-    bench = BenchRun("llm", "Causal LM streams: in-process vs Triton HTTP vs gRPC, batched per step or not", cfg)
+def run(cfg: LLMBenchConfig):
+    bench = BenchRun("llm", "Generation: in-process vs Triton vs transformers and onnxruntime-genai peers", cfg)
     threads = cfg.threads or serving_defaults(os.cpu_count() or 1)["intra_op_threads"]
-    prompts = [{"text": row["prompt"]} for row in map(json.loads, (cfg.onnx_dir / "heldout.jsonl").read_text().splitlines())]
-    with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
-        repository = Path(tmp) / "model_repository"
-        for batching in cfg.batching:
-            publish_causal(cfg.onnx_dir, cfg.variant, ExportConfig(
-                task="causal-lm", repository=repository, model_name=model_name(batching), decode_batching=batching,
-                max_sequences=cfg.max_sequences, intra_op_threads=threads, instance_count=1))
-        version = repository / model_name(cfg.batching[0]) / "1"
-        generator = Generator.from_folder(version, threads=threads)  # one session: the arms run one at a time
-        for prompt in prompts:
-            prompt["ids"] = generator.encode(prompt["text"])
-        schedulers = {b: make_scheduler(b, generator, cfg.max_sequences) for b in cfg.batching
-                      if IN_PROCESS in cfg.transports}
-        served = [t for t in cfg.transports if t != IN_PROCESS]
-        server = TritonServer(repository, startup_timeout=600, log_file=bench.folder / "tritonserver.log") if served else None
-        try:
-            if server:
-                server.start()
-            streamers = {}
-            for transport in cfg.transports:
-                for b in cfg.batching:
-                    if transport == IN_PROCESS:
-                        streamers[(transport, b)] = in_process_streamer(schedulers[b], cfg.new_tokens)
-                    else:
-                        url = server.grpc_url if transport == "grpc" else server.http_address
-                        streamers[(transport, b)] = triton_streamer(url, transport, model_name(b), cfg.new_tokens)
-            results, meta = bench_arms(cfg, streamers, prompts)
-        finally:
-            if server:
-                server.stop()
-            for scheduler in schedulers.values():
-                scheduler.close()
-    rows = {name: {"transport": meta[name][0], "batching": meta[name][1], "concurrency": meta[name][2],
-                   **summarize_arm(r)} for name, r in results.items()}
-    data = {"intra_op_threads": threads, "arms": rows, "batching_gain": batching_gain(rows)}
+    prompts, slo = read_prompts(cfg.onnx_dir), SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms)
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llm-bench-")))
+        streamers = decode_loop_paths(cfg, stack, folder, bench.folder, threads, prompts)
+        streamers |= peer_paths(cfg, stack, folder, bench.folder, threads)
+        results, meta = bench_arms(cfg, streamers, prompts)
+    rows = {name: {"path": meta[name][0], "batching": meta[name][1], "concurrency": meta[name][2],
+                   **summarize_arm(r, slo)} for name, r in results.items()}
+    served = "continuous" if "continuous" in cfg.batching else cfg.batching[0]
+    data = {"intra_op_threads": threads, "merged_dir": str(cfg.merged_dir) if cfg.peers else None,
+            "slo": slo.limits(), "arms": rows, "batching_gain": batching_gain(rows), "ratios": goals(rows, served)}
     top = max(cfg.concurrency)
-    cdfs = {f"inter_token_latency_{top}_streams": {name: np.asarray([x for r in results[name] for x in r["itl_ms"]])
-                                                   for name in results if meta[name][2] == top}}
-    report = bench.write(data, render, cdfs=cdfs)
-    return report
+    at_top = [name for name in results if meta[name][2] == top]
+    cdfs = {f"{stem}_{top}_streams": {name: np.concatenate([getter(rec) for r in results[name] for rec in r["records"]])
+                                      for name in at_top}
+            for stem, getter in (("inter_token_latency", lambda rec: rec.itl_s * 1000),
+                                 ("time_to_first_token", lambda rec: np.asarray([rec.ttft_s * 1000])))}
+    return bench.write(data, render, cdfs=cdfs)
 
 
 def main(argv: list[str] | None = None) -> int:

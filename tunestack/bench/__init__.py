@@ -5,6 +5,8 @@
 - ``tunestack.bench.stats``: exact quantiles, the one result schema (``summarize``: ``n``, ``mean_ms``,
   ``p50_ms``, ``p90_ms``, ``p99_ms``) and the per-phase interval of a difference (``compare``:
   ``diff_p50_ms``, ``diff_p99_ms``);
+- ``tunestack.bench.streams``: what a streamed completion's figures mean (vLLM's definitions of TTFT, ITL,
+  TPOT, e2e latency, output tokens and goodput), ``StreamTimer`` to take them;
 - ``tunestack.bench.report``: ``BenchRun``, the one writer to ``reports/bench-NAME-TIMESTAMP/`` (bench.md,
   bench.json, latency CDF plots), and ``BenchOutput``, the ``--out-dir``/``--out`` fields every bench
   config inherits.
@@ -24,6 +26,15 @@ from tunestack.bench.stats import (
            quantile,
            summarize,
 )
+from tunestack.bench.streams import (
+           SLO,
+           StreamRecord,
+           StreamTimer,
+           goodput,
+           output_tokens_per_s,
+           stream_figures,
+)
 
-__all__ = ["BenchOutput", "BenchReport", "BenchRun", "Interval", "blocked_quantile_diff_ci", "compare",
-           "format_diff", "markdown_table", "ms", "quantile", "run_phases", "split", "summarize", "time_each"]
+__all__ = ["SLO", "BenchOutput", "BenchReport", "BenchRun", "Interval", "StreamRecord", "StreamTimer",
+           "blocked_quantile_diff_ci", "compare", "format_diff", "goodput", "markdown_table", "ms",
+           "output_tokens_per_s", "quantile", "run_phases", "split", "stream_figures", "summarize", "time_each"]
