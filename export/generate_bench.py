@@ -21,6 +21,7 @@ import numpy as np
 from export.contract import GENERATIVE_VARIANT_FILES
 from export.decoding import SamplingParams
 from export.generate import Generator
+from tunestack import names
 from tunestack.cli import parse_dataclass
 
 
@@ -74,7 +75,7 @@ def bench_variant(gen: Generator, prompts: list[list[int]], cfg: GenerateBenchCo
 
 
 def run(cfg: GenerateBenchConfig) -> dict:
-    rows = [json.loads(line) for line in (cfg.onnx_dir / "heldout.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (cfg.onnx_dir / names.HELDOUT_FILE).read_text().splitlines() if line.strip()]
     report = {"onnx_dir": str(cfg.onnx_dir), "new_tokens": cfg.new_tokens, "threads": cfg.threads,
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "machine": platform.platform(),
               "variants": {}}

@@ -28,6 +28,7 @@ from export.errors import InputError
 from export.generate import Generator
 from training.causal_data import read_gen_jsonl
 from training.gen_metrics import perplexity, text_scores, token_nll
+from tunestack import names
 from tunestack.files import sha256
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _gate(fp32: dict, int8: dict | None, cfg: ExportConfig) -> None:
 
 def check_causal_parity(onnx_dir: Path, merged_dir: Path, cfg: ExportConfig) -> dict:
     """Run both gates; write ``onnx_dir/parity.json`` and return it (reused when files and settings are unchanged)."""
-    heldout = cfg.parity_data or merged_dir / "heldout.jsonl"
+    heldout = cfg.parity_data or merged_dir / names.HELDOUT_FILE
     if not heldout.is_file():
         raise InputError(f"no held-out data for the parity gate: {heldout} does not exist (pass --parity-data FILE.jsonl)")
     needed = ["fp32"] + [v for v in cfg.variants if v != "fp32"]

@@ -62,6 +62,7 @@ from serving.llm_bench_report import (
 )
 from serving.llm_peers import PEERS, PeerServer
 from serving.triton import TritonServer
+from tunestack import names
 from tunestack.bench import SLO, BenchOutput, BenchRun, run_phases
 from tunestack.cli import parse_dataclass
 from tunestack.files import sha256
@@ -142,7 +143,7 @@ def model_name(batching: str) -> str:
 def read_prompts(onnx_dir: Path) -> list[dict]:
     """The held-out prompts: the rendered ``text`` and the chat ``messages`` it was rendered from."""
     prompts = []
-    for row in map(json.loads, (onnx_dir / "heldout.jsonl").read_text().splitlines()):
+    for row in map(json.loads, (onnx_dir / names.HELDOUT_FILE).read_text().splitlines()):
         messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + \
                    [{"role": "user", "content": row["user"]}]
         prompts.append({"text": row["prompt"], "messages": messages})
