@@ -65,6 +65,14 @@ def _register_options(parser, **_kwargs) -> None:
     add_locust_arguments(parser)
 
 
+@events.init.add_listener
+def _fresh_clock(environment, **_kwargs) -> None:
+    """gevent's timers count from the event loop's cached clock, which stands still until the loop first runs:
+    it did not while this file and its imports loaded (seconds on a busy machine). Locust sets ``--run-time``
+    right after ``init``; refreshed here, the run lasts its time instead of ending before any request."""
+    gevent.get_hub().loop.update_now()
+
+
 measure.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
 
 
