@@ -7,6 +7,7 @@
 (function () {
   const settings = JSON.parse(document.getElementById("page-settings").textContent);
   const tokenKey = "tunestack-page-token:" + settings.experiment;
+  let token = "";
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
   // Per-arm columns shown only when some arm has them (the generative path's stream metrics).
   const OPTIONAL_COLUMNS = [
