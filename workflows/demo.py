@@ -97,7 +97,8 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
     with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment_file, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          extra_args=["--model-repository", str(cfg.repository)],  # drift monitoring on
+                          # drift monitoring on; a look of the judge every 2 s for the live page's bands
+                          extra_args=["--model-repository", str(cfg.repository), "--look-interval-s", "2"],
                           log_file=folder / "router.log") as router:
         _step(4, f"load: Locust, {cfg.rate:g} requests/s for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
         load_cfg = LoadTestConfig(
