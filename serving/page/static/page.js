@@ -230,7 +230,10 @@
     document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
   }
 
+  // The next poll waits poll_ms, or four times as long as the last answer took when that is longer: a big
+  // store's report costs the router seconds, and an open page should never keep it busy.
   async function poll() {
+    const started = performance.now();
     try {
       const headers = token ? {Authorization: "Bearer " + token} : {};
       const response = await fetch(settings.data_url, {headers, cache: "no-store"});
@@ -246,7 +249,7 @@
     } catch (e) {
       document.getElementById("updated").textContent = "Update failed (" + e.message + "); retrying.";
     } finally {
-      window.setTimeout(poll, settings.poll_ms || 2000);
+      window.setTimeout(poll, Math.max(settings.poll_ms || 2000, 4 * (performance.now() - started)));
     }
   }
 
