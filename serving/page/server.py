@@ -38,7 +38,7 @@ class PageArgs:
     store: str
     """The store URL: sqlite:///PATH or postgresql://..."""
     port: int = names.PAGE_PORT
-    """Port to listen on (127.0.0.1 only); 0: a free one."""
+    """Port to listen on (on 127.0.0.1 only)."""
     log_level: str = "warning"
     """Logging level."""
 

@@ -14,7 +14,7 @@
     {key: "ttft_ms", label: "TTFT p50 ms", sub: ["p50", "estimate"]},
     {key: "itl_ms", label: "ITL p50 ms", sub: ["p50", "estimate"]},
   ];
-  let drawn = false;
+  let drawn = false, lastKey = null;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -216,18 +216,26 @@
   }
 
   function render(doc) {
+    // Redraw only what changed since the last answer: an idle experiment keeps its charts (and their hover).
+    const {generated_at: _, ...rest} = doc.report;
+    const key = JSON.stringify([rest, doc.state, doc.looks_total]);
+    if (key !== lastKey) drawAll(doc);
+    lastKey = key;
     document.body.dataset.generatedAt = doc.report.generated_at;
+    document.getElementById("source").textContent = "Data: " + (doc.report.data_source || "embedded") + ".";
+    document.getElementById("updated").textContent = (settings.static ? "Snapshot of " : "Updated ") + doc.generated_at +
+      ` (${doc.looks_total} looks).`;
+    drawn = true;
+    document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
+  }
+
+  function drawAll(doc) {
     renderHeader(doc);
     renderSampleRatio(doc.report);
     renderVerdicts(doc);
     renderRollout(doc);
     renderArms(doc.report);
     renderDrift(doc);
-    document.getElementById("source").textContent = "Data: " + (doc.report.data_source || "embedded") + ".";
-    document.getElementById("updated").textContent = (settings.static ? "Snapshot of " : "Updated ") + doc.generated_at +
-      ` (${doc.looks_total} looks).`;
-    drawn = true;
-    document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
   }
 
   // The next poll waits poll_ms, or four times as long as the last answer took when that is longer: a big
