@@ -71,7 +71,9 @@
     const state = document.getElementById("state");
     state.textContent = doc.state.state + (doc.state.state === "ramping" ? ` (step ${doc.state.step}, ${doc.state.percent} %)` : "");
     state.className = "state " + doc.state.state.replace(/[^a-z]+/g, "-");
-    document.getElementById("state-why").textContent = doc.state.why || "";
+    const newest = doc.timeline[doc.timeline.length - 1];
+    document.getElementById("state-why").textContent = newest
+      ? `Revision ${newest.revision}, ${newest.at}, by ${newest.who}: ${newest.why}` : "No audit log (no store).";
     const t = clear("arms-spec");
     t.append(row(["arm", "model", "version", "weight", "share now"], "th"));
     doc.spec.arms.forEach((a, i) => t.append(row([
@@ -117,8 +119,11 @@
                                        line: {dash, color, width: 1.5}});
     const shapes = [line(0, "solid", "#333")];
     if (m.margin > 0) shapes.push(line(m.margin, "dash", "#999"), line(-m.margin, "dash", "#999"));
+    // The range frames the band now and the margins: the first looks' wide bands run off the top and bottom.
+    const last = [m.low, m.high, m.estimate].filter((v) => v !== null && v !== undefined).map(Math.abs);
+    const reach = Math.max(2.5 * (m.margin || 0), 2 * Math.max(0, ...last)) || 1;
     const layout = {height: 230, margin: {l: 55, r: 10, t: 10, b: 35}, shapes, showlegend: false,
-                    yaxis: {zeroline: false, title: {text: "treatment \u2212 control" + (m.unit || "")}},
+                    yaxis: {zeroline: false, range: [-reach, reach], title: {text: "treatment \u2212 control" + (m.unit || "")}},
                     xaxis: {type: "date"}};
     Plotly.react(node, traces, layout, {displayModeBar: false, responsive: true, staticPlot: settings.static === true});
   }
@@ -206,6 +211,7 @@
     const r = doc.report, t = clear("drift"), th = doc.drift_thresholds;
     if (!r.drift) { t.append(row(["No drift monitoring: the router runs without --model-repository."])); return; }
     t.append(row(["arm", "feature", "texts", `PSI (drifted > ${th.psi})`, `KS p (drifted < ${th.ks_p_value})`, "drifted"], "th"));
+    if (!Object.values(r.drift).some((feats) => Object.keys(feats).length)) t.append(row(["\u2013", "no arm has monitored texts yet", "", "", "", ""]));
     for (const [arm, feats] of Object.entries(r.drift)) {
       for (const [f, d] of Object.entries(feats)) {
         const base = ["drift", arm, f];
