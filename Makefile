@@ -58,7 +58,14 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-install: $(STAMP)
+# The live page's browser test drives Debian's Chromium (never a downloaded browser): installed once, when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ An experiment file is YAML (``.yaml``/``.yml``) or TOML (``.toml``) with the key
       - {name: treatment, model: sentiment, version: "2", weight: 50}
     fallback: control             # optional: where a request goes when its arm's upstream fails
     shadow: {name: shadow, model: sentiment, version: "2", fraction: 1.0}   # optional
+    page_token: true              # optional: the live page's data needs the admin bearer token
 
 ``load_experiment`` checks every field (``experiments.spec_checks``), collects every problem and raises one
 ``ExperimentError``.
@@ -113,6 +114,9 @@ class Experiment:
     grpc_upstream: str | None = None
     """Default Triton gRPC ``host:port`` (what the router's gRPC endpoint forwards to); None = the host of
     ``upstream`` at Triton's default gRPC port."""
+    page_token: bool = False
+    """The live page's data (``GET /experiments/NAME/data``) needs the admin bearer token, as the admin API does;
+    the page asks for it (``serving.page``). False: the page is open to whoever reaches the router."""
     store: str | None = field(default=None, compare=False)
     """The experiment store's URL (``sqlite:///path``, ``postgresql://...``); the router's ``--store`` wins.
     Not part of the spec: never stored, shown or compared."""
@@ -177,6 +181,8 @@ class Experiment:
             "fallback": self.fallback,
             "shadow": {k: v for k, v in vars(self.shadow).items() if v is not None} if self.shadow else None,
         }
+        if self.page_token:  # only when set: specs stored before the key existed stay equal
+            out["page_token"] = True
         return out
 
 
@@ -190,7 +196,8 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
         raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
     problems: list[str] = []
     # "rollout": the section `python -m serving rollout` reads (experiments.rollout.config); the router ignores it
-    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store", "rollout"}
+    known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store", "rollout",
+             "page_token"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -230,7 +237,11 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
                         upstream=raw_shadow.get("upstream"), grpc_upstream=raw_shadow.get("grpc_upstream"))
     elif raw_shadow is not None:
         problems.append(f"shadow must be a mapping {{model, version, fraction}}, got {raw_shadow!r}")
-    exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow,
+    page_token = data.get("page_token", False)
+    if not isinstance(page_token, bool):
+        problems.append(f"page_token must be true or false, got {page_token!r}")
+        page_token = False
+    exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow, page_token=page_token,
                      fallback=data.get("fallback"), timeout_s=data.get("timeout_s", names.ROUTER_TIMEOUT_S),
                      upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"),
                      store=data.get("store"))

@@ -28,6 +28,8 @@ COMMANDS = Commands("python -m serving", "The serving stage: Triton, the A/B rou
     "judge": Command(JUDGE, "simulate A/A and A/B experiments read at every look: the anytime-valid judge"),
     "audit": Command("experiments.store.cli:run_audit",
                      "print an experiment's weight changes (who, when, why) from its store"),
+    "page": Command("serving.page.server:run_page",
+                    "serve the live experiment page from a store, read only, on 127.0.0.1 (no router needed)"),
     "rollout": Command(_rollout, "ramp a treatment through the experiment store; promote or roll back on the judge"),
 })
 

@@ -21,11 +21,14 @@ short test serves. Each judges users (Locust's 500 visitor ids), within each ram
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving.page.html import ASSETS
 from tunestack.layout import RunLayout
 from workflows.drills.common import DrillConfig
 from workflows.drills.progressive import ArmSource, flipped_export, rollout_drill_run
@@ -91,6 +94,17 @@ def test_bad_accuracy_is_rolled_back_at_the_first_step(tiny_onnx_dir, tmp_path):
     assert s["decided_in_s"] is not None and s["decided_in_s"] > 0
     assert 0 < s["candidate_users"] <= s["candidate_requests"], "users exposed are counted from the store"
     assert s["failed_requests"] == 0
+    page = snapshot_data(Path(s["folder"]))  # the live page as the drill ended: the rollback and its evidence
+    assert page["state"]["state"] == "rolled back" and page["timeline"][-1]["action"] == "rollback"
+    assert page["looks_total"] > 0 and page["report"]["judge"]["headline"]
+
+
+def snapshot_data(folder: Path) -> dict:
+    """The page's document embedded in a drill's snapshot (``page.html``)."""
+    html = (folder / "page.html").read_text()
+    settings = re.search(r'<script type="application/json" id="page-settings">(.*?)</script>', html, re.S)
+    assert settings is not None and all((folder / "page-assets" / f).is_file() for f in ASSETS)
+    return json.loads(settings.group(1))["data"]
 
 
 @pytest.mark.e2e

@@ -20,6 +20,8 @@ ROUTER_PORT = 8080
 """The A/B router's default port."""
 ROUTER_GRPC_PORT = 8081
 """The A/B router's default gRPC (KServe v2) port."""
+PAGE_PORT = 8090
+"""``python -m serving page``'s default port (the live experiment page read from a store)."""
 
 TRITON_HTTP_ADDRESS = f"{HOST}:{TRITON_HTTP_PORT}"
 """``host:port`` of a default Triton's HTTP endpoint, as ``tritonclient.http`` takes it (no scheme)."""

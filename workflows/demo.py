@@ -2,8 +2,8 @@
 
 train (once) -> merge -> ONNX fp32 + int8 -> parity gate -> publish both as versions of one model
 -> tritonserver + the A/B router (control fp32, treatment int8, 50/50, sticky by user)
--> a short Locust run that also sends the true labels as feedback -> load-test and A/B reports
--> every process stopped -> a short summary. A second run reuses the adapter, the export and the
+-> a short Locust run that also sends the true labels as feedback, the live page's URL shown meanwhile
+-> load-test and A/B reports, and a snapshot of the live page (page.html) -> every process stopped -> a short summary. A second run reuses the adapter, the export and the
 published versions.
 """
 
@@ -21,6 +21,7 @@ from export.contract import CONTRACT
 from export.pipeline import run_export
 from loadtests.config import LoadTestConfig
 from loadtests.run import run_loadtest
+from serving.page.snapshot import SNAPSHOT_FILE, watch_page
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.config import TrainConfig
@@ -96,7 +97,8 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
     with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment_file, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          extra_args=["--model-repository", str(cfg.repository)],  # drift monitoring on
+                          # drift monitoring on; a look of the judge every 2 s for the live page's bands
+                          extra_args=["--model-repository", str(cfg.repository), "--look-interval-s", "2"],
                           log_file=folder / "router.log") as router:
         _step(4, f"load: Locust, {cfg.rate:g} requests/s for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
         load_cfg = LoadTestConfig(
@@ -105,7 +107,8 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
             texts=str(export.merged_dir / names.HELDOUT_FILE), feedback_fraction=cfg.feedback_fraction,
             out_dir=str(folder), triton_metrics_url=triton.metrics_url,
         )
-        result = run_loadtest(load_cfg)
+        with watch_page(router.url, EXPERIMENT, folder):  # the URL now, the snapshot when the load ends
+            result = run_loadtest(load_cfg)
     _step(5, "reports written; every process stopped")
     summary = summarize(folder, result.folder, training_metrics, export.parity, versions, time.monotonic() - started)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -143,6 +146,7 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, parity: dict,
         "folder": str(folder),
         "loadtest_report": str(loadtest_folder / "report.md"),
         "ab_report": str(loadtest_folder / "router_report.md"),
+        "page_snapshot": str(folder / SNAPSHOT_FILE) if (folder / SNAPSHOT_FILE).is_file() else None,
         "training": {"test_accuracy_before": training["test_before"]["accuracy"],
                      "test_accuracy_after": training["test_after"]["accuracy"]},
         "arms": arms,
@@ -190,6 +194,7 @@ def format_summary(summary: dict) -> str:
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines += ["", f"load-test report: {summary['loadtest_report']}", f"A/B report:       {summary['ab_report']}",
+              f"live page:        {summary.get('page_snapshot') or 'no snapshot (see demo.log)'}",
               f"summary:          {summary['folder']}/summary.json",
               f"finished in {summary['seconds']:.0f} s"]
     return "\n".join(lines)

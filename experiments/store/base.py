@@ -26,6 +26,7 @@ from experiments.judge.snapshot import Moments
 from experiments.store import feedback
 from experiments.store.batch import Statement, batch_statements
 from experiments.store.drift_windows import DriftWindow, read_drift_windows
+from experiments.store.looks import append_look, newest_look_at, read_looks
 from experiments.store.records import (
     LABEL_SEP,
     AnswerRow,
@@ -291,6 +292,20 @@ class Store(abc.ABC):
     async def drift_windows(self, experiment: str) -> dict[str, DriftWindow]:
         """Per arm, its newest monitored texts and the reference they are compared with (``drift_windows.py``)."""
         return await read_drift_windows(self, experiment)
+
+    # -- the judge's history of looks (looks.py) --------------------------------------------------------------
+
+    async def append_look(self, experiment: str, look: dict[str, Any]) -> None:
+        """Store one look of the judge (``experiments.judge.looks.look_of``)."""
+        await append_look(self, experiment, look)
+
+    async def newest_look_at(self, experiment: str) -> float | None:
+        """When the newest stored look was taken (Unix time), None when there is none."""
+        return await newest_look_at(self, experiment)
+
+    async def looks(self, experiment: str, limit: int = 5000) -> list[dict[str, Any]]:
+        """The newest ``limit`` looks, oldest first."""
+        return await read_looks(self, experiment, limit)
 
 
 def _labels(text: str | None) -> tuple[str, ...]:

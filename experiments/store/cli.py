@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from experiments.judge import JudgeConfig
-from experiments.spec import experiment_from_dict
+from experiments.spec import Experiment, experiment_from_dict
 from experiments.store import Store, StoreError, audit_entry, open_store
 from experiments.store.unit_table import table_for
 from tunestack.cli import parse_dataclass
@@ -29,7 +29,7 @@ async def _with_store(url: str, work) -> Any:
         return await work(store)
 
 
-async def _experiment_name(store: Store, name: str | None) -> str:
+async def experiment_name(store: Store, name: str | None) -> str:
     names = await store.experiments()
     if name:
         if name not in names:
@@ -41,34 +41,43 @@ async def _experiment_name(store: Store, name: str | None) -> str:
 
 
 def report_from_store(url: str, experiment: str | None, alpha: float, resamples: int) -> dict[str, Any]:
-    """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it: the
-    judge's verdicts on the same unit table, and the drift section from the texts the routers monitored and
-    the references they kept there."""
+    """The report over every replica's traffic, computed from the store, as ``GET .../report`` gives it
+    (``store_report``)."""
+    async def work(store: Store) -> dict[str, Any]:
+        return (await store_report(store, await experiment_name(store, experiment), alpha, resamples))[1]
+
+    try:
+        return asyncio.run(_with_store(url, work))
+    except StoreError as e:
+        raise RuntimeError(str(e)) from None
+
+
+async def store_report(store: Store, name: str, alpha: float = 0.05,
+                       resamples: int = 2000) -> tuple[Experiment, dict[str, Any]]:
+    """The experiment's newest revision and its report from an open store: the judge's verdicts on the same
+    unit table the routers judge, and the drift section from the texts the routers monitored and the references
+    they kept there (built in a worker thread)."""
     from experiments.drift.monitor import drift_report
     from experiments.experiment_report import build_report
 
     config = JudgeConfig(alpha=alpha)
+    latest = await store.latest_revision(name)
+    if latest is None:
+        raise ValueError(f"experiment {name!r} has no revision in the store {store.url}")
+    exp = experiment_from_dict(latest.spec, f"store revision {latest.revision}")
+    snapshot = await store.snapshot(name, LATENCY_WINDOW)
+    audit = [audit_entry(r) for r in await store.revisions(name, 50)]
+    table = await table_for(store, name, exp.arm_names, config)
+    windows = await store.drift_windows(name)
 
-    async def work(store: Store) -> dict[str, Any]:
-        name = await _experiment_name(store, experiment)
-        latest = await store.latest_revision(name)
-        assert latest is not None
-        exp = experiment_from_dict(latest.spec, f"store revision {latest.revision}")
-        snapshot = await store.snapshot(name, LATENCY_WINDOW)
-        audit = [audit_entry(r) for r in await store.revisions(name, 50)]
-        return {"exp": exp, "snapshot": snapshot, "table": await table_for(store, name, exp.arm_names, config),
-                "audit": audit, "drift": await store.drift_windows(name)}
+    def build() -> dict[str, Any]:
+        drift = drift_report(windows) if windows is not None else None
+        return build_report(exp, snapshot, table, alpha, resamples, np.random.default_rng(0), drift, config)
 
-    try:
-        got = asyncio.run(_with_store(url, work))
-    except StoreError as e:
-        raise RuntimeError(str(e)) from None
-    drift = drift_report(got["drift"]) if got["drift"] is not None else None
-    report = build_report(got["exp"], got["snapshot"], got["table"], alpha, resamples, np.random.default_rng(0),
-                          drift, config)
+    report = await asyncio.to_thread(build)
     report["data_source"] = f"store, latencies: newest {LATENCY_WINDOW} per arm"
-    report["audit"] = got["audit"]
-    return report
+    report["audit"] = audit
+    return exp, report
 
 
 @dataclass
@@ -89,7 +98,7 @@ def run_audit(argv: list[str]) -> int:
     args = parse_dataclass(AuditArgs, argv, prog="python -m serving audit")
 
     async def work(store: Store) -> tuple[str, list[dict]]:
-        name = await _experiment_name(store, args.experiment)
+        name = await experiment_name(store, args.experiment)
         return name, [audit_entry(r) for r in await store.revisions(name, args.limit)]
 
     try:

@@ -95,6 +95,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "confidence DOUBLE PRECISION, label TEXT, at DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX drift_samples_by_arm ON drift_samples (experiment, arm, id)",
     )),
+    Migration(7, "the judge's history of looks: its verdicts at past moments, for the live page", (
+        "CREATE TABLE judge_looks (id {id}, experiment TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "look TEXT NOT NULL)",
+        "CREATE INDEX judge_looks_by_experiment ON judge_looks (experiment, id)",
+    )),
 )
 
 

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from experiments.errors import ExperimentError
 from experiments.experiment_report import build_report, render_markdown
 from experiments.judge import JudgeConfig, UnitTable
+from experiments.spec import Experiment
 from experiments.store import StoreUnavailable
 from serving.router.errors import BadRequest, Conflict, NotFound, RouterError
 from serving.router.state import RouterState, get_state
@@ -168,6 +169,16 @@ async def report(request: Request) -> Response:
     if fmt not in {"json", "markdown"}:
         raise BadRequest(f"format must be json or markdown, got {fmt!r}")
     seed = int(_query_float(request, "seed", 0, 0, 2**32 - 1))
+    result = await report_json(state, exp, alpha, resamples, seed)
+    if fmt == "markdown":
+        return PlainTextResponse(render_markdown(result), media_type="text/markdown")
+    return JSONResponse(result)
+
+
+async def report_json(state: RouterState, exp: Experiment, alpha: float = 0.05, resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """The report ``GET .../report`` answers (and the live page shows): built in a worker thread from
+    ``report_data``, with where the data came from and the audit log."""
     config = JudgeConfig(alpha=alpha)
     data = await report_data(state, config)
 
@@ -179,9 +190,7 @@ async def report(request: Request) -> Response:
     result["data_source"] = data.source
     if data.audit is not None:
         result["audit"] = data.audit
-    if fmt == "markdown":
-        return PlainTextResponse(render_markdown(result), media_type="text/markdown")
-    return JSONResponse(result)
+    return result
 
 
 @dataclass(frozen=True)

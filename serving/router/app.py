@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from experiments.spec import Experiment
-from serving.router import admin
+from serving.router import admin, page_routes
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
 from serving.router.http_door import InferEndpoint, infer
@@ -107,10 +107,12 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         if state.store is not None:  # settles the revision to run before the first request
             await state.store.start(state)
-        if state.drift is not None:  # the drift worker: cancelled with the other background tasks
-            drift_task = loop.create_task(state.drift.run())
-            state.background.add(drift_task)
-            drift_task.add_done_callback(state.background.discard)
+        # the drift worker and the judge's looks: cancelled with the other background tasks
+        for worker in (state.drift, state.looks):
+            if worker is not None:
+                task = loop.create_task(worker.run())
+                state.background.add(task)
+                task.add_done_callback(state.background.discard)
         exp = state.experiment
         warm = [state.target(exp, a) for a in exp.arm_names]
         prefetch = asyncio.ensure_future(asyncio.gather(*(state.upstream.metadata(t) for t in warm),
@@ -144,6 +146,7 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
         Route("/v2/models/{name}/infer", InferEndpoint(), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer_version, methods=["POST"]),
         *admin.routes,
+        *page_routes.routes,
     ]
     app = RouterApp(routes=routes, lifespan=lifespan, exception_handlers={
         RouterError: _router_error, HTTPException: _http_error, Exception: _internal_error})

@@ -65,6 +65,11 @@ class RouterConfig:
     path in a worker thread (1: every request)."""
     drift_window: int = 2000
     """Monitored texts kept per arm; the drift figures compare the newest ones with the reference."""
+    look_interval_s: float = 5.0
+    """How often, while traffic flows, the judge's verdicts are added to the history of looks the live page
+    plots (the store's ``judge_looks``, or a ring in memory without a store); 0: no history."""
+    look_ring: int = 720
+    """Looks kept in memory without a store (720: an hour at 5 s); with a store every look is kept there."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +91,11 @@ class RouterConfig:
         for name in ("store_flush_interval_s", "store_poll_s"):
             if not 0 < getattr(self, name) <= 60:
                 problems.append(f"{name} must be in (0, 60] seconds, got {getattr(self, name)}")
+        if not (self.look_interval_s == 0 or 0.5 <= self.look_interval_s <= 3600):
+            problems.append(f"look_interval_s must be 0 (no history of looks) or in [0.5, 3600] seconds, "
+                            f"got {self.look_interval_s}")
+        if self.look_ring < 2:
+            problems.append(f"look_ring must be >= 2 (the first and the newest look), got {self.look_ring}")
         if not 1 <= self.feedback_pending_s <= 7 * 86400:
             problems.append(f"feedback_pending_s must be in [1, 604800] seconds (a week), got {self.feedback_pending_s}")
         if problems:

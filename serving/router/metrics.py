@@ -308,6 +308,12 @@ class Recorder:
             rec.feedback_correct += correct
         self.m_feedback.labels(self.experiment, arm, str(correct).lower()).inc()
 
+    def activity(self) -> int:
+        """Everything this replica has counted so far (answers, errors, feedback): it moves while traffic flows."""
+        with self._lock:
+            return sum(r.requests + sum(r.errors.values()) + sum(r.client_errors.values()) + r.feedback_total
+                       for r in self.arms.values())
+
     def snapshot(self) -> dict[str, dict[str, ArmRecord]]:
         """A consistent copy of the report's data; in it ``latency`` is a plain array of the window."""
         with self._lock:

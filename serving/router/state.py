@@ -27,6 +27,7 @@ from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
+from serving.router.look_feed import LookFeed
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
 
@@ -71,6 +72,8 @@ class RouterState:
     """The experiment store (``config.store``); None keeps everything in this process's memory."""
     drift: DriftFeed | None = None
     """Live traffic against each arm's training reference (``config.model_repository``); None: off."""
+    looks: LookFeed | None = None
+    """The judge's history of looks, for the live page (``config.look_interval_s``); None: off."""
 
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
@@ -81,11 +84,14 @@ class RouterState:
             recorder.start_judge(experiment.arm_names, experiment.shares, FIRST_PERIOD)
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
-        return cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
-                   GrpcUpstream(upstream.breaker),
-                   store=StoreRuntime(config) if config.store else None,
-                   drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
-                                   config.drift_sample_rate, config.drift_window) if config.model_repository else None)
+        state = cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
+                    GrpcUpstream(upstream.breaker),
+                    store=StoreRuntime(config) if config.store else None,
+                    drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
+                                    config.drift_sample_rate, config.drift_window) if config.model_repository else None)
+        if config.look_interval_s > 0:
+            state.looks = LookFeed(state, config.look_interval_s, config.look_ring)
+        return state
 
     @property
     def experiment(self) -> Experiment:

@@ -33,6 +33,7 @@ from experiments.rollout.cli import run_rollout
 from experiments.rollout.config import RolloutArgs
 from experiments.store import default_store_url
 from export.publish import publish
+from serving.page.snapshot import watch_page
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from workflows.drills.common import EXPERIMENT, Background, DrillConfig, load_config, prepare, write_report
@@ -135,7 +136,8 @@ def aa_drill(cfg: DrillConfig, section: dict[str, Any] | None = None, variant: s
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     with TritonServer(export_cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(path, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          log_file=folder / "router.log") as router:
+                          log_file=folder / "router.log") as router, \
+            watch_page(router.url, EXPERIMENT, folder):
         load = dataclasses.replace(load_config(cfg, router, triton, folder, cfg.aa_load_s), feedback_fraction=1.0,
                                    user_population=cfg.aa_users, user_activity=cfg.aa_activity, user_texts="window",
                                    user_text_window=cfg.aa_text_window)

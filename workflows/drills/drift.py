@@ -33,6 +33,7 @@ from experiments.experiment_report import render_markdown
 from experiments.spec import write_experiment
 from export.contract import CONTRACT
 from export.publish import publish
+from serving.page.snapshot import watch_page
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.bundled import bundled_data_file
@@ -126,7 +127,8 @@ def drift_drill(cfg: DrillConfig, in_domain_s: float = IN_DOMAIN_S, ood_s: float
     args = ["--model-repository", str(repository), "--drift-sample-rate", "1", "--store", "memory"]
     with TritonServer(repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url, extra_args=args,
-                          log_file=folder / "router.log") as router:
+                          log_file=folder / "router.log") as router, \
+            watch_page(router.url, EXPERIMENT, folder):
         base = load_config(cfg, router, triton, folder, in_domain_s)
         with Background(base) as background:
             in_domain = background.join()

@@ -15,6 +15,7 @@ from experiments.spec import write_experiment
 from export.contract import CONTRACT
 from export.publish import publish
 from loadtests.run import RunResult
+from serving.page.snapshot import watch_page
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack.procs import free_port
@@ -118,7 +119,8 @@ def fault_drill(cfg: DrillConfig) -> dict:
     malformed: dict[str, list[int]] = {}
     with TritonServer(repository, models=[cfg.model_name], log_file=folder / "tritonserver.log", **ports) as triton, \
             RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          log_file=folder / "router.log") as router:
+                          log_file=folder / "router.log") as router, \
+            watch_page(router.url, EXPERIMENT, folder):
 
         def kill() -> dict:
             timeline["kill"] = time.time()

@@ -35,6 +35,7 @@ from export.contract import CONTRACT
 from export.publish import publish
 from loadtests.loadtest_report import read_stats
 from loadtests.run import PREFIX
+from serving.page.snapshot import watch_page
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from tunestack.layout import RunLayout
@@ -139,7 +140,8 @@ def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], secti
     models = sorted({a.model for a in arms})
     with TritonServer(export_cfg.repository, models=models, log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(path, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          log_file=folder / "router.log") as router:
+                          log_file=folder / "router.log") as router, \
+            watch_page(router.url, EXPERIMENT, folder):
         load = dataclasses.replace(load_config(cfg, router, triton, folder, load_s), feedback_fraction=1.0)
         with Background(load) as background:
             wait_for_traffic(default_store_url(path), background)

@@ -12,6 +12,7 @@ import httpx
 
 from experiments.spec import write_experiment
 from export.publish import publish
+from serving.page.snapshot import watch_page
 from serving.repository import ModelRepository
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
@@ -43,6 +44,7 @@ def ramp_drill(cfg: DrillConfig) -> dict:
             RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
                           admin_token_file=folder / "admin-token",
                           log_file=folder / "router.log") as router, \
+            watch_page(router.url, EXPERIMENT, folder), \
             ModelRepository(triton.http_address, repository) as models, \
             httpx.Client(base_url=router.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as admin:
 
