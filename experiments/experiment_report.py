@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import fixed_horizon as stats
+from experiments import arm_intervals as stats
 from experiments.arm_record import ArmRecord
 from experiments.drift.guardrail import drift_verdict
 from experiments.drift.monitor import FeatureDrift

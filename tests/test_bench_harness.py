@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import fixed_horizon as report_stats
+from experiments import arm_intervals as report_stats
 from tunestack.bench import (
     BenchOutput,
     BenchRun,

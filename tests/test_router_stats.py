@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments import fixed_horizon as stats
+from experiments import arm_intervals as stats
 
 ALPHA = 0.05
 MU, SIGMA = math.log(0.010), 0.5  # latency ~ lognormal, median 10 ms
