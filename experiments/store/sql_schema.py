@@ -95,6 +95,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "confidence DOUBLE PRECISION, label TEXT, at DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX drift_samples_by_arm ON drift_samples (experiment, arm, id)",
     )),
+    Migration(7, "the loop: kept input texts (opt-in, deleted after their retention), the loop's steps (its audit "
+                 "log) and its lease", (
+        "CREATE TABLE kept_inputs (experiment TEXT NOT NULL, request_id TEXT NOT NULL, arm TEXT NOT NULL, "
+        "texts TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
+        "CREATE INDEX kept_inputs_by_age ON kept_inputs (experiment, at)",
+        "CREATE TABLE loop_steps (id {id}, loop TEXT NOT NULL, cycle INTEGER NOT NULL, step TEXT NOT NULL, "
+        "trigger TEXT NOT NULL, output TEXT NOT NULL, who TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "UNIQUE (loop, cycle, step))",
+        "CREATE TABLE loop_leases (loop TEXT NOT NULL PRIMARY KEY, holder TEXT NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL)",
+    )),
 )
 
 

@@ -27,6 +27,7 @@ from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
+from serving.router.input_keeper import InputKeeper
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
 
@@ -71,6 +72,8 @@ class RouterState:
     """The experiment store (``config.store``); None keeps everything in this process's memory."""
     drift: DriftFeed | None = None
     """Live traffic against each arm's training reference (``config.model_repository``); None: off."""
+    inputs: InputKeeper | None = None
+    """Input texts kept for retraining (the experiment file's ``retain_inputs:``, with a store); None: off."""
 
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
