@@ -49,6 +49,21 @@ def test_the_gate_refuses_a_candidate_that_is_not_better_and_passes_one_that_is(
     assert better["passed"] and better["reasons"] == [] and better["shifted"]["difference"]["low"] > 0.5
 
 
+def test_the_gate_refuses_feedback_whose_labels_a_model_cannot_reproduce(tiny_onnx_dir):
+    heldout = read_jsonl(RunLayout.of_folder(tiny_onnx_dir).heldout)
+    right = Predictor(tiny_onnx_dir).correct(heldout)
+    texts = [ex for ex, ok in zip(heldout, right, strict=True) if ok]
+    labels = sorted({e.label for e in heldout})
+    flip = set(random.Random(0).sample(range(len(texts)), round(0.3 * len(texts))))
+    poisoned = [Example(e.text, labels[1 - labels.index(e.label)]) if i in flip else e for i, e in enumerate(texts)]
+    kwargs = dict(variant="fp32", min_gain=-0.5, max_forgetting=0.02, confidence=0.95)
+    clean = offline_gate(tiny_onnx_dir, tiny_onnx_dir, texts, texts, max_label_gap=0.1, **kwargs)
+    assert clean["passed"], clean["reasons"]
+    bad = offline_gate(tiny_onnx_dir, tiny_onnx_dir, poisoned, texts, max_label_gap=0.1, **kwargs)
+    assert bad["shifted"]["candidate"]["value"] == pytest.approx(0.7, abs=0.01)
+    assert not bad["passed"] and bad["reasons"] == [r for r in bad["reasons"] if "labels look wrong" in r] != []
+
+
 def test_the_data_set_splits_by_time_and_mixes_in_original_data():
     rows = [LabelledInput(f"r{i}", "production", (f"text {i}", f"more {i}"), ("positive", "negative"), float(i))
             for i in range(50)]

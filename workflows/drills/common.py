@@ -82,15 +82,15 @@ class Step:
 
 
 class Background:
-    """``run_loadtest`` in a thread, so the drill acts while the load runs."""
+    """``run_loadtest`` in a thread, so the drill acts while the load runs (until ``stop_event``, if given, is set)."""
 
-    def __init__(self, cfg: LoadTestConfig):
-        self.cfg, self.result, self.error = cfg, None, None
+    def __init__(self, cfg: LoadTestConfig, stop_event: threading.Event | None = None):
+        self.cfg, self.result, self.error, self.stop_event = cfg, None, None, stop_event
         self.thread = threading.Thread(target=self._run, name="locust", daemon=True)
 
     def _run(self) -> None:
         try:
-            self.result = run_loadtest(self.cfg)
+            self.result = run_loadtest(self.cfg, self.stop_event)
         except BaseException as e:  # reported by join()
             self.error = e
 

@@ -8,6 +8,7 @@
       eval_fraction: 0.3               # the newest share of the labelled traffic evaluates, the rest trains
       min_gain: 0.0                    # gate: candidate - production accuracy on it, interval low bound > this
       max_forgetting: 0.02             # gate: on the original held-out set, interval low bound >= -this
+      max_label_gap: 0.1               # gate: candidate on the newest traffic vs production on the original set
       train: {max_steps: 200, batch_size: 16}   # training.config.TrainConfig keys for the candidate
 
 The production arm is the experiment's first arm, the candidate's slot its second (the rollout's treatment).
@@ -70,6 +71,11 @@ class LoopConfig:
     """Gate: the lower bound of (candidate - production) accuracy on the newest labelled traffic must exceed it."""
     max_forgetting: float = 0.02
     """Gate: the lower bound of (candidate - production) accuracy on the original held-out set must be >= -this."""
+    max_label_gap: float = 0.1
+    """Gate, the labels' consistency: the candidate's accuracy on the newest labelled traffic (its interval's upper
+    bound) may fall at most this far below production's accuracy on the original held-out set. Labels a model
+    trained on them cannot reproduce are suspect: with a share q flipped at random, accuracy a reads as at most
+    (1 - q) a + q (1 - a) (a = 0.8, q = 0.3: 0.62)."""
     confidence: float = 0.95
     """Two-sided confidence of the gate's intervals."""
     variant: str = "fp32"
@@ -100,6 +106,8 @@ class LoopConfig:
             problems.append(f"min_examples={self.min_examples!r}: expected an integer >= 10")
         if not isinstance(self.max_forgetting, int | float) or self.max_forgetting < 0:
             problems.append(f"max_forgetting={self.max_forgetting!r}: expected a share >= 0 (0.02: two points)")
+        if not isinstance(self.max_label_gap, int | float) or not 0 <= self.max_label_gap <= 1:
+            problems.append(f"max_label_gap={self.max_label_gap!r}: expected a share in [0, 1] (1: off)")
         if not isinstance(self.min_gain, int | float) or not -1 < self.min_gain < 1:
             problems.append(f"min_gain={self.min_gain!r}: expected a share in (-1, 1)")
         for name in ("lease_s", "poll_s"):

@@ -169,7 +169,8 @@ class Cycle:
         original = dataset.original_heldout(run)
         result = await asyncio.to_thread(offline_gate, Path(done["export"]["onnx_dir"]), RunLayout(run).onnx, shifted,
                                          original, variant=cfg.variant, min_gain=cfg.min_gain,
-                                         max_forgetting=cfg.max_forgetting, confidence=cfg.confidence)
+                                         max_forgetting=cfg.max_forgetting, confidence=cfg.confidence,
+                                         max_label_gap=cfg.max_label_gap)
         if not result["passed"]:
             raise Stop("refused", {**result, "reason": "offline gate: " + "; ".join(result["reasons"])})
         return result

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from experiments.store.loop_tables import LabelledInput
 from training.config import TrainConfig
-from training.data import Example, clean_examples, load_splits, read_jsonl, write_jsonl
+from training.data import Example, Splits, clean_examples, load_splits, read_jsonl, write_jsonl
 from tunestack.layout import RunLayout
 
 
@@ -55,12 +55,16 @@ def feedback_examples(rows: Sequence[LabelledInput]) -> tuple[list[Example], int
     return out, dropped
 
 
-def original_training(run: Path) -> list[Example]:
-    """The production run's training split, rebuilt from its resolved training config (same data, seed, split)."""
+def production_splits(run: Path) -> Splits:
+    """The production run's splits, rebuilt from its resolved training config (same data, seed, split)."""
     resolved = json.loads(RunLayout(run).training_config.read_text())
     known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig.from_dict({k: v for k, v in resolved.items() if k in known} | {"overwrite": True})
-    return load_splits(cfg).train
+    return load_splits(TrainConfig.from_dict({k: v for k, v in resolved.items() if k in known} | {"overwrite": True}))
+
+
+def original_training(run: Path) -> list[Example]:
+    """The production run's training split (``production_splits``)."""
+    return production_splits(run).train
 
 
 def original_heldout(run: Path) -> list[Example]:

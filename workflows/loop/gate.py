@@ -9,6 +9,12 @@ a normal interval on the mean difference (the paired-proportions interval; the p
 * ``original``: the original held-out set: the lower bound must be at least ``-max_forgetting``: whatever the
   candidate forgot of the old task costs at most that much (non-inferiority).
 
+* ``labels``: the candidate's accuracy on the newest labelled traffic (the upper bound of its Wilson interval) may
+  be at most ``max_label_gap`` below production's accuracy on the original held-out set: feedback that a
+  model trained on it cannot reproduce as well as the original labels are reproduced is suspect (wrong or
+  hostile labels cap what any model can score on them). Both models are scored against the same feedback
+  labels in ``shifted``, so flipped labels alone do not show there.
+
 Each accuracy also carries its Wilson interval, for the report.
 """
 
@@ -87,11 +93,13 @@ def compare(candidate: Predictor, production: Predictor, examples: Sequence[Exam
 
 
 def offline_gate(candidate_onnx: Path, production_onnx: Path, shifted: Sequence[Example], original: Sequence[Example],
-                 *, variant: str, min_gain: float, max_forgetting: float, confidence: float) -> dict:
+                 *, variant: str, min_gain: float, max_forgetting: float, confidence: float,
+                 max_label_gap: float = 1.0) -> dict:
     """The gate's evidence and verdict: ``passed`` and, when it failed, ``reasons``."""
     cand, prod = Predictor(candidate_onnx, variant), Predictor(production_onnx, variant)
     out = {"shifted": compare(cand, prod, shifted, confidence), "original": compare(cand, prod, original, confidence),
-           "min_gain": min_gain, "max_forgetting": max_forgetting, "confidence": confidence}
+           "min_gain": min_gain, "max_forgetting": max_forgetting, "max_label_gap": max_label_gap,
+           "confidence": confidence}
     reasons = []
     gain = out["shifted"]["difference"]
     if not gain["low"] > min_gain:
@@ -102,4 +110,9 @@ def offline_gate(candidate_onnx: Path, production_onnx: Path, shifted: Sequence[
         reasons.append(f"on the original held-out set (n={out['original']['n']}) the accuracy change "
                        f"{loss['value']:+.3f} [{loss['low']:+.3f}, {loss['high']:+.3f}] may lose more than "
                        f"{max_forgetting:.3f}")
+    reached, standard = out["shifted"]["candidate"]["high"], out["original"]["production"]["value"]
+    if reached < standard - max_label_gap:
+        reasons.append(f"the feedback labels look wrong: the candidate, trained on them, reproduces at most {reached:.3f} "
+                       f"of the newest ones, more than {max_label_gap:.3f} below production's {standard:.3f} on the "
+                       "original held-out set")
     return {**out, "passed": not reasons, "reasons": reasons}
