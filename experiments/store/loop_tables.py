@@ -115,3 +115,10 @@ class LoopLog:
         """The newest cycle number (0: none yet)."""
         rows = await self.store._query("SELECT MAX(cycle) FROM loop_steps WHERE loop = ?", [self.loop])
         return int(rows[0][0] or 0)
+
+
+async def exposure_by_version(store: Store, experiment: str, since: float = 0.0) -> dict[str, dict[str, int]]:
+    """Per served version of ``experiment`` since ``since``: answers and distinct sticky keys (users)."""
+    rows = await store._query("SELECT version, COUNT(*), COUNT(DISTINCT key_hash) FROM answers WHERE experiment = ? "
+                              "AND at >= ? GROUP BY version ORDER BY version", [experiment, since])
+    return {str(v): {"answers": int(n), "users": int(u)} for v, n, u in rows}

@@ -81,7 +81,8 @@ async def check_triggers(store: Store, ctx: LoopContext, since: float, first_loo
     if t.new_labels is not None:
         n = await count_labelled(store, ctx.experiment, since)
         if n >= t.new_labels:
-            return f"new_labels: {n} labelled kept inputs since {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(since))}Z"
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else "the start"
+            return f"new_labels: {n} labelled kept inputs since {when} (trigger at {t.new_labels})"
     if t.every_s is not None and time.time() - max(since, first_look) >= t.every_s:
         return f"schedule: {t.every_s:g} s since the last cycle"
     return None
