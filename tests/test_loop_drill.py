@@ -76,3 +76,18 @@ def test_the_poisoned_loop_drill_never_promotes(production_run, tmp_path):
     assert s["poisoned"] and not s["promoted"] and s["shift"]["labels_flipped"] > 0
     assert s["accuracy_shifted_after"] == s["accuracy_shifted_before"]  # production still serves
     assert s["seconds_trigger_to_promotion"] is None
+
+
+def test_a_candidate_past_the_gate_is_published_loaded_and_judged_live(production_run, tmp_path):
+    """The offline gate switched off: the canary's whole path runs (publish, Triton load, the loop's revision, the
+    rollout controller's ramp, and on completion the production arm pointed at the new version)."""
+    off = {"min_gain": -0.99, "max_forgetting": 1.0, "max_label_gap": 1.0}
+    s = loop_drill(drill_config(production_run, tmp_path), loop_overrides=off)
+    check_report(s)
+    assert s["steps"]["gate"]["passed"] and s["steps"]["publish"]["version"] == "2"
+    canary = s["steps"]["canary"]
+    assert canary["outcome"] in ("complete", "rollback", "hold"), canary
+    assert canary["candidate_requests"] > 0 and "2" in s["users_by_version"]  # version 2 served real traffic
+    assert s["promoted"] == (canary["outcome"] == "complete")
+    if s["promoted"]:
+        assert canary["promotion_revision"] > 0 and s["seconds_trigger_to_promotion"] > 0

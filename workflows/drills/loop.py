@@ -47,15 +47,16 @@ rolled back when either, or accuracy from feedback, is worse. The label mix is n
 that has learnt the new words answers with a different mix than one that has not."""
 
 
-def experiment_spec(cfg: DrillConfig, version: str, folder: Path) -> dict[str, Any]:
-    """The drill's experiment file: two arms on ``version``, kept inputs, the rollout and the loop sections."""
+def experiment_spec(cfg: DrillConfig, version: str, folder: Path, loop_overrides: dict[str, Any]) -> dict[str, Any]:
+    """The drill's experiment file: two arms on ``version``, kept inputs, the rollout and the loop sections
+    (``loop_overrides`` replace the loop section's keys)."""
     train = {"method": cfg.loop_method, "max_steps": cfg.loop_max_steps, "batch_size": cfg.loop_batch_size,
              "eval_every": max(10, cfg.loop_max_steps // 5)}
     if cfg.loop_learning_rate is not None:
         train["learning_rate"] = cfg.loop_learning_rate
     loop = {"production_run": str(cfg.run), "triggers": {"drift": True, "new_labels": cfg.loop_labels},
             "min_examples": min(100, cfg.loop_labels), "train": train, "runs_dir": str(folder / "runs"),
-            "repository": str(folder / "model_repository"), "poll_s": 2.0, "lease_s": 300.0}
+            "repository": str(folder / "model_repository"), "poll_s": 2.0, "lease_s": 300.0, **loop_overrides}
     return {"name": EXPERIMENT, "timeout_s": cfg.timeout_s, "sticky": {"header": "X-User-Id"},
             "arms": [{"name": "production", "model": cfg.model_name, "version": version, "weight": 100},
                      {"name": "candidate", "model": cfg.model_name, "version": version, "weight": 0}],
@@ -101,8 +102,9 @@ def measure(production: Path, candidate: Path | None, shifted: list[Example], or
             "accuracy_original_after": accuracy(after, original)}
 
 
-def loop_drill(cfg: DrillConfig, poisoned: bool = False) -> dict[str, Any]:
-    """Run the drill (see the module docstring); write and return ``loop.json``'s content."""
+def loop_drill(cfg: DrillConfig, poisoned: bool = False, loop_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the drill (see the module docstring); write and return ``loop.json``'s content. ``loop_overrides``:
+    keys of the ``loop:`` section to change (a test that switches the offline gate off to reach the canary)."""
     folder, export_cfg = prepare(cfg, "loop-poisoned" if poisoned else "loop")
     splits = production_splits(cfg.run)
     shift = build_shift(splits.train, splits.validation, poisoned)
@@ -110,7 +112,7 @@ def loop_drill(cfg: DrillConfig, poisoned: bool = False) -> dict[str, Any]:
     write_jsonl(folder / "shifted_test.jsonl", shift.test)
     version = publish(cfg.layout.onnx, "fp32", export_cfg).name
     path = folder / "experiment.yaml"
-    path.write_text(yaml.safe_dump(experiment_spec(cfg, version, folder), sort_keys=False))
+    path.write_text(yaml.safe_dump(experiment_spec(cfg, version, folder, loop_overrides or {}), sort_keys=False))
     url, stop = default_store_url(path), threading.Event()
     with TritonServer(export_cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(path, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url, log_file=folder / "router.log",
