@@ -35,6 +35,7 @@ from experiments.rollout.controller import RolloutController
 from experiments.spec import experiment_from_dict
 from experiments.store import Store
 from experiments.store.loop_tables import LoopLog, labelled_inputs
+from experiments.store.sync import spec_of
 from tunestack import tracking
 from tunestack.layout import RunLayout
 from workflows.loop import dataset
@@ -201,8 +202,6 @@ class Cycle:
         exp = await self._experiment()
         arms = [dataclasses.replace(a, version=version) if i == arm_index else a for i, a in enumerate(exp.arms)]
         exp = dataclasses.replace(exp, arms=tuple(arms)).with_weights(weights)
-        from experiments.store.sync import spec_of
-
         return (await self.store.add_revision(exp.name, spec_of(exp), SOURCE, self.ctx.who, why)).revision
 
     async def _canary(self, done: dict) -> dict:
