@@ -112,3 +112,23 @@ def test_retention_is_off_by_default_and_validated():
         RetainInputs.from_dict({"fraction": 0.5, "extra": 1})
     with pytest.raises(RetentionError, match=r"fraction=2.*retention_s=0"):
         RetainInputs(fraction=2, retention_s=0)
+
+
+def test_the_input_keepers_sweep_deletes_what_is_past_retention(tmp_path):
+    now = time.time()
+
+    async def run():
+        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
+            await store.write_batch([InputRow(EXP, "old", "control", ("old text",), now - 7200),
+                                     InputRow(EXP, "new", "control", ("new text",), now)])
+            keeper = InputKeeper(EXP, RetainInputs(fraction=1.0, retention_s=3600), lambda rows: None,
+                                 CollectorRegistry())
+            sweep = asyncio.get_running_loop().create_task(keeper.expire(store))
+            for _ in range(200):  # the sweep deletes at once, then sleeps: wait for its first pass
+                left = await store._query("SELECT request_id FROM kept_inputs WHERE experiment = ?", [EXP])
+                if len(left) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            sweep.cancel()
+            return [r[0] for r in left]
+    assert asyncio.run(run()) == ["new"]
