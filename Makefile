@@ -48,6 +48,8 @@ help:
 	@echo "make lint           ruff and the import contracts (import-linter: stages import only from their left)"
 	@echo "make docs           build the documentation site (mkdocs build --strict) -> site/"
 	@echo "make drift-drill    half the traffic switches to news headlines under load; the router's drift gauges must show it"
+	@echo "make loop-drill     traffic shifts, feedback retrains, the offline gate and the judge promote -> reports/loop-drill-TIMESTAMP/ (LOOP_DRILL_ARGS)"
+	@echo "make loop-drill-poisoned  the same with 30 % of the feedback's labels flipped: production must still serve"
 	@echo "make aa-drill       both arms one version, users that differ, a rollout: no false verdict at any look -> reports/aa-drill-TIMESTAMP/ (AA_DRILL_ARGS)"
 
 $(STAMP): pyproject.toml
@@ -166,6 +168,13 @@ drift-drill: install runs/$(NAME)/onnx/drift_reference.fp32.json
 AA_DRILL_ARGS ?=
 aa-drill: install runs/$(NAME)/onnx/parity.json
 	$(PY) -m workflows drill aa --run runs/$(NAME) $(AA_DRILL_ARGS)
+
+# The loop drills (workflows/drills/loop.py, docs/loop.md): the run's export serves, its validation reviews in a
+# made-up dialect are the shifted traffic, the retrain loop runs on the store; e.g. LOOP_DRILL_ARGS="--loop-labels 1000"
+.PHONY: loop-drill loop-drill-poisoned
+LOOP_DRILL_ARGS ?=
+loop-drill loop-drill-poisoned: install runs/$(NAME)/onnx/parity.json
+	$(PY) -m workflows drill $(subst loop-drill,loop,$@) --run runs/$(NAME) $(LOOP_DRILL_ARGS)
 
 # Load tests and benchmarks (docs/loadtests.md). Defaults in [tool.locust]; override, e.g.:
 #   make loadtest TARGET=triton USERS=50 RATE=20 DURATION=2m WORKERS=4 SHAPE=spike VERSIONS=1,2

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from deploy.config import DNS_LABEL, K8sConfig, K8sError
+from deploy.loop import loop_manifests
 from deploy.manifest_checks import LIVE, READY, validate_manifest
 from deploy.rollout import rollout_manifests
 from deploy.store import store_env, store_manifests
@@ -171,7 +172,9 @@ def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[l
     volume = {"name": "experiment", "configMap": {"name": config_name}}
     rollout = rollout_manifests(cfg, base, f"{EXPERIMENT_MOUNT}/{experiment_file}", volume, _deployment, _resources) \
         if data.get("rollout") is not None else []
-    return [configmap, deployment, service, hpa, *store, *rollout], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
+    loop = loop_manifests(cfg, base, f"{EXPERIMENT_MOUNT}/{experiment_file}", volume, _deployment, _resources) \
+        if data.get("loop") is not None else []
+    return [configmap, deployment, service, hpa, *store, *rollout, *loop], f"http://{name}.{cfg.namespace}.svc.cluster.local:{port}"
 
 
 # -- Locust ----------------------------------------------------------------------------------------

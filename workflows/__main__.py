@@ -5,6 +5,7 @@
     python -m workflows tune --repository model_repository --model sentiment
     python -m workflows drill ramp|fault|rollout-good|rollout-bad|rollout-slow|drift --run runs/demo
     python -m workflows bench --run runs/demo
+    python -m workflows retrain --experiment experiments/specs/sentiment-ab.yaml [--watch] [--trigger manual]
     python -m workflows docs-tables
 """
 
@@ -65,6 +66,8 @@ COMMANDS = Commands("python -m workflows", "What spans the stages: the demo, com
                     "search serving configs on the real tritonserver; publish the winner as a new version"),
     "drill": Command(drill, "an operational drill under Locust load (ramp, fault, rollout-good|bad|slow, drift)"),
     "bench": Command(bench, "Triton and the router beside FastAPI, LitServe, transformers and in-process, same load"),
+    "retrain": Command("workflows.loop.run:main",
+                       "the retrain loop: feedback -> data set -> fine-tune -> export -> offline gate -> canary"),
     "docs-tables": Command("workflows.docs_tables:main",
                            "render the docs' benchmark tables from the example report JSONs (docs/tables/)"),
 })

@@ -7,8 +7,8 @@ One interface (``base.Store``), two back-ends (``sqlite.py``, the default for on
 ``postgres.py`` for several), a versioned schema (``sql_schema.py``), the rows a router records
 (``records.py``) and how a batch of them is written (``batch.py``), the background writer that keeps the
 store off the request path (``writer.py``), feedback that is never lost (``feedback.py``), the judge's unit
-table (``unit_table.py``), the drift monitor's windows (``drift_windows.py``), and the replica sync of the
-experiment's revisions (``sync.py``).
+table (``unit_table.py``), the drift monitor's windows (``drift_windows.py``), the replica sync of the
+experiment's revisions (``sync.py``), and the retrain loop's kept inputs, steps and lease (``loop_tables.py``).
 """
 
 from __future__ import annotations

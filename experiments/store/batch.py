@@ -8,6 +8,7 @@ PostgreSQL both accept (``?`` placeholders); ``Store.write_batch`` runs them.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from experiments.store.records import (
     DriftReferenceRow,
     DriftSample,
     ErrorRow,
+    InputRow,
     Record,
     ShadowRow,
 )
@@ -57,6 +59,8 @@ _INSERT_DRIFT = ("INSERT INTO drift_samples (experiment, arm, model, version, te
                  "label, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _PRUNE_DRIFT = ("DELETE FROM drift_samples WHERE experiment = ? AND arm = ? AND id < (SELECT id FROM drift_samples "
                 "WHERE experiment = ? AND arm = ? ORDER BY id DESC LIMIT 1 OFFSET ?)")
+_INSERT_INPUTS = ("INSERT INTO kept_inputs (experiment, request_id, arm, texts, at) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT (experiment, request_id) DO NOTHING")
 _UPSERT_REFERENCE = ("INSERT INTO drift_references (experiment, model, version, reference) VALUES (?, ?, ?, ?) "
                      "ON CONFLICT (experiment, model, version) DO UPDATE SET reference = excluded.reference")
 
@@ -155,5 +159,7 @@ def batch_statements(records: Sequence[Record]) -> list[Statement]:
         (_UPSERT_UNIT_LABELS, [(k[0], k[5], n, *k[:5]) for k, n in sorted(labels.items())]),
         (_UPSERT_UNIT_LATENCY, [(k[0], k[5], n, *k[:5]) for k, n in sorted(buckets.items())]),
         *_drift(records),
+        (_INSERT_INPUTS, [(r.experiment, r.request_id, r.arm, json.dumps(list(r.texts), ensure_ascii=False), r.at)
+                          for r in records if isinstance(r, InputRow)]),
     ]
     return [(sql, rows) for sql, rows in statements if rows]

@@ -118,5 +118,18 @@ class DriftReferenceRow:
     reference: str
 
 
-Record = AnswerRow | ErrorRow | ShadowRow | DriftSample | DriftReferenceRow
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """The input texts of one answered request, kept for retraining (``experiments.retention``): deleted from the
+    store once older than the experiment's ``retain_inputs.retention_s``."""
+
+    experiment: str
+    request_id: str
+    arm: str
+    """The arm that served it."""
+    texts: tuple[str, ...]
+    at: float
+
+
+Record = AnswerRow | ErrorRow | ShadowRow | DriftSample | DriftReferenceRow | InputRow
 

@@ -100,6 +100,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "look TEXT NOT NULL)",
         "CREATE INDEX judge_looks_by_experiment ON judge_looks (experiment, id)",
     )),
+    Migration(8, "the loop: kept input texts (opt-in, deleted after their retention), the loop's steps (its audit "
+                 "log) and its lease", (
+        "CREATE TABLE kept_inputs (experiment TEXT NOT NULL, request_id TEXT NOT NULL, arm TEXT NOT NULL, "
+        "texts TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
+        "CREATE INDEX kept_inputs_by_age ON kept_inputs (experiment, at)",
+        "CREATE TABLE loop_steps (id {id}, loop TEXT NOT NULL, cycle INTEGER NOT NULL, step TEXT NOT NULL, "
+        "trigger TEXT NOT NULL, output TEXT NOT NULL, who TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, "
+        "UNIQUE (loop, cycle, step))",
+        "CREATE TABLE loop_leases (loop TEXT NOT NULL PRIMARY KEY, holder TEXT NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL)",
+    )),
 )
 
 

@@ -179,6 +179,8 @@ def finish(state: RouterState, ex: Exchange[A], answer: A, latency_s: float) -> 
         exp = ex.exp
         if state.drift is not None:  # the texts are decoded in the drift worker, only if this request is sampled
             state.drift.offer(exp, ex.served, ex.texts, labels, confidences)
+        if state.inputs is not None:  # kept for retraining (opt-in); texts read in its worker, if sampled
+            state.inputs.offer(ex.request_id, ex.served, ex.texts)
         if exp.shadow is not None and state.rng.random() < exp.shadow.fraction:
             spawn_shadow(state, ex, labels)
     except Exception:

@@ -27,6 +27,7 @@ from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
+from serving.router.input_keeper import InputKeeper
 from serving.router.look_feed import LookFeed
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
@@ -74,6 +75,8 @@ class RouterState:
     """Live traffic against each arm's training reference (``config.model_repository``); None: off."""
     looks: LookFeed | None = None
     """The judge's history of looks, for the live page (``config.look_interval_s``); None: off."""
+    inputs: InputKeeper | None = None
+    """Input texts kept for retraining (the experiment file's ``retain_inputs:``, with a store); None: off."""
 
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from experiments.drift.monitor import FeatureDrift, drift_report
 from experiments.judge import JudgeConfig, UnitTable
+from experiments.retention import RetainInputs, read_retention
 from experiments.spec import Experiment
 from experiments.store import open_store
 from experiments.store.base import DuplicateFeedback, Revision, StoreUnavailable, audit_entry
@@ -26,6 +27,7 @@ from experiments.store.unit_table import table_for
 from experiments.store.writer import BatchWriter
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, Conflict, RouterError
+from serving.router.input_keeper import InputKeeper
 from serving.router.record_sink import RecordSink
 
 if TYPE_CHECKING:
@@ -73,6 +75,13 @@ class StoreRuntime:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(follow(self, name, self.config.store_poll_s), name="store-follower"),
                        loop.create_task(self._expire_feedback(name), name="feedback-expiry")]
+        policy = read_retention(self.config.experiment) if self.config.experiment else RetainInputs()
+        if policy.enabled:
+            state.inputs = InputKeeper(name, policy, self.writer.put_all, rec.registry)
+            self._tasks += [loop.create_task(state.inputs.run(), name="input-keeper"),
+                            loop.create_task(state.inputs.expire(self.store), name="input-expiry")]
+            log.info("keeping the input texts of %.0f %% of answers for %.0f s (retain_inputs)", policy.fraction * 100,
+                     policy.retention_s)
         log.info("experiment store %s: revision %d, flush every %.2f s, buffer %d records", self.store.url.split("@")[-1],
                  rev.revision, self.config.store_flush_interval_s, self.config.store_buffer)
 
@@ -83,6 +92,8 @@ class StoreRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._state is not None and self._state.inputs is not None:
+            await self._state.inputs.flush()  # the last sampled inputs reach the writer before it stops
         if self.writer is not None:
             await self.writer.stop()
         await self.store.close()

@@ -61,6 +61,18 @@ class DrillConfig:
     """A/A drill: seconds of load; the rollout must complete within them (a step undecided for half of it holds)."""
     look_s: float = 3.0
     """A/A drill: seconds between two reads of the router's report."""
+    loop_load_s: float = 1500.0
+    """Loop drills: seconds of load at most; the load stops as soon as the retrain cycle ends."""
+    loop_labels: int = 800
+    """Loop drills: the new-labels trigger (labelled kept inputs that start a cycle)."""
+    loop_method: str = "lora"
+    """Loop drills: the candidate's fine-tuning method (training's ``--method``), from the production model."""
+    loop_max_steps: int = 150
+    """Loop drills: the candidate's training steps."""
+    loop_learning_rate: float | None = None
+    """Loop drills: the candidate's learning rate (None: the method's default)."""
+    loop_batch_size: int = 16
+    """Loop drills: the candidate's batch size."""
 
     @property
     def layout(self) -> RunLayout:
@@ -82,15 +94,15 @@ class Step:
 
 
 class Background:
-    """``run_loadtest`` in a thread, so the drill acts while the load runs."""
+    """``run_loadtest`` in a thread, so the drill acts while the load runs (until ``stop_event``, if given, is set)."""
 
-    def __init__(self, cfg: LoadTestConfig):
-        self.cfg, self.result, self.error = cfg, None, None
+    def __init__(self, cfg: LoadTestConfig, stop_event: threading.Event | None = None):
+        self.cfg, self.result, self.error, self.stop_event = cfg, None, None, stop_event
         self.thread = threading.Thread(target=self._run, name="locust", daemon=True)
 
     def _run(self) -> None:
         try:
-            self.result = run_loadtest(self.cfg)
+            self.result = run_loadtest(self.cfg, self.stop_event)
         except BaseException as e:  # reported by join()
             self.error = e
 

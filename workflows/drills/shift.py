@@ -1,0 +1,89 @@
+"""The loop drill's traffic shift, built from the bundled reviews: a new way of saying the same thing.
+
+Production was trained on its run's training split. The shifted traffic is the run's *validation* split
+(reviews production never trained on, and not its held-out set, which stays the original task's yardstick),
+rewritten in a made-up dialect: the ``SLANG_WORDS`` words that carry the most polarity in the training split
+(largest absolute smoothed log-odds between the labels times the square root of the count, among words seen
+at least ``MIN_COUNT`` times and in at most ``MAX_SHARE`` of the reviews) are
+each replaced, wherever they occur, by one made-up word (``slang_word``). Only reviews with at least one
+replacement are kept. Production has never seen the new words, so it loses exactly the cues it leaned on;
+feedback on the shifted traffic teaches them. The shifted reviews are split (by a fixed seed) into the traffic
+Locust sends (``traffic``) and a set never sent (``test``) on which both versions are measured afterwards.
+
+The poisoned variant flips the label of ``POISON_SHARE`` of the traffic's reviews (a fixed, random 30 %):
+Locust then sends those wrong labels back as feedback.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from training.data import Example
+
+SLANG_WORDS = 150
+MIN_COUNT = 20
+MAX_SHARE = 0.05
+"""Words in more than this share of the reviews (and, the, ...) are never replaced."""
+POISON_SHARE = 0.3
+TEST_SHARE = 0.3
+_WORD = re.compile(r"[a-z']+")
+_SYLLABLES = ("zo", "ra", "ki", "mu", "ve", "lo", "ta", "xi", "pe", "nu")
+
+
+def slang_word(i: int) -> str:
+    """The ``i``-th made-up word (unique for i < 1000): three syllables and a trailing 'x'."""
+    return _SYLLABLES[i % 10] + _SYLLABLES[(i // 10) % 10] + _SYLLABLES[(i // 100) % 10] + "x"
+
+
+def polarity_words(examples: Sequence[Example], k: int = SLANG_WORDS, min_count: int = MIN_COUNT) -> list[str]:
+    """The ``k`` words with the largest absolute log-odds between the two labels (add-one smoothing) times the
+    square root of their count: polar and frequent, the cues a classifier leans on most."""
+    labels = sorted({e.label for e in examples})
+    if len(labels) != 2:
+        raise ValueError(f"the shift needs two labels, found {labels}")
+    counts = {label: Counter() for label in labels}
+    for e in examples:
+        counts[e.label].update(set(_WORD.findall(e.text.lower())))
+    a, b = (counts[label] for label in labels)
+    na, nb = sum(e.label == labels[0] for e in examples), sum(e.label == labels[1] for e in examples)
+    scored = [(abs(math.log((a[w] + 1) / (na + 2)) - math.log((b[w] + 1) / (nb + 2))) * math.sqrt(a[w] + b[w]), w)
+              for w in set(a) | set(b) if min_count <= a[w] + b[w] <= MAX_SHARE * len(examples) and len(w) > 2]
+    return [w for _, w in sorted(scored, reverse=True)[:k]]
+
+
+def rewrite(text: str, mapping: dict[str, str]) -> str:
+    """``text`` with every whole word in ``mapping`` (any case) replaced by its made-up word."""
+    return re.sub(r"[A-Za-z']+", lambda m: mapping.get(m.group(0).lower(), m.group(0)), text)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The shifted reviews: what Locust sends (labels possibly poisoned), what is measured, how it was built."""
+
+    traffic: list[Example]
+    test: list[Example]
+    mapping: dict[str, str]
+    poisoned: int
+    """How many of the traffic's labels were flipped."""
+
+
+def build_shift(train: Sequence[Example], pool: Sequence[Example], poisoned: bool, seed: int = 0) -> Shift:
+    """The shift (see the module docstring): polarity words from ``train``, reviews from ``pool``."""
+    mapping = {w: slang_word(i) for i, w in enumerate(polarity_words(train))}
+    shifted = [Example(new, e.label) for e in pool if (new := rewrite(e.text, mapping)) != e.text]
+    rng = random.Random(seed)
+    rng.shuffle(shifted)
+    n_test = round(len(shifted) * TEST_SHARE)
+    test, traffic = shifted[:n_test], shifted[n_test:]
+    flipped = 0
+    if poisoned:
+        labels = sorted({e.label for e in train})
+        flip = set(rng.sample(range(len(traffic)), round(len(traffic) * POISON_SHARE)))
+        traffic = [Example(e.text, labels[1 - labels.index(e.label)]) if i in flip else e for i, e in enumerate(traffic)]
+        flipped = len(flip)
+    return Shift(traffic, test, mapping, flipped)
