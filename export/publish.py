@@ -53,6 +53,14 @@ class Source:
     training_config: dict
 
 
+def require_files(onnx_dir: Path, needed: list[str]) -> None:
+    """Raise ``InputError`` naming every file of ``needed`` missing from the export folder, and what it holds."""
+    missing = [n for n in needed if not (onnx_dir / n).is_file()]
+    if missing:
+        found = sorted(p.name for p in onnx_dir.iterdir()) if onnx_dir.is_dir() else "the folder does not exist"
+        raise InputError(f"export folder {onnx_dir} is missing {', '.join(missing)} (found: {found})")
+
+
 def read_source(onnx_dir: Path, variant: str) -> Source:
     """Check the export folder and the gate for ``variant``; raise InputError / GateError."""
     onnx_dir = Path(onnx_dir)
@@ -60,10 +68,7 @@ def read_source(onnx_dir: Path, variant: str) -> Source:
         raise InputError(f"unknown variant {variant!r}; expected one of: {', '.join(VARIANT_FILES)}")
     needed = [VARIANT_FILES[variant], "tokenizer.json", CONTRACT.label_map_file, CONTRACT.parity_file,
               names.TRAINING_CONFIG_FILE]
-    missing = [n for n in needed if not (onnx_dir / n).is_file()]
-    if missing:
-        found = sorted(p.name for p in onnx_dir.iterdir()) if onnx_dir.is_dir() else "the folder does not exist"
-        raise InputError(f"export folder {onnx_dir} is missing {', '.join(missing)} (found: {found})")
+    require_files(onnx_dir, needed)
     parity = json.loads((onnx_dir / CONTRACT.parity_file).read_text())
     entry = parity.get("variants", {}).get(variant)
     if entry is None:

@@ -26,7 +26,7 @@ from export import triton_config
 from export.config import ExportConfig
 from export.contract import CONTRACT, GENERATIVE, GENERATIVE_VARIANT_FILES
 from export.errors import GateError, InputError, PublishError
-from export.publish import PROVENANCE_FILE, existing_versions, install, staging_dir, write_json
+from export.publish import PROVENANCE_FILE, existing_versions, install, require_files, staging_dir, write_json
 from tunestack import names
 from tunestack.files import sha256
 from tunestack.tracking import read_link
@@ -82,10 +82,7 @@ def _check_source(onnx_dir: Path, variant: str) -> dict:
         raise InputError(f"unknown variant {variant!r} of a causal LM; expected one of: {', '.join(GENERATIVE_VARIANT_FILES)}")
     needed = [GENERATIVE_VARIANT_FILES[variant], GENERATIVE.tokenizer_file, GENERATIVE.generation_file,
               CONTRACT.parity_file, names.TRAINING_CONFIG_FILE]
-    missing = [n for n in needed if not (onnx_dir / n).is_file()]
-    if missing:
-        found = sorted(p.name for p in onnx_dir.iterdir()) if onnx_dir.is_dir() else "the folder does not exist"
-        raise InputError(f"export folder {onnx_dir} is missing {', '.join(missing)} (found: {found})")
+    require_files(onnx_dir, needed)
     parity = json.loads((onnx_dir / CONTRACT.parity_file).read_text())
     entry = parity.get("variants", {}).get(variant)
     if entry is None or parity.get("task") != TASK:
