@@ -279,3 +279,43 @@ def test_generation_metrics_per_arm_in_prometheus(router, heldout):
         tokens = metric(text, "router_output_tokens_total", arm=arm)
         gaps = metric(text, "router_inter_token_latency_seconds_count", arm=arm)
         assert tokens >= streams and gaps == tokens - streams  # one gap per token after each stream's first
+
+
+def test_quality_feedback_and_the_report_per_arm(router, heldout):
+    from experiments.judge import GENERATIVE_METRICS
+    from serving.router.admin import rouge_l
+
+    client = oai(router)
+    row = heldout[5]
+    raw = client.chat.completions.with_raw_response.create(model=EXPERIMENT, messages=messages_of(row), max_tokens=12,
+                                                           user="rated-1")
+    answer, request_id, arm = raw.parse().choices[0].message.content, raw.headers["x-request-id"], raw.headers["x-variant"]
+    url = f"{router.url}/v2/experiments/{EXPERIMENT}/feedback"
+    scored = httpx.post(url, json={"id": request_id, "reference": row["reference"]}, timeout=30, trust_env=False)
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"id": request_id, "arm": arm, "quality": pytest.approx(rouge_l(answer, row["reference"])),
+                             "status": "recorded"}
+    again = httpx.post(url, json={"id": request_id, "rating": 1.0}, timeout=30, trust_env=False)
+    assert again.status_code == 409
+    other = client.completions.with_raw_response.create(model=EXPERIMENT, prompt=row["prompt"], max_tokens=3,
+                                                         user="rated-2")
+    rated = httpx.post(url, json={"id": other.headers["x-request-id"], "rating": 0.75}, timeout=30, trust_env=False)
+    assert rated.json()["quality"] == 0.75
+    bad = httpx.post(url, json={"id": request_id, "rating": 1.5}, timeout=30, trust_env=False)
+    assert bad.status_code == 400 and "rating must be a number in [0, 1], got 1.5" in bad.json()["error"]
+
+    report = httpx.get(f"{router.url}/v2/experiments/{EXPERIMENT}/report", timeout=60, trust_env=False).json()
+    rated_arms = {arm, other.headers["x-variant"]}
+    for name in VERSIONS:
+        generation = report["arms"][name]["generation"]
+        assert generation["streams"] > 0 and generation["ttft_mean_ms"] > 0 and generation["tokens_per_s"] > 0
+        assert generation["output_tokens"] >= generation["streams"]
+        assert (generation["quality_n"] > 0) == (name in rated_arms)
+    judged = report["judge"]["treatments"]["treatment"]
+    assert tuple(judged["metrics"]) == GENERATIVE_METRICS
+    assert judged["alpha_per_metric"] == pytest.approx(0.05 / (len(GENERATIVE_METRICS) + 1))
+    assert judged["metrics"]["ttft_mean"]["n_control"] == report["arms"]["control"]["generation"]["streams"]
+    markdown = httpx.get(f"{router.url}/v2/experiments/{EXPERIMENT}/report", params={"format": "markdown"},
+                         timeout=60, trust_env=False).text
+    assert "| arm | streams | mean TTFT ms |" in markdown
+    assert "| ttft mean | mean time to first token" in markdown

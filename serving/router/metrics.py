@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from experiments.arm_record import ArmRecord, Window
 from experiments.generation import GenerationSample, GenerationTotals
 from experiments.judge import Judge, JudgeConfig, UnitTable
 from experiments.judge.snapshot import Moments
+from serving.router.answer_texts import AnswerTexts
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,16 @@ class Served:
     key: str | None = None
     assigned: str | None = None
     period: int | None = None
-    text: str | None = None
-    """A generative answer's text, kept for feedback that scores it against a reference."""
-    at: float = 0.0
-    """``time.monotonic()`` when it was served (the text is dropped ``feedback_pending_s`` later)."""
 
 
 class Recorder:
     """Records every request into Prometheus metrics and the report's windows."""
 
-    def __init__(self, experiment: str, latency_window: int = 50_000, request_log_size: int = 200_000):
+    def __init__(self, experiment: str, latency_window: int = 50_000, request_log_size: int = 200_000,
+                 text_keep_s: float = 600.0):
         self.experiment = experiment
+        self.texts = AnswerTexts(text_keep_s, request_log_size)
+        """Generative answers' texts, kept ``text_keep_s`` for feedback that scores them."""
         self.registry = CollectorRegistry()
         self._window = latency_window
         self._log_size = request_log_size
@@ -204,7 +203,7 @@ class Recorder:
         answer's stream figures and text."""
         sample, text = generation if generation is not None else (None, None)
         if self.sink is not None:
-            self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences, period)
+            self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences, period, generation)
         with self._lock:
             rec = self._arm(arm)
             rec.requests += 1
@@ -224,7 +223,9 @@ class Recorder:
             if self.judge is not None:
                 self._judge("answered", arm, latency_s * 1000.0, labels, confidences or None, key, assigned, period,
                             generation=sample)
-            self._served[request_id] = Served(arm, labels, key, assigned, period, text, time.monotonic())
+            self._served[request_id] = Served(arm, labels, key, assigned, period)
+            if text is not None:
+                self.texts.keep(request_id, text)
             self._served.move_to_end(request_id)
             while len(self._served) > self._log_size:
                 old, _ = self._served.popitem(last=False)
@@ -300,6 +301,39 @@ class Recorder:
         with self._lock:
             self._arm(shadow, self.shadow).shadow_dropped += 1
         self.m_shadow.labels(self.experiment, shadow, "dropped").inc()
+
+    def answer_text(self, request_id: str) -> str | None:
+        """The kept text of a generative answer this replica served (``AnswerTexts.get``)."""
+        with self._lock:
+            return self.texts.get(request_id)
+
+    def quality(self, request_id: str, score: float) -> str | None:
+        """Record a quality score in [0, 1] of a served generative answer: its arm, or None if the id is unknown.
+
+        Raises ``KeyError`` when the request already has feedback."""
+        with self._lock:
+            served = self._served.get(request_id)
+            if served is None:
+                return None
+            if request_id in self._feedback_seen:
+                raise KeyError(request_id)
+            self._feedback_seen.add(request_id)
+            self.texts.drop(request_id)
+            self._record_quality(served.arm, score)
+            if self.judge is not None:
+                self._judge("quality", served.arm, score, served.key, served.period, served.assigned)
+        return served.arm
+
+    def _record_quality(self, arm: str, score: float) -> None:
+        rec = self._arm(arm)
+        if rec.generation is None:
+            rec.generation = GenerationTotals()
+        rec.generation.add_quality(score)
+
+    def count_quality(self, arm: str, score: float) -> None:
+        """Quality feedback the store accepted (for an answer of any replica): this pod's window."""
+        with self._lock:
+            self._record_quality(arm, score)
 
     def feedback(self, request_id: str, labels: tuple[str, ...]) -> tuple[str, bool] | None:
         """Record the true label(s) of a served request: (arm, correct), or None if the id is unknown.

@@ -78,7 +78,8 @@ class RouterState:
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
         """``admin_token``: the text of the token file or variable (see ``parse_tokens``)."""
-        recorder = Recorder(experiment.name, config.latency_window, config.request_log_size)
+        recorder = Recorder(experiment.name, config.latency_window, config.request_log_size,
+                            config.feedback_pending_s)
         recorder.set_shares(experiment.shares)
         if not config.store:  # with a store the judge reads every replica's traffic from it
             recorder.start_judge(experiment.arm_names, experiment.shares, FIRST_PERIOD)
