@@ -319,3 +319,49 @@ def test_quality_feedback_and_the_report_per_arm(router, heldout):
                          timeout=60, trust_env=False).text
     assert "| arm | streams | mean TTFT ms |" in markdown
     assert "| ttft mean | mean time to first token" in markdown
+
+
+def grpc_stream(router: RouterProcess, user: str, prompt: str, **parameters) -> list:
+    """One request through the router's gRPC ModelStreamInfer (tritonclient's start_stream / async_stream_infer):
+    every response, up to the one with a finish reason (or an error)."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(router.grpc_address)
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)), headers={"x-user-id": user})
+    try:
+        tensor = grpcclient.InferInput(GENERATIVE.input_text, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        client.async_stream_infer(EXPERIMENT, [tensor], parameters=parameters)
+        out = []
+        while True:
+            result, error = responses.get(timeout=60)
+            out.append(error if error is not None else result)
+            if error is not None or result.as_numpy(GENERATIVE.output_finish_reason).reshape(-1)[0]:
+                return out
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_grpc_stream_through_the_router_is_sticky_and_names_its_arm(router, references, heldout):
+    prompt = heldout[6]["prompt"]
+    assigner = Assigner(experiment_from_dict(spec_stub()))
+    seen = set()
+    for user in [f"grpc-{i}" for i in range(6)]:
+        results = grpc_stream(router, user, prompt, max_tokens=7)
+        arms = {r.get_response().parameters["variant"].string_param for r in results}
+        arm = assigner.assign(user, None)
+        assert arms == {arm}
+        text = "".join(r.as_numpy(GENERATIVE.output_text).reshape(-1)[0].decode() for r in results)
+        want = expected(references, arm, prompt, 7)
+        assert text == want.text and len(results) == len(want.token_ids)  # a response per token
+        assert [int(r.as_numpy(GENERATIVE.output_completion_tokens)[0]) for r in results] == \
+            list(range(1, len(results) + 1))
+        seen.add(arm)
+    assert seen == set(VERSIONS)
+    refused = grpc_stream(router, "grpc-bad", prompt, max_tokens=0)
+    assert len(refused) == 1 and "max_tokens must be an integer >= 1, got 0" in refused[0].message()

@@ -139,11 +139,17 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each message answered as by ``ModelInfer``, concurrently; answers come back as they are ready."""
+        """Each message answered as by ``ModelInfer``, concurrently; answers come back as they are ready. For a
+        generative experiment each message's token stream is relayed instead (``serving.router.grpc_stream``)."""
+        from serving.router.grpc_stream import is_generative, relay  # it builds on this module's exchange
+
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task] = set()
+        generative = await is_generative(self.state)
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            if generative:  # a token stream per message (serving.router.grpc_stream)
+                return await relay(self.state, request, context, answers.put)
             try:
                 response, _, _ = await self._infer(request, context)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))

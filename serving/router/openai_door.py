@@ -46,15 +46,13 @@ from serving.router.http_door import Disconnected, read_body
 from serving.router.llm_upstream import GenStream, TokenEvent
 from serving.router.metrics import RequestRef
 from serving.router.openai_request import GenerationAsk, model_of, parse_ask
-from serving.router.routing import UNASSIGNED, Exchange, Refused, finish, record_refused, route
+from serving.router.routing import CLIENT_CLOSED, UNASSIGNED, Exchange, Refused, finish, record_refused, route
 from serving.router.state import RouterState, get_state
 from tunestack.bench.streams import StreamTimer
 
 log = logging.getLogger(__name__)
 
 CHAT_PATH, COMPLETIONS_PATH, MODELS_PATH = "/v1/chat/completions", "/v1/completions", "/v1/models"
-CLIENT_CLOSED = 499
-"""The client error a request counts as when its client went away before the answer was complete."""
 ARM_FIELD = "tunestack"
 """The field of every completion object and chunk that names the arm (see the module docstring)."""
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]

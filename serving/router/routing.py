@@ -47,6 +47,9 @@ MAX_REQUEST_ID = 256
 """The longest request id a caller may send (it travels back in the ``x-request-id`` header or metadata)."""
 UNASSIGNED = "unassigned"
 """The arm label of requests refused before an arm was chosen."""
+CLIENT_CLOSED = 499
+"""The client error a streamed request counts as when its client went away before the stream ended: the
+caller's doing, never counted against the arm."""
 
 
 class Refused(Exception):
