@@ -365,3 +365,56 @@ def test_grpc_stream_through_the_router_is_sticky_and_names_its_arm(router, refe
     assert seen == set(VERSIONS)
     refused = grpc_stream(router, "grpc-bad", prompt, max_tokens=0)
     assert len(refused) == 1 and "max_tokens must be an integer >= 1, got 0" in refused[0].message()
+
+
+def test_rollout_ramps_int8_behind_fp32_on_the_generative_judge(triton, tmp_path):
+    """The rollout controller ramps the int8 version (25 -> 50 -> 100 %) behind fp32 while openai clients stream
+    through the router; it reads the store's generative unit table (TTFT and error-rate guardrails, users as
+    units) and promotes. Margins are wide: on the shared 2-core machine TTFT is mostly scheduling noise."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experiments.judge import JudgeConfig, Margins, MinSamples
+    from experiments.rollout.config import RolloutConfig
+    from experiments.rollout.controller import RolloutController
+    from experiments.store import open_store
+
+    name = "verdict-ramp"
+    store = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({**spec(triton), "name": name}))
+    cfg = RolloutConfig(steps=(25.0, 50.0, 100.0), guardrails=("error_rate", "ttft_mean"), min_step_requests=40,
+                        step_timeout_s=90, poll_s=0.5,
+                        judge=JudgeConfig(tune_n=300, min_samples=MinSamples(error_rate=60, ttft_mean=60),
+                                          margins=Margins(error_rate=0.05, ttft_mean=100.0)))
+    stop, failures = threading.Event(), []
+
+    def user(i: int) -> None:
+        client = oai(router)
+        n = 0
+        while not stop.is_set():
+            try:
+                client.completions.create(model=name, prompt=f"Review of Film {i}: fine.", max_tokens=3,
+                                          user=f"ramp-{i}-{n % 40}")
+            except openai.APIError as e:
+                failures.append(e)
+            n += 1
+
+    with RouterProcess(tmp_path / "experiment.yaml", log_file=tmp_path / "router.log",
+                       extra_args=["--store", store, "--log-level", "warning"]) as router:
+        with ThreadPoolExecutor(4) as pool:
+            for i in range(4):
+                pool.submit(user, i)
+
+            async def ramp():
+                async with open_store(store) as s:
+                    return await asyncio.wait_for(RolloutController(s, name, cfg).run(), 300)
+
+            try:
+                outcome = asyncio.run(ramp())
+            finally:
+                stop.set()
+    assert (outcome.result, outcome.percent) == ("complete", 100.0), outcome.reason
+    assert outcome.treatment_requests > 80 and not failures
+    judged = outcome.looks[-1].metrics if outcome.looks else {}
+    assert "ttft_mean" in judged and "label_distribution" not in judged
