@@ -53,10 +53,10 @@ SCENARIOS = {
     "aa-ramp": Scenario("A/A ramp 5 -> 25 -> 50 % with shared trends (latency +10 %, errors x2, positive share "
                         "0.45 -> 0.55), independent requests", **RAMP, **TRENDS),
     "aa-generative": Scenario("A/A generative: sticky users whose prompts differ in length", **STICKY, **GENERATIVE),
-    "ttft-generative": Scenario("TTFT +20 % (a slower prefill), sticky users whose prompts differ in length",
-                                "ttft_mean", ttft_scale_t=1.2, **STICKY, **GENERATIVE),
-    "itl-generative": Scenario("inter-token latency +10 % (slower decoding), sticky users whose prompts differ "
-                               "in length", "itl_mean", itl_scale_t=1.1, **STICKY, **GENERATIVE),
+    "ttft-generative": Scenario("TTFT +50 % (a slower prefill), sticky users whose prompts differ in length",
+                                "ttft_mean", ttft_scale_t=1.5, **STICKY, **GENERATIVE),
+    "itl-generative": Scenario("inter-token latency +20 % (slower decoding), sticky users whose prompts differ "
+                               "in length", "itl_mean", itl_scale_t=1.2, **STICKY, **GENERATIVE),
 }
 """Every scenario by name."""
 

@@ -89,10 +89,18 @@ class SimulationSpec:
     """Share of the treatment's requests lost before they are recorded (a sample-ratio fault)."""
     drop_users_t: float | None = None
     """Share of users who lose every request they send while in the treatment (a sample-ratio fault)."""
+    prompt_sd: float | None = None
+    """Generative scenarios: spread of the users' prompt lengths (sd of the log of their TTFT factor)."""
+    tokens_sd: float | None = None
+    """Generative scenarios: spread of the users' answer lengths (sd of the log of their mean output tokens)."""
+    ttft_scale_t: float | None = None
+    """Generative scenarios: the treatment's TTFT multiplier (1.5: a prefill 50 % slower)."""
+    itl_scale_t: float | None = None
+    """Generative scenarios: the treatment's inter-token latency multiplier."""
 
     TRAFFIC = ("users", "sticky", "activity", "activity_index", "latency_sd", "label_sd", "difficulty_sd", "steps",
                "latency_trend", "error_trend", "label_share_start", "label_share_end", "load_sd", "drop_t",
-               "drop_users_t")
+               "drop_users_t", "prompt_sd", "tokens_sd", "ttft_scale_t", "itl_scale_t")
 
     def __post_init__(self) -> None:
         problems = []
