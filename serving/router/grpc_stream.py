@@ -31,7 +31,7 @@ from export.contract import GENERATIVE
 from export.llm_request import REJECTION_PREFIX
 from serving.router.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from serving.router.grpc_codec import tag_answer
-from serving.router.grpc_door import GrpcExchange
+from serving.router.grpc_exchange import GrpcExchange
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.llm_upstream import TokenEvent
 from serving.router.metrics import RequestRef
