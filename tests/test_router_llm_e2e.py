@@ -418,3 +418,29 @@ def test_rollout_ramps_int8_behind_fp32_on_the_generative_judge(triton, tmp_path
     assert outcome.treatment_requests > 80 and not failures
     judged = outcome.looks[-1].metrics if outcome.looks else {}
     assert "ttft_mean" in judged and "label_distribution" not in judged
+
+
+def test_a_grpc_client_that_cancels_its_stream_stops_the_model(router, triton, heldout):
+    """Through the router's gRPC door: 3 responses of at most 400, then the client cancels its stream; the
+    model counts the cancellation (its counter, not a clock)."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    cancelled = triton_counter(triton, CANCELLED_METRIC)
+    client = grpcclient.InferenceServerClient(router.grpc_address)
+    responses: queue.SimpleQueue = queue.SimpleQueue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)),
+                        headers={"x-user-id": "grpc-leaver"})
+    try:
+        tensor = grpcclient.InferInput(GENERATIVE.input_text, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([heldout[7]["prompt"].encode()], dtype=np.object_))
+        client.async_stream_infer(EXPERIMENT, [tensor], parameters={"max_tokens": 400, "ignore_eos": True})
+        for _ in range(3):
+            result, error = responses.get(timeout=60)
+            assert error is None
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    wait_for(lambda: triton_counter(triton, CANCELLED_METRIC) == cancelled + 1, 60, "the model counts the cancellation")

@@ -54,7 +54,8 @@ def parse_chat_request(body: object, model: str) -> ChatRequest:
     if unknown:
         problems.append(f"unsupported field(s) {', '.join(map(repr, unknown))}; this server accepts: {', '.join(FIELDS)}")
     if body.get("model") != model:
-        raise RequestError(404, f"model {body.get('model')!r} does not exist; this server serves {model!r}", "model")
+        raise RequestError(404, f"model {body.get('model')!r} does not exist; this server serves {model!r}", "model",
+                           "model_not_found")
     messages = []
     try:
         messages = parse_messages(json.dumps(body.get("messages")), "messages")

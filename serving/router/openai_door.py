@@ -207,8 +207,8 @@ async def completions(scope, receive, send, chat: bool) -> None:
     state: RouterState = scope["app"].state.router
     headers = dict(scope["headers"])
     try:
-        raw = await read_body(receive, headers.get(b"content-length"), state.config.max_body_bytes)
-        model = model_of(orjson.loads(raw))
+        body = orjson.loads(await read_body(receive, headers.get(b"content-length"), state.config.max_body_bytes))
+        model = model_of(body)
     except Disconnected:
         return
     except RouterError as e:
@@ -217,7 +217,7 @@ async def completions(scope, receive, send, chat: bool) -> None:
         return await _refuse_early(state, send, FieldError(f"the request body is not valid JSON: {e}"), headers)
     except RequestError as e:
         return await _refuse_early(state, send, FieldError(str(e), e.param), headers)
-    ex = GenerationExchange(model, orjson.loads(raw), chat, headers)
+    ex = GenerationExchange(model, body, chat, headers)
     try:
         stream = await route(state, ex)
     except Refused as r:
