@@ -192,6 +192,16 @@ def test_sticky_by_user_field_and_by_header(router):
         assert models["data"][0]["id"] == EXPERIMENT and models["data"][0]["tunestack"]["arms"] == list(VERSIONS)
 
 
+def test_the_shipped_generative_spec_loads():
+    from experiments.rollout.config import RolloutConfig
+    from experiments.spec import load_experiment
+
+    path = Path(__file__).parents[1] / "experiments/specs/verdict-llm-ab.yaml"
+    exp = load_experiment(path)
+    assert [a.model for a in exp.arms] == [MODEL, MODEL] and exp.timeout_s >= 10
+    assert "ttft_mean" in RolloutConfig.from_dict(yaml.safe_load(path.read_text())["rollout"]).guardrails
+
+
 def spec_stub() -> dict:
     return {"name": EXPERIMENT, "sticky": {"header": "X-User-Id"},
             "arms": [{"name": arm, "model": MODEL, "version": v, "weight": 50} for arm, v in VERSIONS.items()]}
