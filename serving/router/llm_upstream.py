@@ -11,7 +11,8 @@ response whose error starts with the model's ``REJECTION_PREFIX``, are the calle
 rest are the arm's ``UpstreamError``/``UpstreamTimeout``. Each later token must come within the same
 ``timeout_s``. Closing a stream early closes its connection: Triton marks the request cancelled and the model
 stops generating it before its next token (``export/triton_llm/model.py``). One ``httpx.AsyncClient`` (HTTP/1.1
-keep-alive pool) per Triton; SSE parsing by ``httpx-sse``.
+keep-alive pool) per Triton; SSE parsing by ``httpx-sse``; a stream read to its end leaves its connection in the
+pool.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class GenStream:
 
     def __init__(self, target: Target, response: httpx.Response, events: AsyncIterator, first: TokenEvent):
         self.target, self._response, self._events, self.first = target, response, events, first
+        self.finished = first.finish_reason is not None
+        """The model's final response was read (the connection may then go back to the pool)."""
 
     async def rest(self) -> AsyncIterator[TokenEvent]:
         last = self.first
@@ -72,6 +75,7 @@ class GenStream:
                 event = _event(self.target, sse.data)
                 if event is not None:
                     last = event
+                    self.finished = event.finish_reason is not None
                     yield event
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"{self.target} sent no token for too long after {last.completion_tokens}") from None
@@ -79,6 +83,15 @@ class GenStream:
             raise UpstreamError(f"{self.target} broke off the stream: {type(e).__name__}: {e}") from None
 
     async def aclose(self) -> None:
+        """End the stream: after the final response, read the body's end (Triton ends it at once) so the
+        connection is kept for the next stream; before it, close the connection (the model stops)."""
+        if self.finished:
+            try:
+                async with asyncio.timeout(1.0):
+                    async for _ in self._events:
+                        pass
+            except (TimeoutError, httpx.HTTPError, UpstreamError, UpstreamRejected):
+                pass
         await self._response.aclose()
 
 
