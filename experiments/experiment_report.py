@@ -37,6 +37,11 @@ MEANINGS = {
     "accuracy": "correct answers per feedback",
     "label_distribution": "each predicted label's share (the label that moved most shown)",
     "confidence_mean": "mean top-class probability",
+    "ttft_mean": "mean time to first token (request in -> the model's first token, at the router)",
+    "itl_mean": "mean inter-token latency: every gap between tokens / the gaps",
+    "output_tokens_mean": "mean tokens per answer",
+    "tokens_per_s": "output tokens per second of stream (tokens / (request in -> last token))",
+    "quality": "mean quality feedback in [0, 1]: a rating, or ROUGE-L F against a reference",
     "drift": "inputs and predictions against the training reference (largest PSI; a monitoring rule, outside alpha)",
 }
 """What each metric of the judge's table measures, for the Markdown report."""
@@ -76,6 +81,8 @@ def _arm(rec: ArmRecord, share: float | None, alpha: float, resamples: int, rng:
     }
     if share is not None:
         out["share"] = round(share, 6)
+    if rec.generation is not None:
+        out["generation"] = rec.generation.to_dict()
     return out
 
 
@@ -157,6 +164,25 @@ def plot_latency_cdf(r: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def generation_lines(r: dict[str, Any]) -> list[str]:
+    """The generative arms' stream figures (``experiments.generation``), when any arm has them."""
+    rows = {name: a["generation"] for name, a in r["arms"].items() if a.get("generation")}
+    if not rows:
+        return []
+
+    def num(x: float | None, digits: int = 2) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    lines = ["", "Generation (the router's timing of each stream it relayed, from the request's arrival):", "",
+             "| arm | streams | mean TTFT ms | mean ITL ms | output tokens | mean output tokens | tokens/s "
+             "| quality (n) |", "|---|---|---|---|---|---|---|---|"]
+    for name, g in rows.items():
+        lines.append(f"| {name} | {g['streams']} | {num(g['ttft_mean_ms'])} | {num(g['itl_mean_ms'])} | "
+                     f"{g['output_tokens']} | {num(g['output_tokens_mean'])} | {num(g['tokens_per_s'], 1)} | "
+                     f"{num(g['quality_mean'], 3)} ({g['quality_n']}) |")
+    return lines
+
+
 def _iv(d: dict | None, unit: str = "") -> str:
     if not d or "estimate" not in d:
         return "-"
@@ -185,6 +211,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{_iv(lat.get('p50'))} | {_iv(lat.get('p95'))} | {_iv(lat.get('p99'))} | {_iv(a['accuracy'])} |")
     lines += ["", "Predicted labels: " + "; ".join(
         f"{name}: " + (", ".join(f"{k} {v}" for k, v in a["labels"].items()) or "none") for name, a in r["arms"].items())]
+    lines += generation_lines(r)
     if "feedback" in r:
         lines += ["", f"Feedback waiting for its answer: {r['feedback']['pending']}; expired without one: "
                       f"{r['feedback']['expired']}."]

@@ -19,7 +19,8 @@ BOUND = sps.binom.ppf(0.99, SIMS, ALPHA) / SIMS
 """Fail only when the observed count is implausible for a true rate of alpha (one-sided binomial, 1 %)."""
 
 
-@pytest.mark.parametrize(("scenario", "look_every"), [("aa-sticky", 250), ("aa-ramp", 500), ("aa", 250)])
+@pytest.mark.parametrize(("scenario", "look_every"), [("aa-sticky", 250), ("aa-ramp", 500), ("aa", 250),
+                                                    ("aa-generative", 250)])
 def test_aa_any_false_verdict_rate_at_most_alpha_at_every_look(scenario, look_every):
     r = simulate(SimulationSpec(scenario=scenario, sims=SIMS, look_every=look_every, max_per_arm=5000, seed=11),
                  JudgeConfig(alpha=ALPHA))
@@ -28,6 +29,13 @@ def test_aa_any_false_verdict_rate_at_most_alpha_at_every_look(scenario, look_ev
         # the same data judged per request with the periods pooled: far above alpha; a broken simulation
         # that never produced a difference would fail here
         assert r["naive"]["any_false_verdict_rate"] > 3 * ALPHA, r["naive"]
+
+
+def test_generative_metrics_find_a_slower_decoder_and_only_it():
+    r = simulate(SimulationSpec(scenario="itl-generative", sims=60, look_every=250, seed=5))
+    assert r["power"] > 0.9 and r["any_false_verdict_rate"] <= 0.05, r
+    assert "ttft_mean" in r["metrics_checked_for_false_verdicts"] and "itl_mean" not in r["metrics_checked_for_false_verdicts"]
+    assert r["alpha_per_check"] == pytest.approx(ALPHA / 9)
 
 
 def test_heavy_tailed_sticky_users_on_a_ramp_through_the_cli(capsys):

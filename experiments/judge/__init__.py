@@ -10,10 +10,17 @@
 """
 
 from experiments.judge.accumulator import Judge
-from experiments.judge.config import METRICS, JudgeConfig, Margins, MinSamples
+from experiments.judge.config import (
+           ALL_METRICS,
+           GENERATIVE_METRICS,
+           METRICS,
+           JudgeConfig,
+           Margins,
+           MinSamples,
+)
 from experiments.judge.judge import Judgement, MetricResult, SampleRatio, Verdicts, judge
 from experiments.judge.snapshot import Moments
 from experiments.judge.units import UnitTable
 
-__all__ = ["METRICS", "Judge", "JudgeConfig", "Judgement", "Margins", "MetricResult", "MinSamples", "Moments",
+__all__ = ["ALL_METRICS", "GENERATIVE_METRICS", "METRICS", "Judge", "JudgeConfig", "Judgement", "Margins", "MetricResult", "MinSamples", "Moments",
            "SampleRatio", "UnitTable", "Verdicts", "judge"]

@@ -53,6 +53,9 @@ class Frame:
     new_units: np.ndarray
     """``(B, P, A)``: units first seen in each period, by the arm they were assigned to there (each unkeyed
     request is a new unit)."""
+    generative: bool = False
+    """A generative experiment's frame: ``sums`` also holds ``experiments.generation.GENERATION_FIELDS`` and
+    the judge reads the generative metrics (``config.metrics_of``)."""
 
     @property
     def batch(self) -> int:
@@ -84,12 +87,14 @@ class Frame:
         sums = {f: np.asarray(getattr(table, f), dtype=np.float64)[None] for f in SUMS if f != "tail"}
         tail = np.zeros(table.rows) if table.tail is None else np.asarray(table.tail, dtype=np.float64)
         sums["tail"] = tail[None]
+        for f, values in table.generation.items():
+            sums[f] = np.asarray(values, dtype=np.float64)[None]
         labels = {k: np.asarray(v, dtype=np.float64)[None] for k, v in table.labels.items()}
         keyed = np.asarray(table.keyed, dtype=bool)
         new = new_unit_counts(pidx, assigned, unit, keyed, sums["requests"][0], P, len(table.arms))
         return cls(tuple(table.arms), shares, (arm * P + pidx)[None], (assigned * P + pidx)[None], unit,
                    int(unit.max()) + 1 if table.rows else 0, keyed, sums, labels,
-                   np.array([table.tail_threshold_ms is not None]), new[None])
+                   np.array([table.tail_threshold_ms is not None]), new[None], table.generative)
 
 
 def new_unit_counts(period: np.ndarray, assigned: np.ndarray, unit: np.ndarray, keyed: np.ndarray,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from experiments.judge import metrics as m
-from experiments.judge.config import METRICS, UNITS, JudgeConfig
+from experiments.judge.config import UNITS, JudgeConfig, metrics_of
 from experiments.judge.frame import Frame
 from experiments.judge.units import UnitTable
 
@@ -126,12 +126,12 @@ def _units_per_arm(frame: Frame, n: np.ndarray, arm: int) -> int:
 def _result(name: str, arrays: m.MetricArrays, frame: Frame, t: int, cfg: JudgeConfig,
             threshold_ms: float | None) -> MetricResult:
     c = arrays.contrast
-    denominator = m.LABEL_DENOMINATOR if name == "label_distribution" else m.RATIOS[name][1]
-    n = frame.sums[denominator]
+    n = frame.sums[m.samples_of(name)]
+    n_control, n_treatment = m.arm_totals(frame, m.samples_of(name), t)
     per_label = {k: {"estimate": _finite(e[0]), "low": _finite(lo[0]), "high": _finite(hi[0])}
                  for k, (e, lo, hi) in arrays.per_label.items()}
     return MetricResult(m.VERDICTS[int(arrays.codes[0])], _finite(arrays.estimate[0]), _finite(arrays.low[0]),
-                        _finite(arrays.high[0]), int(round(c.n_control[0])), int(round(c.n_treatment[0])),
+                        _finite(arrays.high[0]), int(round(n_control[0])), int(round(n_treatment[0])),
                         getattr(cfg.min_samples, name), getattr(cfg.margins, name), UNITS[name], per_label,
                         _units_per_arm(frame, n, 0), _units_per_arm(frame, n, t), _finite(c.design_effect[0]),
                         threshold_ms if name == "latency_p99" else None)
@@ -188,10 +188,11 @@ def judge(table: UnitTable, config: JudgeConfig | None = None) -> Verdicts:
     cfg = config or JudgeConfig()
     frame = Frame.from_table(table)
     arrays, srm = m.evaluate(frame, cfg)
-    a = cfg.alpha_per_metric(len(frame.arms) - 1)
+    a = cfg.alpha_per_metric(len(frame.arms) - 1, frame.generative)
     treatments = {}
     for t, name in enumerate(frame.arms[1:], start=1):
-        metrics = {k: _result(k, arrays[name][k], frame, t, cfg, table.tail_threshold_ms) for k in METRICS}
+        metrics = {k: _result(k, arrays[name][k], frame, t, cfg, table.tail_threshold_ms)
+                   for k in metrics_of(frame.generative)}
         treatments[name] = Judgement(cfg.alpha, a, metrics)
     sample_ratio = _sample_ratio(srm, frame, a)
     return Verdicts(treatments, sample_ratio, headline(treatments, sample_ratio, frame.arms[0]))

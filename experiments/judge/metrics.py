@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.judge import srm
-from experiments.judge.config import HIGHER_IS_BETTER, METRICS, JudgeConfig
+from experiments.judge.config import HIGHER_IS_BETTER, JudgeConfig, metrics_of
 from experiments.judge.frame import Frame
 from experiments.judge.ratio import Contrast, contrast
 
@@ -36,9 +36,24 @@ RATIOS = {"error_rate": ("server_errors", "requests", None),
           "latency_mean": ("latency_sum", "answered", "latency_sq"),
           "latency_p99": ("tail", "answered", None),
           "accuracy": ("feedback_correct", "feedback_n", None),
-          "confidence_mean": ("confidence_sum", "confidence_n", "confidence_sq")}
+          "confidence_mean": ("confidence_sum", "confidence_n", "confidence_sq"),
+          "ttft_mean": ("ttft_sum", "streams", "ttft_sq"),
+          "itl_mean": ("itl_sum", "gaps", "itl_sq"),
+          "output_tokens_mean": ("output_tokens", "streams", "output_tokens_sq"),
+          "tokens_per_s": ("output_tokens", "seconds", "rate_sq"),
+          "quality": ("quality_sum", "quality_n", "quality_sq")}
 """Per metric (but the label distribution): the ``Frame`` sums of its numerator, denominator, and the sum of
-squares of its per-request values (``None``: 0/1 values)."""
+squares of its per-request values (``None``: 0/1 values; ``tokens_per_s``: the sum of ``tokens^2 / seconds``,
+so ``sum q - R Y`` is the requests' spread around the ratio weighted by their seconds)."""
+
+SAMPLES = {"tokens_per_s": "streams"}
+"""A metric whose samples (its minimum sample and the report's ``n``) are not its denominator: tokens per
+second is a ratio over seconds, but its samples are the streams."""
+
+
+def samples_of(name: str) -> str:
+    """The ``Frame`` sum that counts the samples of metric ``name``."""
+    return SAMPLES.get(name, LABEL_DENOMINATOR if name == "label_distribution" else RATIOS[name][1])
 
 LABEL_DENOMINATOR = "predictions"
 """Each label's share is its count over the predictions."""
@@ -92,6 +107,12 @@ def verdict_codes(low, high, margin: float, enough, higher_is_better: bool | Non
     return np.where(np.asarray(enough, dtype=bool), decided, NOT_ENOUGH).astype(np.int8)
 
 
+def arm_totals(frame: Frame, field: str, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(B,)`` totals of sum ``field`` in the control and in arm ``t``, over every period."""
+    sums, P = frame.layout.group_sums(frame.sums[field]), frame.n_periods
+    return sums[:, :P].sum(axis=1), sums[:, t * P:(t + 1) * P].sum(axis=1)
+
+
 def _contrast(frame: Frame, y: np.ndarray, n: np.ndarray, q: np.ndarray | None, treatment: int) -> Contrast:
     return contrast(y, n, q, frame.layout, treatment)
 
@@ -129,14 +150,15 @@ def _labels(frame: Frame, t: int, a: float, cfg: JudgeConfig) -> MetricArrays:
 def evaluate_treatment(frame: Frame, t: int, cfg: JudgeConfig, a: float) -> dict[str, MetricArrays]:
     """Every metric of arm ``t`` against the control, each CS at level ``a``."""
     out: dict[str, MetricArrays] = {}
-    for name in METRICS:
+    for name in metrics_of(frame.generative):
         if name == "label_distribution":
             out[name] = _labels(frame, t, a, cfg)
             continue
         y, n, q = RATIOS[name]
         c = _contrast(frame, frame.sums[y], frame.sums[n], None if q is None else frame.sums[q], t)
         est, low, high = c.interval(a, cfg.tune_n)
-        enough = np.minimum(c.n_control, c.n_treatment) >= getattr(cfg.min_samples, name)
+        n_control, n_treatment = arm_totals(frame, samples_of(name), t)
+        enough = np.minimum(n_control, n_treatment) >= getattr(cfg.min_samples, name)
         if name == "latency_p99":
             enough = enough & frame.tail_known
         codes = verdict_codes(low, high, getattr(cfg.margins, name), enough, HIGHER_IS_BETTER[name])
@@ -162,6 +184,6 @@ def sample_ratio(frame: Frame, cfg: JudgeConfig, a: float) -> SampleRatioArrays:
 
 def evaluate(frame: Frame, cfg: JudgeConfig) -> tuple[dict[str, dict[str, MetricArrays]], SampleRatioArrays]:
     """Every treatment's metrics against the control, and the sample-ratio check (alpha split over all)."""
-    a = cfg.alpha_per_metric(len(frame.arms) - 1)
+    a = cfg.alpha_per_metric(len(frame.arms) - 1, frame.generative)
     treatments = {frame.arms[t]: evaluate_treatment(frame, t, cfg, a) for t in range(1, len(frame.arms))}
     return treatments, sample_ratio(frame, cfg, a)

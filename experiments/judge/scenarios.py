@@ -38,6 +38,9 @@ def _effects(suffix: str, description: str, traffic: dict) -> dict[str, Scenario
     }
 
 
+GENERATIVE = {"generative": True, "prompt_sd": 0.6, "tokens_sd": 0.5, "quality_sd": 1.0}
+"""A generative model's sticky users whose prompts (so their TTFTs) and answer lengths differ."""
+
 SCENARIOS = {
     "aa": Scenario("A/A: independent requests"),
     **_effects("", "", {}),
@@ -49,11 +52,18 @@ SCENARIOS = {
                           "users", "sample_ratio", "sample ratio mismatch", drop_users_t=0.05, **STICKY),
     "aa-ramp": Scenario("A/A ramp 5 -> 25 -> 50 % with shared trends (latency +10 %, errors x2, positive share "
                         "0.45 -> 0.55), independent requests", **RAMP, **TRENDS),
+    "aa-generative": Scenario("A/A generative: sticky users whose prompts differ in length", **STICKY, **GENERATIVE),
+    "ttft-generative": Scenario("TTFT +50 % (a slower prefill), sticky users whose prompts differ in length",
+                                "ttft_mean", ttft_scale_t=1.5, **STICKY, **GENERATIVE),
+    "itl-generative": Scenario("inter-token latency +20 % (slower decoding), sticky users whose prompts differ "
+                               "in length", "itl_mean", itl_scale_t=1.2, **STICKY, **GENERATIVE),
 }
 """Every scenario by name."""
 
 AFFECTED = {name: {"latency_p99": ("latency_mean", "latency_p99"), "accuracy": ("accuracy",),
-                   "error_rate": ("error_rate",), "label_distribution": ("label_distribution",)}.get(sc.target or "", ())
+                   "error_rate": ("error_rate",), "label_distribution": ("label_distribution",),
+                   "ttft_mean": ("ttft_mean", "latency_mean", "latency_p99", "tokens_per_s"),
+                   "itl_mean": ("itl_mean", "latency_mean", "latency_p99", "tokens_per_s")}.get(sc.target or "", ())
             for name, sc in SCENARIOS.items()}
 """Metrics whose verdict is not false in a scenario (its effect moves them)."""
 

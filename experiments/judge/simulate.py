@@ -27,8 +27,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats as sps
 
+from experiments.generation import GENERATION_FIELDS
 from experiments.judge import metrics as m
-from experiments.judge.config import METRICS, JudgeConfig
+from experiments.judge.config import JudgeConfig, metrics_of
 from experiments.judge.frame import SUMS, Frame
 from experiments.judge.scenarios import AFFECTED, SCENARIOS
 from experiments.judge.traffic import Requests, Scenario, draw
@@ -88,10 +89,18 @@ class SimulationSpec:
     """Share of the treatment's requests lost before they are recorded (a sample-ratio fault)."""
     drop_users_t: float | None = None
     """Share of users who lose every request they send while in the treatment (a sample-ratio fault)."""
+    prompt_sd: float | None = None
+    """Generative scenarios: spread of the users' prompt lengths (sd of the log of their TTFT factor)."""
+    tokens_sd: float | None = None
+    """Generative scenarios: spread of the users' answer lengths (sd of the log of their mean output tokens)."""
+    ttft_scale_t: float | None = None
+    """Generative scenarios: the treatment's TTFT multiplier (1.5: a prefill 50 % slower)."""
+    itl_scale_t: float | None = None
+    """Generative scenarios: the treatment's inter-token latency multiplier."""
 
     TRAFFIC = ("users", "sticky", "activity", "activity_index", "latency_sd", "label_sd", "difficulty_sd", "steps",
                "latency_trend", "error_trend", "label_share_start", "label_share_end", "load_sd", "drop_t",
-               "drop_users_t")
+               "drop_users_t", "prompt_sd", "tokens_sd", "ttft_scale_t", "itl_scale_t")
 
     def __post_init__(self) -> None:
         problems = []
@@ -119,18 +128,19 @@ class SimulationSpec:
 
 
 def _frames(req: Requests, acc: dict[str, np.ndarray], naive: dict[str, np.ndarray], L: int, shares: np.ndarray,
-            pooled_t: float, unit_counts: np.ndarray) -> tuple[Frame, Frame]:
+            pooled_t: float, unit_counts: np.ndarray, generative: bool) -> tuple[Frame, Frame]:
     """The units frame and the naive frame after ``L`` requests (``acc``: the rows' sums so far; ``naive``:
     the same per arm)."""
     B = req.row_group.shape[0]
+    sums = SUMS + (GENERATION_FIELDS if generative else ())
     known = L >= req.threshold_at
     keyed = np.full(req.row_unit.shape, req.keyed)
     units = Frame(("control", "treatment"), shares, req.row_group, req.row_group, req.row_unit, req.n_units, keyed,
-                  {k: acc[k] for k in SUMS}, {k: acc[f"label:{k}"] for k in LABELS}, known, unit_counts)
+                  {k: acc[k] for k in sums}, {k: acc[f"label:{k}"] for k in LABELS}, known, unit_counts, generative)
     groups = np.broadcast_to(np.arange(2), (B, 2))
     pooled = Frame(("control", "treatment"), np.array([[1 - pooled_t, pooled_t]]), groups, groups, None, 0,
-                   np.zeros(2, dtype=bool), {k: naive[k] for k in SUMS}, {k: naive[f"label:{k}"] for k in LABELS},
-                   known, naive["requests"][:, None, :])
+                   np.zeros(2, dtype=bool), {k: naive[k] for k in sums}, {k: naive[f"label:{k}"] for k in LABELS},
+                   known, naive["requests"][:, None, :], generative)
     return units, pooled
 
 
@@ -179,7 +189,7 @@ def simulate_chunk(sc: Scenario, sims: int, looks: np.ndarray, cfg: JudgeConfig,
     by_arm = req.arm + 2 * np.arange(B)[:, None]
     acc_new = np.zeros((B, P, 2))
     out = {f"{j}:{k}": np.zeros((B, len(looks)), dtype=np.int8) for j in ("units", "naive")
-           for k in (*METRICS, "sample_ratio")}
+           for k in (*metrics_of(sc.generative), "sample_ratio")}
     start = 0
     for j, L in enumerate(looks):
         idx = flat_rows[:, start:L].ravel()
@@ -189,7 +199,8 @@ def simulate_chunk(sc: Scenario, sims: int, looks: np.ndarray, cfg: JudgeConfig,
                                     minlength=2 * B).reshape(B, 2)
         acc_new += np.bincount(new_flat[:, start:L].ravel(), weights=req.kept[:, start:L].ravel(),
                                minlength=B * 2 * P).reshape(B, P, 2)
-        frames = _frames(req, acc, naive, int(L), shares, float(pooled[L - 1]), _new_units(req, int(L), period, acc_new, P))
+        frames = _frames(req, acc, naive, int(L), shares, float(pooled[L - 1]),
+                         _new_units(req, int(L), period, acc_new, P), sc.generative)
         for name, frame in zip(("units", "naive"), frames, strict=True):
             arrays, srm = m.evaluate(frame, cfg)
             for metric, a in arrays["treatment"].items():
@@ -235,7 +246,8 @@ def upper_bound(k: int, n: int, level: float = 0.95) -> float:
 
 def _judgement(spec: SimulationSpec, sc: Scenario, codes: dict[str, np.ndarray], name: str) -> dict:
     looks = spec.looks()
-    false_by = {k: np.isin(codes[f"{name}:{k}"], m.FALSE_IN_AA) for k in METRICS if k not in AFFECTED[spec.scenario]}
+    false_by = {k: np.isin(codes[f"{name}:{k}"], m.FALSE_IN_AA) for k in metrics_of(sc.generative)
+                if k not in AFFECTED[spec.scenario]}
     srm_false = codes[f"{name}:sample_ratio"].astype(bool)
     counted = dict(false_by)
     if name == "units" and sc.target != "sample_ratio":
@@ -260,10 +272,10 @@ def summarize(spec: SimulationSpec, cfg: JudgeConfig, codes: dict[str, np.ndarra
     sc = spec.traffic()
     out = {"scenario": spec.scenario, "description": sc.description, "traffic": spec.overrides(), "sims": spec.sims,
            "look_every": spec.look_every, "max_per_arm": spec.max_per_arm, "looks": len(spec.looks()),
-           "seed": spec.seed, "alpha": cfg.alpha, "alpha_per_check": cfg.alpha_per_metric(),
+           "seed": spec.seed, "alpha": cfg.alpha, "alpha_per_check": cfg.alpha_per_metric(1, sc.generative),
            "users": sc.users, "sticky": sc.sticky, "activity": sc.activity, "activity_index": sc.activity_index,
-           "steps": list(sc.steps), "metrics_checked_for_false_verdicts": [k for k in METRICS
-                                                                            if k not in AFFECTED[spec.scenario]]}
+           "steps": list(sc.steps), "metrics_checked_for_false_verdicts": [
+               k for k in metrics_of(sc.generative) if k not in AFFECTED[spec.scenario]]}
     if sc.target:
         out.update(target=sc.target, expected_verdict=sc.expected)
     out.update(_judgement(spec, sc, codes, "units"))

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import signal
 from scipy.special import expit, logit
 
+from experiments.judge.traffic_generation import generation_values
 from experiments.judge.units import PSEUDO_UNITS, tail_threshold_ms
 
 
@@ -71,6 +72,20 @@ class Scenario:
     label_shift_t: float = 0.0
     drop_t: float = 0.0
     drop_users_t: float = 0.0
+    generative: bool = False
+    """A generative model's traffic: stream figures per request (``traffic_generation.py``)."""
+    prompt_sd: float = 0.0
+    """Spread of the users' prompt lengths (sd of the log of their TTFT factor)."""
+    tokens_sd: float = 0.0
+    """Spread of the users' answer lengths (sd of the log of their mean output tokens)."""
+    quality_sd: float = 0.0
+    """How much harder users' answers rate lower (on the rating's logit, per sd of difficulty)."""
+    ttft_ms: float = 100.0
+    itl_ms: float = 30.0
+    tokens_mean: float = 20.0
+    quality: float = 0.6
+    ttft_scale_t: float = 1.0
+    itl_scale_t: float = 1.0
 
     def problems(self) -> list[str]:
         out = []
@@ -82,7 +97,7 @@ class Scenario:
             out.append(f"activity_index={self.activity_index}: expected > 0")
         if not self.steps or not all(0 < s < 1 for s in self.steps):
             out.append(f"steps={self.steps}: expected treatment shares in (0, 1)")
-        for name in ("latency_sd", "label_sd", "difficulty_sd", "load_sd"):
+        for name in ("latency_sd", "label_sd", "difficulty_sd", "load_sd", "prompt_sd", "tokens_sd", "quality_sd"):
             if getattr(self, name) < 0:
                 out.append(f"{name}={getattr(self, name)}: expected >= 0")
         for name in ("drop_t", "drop_users_t", "label_share_start", "label_share_end"):
@@ -163,7 +178,12 @@ def draw(sc: Scenario, rng: np.random.Generator, B: int, n: int, needed: int, qu
     err_rate = np.where(arm == 1, err_t, sc.error_rate) * (1 + sc.error_trend * t_frac)
     err = kept & (rng.random((B, n)) < err_rate)
     ans = kept & ~err
-    lat = _latency(sc, rng, B, n) * np.exp(sc.latency_sd * z_lat) * np.where(arm == 1, sc.latency_scale_t, 1.0)
+    base = _latency(sc, rng, B, n)
+    lat = base * np.exp(sc.latency_sd * z_lat) * np.where(arm == 1, sc.latency_scale_t, 1.0)
+    generation: dict[str, np.ndarray] = {}
+    if sc.generative:  # the request's latency is its whole stream
+        z_prompt, z_tokens = (rng.standard_normal((B, pop))[b_idx, who] for _ in range(2))
+        generation, lat = generation_values(sc, rng, base / sc.median_ms, z_prompt, z_tokens, z_dif, arm, ans)
     share = sc.label_share_start + (sc.label_share_end - sc.label_share_start) * t_frac + sc.label_shift_t * arm
     pos = rng.random((B, n)) < expit(logit(np.clip(share, 1e-6, 1 - 1e-6)) + sc.label_sd * z_lab)
     acc_t = sc.accuracy if sc.accuracy_t is None else sc.accuracy_t
@@ -177,7 +197,7 @@ def draw(sc: Scenario, rng: np.random.Generator, B: int, n: int, needed: int, qu
               "latency_sum": capped * a, "latency_sq": capped**2 * a, "predictions": a, "confidence_n": a,
               "confidence_sum": conf * a, "confidence_sq": conf**2 * a, "feedback_n": a,
               "feedback_correct": correct * a, "tail": tail * a, "label:positive": pos * a,
-              "label:negative": (1 - pos) * a}
+              "label:negative": (1 - pos) * a, **generation}
     if keyed:
         return _keyed(who, bucket, period, arm, kept, values, sc.steps, threshold_at)
     pseudo = rng.integers(0, PSEUDO_UNITS, (B, n))

@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from experiments.judge import METRICS, JudgeConfig
+from experiments.judge import ALL_METRICS, JudgeConfig
 
-GUARDRAIL_METRICS = ("error_rate", "latency_mean", "latency_p99", "label_distribution", "confidence_mean")
-"""The judge's metrics a rollout may use as guardrails (everything but accuracy, which needs feedback)."""
+GUARDRAIL_METRICS = ("error_rate", "latency_mean", "latency_p99", "label_distribution", "confidence_mean",
+                     "ttft_mean", "itl_mean", "output_tokens_mean", "tokens_per_s")
+"""The judge's metrics a rollout may use as guardrails (everything but accuracy and quality, which need
+feedback). A generative experiment's guardrails are among its own metrics, e.g. ``[error_rate, ttft_mean,
+itl_mean]`` (``label_distribution``, the default's, is a classifier's)."""
 
 ON_TIMEOUT = ("hold", "rollback")
 
@@ -130,9 +133,9 @@ def _judge_config(data: Any) -> JudgeConfig:
     if not isinstance(data, dict):
         raise RolloutConfigError(f"judge: expected a mapping (alpha, margins, min_samples, ...), got {data!r:.100}")
     for key in ("margins", "min_samples"):
-        unknown = sorted(set(data.get(key) or {}) - set(METRICS))
+        unknown = sorted(set(data.get(key) or {}) - set(ALL_METRICS))
         if unknown:
-            raise RolloutConfigError(f"judge.{key}: unknown metric(s) {unknown}; expected some of {list(METRICS)}")
+            raise RolloutConfigError(f"judge.{key}: unknown metric(s) {unknown}; expected some of {list(ALL_METRICS)}")
     try:
         return JudgeConfig.from_dict(data)
     except TypeError as e:

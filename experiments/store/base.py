@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from experiments.arm_record import ArmRecord
+from experiments.generation import GenerationTotals
 from experiments.judge.snapshot import Moments
 from experiments.store import feedback
 from experiments.store.batch import Statement, batch_statements
@@ -201,6 +202,23 @@ class Store(abc.ABC):
                                  [experiment, request_id])
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
+    async def add_quality(self, experiment: str, request_id: str, score: float) -> str | None:
+        """Record a quality score of a generative answer, once per request id: its arm when the answer is in
+        the store, None when it is not (yet). Raises ``DuplicateFeedback`` when the id already has a score."""
+        locks = self._lock_statements(experiment)
+        counts = await self._run([*locks, *feedback.add_quality(experiment, request_id, score, time.time())])
+        rows = await self._query("SELECT arm FROM quality_feedback WHERE experiment = ? AND request_id = ?",
+                                 [experiment, request_id])
+        if counts[len(locks)] == 0 and rows:
+            raise DuplicateFeedback(request_id)
+        return rows[0][0] if rows else None
+
+    async def answer_text(self, experiment: str, request_id: str) -> str | None:
+        """A generative answer's text while it is kept (``feedback_pending_s``), else None."""
+        rows = await self._query("SELECT text FROM answer_texts WHERE experiment = ? AND request_id = ?",
+                                 [experiment, request_id])
+        return rows[0][0] if rows else None
+
     async def join_feedback(self, experiment: str) -> None:
         """Join ``experiment``'s pending feedback to its answers that are in the store (``feedback.join``),
         under the experiment's lock: after every batch that stores answers, and before expiring."""
@@ -269,6 +287,10 @@ class Store(abc.ABC):
         for arm, n, total, total_sq in await self._query(
                 "SELECT arm, n, total, total_sq FROM confidence_moments WHERE experiment = ?", [experiment]):
             rec(arms, arm).confidence = Moments(int(n), float(total), float(total_sq))
+        for arm, *sums in await self._query(_GENERATION_TOTALS, [experiment]):
+            if any(sums):
+                rec(arms, arm).generation = GenerationTotals(int(sums[0]), float(sums[1]), int(sums[2]), float(sums[3]),
+                                                             int(sums[4]), float(sums[5]), int(sums[6]), float(sums[7]))
         for name, r in arms.items():
             r.latency = await self._latencies("answers", "arm", experiment, name, latency_window)
         for name, r in shadow.items():
@@ -306,6 +328,11 @@ class Store(abc.ABC):
     async def looks(self, experiment: str, limit: int = 5000) -> list[dict[str, Any]]:
         """The newest ``limit`` looks, oldest first."""
         return await read_looks(self, experiment, limit)
+
+
+_GENERATION_TOTALS = ("SELECT arm, SUM(streams), SUM(ttft_sum), SUM(gaps), SUM(itl_sum), SUM(output_tokens), "
+                      "SUM(seconds), SUM(quality_n), SUM(quality_sum) FROM unit_stats WHERE experiment = ? GROUP BY arm")
+"""A generative arm's ``GenerationTotals`` from its units' sums (classifier arms' are all 0)."""
 
 
 def _labels(text: str | None) -> tuple[str, ...]:

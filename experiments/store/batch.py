@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from experiments.generation import GENERATION_FIELDS, sample_sums
 from experiments.judge.units import LATENCY_CAP_MS, latency_bucket
 from experiments.store.records import (
     LABEL_SEP,
@@ -31,12 +32,14 @@ UnitKey = tuple[str, str, str, int, str]
 
 UNIT_SUMS = ("requests", "server_errors", "answered", "latency_sum", "latency_sq", "predictions", "confidence_n",
              "confidence_sum", "confidence_sq", "feedback_n", "feedback_correct")
-"""The summed columns of ``unit_stats``, in order."""
-_UNIT_KEY = "experiment, arm, assigned_arm, period, unit"
+"""The summed columns of ``unit_stats`` every experiment has, in order."""
+STATS_SUMS = UNIT_SUMS + GENERATION_FIELDS
+"""Every summed column of ``unit_stats``: a generative experiment's stream sums after the common ones."""
+UNIT_KEY = "experiment, arm, assigned_arm, period, unit"
 
 UPSERT_UNIT_STATS = (
-    f"INSERT INTO unit_stats ({_UNIT_KEY}, {', '.join(UNIT_SUMS)}) VALUES ({', '.join('?' * (5 + len(UNIT_SUMS)))}) "
-    f"ON CONFLICT ({_UNIT_KEY}) DO UPDATE SET " + ", ".join(f"{c} = unit_stats.{c} + excluded.{c}" for c in UNIT_SUMS))
+    f"INSERT INTO unit_stats ({UNIT_KEY}, {', '.join(STATS_SUMS)}) VALUES ({', '.join('?' * (5 + len(STATS_SUMS)))}) "
+    f"ON CONFLICT ({UNIT_KEY}) DO UPDATE SET " + ", ".join(f"{c} = unit_stats.{c} + excluded.{c}" for c in STATS_SUMS))
 _ROW_ID = "SELECT ?, id, ?, ? FROM unit_stats WHERE experiment = ? AND arm = ? AND assigned_arm = ? AND period = ? AND unit = ?"
 """A count (label or bucket, n) for the ``unit_stats`` row of a key: the row the same batch upserted first."""
 _UPSERT_UNIT_LABELS = (f"INSERT INTO unit_labels (experiment, row_id, label, n) {_ROW_ID} "
@@ -45,6 +48,8 @@ _UPSERT_UNIT_LATENCY = (f"INSERT INTO unit_latency (experiment, row_id, bucket, 
                         "ON CONFLICT (experiment, row_id, bucket) DO UPDATE SET n = unit_latency.n + excluded.n")
 _INSERT_ANSWERS = ("INSERT INTO answers (experiment, request_id, arm, assigned_arm, version, key_hash, latency_s, labels, "
                    "at, confidence, unit, period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_TEXTS = ("INSERT INTO answer_texts (experiment, request_id, text, at) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (experiment, request_id) DO NOTHING")
 _INSERT_ERRORS = ("INSERT INTO errors (experiment, arm, code, kind, at, assigned_arm, unit, period) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_SHADOWS = ("INSERT INTO shadows (experiment, shadow, primary_arm, outcome, latency_s, labels, agree, at) "
@@ -68,7 +73,7 @@ _UPSERT_REFERENCE = ("INSERT INTO drift_references (experiment, model, version, 
 def _sums(table: dict[UnitKey, list], key: UnitKey) -> list:
     sums = table.get(key)
     if sums is None:
-        sums = table[key] = [0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0]
+        sums = table[key] = [0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0] + [0.0] * len(GENERATION_FIELDS)
     return sums
 
 
@@ -96,6 +101,9 @@ def unit_aggregates(answers: Sequence[AnswerRow], units: Sequence[str], errors: 
             s[6] += len(r.confidences)
             s[7] += sum(r.confidences)
             s[8] += sum(c * c for c in r.confidences)
+        if r.generation is not None:
+            for i, x in enumerate(sample_sums(r.generation), start=len(UNIT_SUMS)):
+                s[i] += x
         for label in r.labels:
             labels[(*key, label)] += 1
         buckets[(*key, latency_bucket(ms))] += 1
@@ -148,6 +156,7 @@ def batch_statements(records: Sequence[Record]) -> list[Statement]:
                             sum(r.confidences) / len(r.confidences) if r.confidences else None,
                             None if r.period is None else unit, r.period)
                            for r, unit in zip(answers, units, strict=True)]),
+        (_INSERT_TEXTS, [(r.experiment, r.request_id, r.text, r.at) for r in answers if r.text is not None]),
         (_INSERT_ERRORS, [(r.experiment, r.arm, r.code, r.kind, r.at, r.assigned_arm, r.unit, r.period)
                           for r in errors]),
         (_INSERT_SHADOWS, [(r.experiment, r.shadow, r.primary_arm, r.outcome, r.latency_s, LABEL_SEP.join(r.labels),

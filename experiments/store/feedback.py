@@ -13,11 +13,17 @@ by ``expire`` and counted in ``expired_feedback``.
 
 "Correct" is the answer's predicted labels starting with the feedback's labels (``predicted[:n] == labels``),
 computed in SQL on the ``LABEL_SEP``-joined texts.
+
+Quality feedback on a generative answer (a score in [0, 1], ``quality``) joins an answer already in the store,
+once per request id, into ``quality_feedback`` and its unit's ``quality_*`` sums, in one transaction under the
+same lock; it is not kept pending (the replica that got it flushes its own answers first). The answers' texts
+kept for scoring (``answer_texts``) are deleted with the expired feedback: after ``feedback_pending_s``.
 """
 
 from __future__ import annotations
 
-from experiments.store.batch import UNIT_SUMS, Statement
+from experiments.generation import GENERATION_FIELDS
+from experiments.store.batch import STATS_SUMS, UNIT_KEY, UNIT_SUMS, Statement
 from experiments.store.records import LABEL_SEP
 
 _FEEDBACK_SUMS = ", ".join(["0"] * (len(UNIT_SUMS) - 2))
@@ -49,6 +55,25 @@ _JOIN_UNITS = (
 _JOIN_DELETE = ("DELETE FROM pending_feedback WHERE experiment = ? AND EXISTS (SELECT 1 FROM feedback f "
                 "WHERE f.experiment = pending_feedback.experiment AND f.request_id = pending_feedback.request_id)")
 
+_ADD_QUALITY = (
+    "INSERT INTO quality_feedback (experiment, request_id, arm, assigned_arm, period, unit, score, at) "
+    "SELECT a.experiment, a.request_id, a.arm, a.assigned_arm, a.period, a.unit, ?, ? FROM answers a "
+    "WHERE a.id = (SELECT MAX(b.id) FROM answers b WHERE b.experiment = ? AND b.request_id = ?) "
+    "ON CONFLICT (experiment, request_id) DO NOTHING")
+"""The score onto the request's newest answer; inserts nothing when there is none yet or it already has one."""
+_QUALITY_SUMS = ", ".join(["0"] * (len(STATS_SUMS) - 3) + ["1", "q.score", "q.score * q.score"])
+assert GENERATION_FIELDS[-3:] == ("quality_n", "quality_sum", "quality_sq")
+_QUALITY_UNITS = (
+    f"INSERT INTO unit_stats ({UNIT_KEY}, {', '.join(STATS_SUMS)}) "
+    f"SELECT q.experiment, q.arm, q.assigned_arm, q.period, q.unit, {_QUALITY_SUMS} FROM quality_feedback q "
+    "WHERE q.experiment = ? AND q.request_id = ? AND q.at = ? AND q.period IS NOT NULL AND q.unit IS NOT NULL "
+    f"ON CONFLICT ({UNIT_KEY}) DO UPDATE SET quality_n = unit_stats.quality_n + 1, "
+    "quality_sum = unit_stats.quality_sum + excluded.quality_sum, "
+    "quality_sq = unit_stats.quality_sq + excluded.quality_sq")
+"""The unit's quality sums, from the row ``_ADD_QUALITY`` inserted (matched by its ``at``: a refused duplicate's
+differs, so it adds nothing)."""
+_EXPIRE_TEXTS = "DELETE FROM answer_texts WHERE experiment = ? AND at < ?"
+
 _EXPIRE_COUNT = ("INSERT INTO expired_feedback (experiment, n) SELECT ?, COUNT(*) FROM pending_feedback "
                  "WHERE experiment = ? AND at < ? "
                  "ON CONFLICT (experiment) DO UPDATE SET n = expired_feedback.n + excluded.n")
@@ -67,7 +92,14 @@ def add(experiment: str, request_id: str, labels: tuple[str, ...], at: float) ->
             *join(experiment)]
 
 
+def add_quality(experiment: str, request_id: str, score: float, at: float) -> list[Statement]:
+    """Join a quality score onto the request's answer and its unit (the first statement's row count: 1 when
+    joined, 0 when the answer is not in the store or already has a score)."""
+    return [(_ADD_QUALITY, [(score, at, experiment, request_id)]), (_QUALITY_UNITS, [(experiment, request_id, at)])]
+
+
 def expire(experiment: str, older_than: float) -> list[Statement]:
-    """Count, then delete, the pending feedback received before ``older_than`` (Unix time); the last
-    statement's row count is how many expired."""
-    return [(_EXPIRE_COUNT, [(experiment, experiment, older_than)]), (_EXPIRE_DELETE, [(experiment, older_than)])]
+    """Delete the answers' texts kept before ``older_than`` (Unix time), then count and delete the pending
+    feedback received before it; the last statement's row count is how many expired."""
+    return [(_EXPIRE_TEXTS, [(experiment, older_than)]), (_EXPIRE_COUNT, [(experiment, experiment, older_than)]),
+            (_EXPIRE_DELETE, [(experiment, older_than)])]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from experiments.generation import GenerationSample
 from experiments.judge.units import unit_id
 
 LABEL_SEP = "\x1f"
@@ -37,6 +38,10 @@ class AnswerRow:
     """The top-class probability of each prediction (stored: their mean, and their moments per arm and unit)."""
     period: int | None = None
     """The store revision in force when the request was assigned; None: left out of the unit tables."""
+    generation: GenerationSample | None = None
+    """A generative answer's stream figures (summed into its unit's row)."""
+    text: str | None = None
+    """A generative answer's text, kept in ``answer_texts`` while feedback may score it."""
 
     @property
     def unit(self) -> str:

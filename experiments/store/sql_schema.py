@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from experiments.generation import GENERATION_FIELDS
+
 _UNIT_ROW = ("experiment TEXT NOT NULL, arm TEXT NOT NULL, assigned_arm TEXT NOT NULL, period INTEGER NOT NULL, "
              "unit TEXT NOT NULL")
 """The key columns of a unit-table row (``unit_stats``): one (arm, assigned arm, period, unit) of an experiment."""
@@ -110,6 +112,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "UNIQUE (loop, cycle, step))",
         "CREATE TABLE loop_leases (loop TEXT NOT NULL PRIMARY KEY, holder TEXT NOT NULL, "
         "expires_at DOUBLE PRECISION NOT NULL)",
+    )),
+    Migration(9, "generative answers: per-unit stream sums (TTFT, gaps, tokens, seconds, quality), the answers' texts "
+                 "while feedback may score them, and quality feedback", (
+        *(f"ALTER TABLE unit_stats ADD COLUMN {name} DOUBLE PRECISION NOT NULL DEFAULT 0" for name in GENERATION_FIELDS),
+        "CREATE TABLE answer_texts (experiment TEXT NOT NULL, request_id TEXT NOT NULL, text TEXT NOT NULL, "
+        "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
+        "CREATE INDEX answer_texts_by_age ON answer_texts (experiment, at)",
+        "CREATE TABLE quality_feedback (experiment TEXT NOT NULL, request_id TEXT NOT NULL, arm TEXT NOT NULL, "
+        "assigned_arm TEXT NOT NULL, period INTEGER, unit TEXT, score DOUBLE PRECISION NOT NULL, "
+        "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
     )),
 )
 

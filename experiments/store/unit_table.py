@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from experiments.generation import GENERATION_FIELDS
 from experiments.judge.units import PSEUDO_PREFIX, UnitTable, latency_bucket, tail_threshold_ms
-from experiments.store.batch import UNIT_SUMS
+from experiments.store.batch import STATS_SUMS, UNIT_SUMS
 
 if TYPE_CHECKING:
     from experiments.judge import JudgeConfig
     from experiments.store.base import Store
 
 _FLOAT_SUMS = {"latency_sum", "latency_sq", "confidence_sum", "confidence_sq"}
-_STATS = f"SELECT id, arm, assigned_arm, period, unit, {', '.join(UNIT_SUMS)} FROM unit_stats WHERE experiment = ?"
+_STATS = f"SELECT id, arm, assigned_arm, period, unit, {', '.join(STATS_SUMS)} FROM unit_stats WHERE experiment = ?"
 _LABELS = "SELECT row_id, label, n FROM unit_labels WHERE experiment = ?"
 _FIRST_LATENCIES = ("SELECT latency_s FROM answers WHERE experiment = ? AND arm = ? AND period IS NOT NULL "
                     "ORDER BY id LIMIT ?")
@@ -53,7 +54,7 @@ async def read_unit_table(store: Store, experiment: str, arms: Sequence[str], qu
     """The table (see ``Store.unit_table``); ``periods`` are the experiment's revisions and their weights."""
     index = {a: i for i, a in enumerate(arms)}
     stats = [r for r in await store._query(_STATS, [experiment]) if r[1] in index and r[2] in index]
-    columns = list(zip(*stats, strict=True)) if stats else [()] * (5 + len(UNIT_SUMS))
+    columns = list(zip(*stats, strict=True)) if stats else [()] * (5 + len(STATS_SUMS))
     arm = np.array([index[a] for a in columns[1]], dtype=np.int64)
     assigned = np.array([index[a] for a in columns[2]], dtype=np.int64)
     period = np.array(columns[3], dtype=np.int64)
@@ -84,10 +85,14 @@ async def read_unit_table(store: Store, experiment: str, arms: Sequence[str], qu
 
     sums = {name: np.array(columns[5 + i], dtype=np.float64 if name in _FLOAT_SUMS else np.int64)[order]
             for i, name in enumerate(UNIT_SUMS)}
+    generation = {name: np.array(columns[5 + len(UNIT_SUMS) + i], dtype=np.float64)[order]
+                  for i, name in enumerate(GENERATION_FIELDS)}
+    if not any(v.any() for v in generation.values()):
+        generation = {}  # a classifier's table: no generative metrics
     return UnitTable(
         arms=tuple(arms), periods=await store.periods(experiment), arm=arm[order], assigned=assigned[order],
         period=period[order], unit=unit[order], keyed=~np.char.startswith(names[order], PSEUDO_PREFIX),
-        labels=labels, tail=tail, tail_threshold_ms=threshold, **sums)
+        labels=labels, tail=tail, tail_threshold_ms=threshold, generation=generation, **sums)
 
 
 async def table_for(store: Store, experiment: str, arms: Sequence[str], config: JudgeConfig) -> UnitTable:

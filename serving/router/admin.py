@@ -116,18 +116,76 @@ async def feedback(request: Request) -> Response:
     items = payload.get("feedback") if isinstance(payload, dict) and "feedback" in payload else [payload]
     if not isinstance(items, list) or not items:
         raise BadRequest("expected {\"id\": REQUEST_ID, \"label\": TRUE_LABEL} or {\"feedback\": [...]}")
-    parsed = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-            raise BadRequest(f"feedback[{i}] needs a string \"id\" (the X-Request-Id of the answer), got {item!r:.100}")
-        labels = item.get("labels", [item["label"]] if "label" in item else None)
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
-            raise BadRequest(f"feedback[{i}] needs \"label\": TRUE_LABEL (or \"labels\": [...]), got {item!r:.100}")
-        parsed.append((item["id"], tuple(str(x) for x in labels)))
-    results = [await _one_feedback(state, request_id, labels) for request_id, labels in parsed]
+    parsed = [_feedback_item(i, item) for i, item in enumerate(items)]
+    results = [await (_one_quality(state, request_id, what) if isinstance(what, Quality) else
+                      _one_feedback(state, request_id, what)) for request_id, what in parsed]
     status = 202 if any(r["status"] == PENDING for r in results) else 200
     return JSONResponse(results[0] if len(results) == 1 and "feedback" not in payload else {"feedback": results},
                         status_code=status)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Quality feedback on a generative answer: a ``rating`` in [0, 1], or a ``reference`` text its answer is
+    scored against (ROUGE-L F, stemmed, in [0, 1])."""
+
+    rating: float | None = None
+    reference: str | None = None
+
+
+def _feedback_item(i: int, item: object) -> tuple[str, tuple[str, ...] | Quality]:
+    """One item: ``(id, labels)`` for a classifier's answer, ``(id, Quality)`` for a generative answer's."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+        raise BadRequest(f"feedback[{i}] needs a string \"id\" (the X-Request-Id of the answer), got {item!r:.100}")
+    if "rating" in item or "reference" in item:
+        rating, reference = item.get("rating"), item.get("reference")
+        if (rating is None) == (reference is None):
+            raise BadRequest(f"feedback[{i}] needs one of \"rating\" and \"reference\", got {item!r:.100}")
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int | float)
+                                   or not 0 <= rating <= 1):
+            raise BadRequest(f"feedback[{i}].rating must be a number in [0, 1], got {rating!r:.40}")
+        if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+            raise BadRequest(f"feedback[{i}].reference must be non-empty text, got {reference!r:.40}")
+        return item["id"], Quality(None if rating is None else float(rating), reference)
+    labels = item.get("labels", [item["label"]] if "label" in item else None)
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str | int) for x in labels):
+        raise BadRequest(f"feedback[{i}] needs \"label\": TRUE_LABEL (or \"labels\": [...]), or \"rating\" / "
+                         f"\"reference\" for a generated answer, got {item!r:.100}")
+    return item["id"], tuple(str(x) for x in labels)
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F of ``answer`` against ``reference``, in [0, 1] (training's scorer: ``training.gen_metrics``)."""
+    from training.gen_metrics import rouge_l as corpus_rouge_l
+
+    return corpus_rouge_l([answer], [reference]) / 100.0
+
+
+async def _one_quality(state: RouterState, request_id: str, quality: Quality) -> dict:
+    """Quality feedback on one generative answer: recorded with its arm and score. With a store, any replica's
+    answer that is in the store (not kept pending: 404 until it is)."""
+    score = quality.rating
+    if quality.reference is not None:
+        text = state.recorder.answer_text(request_id)
+        if text is None and state.store is not None:
+            text = await state.store.answer_text(request_id)
+        if text is None:
+            raise NotFound(f"no answer text kept for request {request_id!r}: not a generated answer, not stored yet, "
+                           f"or older than --feedback-pending-s ({state.config.feedback_pending_s:g} s)")
+        score = await anyio.to_thread.run_sync(rouge_l, text, quality.reference)
+    try:
+        if state.store is not None:
+            arm = await state.store.quality(request_id, score)
+        else:
+            arm = state.recorder.quality(request_id, score)
+    except KeyError:
+        raise Conflict(f"request {request_id!r} already has feedback") from None
+    if arm is None:
+        raise NotFound(f"unknown request id {request_id!r}: no such answer in the store yet, or never served"
+                       if state.store is not None else
+                       f"unknown request id {request_id!r}: never served by this router, or too old (the last "
+                       f"{state.config.request_log_size} are kept)")
+    return {"id": request_id, "arm": arm, "quality": score, "status": RECORDED}
 
 
 async def _one_feedback(state: RouterState, request_id: str, labels: tuple[str, ...]) -> dict:

@@ -38,19 +38,14 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from experiments.spec import Experiment
-from export.contract import CONTRACT
 from serving.router.errors import BadRequest, RouterError
 from serving.router.grpc_codec import (
-    answer_labels,
-    parameters_of,
-    requested_outputs,
     tag_answer,
-    tensors_in,
 )
-from serving.router.routing import Exchange, Refused, finish, route
+from serving.router.grpc_exchange import GrpcExchange
+from serving.router.grpc_stream import is_generative, relay
+from serving.router.routing import Refused, finish, route
 from serving.router.state import RouterState
-from serving.router.tensor_checks import check_request
-from serving.router.tensor_read import grpc_confidences, grpc_texts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,20 +63,6 @@ def grpc_status(exc: RouterError) -> grpc.StatusCode:
     if code is None:
         code = grpc.StatusCode.INVALID_ARGUMENT if exc.status_code < 500 else grpc.StatusCode.INTERNAL
     return code
-
-
-def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    """The first value of request metadata ``key`` (lower case), or None."""
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            return item.value if isinstance(item.value, str) else item.value.decode("utf-8", "replace")
-    return None
-
-
-def echoable_id(request_id: str) -> str | None:
-    """The message's ``id`` when it can travel back in the ``x-request-id`` trailer (printable ASCII: gRPC
-    refuses other metadata values, and the answer would fail INTERNAL), else None: the router makes one."""
-    return request_id if request_id and request_id.isascii() and request_id.isprintable() else None
 
 
 class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -139,11 +120,15 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each message answered as by ``ModelInfer``, concurrently; answers come back as they are ready."""
+        """Each message answered as by ``ModelInfer``, concurrently; answers come back as they are ready. For a
+        generative experiment each message's token stream is relayed instead (``serving.router.grpc_stream``)."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task] = set()
+        generative = await is_generative(self.state)
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            if generative:  # a token stream per message (serving.router.grpc_stream)
+                return await relay(self.state, request, context, answers.put)
             try:
                 response, _, _ = await self._infer(request, context)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
@@ -212,54 +197,6 @@ class RouterService(service_pb2_grpc.GRPCInferenceServiceServicer):
         # recorded once the answer is on its way: off the caller's latency (as the HTTP door does)
         asyncio.get_running_loop().call_soon(finish, state, ex, response, latency_s)
         return response, ex.served, ex.request_id
-
-
-class GrpcExchange(Exchange[pb.ModelInferResponse | bytes]):
-    """A ``ModelInferRequest`` as the routing core drives it: the sticky key from the metadata or the
-    parameters, the checks on its tensors, the message (or its wire bytes) forwarded to the arm's Triton."""
-
-    __slots__ = ("request", "context", "raw", "target")
-
-    def __init__(self, request: pb.ModelInferRequest, context, raw: bytes | None):
-        self.experiment = request.model_name
-        self.request_id = metadata_value(context, "x-request-id") or echoable_id(request.id)
-        self.request, self.context, self.raw, self.arm, self.key = request, context, raw, None, None
-
-    async def read(self) -> None:
-        if self.request.model_version:
-            raise BadRequest(f"the router chooses the arm and its version; send model_version \"\" for "
-                             f"{self.request.model_name!r}, got {self.request.model_version!r}")
-        self.parameters = parameters_of(self.request.parameters)
-
-    def header(self, name: str) -> str | None:
-        return metadata_value(self.context, name)
-
-    async def check(self, arm: str) -> None:
-        self.target = self.state.grpc_target(self.exp, arm)
-        check_request(tensors_in(self.request), requested_outputs(self.request), self.parameters,
-                      self.state.grpc_upstream.metadata_dict(self.target))
-
-    def send(self, arm: str) -> Awaitable[pb.ModelInferResponse | bytes]:
-        exp, upstream = self.exp, self.state.grpc_upstream
-        where = self.target if arm == self.arm else self.state.grpc_target(exp, arm)
-        if self.raw is not None:
-            return upstream.infer_bytes(where, self.raw, exp.timeout_s)
-        return upstream.infer(where, self.request, exp.timeout_s)
-
-    def outcome(self, answer: pb.ModelInferResponse | bytes) -> tuple[tuple[str, ...], list[float]]:
-        if isinstance(answer, bytes):
-            answer = pb.ModelInferResponse.FromString(answer)
-        return answer_labels(answer, CONTRACT.output_label), grpc_confidences(answer, CONTRACT.output_probabilities)
-
-    def texts(self) -> list[str]:
-        return grpc_texts(self.request, CONTRACT.input_text)
-
-    async def shadow(self) -> tuple[str, ...]:
-        exp = self.exp
-        copy = pb.ModelInferRequest()  # the shadow's model name and version are set on the copy
-        copy.CopyFrom(self.request)
-        answer = await self.state.grpc_upstream.infer(self.state.grpc_target(exp, exp.shadow.name), copy, exp.timeout_s)
-        return answer_labels(answer, CONTRACT.output_label)
 
 
 def trailers(request_id: str, arm: str | None) -> tuple[tuple[str, str], ...]:

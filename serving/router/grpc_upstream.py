@@ -65,7 +65,8 @@ class GrpcUpstream:
     """
 
     def __init__(self, breaker: CircuitBreaker):
-        self._breaker = breaker
+        self.breaker = self._breaker = breaker
+        """The circuit breaker both protocols share (the token streams of ``grpc_stream`` use it too)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._metadata: dict[Target, pb.ModelMetadataResponse] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from experiments.generation import GenerationSample
 from experiments.spec import Experiment
 from experiments.store.records import AnswerRow, ErrorRow, ShadowRow
 from experiments.store.writer import BatchWriter
@@ -19,14 +20,16 @@ class RecordSink:
         self._experiment = experiment
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None,
-               assigned: str | None, confidences: Sequence[float] = (), period: int | None = None) -> None:
+               assigned: str | None, confidences: Sequence[float] = (), period: int | None = None,
+               generation: tuple[GenerationSample, str] | None = None) -> None:
         exp = self._experiment()
         try:
             version = exp.arm(arm).version
         except KeyError:  # the arms changed while the request was in flight
             version = ""
+        sample, text = generation if generation is not None else (None, None)
         self.writer.put(AnswerRow(exp.name, request_id, arm, assigned or arm, version, key, latency_s, labels,
-                                  time.time(), tuple(confidences), period))
+                                  time.time(), tuple(confidences), period, sample, text))
 
     def error(self, arm: str, code: int | str, request: RequestRef | None = None) -> None:
         name, at = self._experiment().name, time.time()

@@ -28,6 +28,7 @@ from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
 from serving.router.input_keeper import InputKeeper
+from serving.router.llm_upstream import LlmUpstream
 from serving.router.look_feed import LookFeed
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
@@ -64,6 +65,8 @@ class RouterState:
     """Admin tokens by name (``parse_tokens``); the name stamps the audit log. None: admin API off."""
     grpc_upstream: GrpcUpstream
     """Triton over gRPC, for the router's gRPC endpoint; shares ``upstream``'s circuit breaker."""
+    llm_upstream: LlmUpstream
+    """Triton's ``generate_stream`` for the OpenAI door; shares ``upstream``'s circuit breaker."""
     rng: random.Random = field(default_factory=random.Random)
     request_ids: RequestIds = field(default_factory=RequestIds)
     """Ids for the requests that bring none (both front doors)."""
@@ -81,14 +84,15 @@ class RouterState:
     @classmethod
     def create(cls, config: RouterConfig, experiment: Experiment, admin_token: str | None) -> RouterState:
         """``admin_token``: the text of the token file or variable (see ``parse_tokens``)."""
-        recorder = Recorder(experiment.name, config.latency_window, config.request_log_size)
+        recorder = Recorder(experiment.name, config.latency_window, config.request_log_size,
+                            config.feedback_pending_s)
         recorder.set_shares(experiment.shares)
         if not config.store:  # with a store the judge reads every replica's traffic from it
             recorder.start_judge(experiment.arm_names, experiment.shares, FIRST_PERIOD)
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
         state = cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
-                    GrpcUpstream(upstream.breaker),
+                    GrpcUpstream(upstream.breaker), LlmUpstream(upstream.breaker, config.max_connections),
                     store=StoreRuntime(config) if config.store else None,
                     drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
                                     config.drift_sample_rate, config.drift_window) if config.model_repository else None)

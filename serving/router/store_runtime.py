@@ -139,6 +139,31 @@ class StoreRuntime:
             recorder.count_feedback(*found)
         return found
 
+    async def quality(self, request_id: str, score: float) -> str | None:
+        """A quality score for a generative answer of any replica: its arm when the answer is in the store,
+        None when it is not (yet); an answer this replica served is flushed to the store first."""
+        assert self._state is not None and self.writer is not None
+        name, recorder = self._state.experiment.name, self._state.recorder
+        try:
+            if recorder.lookup(request_id) is not None:
+                await self.writer.flush()
+            arm = await self.store.add_quality(name, request_id, score)
+        except DuplicateFeedback:
+            raise Conflict(f"request {request_id!r} already has feedback") from None
+        except StoreUnavailable as e:
+            raise StoreDown(f"the experiment store is unavailable, feedback not recorded; retry later: {e}") from None
+        if arm is not None:
+            recorder.count_quality(arm, score)
+        return arm
+
+    async def answer_text(self, request_id: str) -> str | None:
+        """A generative answer's text kept in the store (any replica's), or None."""
+        assert self._state is not None
+        try:
+            return await self.store.answer_text(self._state.experiment.name, request_id)
+        except StoreUnavailable as e:
+            raise StoreDown(f"the experiment store is unavailable, feedback not recorded; retry later: {e}") from None
+
     async def _expire_feedback(self, name: str) -> None:
         """Until cancelled: expire the feedback pending longer than ``feedback_pending_s``, a few times per
         that interval (at most every 30 s); a store outage only delays it."""
