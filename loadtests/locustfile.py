@@ -48,16 +48,17 @@ from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
 from export.contract import CONTRACT
-from loadtests import measure
+from loadtests import chat, measure
+from loadtests.chat import CHAT
+from loadtests.chat_users import Chats, ChatTransport
 from loadtests.config import add_locust_arguments
 from loadtests.payloads import check_prediction, infer_body
-from loadtests.users import text_order, window_pick, zipf_weights
+from loadtests.users import StickyAccount, text_order, window_pick, zipf_weights
 from serving.client import text_input
 
 INFER = "infer"
 FEEDBACK = "feedback"
 NO_VARIANT = "(no variant)"
-STICKY, VARIANT_SWITCH = "sticky", "variant switch"
 
 
 @events.init_command_line_parser.add_listener
@@ -66,6 +67,7 @@ def _register_options(parser, **_kwargs) -> None:
 
 
 measure.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
+chat.register(events)  # every streamed completion's chunk times -> PREFIX_streams-PID.jsonl (loadtests.chat)
 
 
 @events.test_stop.add_listener
@@ -171,7 +173,7 @@ class Reviews:
         self.environment = environment
         self.workload = workload_of(environment)
         self.rng = random.Random()
-        self.variant_of: dict[str, str] = {}  # user id -> the variant that served it first
+        self.sticky = StickyAccount(environment.events, self.workload.sticky_check)
 
     def pick(self, user: str) -> list[int]:
         """The rows of the held-out texts one request of ``user`` sends (from its own window with ``--user-texts window``)."""
@@ -199,16 +201,7 @@ class Reviews:
         if variant is None:
             return "answer names no variant (no X-Variant header, parameters.variant or model_version)"
         problem = check_prediction(reply.payload, count, self.workload.label_set)
-        before = self.variant_of.setdefault(user, variant)
-        if problem is None and before != variant:
-            self.variant_of[user] = variant
-            switch = f"user {user} was served by {before}, now by {variant}"
-            if self.workload.sticky_check == "fail":
-                return f"sticky assignment broken: {switch}"
-            # counted: expected after a weight change (a canary ramp), a broken assignment otherwise
-            self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
-                                                 response_length=0, context={}, exception=None)
-        return problem
+        return self.sticky.check(user, variant, valid=problem is None) or problem
 
     def predict(self, user: str, transport, feedback_client) -> None:
         """One inference request for ``user`` over ``transport``, reported under the name of the variant that
@@ -280,16 +273,23 @@ class ClosedLoopUser(FastHttpUser):
     def __init__(self, environment) -> None:
         self.network_timeout = self.connection_timeout = environment.parsed_options.request_timeout
         super().__init__(environment)
-        self.reviews = Reviews(environment)
-        self.transport = HttpTransport(self.client, self.reviews.workload)
+        self.logic, self.transport = self.user_logic(environment)
         self.user_id = user_id(environment, "user")
+
+    def user_logic(self, environment):
+        """What this user sends and over what: (the user logic, its transport)."""
+        reviews = Reviews(environment)
+        return reviews, HttpTransport(self.client, reviews.workload)
 
     def wait_time(self) -> float:
         return self.environment.parsed_options.think_time
 
     @task
     def review(self) -> None:
-        self.reviews.predict(self.user_id, self.transport, self.client)
+        self.logic.predict(self.user_id, self.transport, self.client)
+
+    def on_stop(self) -> None:
+        getattr(self.transport, "close", lambda: None)()
 
 
 class OpenLoopUser(FastHttpUser):
@@ -306,8 +306,7 @@ class OpenLoopUser(FastHttpUser):
         self.network_timeout = self.connection_timeout = opts.request_timeout
         self.concurrency = opts.max_in_flight  # connection pool of this user's client
         super().__init__(environment)
-        self.reviews = Reviews(environment)
-        self.transport = HttpTransport(self.client, self.reviews.workload)
+        self.logic, self.transport = self.user_logic(environment)
         self.pool = Pool(opts.max_in_flight)
         self.rate = opts.arrival_rate / max(1, opts.num_users or 1)
         self.population = opts.user_population
@@ -316,6 +315,8 @@ class OpenLoopUser(FastHttpUser):
         if self.rate <= 0:
             raise ValueError("OpenLoopUser needs --arrival-rate > 0 (requests per second)")
 
+    user_logic = ClosedLoopUser.user_logic
+
     def on_start(self) -> None:
         self.next_arrival = time.perf_counter()
 
@@ -323,24 +324,47 @@ class OpenLoopUser(FastHttpUser):
         """Time until the next arrival: exponential gaps on a fixed schedule, so a slow answer delays nothing.
 
         Waiting here rather than inside the task lets Locust stop or remove this user between arrivals."""
-        self.next_arrival += self.reviews.rng.expovariate(self.rate)
+        self.next_arrival += self.logic.rng.expovariate(self.rate)
         return max(0.0, self.next_arrival - time.perf_counter())
 
     @task
     def arrival(self) -> None:
         if self.pool.full():
             self.environment.events.request.fire(
-                request_type=INFER, name="(dropped)", response_time=0, response_length=0, context={},
+                request_type=self.dropped_type, name="(dropped)", response_time=0, response_length=0, context={},
                 exception=RuntimeError(f"client limit: {self.pool.size} requests already in flight"))
             return
         if self.activity is None:
-            k = self.reviews.rng.randrange(self.population)
+            k = self.logic.rng.randrange(self.population)
         else:
-            k = self.reviews.rng.choices(range(self.population), cum_weights=self.activity)[0]
-        self.pool.spawn(self.reviews.predict, f"visitor-{k}", self.transport, self.client)
+            k = self.logic.rng.choices(range(self.population), cum_weights=self.activity)[0]
+        self.pool.spawn(self.logic.predict, f"visitor-{k}", self.transport, self.client)
+
+    dropped_type = INFER
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
+        getattr(self.transport, "close", lambda: None)()
+
+
+def chat_logic(user, environment) -> tuple[Chats, ChatTransport]:
+    """The chat workload's logic and transport for ``user`` (one HTTP connection per request it may have open)."""
+    opts = environment.parsed_options
+    connections = opts.max_in_flight if isinstance(user, OpenLoopUser) else 1
+    return Chats(environment), ChatTransport(user.host, opts.request_timeout, connections)
+
+
+class ChatUser(ClosedLoopUser):
+    """``ClosedLoopUser`` streaming chat completions (``--workload chat``): one at a time, then ``--think-time``."""
+
+    user_logic = chat_logic
+
+
+class ChatOpenLoopUser(OpenLoopUser):
+    """``OpenLoopUser`` streaming chat completions (``--workload chat``): Poisson arrivals, each a completion."""
+
+    user_logic = chat_logic
+    dropped_type = CHAT
 
 
 def _grpc_client_module():
@@ -405,12 +429,12 @@ class GrpcUser(User):
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
-        self.reviews = Reviews(environment)
+        self.logic = Reviews(environment)
         self.user_id = user_id(environment, "grpc-user")
         address = getattr(environment.parsed_options, "grpc_host", "") or (self.host or "").split("://", 1)[-1].rstrip("/")
         self.transport = GrpcTransport(environment, address, self.user_id)
         self.http = None  # the router's HTTP endpoint, for feedback
-        if self.reviews.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
+        if self.logic.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
             from locust.contrib.fasthttp import FastHttpSession
 
             self.http = FastHttpSession(self.host, environment.events.request, self)
@@ -420,7 +444,7 @@ class GrpcUser(User):
 
     @task
     def review(self) -> None:
-        self.reviews.predict(self.user_id, self.transport, self.http)
+        self.logic.predict(self.user_id, self.transport, self.http)
 
     def on_stop(self) -> None:
         self.transport.close()

@@ -27,8 +27,8 @@ from export.errors import GenerationError
 DEFAULT_MAX_TOKENS = 64
 """``max_tokens`` when a request gives none."""
 FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
-          "stream_options", "ignore_eos")
-"""The request fields the peers accept."""
+          "stream_options", "ignore_eos", "user")
+"""The request fields the peers accept (``user``, OpenAI's end-user id, is accepted and not used)."""
 
 
 class RequestError(ValueError):
