@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.generation import GenerationTotals
 from experiments.judge.snapshot import Moments
 
 
@@ -47,3 +48,5 @@ class ArmRecord:
     shadow_dropped: int = 0
     confidence: Moments = field(default_factory=Moments)
     """Moments of the top-class probability of each prediction (the judge's label-free mean confidence)."""
+    generation: GenerationTotals | None = None
+    """A generative arm's stream figures and quality feedback (``experiments.generation``); None: a classifier's."""

@@ -29,12 +29,11 @@ from httpx_sse import connect_sse
 
 from serving.errors import InferenceError
 from serving.llm_client import GenerationRejected
+from serving.openai_wire import DONE
 from tunestack.bench.streams import StreamRecord, StreamTimer
 
 CHAT_PATH = "/v1/chat/completions"
 """The OpenAI chat completions endpoint, relative to the server's base URL."""
-DONE = "[DONE]"
-"""The ``data`` of the event that ends an OpenAI stream."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from experiments.generation import GENERATION_FIELDS, GenerationSample, quality_sums, sample_sums
 from experiments.judge.config import JudgeConfig
 from experiments.judge.judge import Verdicts, judge
 from experiments.judge.units import (
@@ -44,7 +45,19 @@ from experiments.judge.units import (
 _FIELDS = ("requests", "server_errors", "answered", "latency_sum", "latency_sq", "predictions", "confidence_n",
            "confidence_sum", "confidence_sq", "feedback_n", "feedback_correct")
 (_REQ, _ERR, _ANS, _LAT, _LAT2, _PRED, _CN, _CS, _CS2, _FN, _FC) = range(len(_FIELDS))
-_LABELS, _BUCKETS = len(_FIELDS), len(_FIELDS) + 1
+_LABELS, _BUCKETS, _GEN = len(_FIELDS), len(_FIELDS) + 1, len(_FIELDS) + 2
+
+
+_NO_GENERATION = (0.0,) * len(GENERATION_FIELDS)
+
+
+def _add_generation(row: list, sums: tuple[float, ...]) -> None:
+    if row[_GEN] is None:
+        row[_GEN] = list(sums)
+    else:
+        gen = row[_GEN]
+        for i, x in enumerate(sums):
+            gen[i] += x
 
 
 def _many(x) -> Sequence:
@@ -109,15 +122,16 @@ class Judge:
                next(self._free) % PSEUDO_UNITS if unit is None else str(unit))
         row = self._rows.get(key)
         if row is None:
-            row = self._rows[key] = [0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, {}, {}]
+            row = self._rows[key] = [0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0.0, 0, 0, {}, {}, None]
         return row
 
     def answered(self, arm: str, latency_ms: float, label: str | Sequence[str] | None = None,
                  confidence: float | Sequence[float] | None = None, unit: str | None = None,
-                 assigned: str | None = None, period: int | None = None) -> None:
+                 assigned: str | None = None, period: int | None = None,
+                 generation: GenerationSample | None = None) -> None:
         """One answered request: its latency, its predicted label(s) and top-class probability(ies) when
-        known, its sticky key (``unit``), the arm it was assigned to when a fallback served it, and the period
-        it was assigned in (default: the current one)."""
+        known, its sticky key (``unit``), the arm it was assigned to when a fallback served it, the period
+        it was assigned in (default: the current one), and a generative answer's stream figures."""
         if not (isinstance(latency_ms, int | float) and math.isfinite(latency_ms) and latency_ms >= 0):
             raise ValueError(f"latency_ms={latency_ms!r}: expected a finite number >= 0")
         row = self._row(arm, assigned, unit, self._period_of(period))
@@ -141,6 +155,8 @@ class Judge:
                 row[_CN] += 1
                 row[_CS] += c
                 row[_CS2] += c * c
+        if generation is not None:
+            _add_generation(row, sample_sums(generation))
 
     def failed(self, arm: str, server_error: bool = True, unit: str | None = None,
                assigned: str | None = None, period: int | None = None) -> None:
@@ -156,6 +172,13 @@ class Judge:
         row = self._row(arm, assigned, unit, self._period_of(period))
         row[_FN] += 1
         row[_FC] += int(bool(correct))
+
+    def quality(self, arm: str, score: float, unit: str | None = None, period: int | None = None,
+                assigned: str | None = None) -> None:
+        """One quality score in [0, 1] (a rating, or ROUGE-L against a reference) for a generative answer."""
+        if not (isinstance(score, int | float) and 0.0 <= score <= 1.0):
+            raise ValueError(f"score={score!r}: expected a number in [0, 1]")
+        _add_generation(self._row(arm, assigned, unit, self._period_of(period)), quality_sums(float(score)))
 
     def tail_threshold_ms(self) -> float | None:
         """The tail threshold, once the control has ``min_samples.latency_p99`` answers."""
@@ -174,7 +197,11 @@ class Judge:
         if threshold is not None:
             edge = latency_bucket(threshold)
             tail = np.array([sum(c for b, c in r[_BUCKETS].items() if b > edge) for r in rows], dtype=np.float64)
-        return UnitTable(self.arms, dict(self._periods),
+        generation = {}
+        if any(r[_GEN] is not None for r in rows):
+            sums = np.array([r[_GEN] or _NO_GENERATION for r in rows], dtype=np.float64).reshape(len(rows), -1)
+            generation = {f: sums[:, i] for i, f in enumerate(GENERATION_FIELDS)}
+        return UnitTable(self.arms, dict(self._periods), generation=generation,
                          arm=np.array([k[0] for k in keys], dtype=np.int64),
                          assigned=np.array([k[1] for k in keys], dtype=np.int64),
                          period=np.array([k[2] for k in keys], dtype=np.int64), unit=unit,

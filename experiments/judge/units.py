@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.generation import GENERATION_FIELDS
+
 PSEUDO_UNITS = 1024
 """Buckets per (arm, period) that unkeyed requests are summed into."""
 PSEUDO_PREFIX = "~"
@@ -98,6 +100,9 @@ class UnitTable:
     tail: np.ndarray | None = None
     """Answers slower than ``tail_threshold_ms`` per row."""
     tail_threshold_ms: float | None = None
+    generation: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """A generative experiment's per-row sums, each of ``experiments.generation.GENERATION_FIELDS``; empty: a
+    classifier's (or no stream answered yet)."""
 
     ROW_FIELDS = ("arm", "assigned", "period", "unit", "keyed", "requests", "server_errors", "answered",
                   "latency_sum", "latency_sq", "predictions", "confidence_n", "confidence_sum", "confidence_sq",
@@ -109,6 +114,10 @@ class UnitTable:
         bad += [f"labels[{k!r}]" for k, v in self.labels.items() if len(v) != n]
         if self.tail is not None and len(self.tail) != n:
             bad.append("tail")
+        if self.generation:
+            missing = sorted(set(GENERATION_FIELDS) - set(self.generation))
+            bad += [f"generation[{k!r}]" for k in missing]
+            bad += [f"generation[{k!r}]" for k, v in self.generation.items() if len(v) != n]
         if bad:
             raise ValueError(f"unit table: {', '.join(bad)} must have one entry per row ({n})")
         unknown = sorted(set(np.unique(self.period).tolist()) - set(self.periods))
@@ -118,6 +127,11 @@ class UnitTable:
     @property
     def rows(self) -> int:
         return len(self.arm)
+
+    @property
+    def generative(self) -> bool:
+        """Whether any answer in it was a generated stream: the judge then reads the generative metrics."""
+        return bool(self.generation) and float(np.sum(self.generation["streams"])) > 0
 
 
 LATENCY_CAP_MS = 1000.0

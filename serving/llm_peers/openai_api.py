@@ -16,32 +16,16 @@ chunk with no choices and the ``usage``, then ``data: [DONE]``. A whole answer i
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from dataclasses import dataclass
 
 from export.chat import parse_messages
 from export.decoding import sampling_problems
 from export.errors import GenerationError
+from serving.openai_wire import DEFAULT_MAX_TOKENS, Answer, RequestError, sse, usage  # noqa: F401 - the peers' API
 
-DEFAULT_MAX_TOKENS = 64
-"""``max_tokens`` when a request gives none."""
 FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
           "stream_options", "ignore_eos", "user")
 """The request fields the peers accept (``user``, OpenAI's end-user id, is accepted and not used)."""
-
-
-class RequestError(ValueError):
-    """A request the server refuses: the HTTP status and the message naming the field and its value."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.param = status, param
-
-    def body(self) -> dict:
-        """OpenAI's error object."""
-        kind = "invalid_request_error" if self.status == 400 else "not_found_error"
-        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": None}}
 
 
 @dataclass(frozen=True)
@@ -90,40 +74,3 @@ def parse_chat_request(body: object, model: str) -> ChatRequest:
         raise RequestError(400, "invalid chat completion request:\n  - " + "\n  - ".join(problems))
     return ChatRequest(messages, values["max_tokens"], float(values["temperature"]), float(values["top_p"]),
                        values["ignore_eos"], body.get("stream", False), options.get("include_usage", False))
-
-
-class Answer:
-    """The JSON objects of one completion's answer (one id and creation time for all its chunks)."""
-
-    def __init__(self, model: str):
-        self.model, self.id, self.created = model, f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def _head(self, kind: str) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def chunk(self, delta: dict, finish_reason: str | None = None, usage: dict | None = None,
-              with_usage: bool = False) -> dict:
-        """A ``chat.completion.chunk`` with one choice (``usage: null`` on it when usage is reported at the end)."""
-        chunk = {**self._head("chat.completion.chunk"),
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-        return chunk | ({"usage": usage} if with_usage else {})
-
-    def usage_chunk(self, usage: dict) -> dict:
-        """The last chunk when ``include_usage``: no choices, the usage."""
-        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage}
-
-    def completion(self, text: str, finish_reason: str, usage: dict) -> dict:
-        """A whole ``chat.completion``."""
-        message = {"role": "assistant", "content": text}
-        return {**self._head("chat.completion"), "usage": usage,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}]}
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def sse(data: dict | str) -> str:
-    """One server-sent event whose ``data`` is ``data`` (JSON for a dict)."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from experiments.spec import Experiment
-from serving.router import admin
+from serving.router import admin, openai_door
 from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, NotFound, RouterError, UpstreamError
 from serving.router.http_door import InferEndpoint, infer
@@ -134,6 +134,8 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
                 await state.store.stop()
             with contextlib.suppress(Exception):
                 await state.upstream.aclose()
+            with contextlib.suppress(Exception):
+                await state.llm_upstream.aclose()
 
     routes = [
         Route("/v2", server_metadata),
@@ -143,6 +145,7 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
         Route("/v2/models/{name}/ready", ready),
         Route("/v2/models/{name}/infer", InferEndpoint(), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer_version, methods=["POST"]),
+        *openai_door.routes,
         *admin.routes,
     ]
     app = RouterApp(routes=routes, lifespan=lifespan, exception_handlers={

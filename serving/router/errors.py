@@ -19,6 +19,14 @@ class BadRequest(RouterError):
     status_code = 400
 
 
+class FieldError(BadRequest):
+    """A bad value in a named field of the request (400); ``param`` names the field (OpenAI's error ``param``)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class Unauthorized(RouterError):
     """An admin request without the bearer token, or with a wrong one (401)."""
 

@@ -97,18 +97,9 @@ class Upstream:
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'connection failed'}") from None
         hl = answer_headers.get(b"inference-header-content-length")
         if status >= 400:
-            raise self._classify(target, status, _error_message(content))
+            raise classify(self.breaker, target, status, error_message(content))
         self.breaker.record(target, ok=True)
         return Answer(content, int(hl) if hl is not None else None)
-
-    def _classify(self, target: Target, status: int, message: str) -> UpstreamError | UpstreamRejected:
-        """An error answer: the caller's (passed on as 4xx, the breaker untouched) or the upstream's."""
-        if status >= 500 and _BAD_CONTENT.search(message):
-            return UpstreamRejected(message, 400)
-        if status >= 500 or UNAVAILABLE.search(message):
-            self.breaker.record(target, ok=False)
-            return UpstreamError(f"{target} answered {status}: {message}")
-        return UpstreamRejected(message, status)
 
     async def _get(self, target: Target, path: str, timeout_s: float) -> tuple[int, bytes]:
         status, _, content = await self._pool(target.base_url).request("GET", path, timeout=timeout_s)
@@ -133,7 +124,7 @@ class Upstream:
         except OSError as e:
             raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e}") from None
         if status != 200:
-            raise UpstreamError(f"{target} metadata: {status} {_error_message(content)}")
+            raise UpstreamError(f"{target} metadata: {status} {error_message(content)}")
         self._metadata[target] = json.loads(content)
         return self._metadata[target]
 
@@ -156,7 +147,19 @@ class Upstream:
             return None
 
 
-def _error_message(content: bytes) -> str:
+def classify(breaker: CircuitBreaker, target: Target, status: int, message: str) -> UpstreamError | UpstreamRejected:
+    """Triton's error answer ``status``/``message`` for ``target``: the caller's (passed on as 4xx, the breaker
+    untouched) or the upstream's (counted by ``breaker``)."""
+    if status >= 500 and _BAD_CONTENT.search(message):
+        return UpstreamRejected(message, 400)
+    if status >= 500 or UNAVAILABLE.search(message):
+        breaker.record(target, ok=False)
+        return UpstreamError(f"{target} answered {status}: {message}")
+    return UpstreamRejected(message, status)
+
+
+def error_message(content: bytes) -> str:
+    """The ``error`` of Triton's JSON error answer (else the answer's first 500 bytes as text)."""
     try:
         return str(json.loads(content).get("error", content[:500].decode(errors="replace")))
     except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,12 +21,14 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 
 from experiments.arm_record import ArmRecord, Window
+from experiments.generation import GenerationSample, GenerationTotals
 from experiments.judge import Judge, JudgeConfig, UnitTable
 from experiments.judge.snapshot import Moments
 
 log = logging.getLogger(__name__)
 
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -66,6 +69,10 @@ class Served:
     key: str | None = None
     assigned: str | None = None
     period: int | None = None
+    text: str | None = None
+    """A generative answer's text, kept for feedback that scores it against a reference."""
+    at: float = 0.0
+    """``time.monotonic()`` when it was served (the text is dropped ``feedback_pending_s`` later)."""
 
 
 class Recorder:
@@ -112,6 +119,16 @@ class Recorder:
                                 ["experiment"], registry=r)
         self.m_store_buffered = Gauge("router_store_buffered_records", "Records waiting for the store's writer",
                                       ["experiment"], registry=r)
+        self.m_ttft = Histogram("router_time_to_first_token_seconds", "Generative answers: request in -> the first "
+                                "token's response from the model, by the arm that served it", labels,
+                                buckets=LATENCY_BUCKETS, registry=r)
+        self.m_itl = Histogram("router_inter_token_latency_seconds", "Generative answers: every gap between "
+                               "successive tokens' responses", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.m_output_tokens = PCounter("router_output_tokens", "Generative answers: tokens generated", labels,
+                                        registry=r)
+        self.m_tokens_per_s = Histogram("router_output_tokens_per_second", "Generative answers: each stream's "
+                                        "output tokens / (request in -> last token)", labels,
+                                        buckets=TOKENS_PER_S_BUCKETS, registry=r)
         self.m_confidence = Histogram("router_prediction_confidence", "Top-class probability of each prediction",
                                       labels, buckets=CONFIDENCE_BUCKETS, registry=r)
         self.sink = None
@@ -179,10 +196,13 @@ class Recorder:
         self.m_unkeyed.labels(self.experiment).inc()
 
     def served(self, request_id: str, arm: str, latency_s: float, labels: tuple[str, ...], key: str | None = None,
-               assigned: str | None = None, confidences: Sequence[float] = (), period: int | None = None) -> None:
+               assigned: str | None = None, confidences: Sequence[float] = (), period: int | None = None,
+               generation: tuple[GenerationSample, str] | None = None) -> None:
         """An answered request; ``key`` (the sticky key), ``assigned`` (its arm before any fallback) and
         ``period`` (in force when it was assigned) go to the store only, where they make its unit-table row;
-        ``confidences``: the top-class probability of each prediction, when known."""
+        ``confidences``: the top-class probability of each prediction, when known; ``generation``: a generative
+        answer's stream figures and text."""
+        sample, text = generation if generation is not None else (None, None)
         if self.sink is not None:
             self.sink.served(request_id, arm, latency_s, labels, key, assigned, confidences, period)
         with self._lock:
@@ -197,9 +217,14 @@ class Recorder:
                 observe = self._child(self.m_confidence, arm).observe
                 for x in confidences:
                     observe(x)
+            if sample is not None:
+                if rec.generation is None:
+                    rec.generation = GenerationTotals()
+                rec.generation.add(sample)
             if self.judge is not None:
-                self._judge("answered", arm, latency_s * 1000.0, labels, confidences or None, key, assigned, period)
-            self._served[request_id] = Served(arm, labels, key, assigned, period)
+                self._judge("answered", arm, latency_s * 1000.0, labels, confidences or None, key, assigned, period,
+                            generation=sample)
+            self._served[request_id] = Served(arm, labels, key, assigned, period, text, time.monotonic())
             self._served.move_to_end(request_id)
             while len(self._served) > self._log_size:
                 old, _ = self._served.popitem(last=False)
@@ -208,6 +233,16 @@ class Recorder:
         self._child(self.m_latency, arm).observe(latency_s)
         for label in labels:
             self._child(self.m_labels, arm, label).inc()
+        if sample is not None:
+            self._generation_metrics(arm, sample)
+
+    def _generation_metrics(self, arm: str, sample: GenerationSample) -> None:
+        self._child(self.m_ttft, arm).observe(sample.ttft_ms / 1000.0)
+        itl = self._child(self.m_itl, arm)
+        for gap in sample.itl_ms:
+            itl.observe(gap / 1000.0)
+        self._child(self.m_output_tokens, arm).inc(sample.output_tokens)
+        self._child(self.m_tokens_per_s, arm).observe(sample.tokens_per_s)
 
     def error(self, arm: str, code: int | str, request: RequestRef | None = None) -> None:
         """A server-side failure (the upstream's or the router's): it counts against ``arm``. ``request``: the
@@ -313,6 +348,7 @@ class Recorder:
         with self._lock:
             def copy(table: dict[str, ArmRecord]) -> dict[str, ArmRecord]:
                 return {name: replace(rec, latency=rec.latency.values(), errors=Counter(rec.errors),
-                                      client_errors=Counter(rec.client_errors),
-                                      labels=Counter(rec.labels)) for name, rec in table.items()}
+                                      client_errors=Counter(rec.client_errors), labels=Counter(rec.labels),
+                                      generation=rec.generation and replace(rec.generation))
+                        for name, rec in table.items()}
             return {"arms": copy(self.arms), "shadow": copy(self.shadow)}

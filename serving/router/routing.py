@@ -36,6 +36,7 @@ from serving.router.errors import BadRequest, RouterError, UpstreamError
 from serving.router.metrics import RequestRef
 
 if TYPE_CHECKING:
+    from experiments.generation import GenerationSample
     from experiments.spec import Experiment
     from serving.router.state import RouterState
 
@@ -101,6 +102,16 @@ class Exchange(abc.ABC, Generic[A]):
     async def shadow(self) -> tuple[str, ...]:
         """Send a copy of the request to ``exp``'s shadow; the labels it predicted."""
 
+    def default_key(self) -> str | None:
+        """The sticky key when the experiment's own source (header or parameter) gives none: the OpenAI door's
+        ``user`` field; None (the default): the request is assigned on its own."""
+        return None
+
+    def generation(self, answer: A) -> tuple[GenerationSample, str] | None:
+        """A generative answer's stream figures and its text (kept for feedback that scores it); None (the
+        default): a classifier's answer."""
+        return None
+
 
 async def route(state: RouterState, ex: Exchange[A]) -> A:
     """Assign, check and send one request (see the module docstring); the upstream's answer, or ``Refused``."""
@@ -114,7 +125,7 @@ async def route(state: RouterState, ex: Exchange[A]) -> A:
         await ex.read()
         if ex.request_id is not None and len(ex.request_id) > MAX_REQUEST_ID:
             raise BadRequest(f"{ex.id_field} is {len(ex.request_id)} characters; at most {MAX_REQUEST_ID} allowed")
-        key = ex.key = exp.sticky.key_of(ex.header, ex.parameters)
+        key = ex.key = exp.sticky.key_of(ex.header, ex.parameters) or (exp.sticky.source and ex.default_key()) or None
         if key is None and exp.sticky.source:
             state.recorder.unkeyed()
         arm = ex.arm = assigner.assign(key, state.rng)
@@ -170,12 +181,15 @@ def record_refused(state: RouterState, e: RouterError, arm: str | None, key: str
 
 def finish(state: RouterState, ex: Exchange[A], answer: A, latency_s: float) -> None:
     """Once the answer is delivered: record the request (its assigned arm, period and what the answer
-    predicted), offer it to the drift monitor's sample, then maybe start its shadow copy. Never raises: the
-    answer is out, a failure here is logged."""
+    predicted, or a generative answer's stream figures), offer a classifier's request to the drift monitor's
+    sample, then maybe start its shadow copy. Never raises: the answer is out, a failure here is logged."""
     try:
         labels, confidences = ex.outcome(answer)
+        generation = ex.generation(answer)
         state.recorder.served(ex.request_id, ex.served, latency_s, labels, key=ex.key, assigned=ex.arm,
-                              confidences=confidences, period=ex.period)
+                              confidences=confidences, period=ex.period, generation=generation)
+        if generation is not None:  # drift and shadows watch classifiers' predictions
+            return
         exp = ex.exp
         if state.drift is not None:  # the texts are decoded in the drift worker, only if this request is sampled
             state.drift.offer(exp, ex.served, ex.texts, labels, confidences)

@@ -27,6 +27,7 @@ from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from serving.router.grpc_upstream import GrpcTarget, GrpcUpstream
 from serving.router.http_upstream import Target, Upstream
+from serving.router.llm_upstream import LlmUpstream
 from serving.router.metrics import Recorder
 from serving.router.store_runtime import StoreRuntime
 
@@ -62,6 +63,8 @@ class RouterState:
     """Admin tokens by name (``parse_tokens``); the name stamps the audit log. None: admin API off."""
     grpc_upstream: GrpcUpstream
     """Triton over gRPC, for the router's gRPC endpoint; shares ``upstream``'s circuit breaker."""
+    llm_upstream: LlmUpstream
+    """Triton's ``generate_stream`` for the OpenAI door; shares ``upstream``'s circuit breaker."""
     rng: random.Random = field(default_factory=random.Random)
     request_ids: RequestIds = field(default_factory=RequestIds)
     """Ids for the requests that bring none (both front doors)."""
@@ -82,7 +85,7 @@ class RouterState:
         upstream = Upstream(config.max_connections)
         tokens = parse_tokens(admin_token) if admin_token else None
         return cls(config, (experiment, Assigner(experiment), FIRST_PERIOD), recorder, upstream, tokens,
-                   GrpcUpstream(upstream.breaker),
+                   GrpcUpstream(upstream.breaker), LlmUpstream(upstream.breaker, config.max_connections),
                    store=StoreRuntime(config) if config.store else None,
                    drift=DriftFeed(config.model_repository, experiment.name, recorder.registry,
                                    config.drift_sample_rate, config.drift_window) if config.model_repository else None)
