@@ -10,7 +10,7 @@ with vLLM's definitions, and the per-request log the report reads.
   gap per later chunk with content, e2e to the stream's last chunk, the output tokens from ``usage``. A
   failure is an HTTP error, a broken stream (a transport error, a chunk that is not JSON, an ``error``
   event) or a stream that ends without ``data: [DONE]``. The arm is the ``X-Variant`` response header, else
-  the chunks' ``variant`` field.
+  the chunks' ``tunestack.arm``.
 - ``register``: each Locust process that writes CSV appends every streamed completion, as the request event
   carries it, to ``PREFIX_streams-PID.jsonl`` (``read_streams`` reads them back as ``StreamRecord``s).
 """

@@ -68,7 +68,7 @@ class Chats:
         """The row name of a completion and its problem (None: a success)."""
         variant = completion.variant or (None if self.router else self.model)
         if variant is None:
-            return NO_VARIANT, completion.problem or "answer names no variant (no X-Variant header, no variant field)"
+            return NO_VARIANT, completion.problem or "answer names no variant (no X-Variant header, no tunestack.arm field)"
         return variant, self.sticky.check(user, variant, valid=completion.problem is None) or completion.problem
 
     def predict(self, user: str, transport: ChatTransport, _feedback_client=None) -> None:

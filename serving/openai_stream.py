@@ -49,7 +49,7 @@ class ChatEvent:
     received_s: float
     """``time.perf_counter()`` when the client had it."""
     variant: str | None = None
-    """The arm of an A/B router that served it, when the chunk names one (its ``variant`` field)."""
+    """The arm of the A/B router that served it, when the chunk names one (``"tunestack": {"arm": ...}``)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def _event(data: dict, received_s: float) -> ChatEvent:
     choices = data.get("choices") or []
     choice = choices[0] if choices else {}
     content = (choice.get("delta") or {}).get("content") or ""
-    variant = data.get("variant")
+    tag = data.get("tunestack")
+    variant = tag.get("arm") if isinstance(tag, dict) else None
     return ChatEvent(content, choice.get("finish_reason"), data.get("usage"), received_s,
                      variant if isinstance(variant, str) else None)
 

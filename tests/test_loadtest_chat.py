@@ -101,3 +101,51 @@ def test_a_broken_request_is_a_failure_of_its_row(peer, tiny_causal_onnx_dir, tm
     failures = json.loads((result.folder / "summary.json").read_text())["failures"]
     assert "GenerationRejected: 400" in failures[0]["error"] and "temperature" in failures[0]["error"]
     assert result.exit_code == 1
+
+
+@pytest.fixture(scope="module")
+def router_stack(tiny_causal_onnx_dir, tmp_path_factory):
+    """Triton serving the tiny causal LM's fp32 (v1) and int8 (v2), the router splitting 50/50 between them."""
+    from experiments.spec import write_experiment
+    from export.config import ExportConfig
+    from export.contract import GENERATIVE
+    from export.publish_causal import publish_causal
+    from serving.router.process import RouterProcess
+    from serving.triton import TritonServer
+
+    tmp = tmp_path_factory.mktemp("chat-stack")
+    model = GENERATIVE.default_model_name
+    cfg = ExportConfig(task="causal-lm", repository=tmp / "repository", model_name=model, served_versions=0)
+    for variant in ("fp32", "int8"):
+        publish_causal(tiny_causal_onnx_dir, variant, cfg)
+    experiment = write_experiment(tmp / "ab.yaml", "verdict-ab", [("control", "1", 50), ("treatment", "2", 50)],
+                                  model, fallback="control")
+    with TritonServer(cfg.repository, models=[model], startup_timeout=120) as triton, \
+            RouterProcess(experiment, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          log_file=tmp / "router.log") as router:
+        yield {"triton": triton, "router": router}
+
+
+@pytest.mark.e2e
+def test_streaming_through_the_router_gives_a_row_and_figures_per_arm(router_stack, tiny_causal_onnx_dir, tmp_path):
+    cfg = LoadTestConfig(workload="chat", target="router", experiment="verdict-ab", host=router_stack["router"].url,
+                         users=4, run_time="5s", texts=str(tiny_causal_onnx_dir / "heldout.jsonl"), max_tokens=5,
+                         ignore_eos=True, sticky_check="fail", triton_metrics_url=router_stack["triton"].metrics_url,
+                         out_dir=str(tmp_path))
+    result = run_loadtest(cfg)
+    with open(result.folder / "locust_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert {n for n, r in rows.items() if r["Type"] == "chat"} == {"control", "treatment"}, rows.keys()
+    for arm in ("control", "treatment"):  # every completion named its arm, and every user kept it
+        assert int(rows[arm]["Request Count"]) > 0 and rows[arm]["Failure Count"] == "0", rows[arm]
+    streams = read_streams(result.folder / "locust")
+    generation = json.loads((result.folder / "summary.json").read_text())["generation"]["arms"]
+    for arm in ("control", "treatment"):
+        mine = [s for s in streams if s.name == arm]
+        assert generation[arm]["requests"] == len(mine) == int(rows[arm]["Request Count"])
+        assert generation[arm]["output_tokens"] == 5 * len(mine)
+        assert all(s.record.output_tokens == 5 and s.record.ttft_s > 0 for s in mine)
+    # Triton saw, per version, exactly the completions Locust counted per arm
+    triton = {m["version"]: m["requests"] for m in json.loads((result.folder / "triton_metrics.json").read_text())["models"]}
+    assert triton == {"1": int(rows["control"]["Request Count"]), "2": int(rows["treatment"]["Request Count"])}
+    assert "| treatment | ITL |" in result.report.read_text() and result.exit_code == 0
