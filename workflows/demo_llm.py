@@ -55,8 +55,8 @@ class DemoLLMConfig:
     """Held-out prompts scored before and after fine-tuning (ROUGE-L) and decoded by the int8 quality gate."""
     parity_prompts: int = 4
     """Held-out prompts whose greedy tokens the fp32 export must reproduce exactly."""
-    users: int = 4
-    """Closed-loop Locust users streaming at once."""
+    rate: float = 0.5
+    """Open-loop load: completions per second, Poisson arrivals from 1,000 distinct user ids (sticky keys)."""
     run_time: str = "40s"
     """How long the load test runs."""
     max_tokens: int = 24
@@ -81,11 +81,11 @@ def run_demo_llm(cfg: DemoLLMConfig, folder: Path | None = None) -> dict:
     experiment_file = ab_experiment(folder, EXPERIMENT, versions, cfg.model_name)
     with serving(cfg.repository, cfg.model_name, experiment_file, folder) as (triton, router):
         seconds["serving_start"], mark = time.monotonic() - mark, time.monotonic()
-        _step(4, f"load: Locust, {cfg.users} users streaming chat completions ({cfg.max_tokens} tokens at most) "
-                 f"for {cfg.run_time}")
+        _step(4, f"load: Locust, {cfg.rate:g} streamed chat completions per second ({cfg.max_tokens} tokens at "
+                 f"most) for {cfg.run_time}")
         result = run_loadtest(LoadTestConfig(
-            workload="chat", target="router", host=router.url, experiment=EXPERIMENT, users=cfg.users,
-            run_time=cfg.run_time, max_tokens=cfg.max_tokens, texts=str(export.merged_dir / names.HELDOUT_FILE),
+            workload="chat", target="router", host=router.url, experiment=EXPERIMENT, users=1, arrival_rate=cfg.rate,
+            user_population=1000, run_time=cfg.run_time, max_tokens=cfg.max_tokens, texts=str(export.merged_dir / names.HELDOUT_FILE),
             out_dir=str(folder), triton_metrics_url=triton.metrics_url))
         seconds["load"], mark = time.monotonic() - mark, time.monotonic()
     seconds["stop"] = time.monotonic() - mark
