@@ -18,10 +18,8 @@ import time
 import httpx
 
 from loadtests.chat import CHAT, Completion, read_chat_prompts, stream_completion
-from loadtests.users import StickyAccount
+from loadtests.users import NO_VARIANT, StickyAccount
 from serving.openai_stream import chat_request
-
-NO_VARIANT = "(no variant)"
 
 
 def prompts_of(environment) -> tuple[tuple[dict, ...], ...]:

@@ -38,6 +38,8 @@ def zipf_weights(population: int, s: float) -> list[float]:
     return list(itertools.accumulate((k + 1) ** -s for k in range(population)))
 
 
+NO_VARIANT = "(no variant)"
+"""The row of an answer that names no variant (always a failure)."""
 STICKY, VARIANT_SWITCH = "sticky", "variant switch"
 """The Locust row (type, name) counting users served by another variant than before."""
 
