@@ -10,7 +10,8 @@ with vLLM's definitions, and the per-request log the report reads.
   gap per later chunk with content, e2e to the stream's last chunk, the output tokens from ``usage``. A
   failure is an HTTP error, a broken stream (a transport error, a chunk that is not JSON, an ``error``
   event) or a stream that ends without ``data: [DONE]``. The arm is the ``X-Variant`` response header, else
-  the chunks' ``tunestack.arm``.
+  the chunks' ``tunestack.arm`` (an error answer's
+  ``X-Variant`` names the arm that failed).
 - ``register``: each Locust process that writes CSV appends every streamed completion, as the request event
   carries it, to ``PREFIX_streams-PID.jsonl`` (``read_streams`` reads them back as ``StreamRecord``s).
 """
@@ -80,8 +81,8 @@ def stream_completion(client: httpx.Client, body: dict, headers: dict[str, str])
     started_at, timer = time.time(), StreamTimer()
     variant, usage, text = None, None, []
     try:
-        with open_chat(client, body, headers=headers) as (response, events):
-            variant = response.headers.get(HEADER)
+        with open_chat(client, body, headers=headers, check=False) as (response, events):
+            variant = response.headers.get(HEADER)  # also on an error: the arm that failed
             for event in events:
                 timer.chunk(bool(event.content), event.received_s)
                 variant = variant or event.variant

@@ -208,7 +208,8 @@ def router_streamer(stack: ExitStack, server: TritonServer, folder: Path, report
     from serving.router.process import RouterProcess
 
     name = f"bench-{batching}"
-    experiment = write_experiment(folder / f"{name}.yaml", name, [("a", "1", 50), ("b", "1", 50)], model_name(batching))
+    experiment = write_experiment(folder / f"{name}.yaml", name, [("a", "1", 50), ("b", "1", 50)], model_name(batching),
+                                  timeout_s=300.0)  # a burst's first tokens wait for each other's prefills
     router = stack.enter_context(RouterProcess(experiment, triton_url=server.http_url, triton_grpc_url=server.grpc_url,
                                                log_file=report / f"router-{batching}.log"))
     return openai_streamer(router.url, name, new_tokens)

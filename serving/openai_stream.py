@@ -91,22 +91,29 @@ def _event(data: dict, received_s: float) -> ChatEvent:
                      variant if isinstance(variant, str) else None)
 
 
+def raise_for_answer(response: httpx.Response, path: str = CHAT_PATH) -> None:
+    """Raise for an answer other than 200: ``GenerationRejected`` for a 4xx (the sender's mistake), else
+    ``InferenceError``, with the server's message."""
+    if response.status_code != 200:
+        response.read()
+        error = GenerationRejected if 400 <= response.status_code < 500 else InferenceError
+        raise error(f"{response.status_code} from {path}: {_error_message(response.text)}")
+
+
 @contextmanager
-def open_chat(client: httpx.Client, body: dict, path: str = CHAT_PATH,
-              headers: dict[str, str] | None = None) -> Iterator[tuple[httpx.Response, Iterator[ChatEvent]]]:
+def open_chat(client: httpx.Client, body: dict, path: str = CHAT_PATH, headers: dict[str, str] | None = None,
+              check: bool = True) -> Iterator[tuple[httpx.Response, Iterator[ChatEvent]]]:
     """POST ``body`` to ``path`` (with ``headers``) and give the answer's response (its headers, such as the
-    router's ``X-Variant``) and its chunks as they arrive; an answer other than 200 raises before (see the
-    module docstring)."""
+    router's ``X-Variant``) and its chunks as they arrive; an answer other than 200 raises first
+    (``raise_for_answer``), or, with ``check`` False, when the chunks are read."""
     with connect_sse(client, "POST", path, json=body, headers=dict(headers or {})) as source:
-        response = source.response
-        if response.status_code != 200:
-            response.read()
-            error = GenerationRejected if 400 <= response.status_code < 500 else InferenceError
-            raise error(f"{response.status_code} from {path}: {_error_message(response.text)}")
-        yield response, _events(source, path)
+        if check:
+            raise_for_answer(source.response, path)
+        yield source.response, _events(source, path)
 
 
 def _events(source, path: str) -> Iterator[ChatEvent]:
+    raise_for_answer(source.response, path)
     for sse in source.iter_sse():
         received = time.perf_counter()
         if sse.data == DONE:

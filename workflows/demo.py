@@ -88,13 +88,14 @@ def export_step(export_cfg: ExportConfig):
     return export, {variant: Path(path).name for variant, path in export.published.items()}
 
 
-def ab_experiment(folder: Path, experiment: str, versions: dict[str, str], model: str) -> Path:
-    """The demo's experiment file: control fp32, treatment int8, 50/50, sticky by user; validated before anything
-    starts."""
+def ab_experiment(folder: Path, experiment: str, versions: dict[str, str], model: str,
+                  timeout_s: float = names.ROUTER_TIMEOUT_S) -> Path:
+    """The demo's experiment file: control fp32, treatment int8, 50/50, sticky by user, the router waiting
+    ``timeout_s`` for an arm (for a stream: its first token); validated before anything starts."""
     folder.mkdir(parents=True, exist_ok=True)
     return write_experiment(folder / "experiment.yaml", experiment,
                             [("control", versions["fp32"], 50), ("treatment", versions["int8"], 50)],
-                            model, fallback="control")
+                            model, timeout_s=timeout_s, fallback="control")
 
 
 @contextmanager
