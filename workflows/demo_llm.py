@@ -47,15 +47,15 @@ class DemoLLMConfig:
     """The Triton model repository the variants are published to."""
     model_name: str = GENERATIVE.default_model_name
     """Triton model name; fp32 and int8 become two of its versions."""
-    time_budget_s: float = 120.0
+    time_budget_s: float = 180.0
     """Training wall-clock budget when the adapter does not exist yet."""
     threads: int | None = None
     """torch intra-op threads for training (None: torch's default; 1 is faster on a busy machine)."""
     batch_size: int = 4
     """Training batch size: small, so a short budget makes more optimizer steps."""
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     """LoRA learning rate: high, so the verdict's format is learned in a few tens of steps."""
-    scored_examples: int = 8
+    scored_examples: int = 16
     """Held-out prompts scored before and after fine-tuning (ROUGE-L) and decoded by the int8 quality gate."""
     parity_prompts: int = 4
     """Held-out prompts whose greedy tokens the fp32 export must reproduce exactly."""
@@ -119,6 +119,7 @@ def summarize(folder: Path, loadtest_folder: Path, training: dict, versions: dic
         "folder": str(folder),
         "loadtest_report": str(loadtest_folder / "report.md"),
         "training": {"rouge_l_before": before["rouge_l"], "rouge_l_after": after["rouge_l"],
+                     "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],
                      "examples": after.get("examples"), "steps": training.get("steps")},
         "arms": arms,
         "judge_headline": ((load.get("router_report") or {}).get("judge") or {}).get("headline"),
@@ -135,7 +136,8 @@ def _ms(value: float | None) -> str:
 def format_summary(summary: dict) -> str:
     t = summary["training"]
     lines = [f"training: ROUGE-L {t['rouge_l_before']:.1f} -> {t['rouge_l_after']:.1f} on {t['examples']} held-out "
-             f"prompts ({t['steps']} steps)", "",
+             f"prompts, perplexity of the references {t['perplexity_before']:.2f} -> {t['perplexity_after']:.2f} "
+             f"({t['steps']} steps)", "",
              "| arm | variant (version) | completions | failures | TTFT p50 / p99 ms | ITL p50 / p99 ms | tokens/s |",
              "|---|---|---|---|---|---|---|"]
     for arm, a in summary["arms"].items():
