@@ -148,6 +148,9 @@ class OpenLoopUser(FastHttpUser):
     counted as a failure named ``(dropped)``: the client, not the server, is then the limit.
     """
 
+    dropped_type = INFER
+    """The request type of a dropped arrival's row: the workload's."""
+
     def __init__(self, environment) -> None:
         opts = environment.parsed_options
         self.network_timeout = self.connection_timeout = opts.request_timeout
@@ -186,8 +189,6 @@ class OpenLoopUser(FastHttpUser):
         else:
             k = self.logic.rng.choices(range(self.population), cum_weights=self.activity)[0]
         self.pool.spawn(self.logic.predict, f"visitor-{k}", self.transport, self.client)
-
-    dropped_type = INFER
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
