@@ -263,7 +263,7 @@ def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFac
 
 
 def run(cfg: LLMBenchConfig):
-    bench = BenchRun("llm", "Generation: in-process vs Triton vs transformers and onnxruntime-genai peers", cfg)
+    bench = BenchRun("llm", "Generation: in-process vs Triton vs the router vs transformers and onnxruntime-genai peers", cfg)
     threads = cfg.threads or serving_defaults(os.cpu_count() or 1)["intra_op_threads"]
     prompts, slo = read_prompts(cfg.onnx_dir), SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms)
     with ExitStack() as stack:
