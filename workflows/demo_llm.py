@@ -49,6 +49,9 @@ class DemoLLMConfig:
     """Triton model name; fp32 and int8 become two of its versions."""
     time_budget_s: float = 180.0
     """Training wall-clock budget when the adapter does not exist yet."""
+    max_steps: int | None = None
+    """Stop training after this many steps, if the budget lasts (None: the budget alone; a fixed count makes the
+    run reproducible, seeded as it is)."""
     threads: int | None = None
     """torch intra-op threads for training (None: torch's default; 1 is faster on a busy machine)."""
     batch_size: int = 4
@@ -76,7 +79,8 @@ def run_demo_llm(cfg: DemoLLMConfig, folder: Path | None = None) -> dict:
     folder = folder or demo_folder(cfg.out_dir, "demo-llm")
     seconds, started = {}, time.monotonic()
     train_cfg = TrainConfig(task="causal-lm", name=cfg.name, runs_dir=cfg.runs_dir, model=cfg.model,
-                            time_budget_s=cfg.time_budget_s, threads=cfg.threads, batch_size=cfg.batch_size,
+                            time_budget_s=cfg.time_budget_s, max_steps=cfg.max_steps, threads=cfg.threads,
+                            batch_size=cfg.batch_size,
                             learning_rate=cfg.learning_rate, generation_examples=cfg.scored_examples,
                             max_new_tokens=20, eval_every=10, eval_max_examples=16)
     training = train_step(train_cfg, "LoRA on the bundled SmolLM2-135M-Instruct")
