@@ -20,7 +20,7 @@ NPROC ?= 1
 # NPROC > 1: data-parallel training under torchrun (gloo on CPU, NCCL on GPUs)
 TRAIN := $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC) -m training,$(PY) -m training)
 
-.PHONY: help install demo test test-fast train train-llm export export-llm bench-export bench-serving bench-llm bench-router bench-handler serve router \
+.PHONY: help install demo demo-llm test test-fast train train-llm export export-llm bench-export bench-serving bench-llm bench-router bench-handler serve router \
 	ramp-drill rollout-drill fault-drill aa-drill loadtest bench tune lint docs clean compare \
 	rollout-drills rollout-drill-good rollout-drill-bad rollout-drill-slow
 
@@ -30,7 +30,8 @@ help:
 	@echo "make train          fine-tuning (TRAIN_ARGS="--method full", default LoRA) -> runs/\$$NAME/adapter (NAME=$(NAME), TIME_BUDGET=$(TIME_BUDGET) s, NPROC=$(NPROC) processes)"
 	@echo "make train-llm      causal LM (SmolLM2-135M-Instruct) -> runs/\$$LLM_NAME/adapter (LLM_NAME=$(LLM_NAME), LLM_TIME_BUDGET=$(LLM_TIME_BUDGET) s)"
 	@echo "make export-llm     the causal LM -> ONNX with KV cache, fp32+int8, token-parity and int8 gates -> $(REPOSITORY)/$(LLM_MODEL)"
-	@echo "make bench-llm      its streams in-process vs Triton HTTP/gRPC vs transformers and onnxruntime-genai peers -> reports/bench-llm-TIMESTAMP/"
+	@echo "make bench-llm      its streams in-process vs Triton HTTP/gRPC vs the router vs transformers and onnxruntime-genai peers -> reports/bench-llm-TIMESTAMP/"
+	@echo "make demo-llm       the causal LM end to end: fine-tune, export, fp32+int8 behind the router, streamed under Locust (~10 min)"
 	@echo "make compare        full vs freeze vs LoRA vs IA3 vs LoHa: train, export, time -> reports/compare-TIMESTAMP/ (COMPARE_BUDGET=s per method)"
 	@echo "make export         merge -> ONNX fp32+int8 -> parity gate -> publish (ADAPTER=path to start from one)"
 	@echo "make bench-export   torch vs ONNX Runtime fp32 vs int8 latency -> reports/bench-export-TIMESTAMP/"
@@ -106,6 +107,12 @@ export-llm: install
 LLM_BENCH_ARGS ?=
 bench-llm: install
 	$(PY) -m serving.llm_bench --onnx-dir runs/$(LLM_NAME)/onnx $(LLM_BENCH_ARGS)
+
+# The causal LM's demo (docs/generative.md): train (once) -> export -> fp32 and int8 behind the router -> Locust
+# streaming chat completions -> reports/demo-llm-TIMESTAMP/; LLM_DEMO_ARGS: python -m workflows demo-llm --help
+LLM_DEMO_ARGS ?=
+demo-llm: install
+	$(PY) -m workflows demo-llm --name $(LLM_NAME) --repository $(REPOSITORY) --model-name $(LLM_MODEL) $(LLM_DEMO_ARGS)
 
 # Every fine-tuning method on the same split, seed and budget (COMPARE_BUDGET seconds each); COMPARE_ARGS
 # passes more flags (python -m workflows compare --help), e.g. COMPARE_ARGS="--methods lora,full --model DIR".

@@ -20,13 +20,21 @@ from tunestack.configfile import ConfigFileError, load_config_file
 from tunestack.layout import RunLayout
 from tunestack.problems import raise_problems
 
-TARGETS = ("router", "triton")
+TARGETS = ("router", "triton", "openai")
+"""router: the A/B router; triton: Triton's model route; openai: any OpenAI-compatible server (workload chat)."""
+WORKLOADS = ("reviews", "chat")
+"""reviews: the classifier's KServe v2 infer calls; chat: streamed chat completions of the causal LM."""
 PROTOCOLS = ("http", "grpc")
 SHAPES = ("none", "steps", "spike")
 STICKY_CHECKS = ("count", "fail")
 USER_TEXTS = ("shared", "window")
-DEFAULT_HOSTS = {"router": names.ROUTER_URL, "triton": names.TRITON_URL}
-DEFAULT_GRPC_HOSTS = {"router": f"{names.HOST}:{names.ROUTER_GRPC_PORT}", "triton": names.TRITON_GRPC_ADDRESS}
+DEFAULT_HOSTS = {"router": names.ROUTER_URL, "triton": names.TRITON_URL, "openai": f"http://{names.HOST}:8090"}
+DEFAULT_GRPC_HOSTS = {"router": f"{names.HOST}:{names.ROUTER_GRPC_PORT}", "triton": names.TRITON_GRPC_ADDRESS,
+                      "openai": ""}
+REVIEWS_TEXTS = str(RunLayout.of("runs", "demo").heldout)
+"""The reviews workload's default texts: the classifier's held-out reviews."""
+CHAT_TEXTS = str(RunLayout.of("runs", "llm").heldout)
+"""The chat workload's default prompts: the causal task's held-out prompts."""
 
 
 class LoadTestError(Exception):
@@ -51,16 +59,26 @@ class LoadTestConfig:
     spawn_rate: float = _f(0.0, "users started per second (0: all at once)", custom=False)
     run_time: str = _f("30s", "how long to run: 30s, 2m, 1h30m (Locust's --run-time)", custom=False)
     # -- the locustfile's options (also valid in [tool.locust]) -----------------------------------
-    target: str = _f("router", "router: the A/B router's experiment route; triton: Triton's model route")
-    experiment: str = _f("sentiment-ab", "experiment name (target router): POST /v2/models/EXPERIMENT/infer")
-    model: str = _f(CONTRACT.default_model_name, "Triton model name (target triton)")
+    workload: str = _f("reviews", "reviews: the classifier's KServe v2 infer calls; chat: streamed OpenAI chat "
+                       "completions of the causal LM (ChatUser, ChatOpenLoopUser), timed with vLLM's definitions")
+    target: str = _f("router", "router: the A/B router's experiment route; triton: Triton's model route; openai: "
+                     "any OpenAI-compatible server (workload chat), e.g. a peer of serving.llm_peers")
+    experiment: str = _f("sentiment-ab", "experiment name (target router): POST /v2/models/EXPERIMENT/infer, or "
+                         "the chat request's model")
+    model: str = _f(CONTRACT.default_model_name, "Triton model name (target triton), or the chat request's model "
+                    "(target openai)")
     protocol: str = _f("http", "http: KServe v2 over HTTP to --host; grpc: over gRPC to --grpc-host (GrpcUser, "
                        "closed loop; feedback still goes to the router's HTTP --host)")
     grpc_host: str = _f("", "protocol grpc: HOST:PORT of the target's gRPC endpoint; default 127.0.0.1:8081 "
                         "(router) or :8001 (triton)")
     versions: str = _f("", "target triton: comma-separated versions users are spread over (sticky by user id); "
                        "empty: Triton's default version")
-    texts: str = _f(str(RunLayout.of("runs", "demo").heldout), "held-out reviews, JSONL {\"text\", \"label\"}")
+    texts: str = _f(REVIEWS_TEXTS, "held-out reviews, JSONL {\"text\", \"label\"}; workload chat: the causal task's "
+                    f"held-out prompts, JSONL {{\"system\", \"user\"}} (default {CHAT_TEXTS})")
+    max_tokens: int = _f(32, "workload chat: max_tokens of each completion")
+    temperature: float = _f(0.0, "workload chat: sampling temperature (0: greedy)")
+    ignore_eos: bool = _f(False, "workload chat: generate exactly max_tokens, past the EOS token (servers that "
+                          "take vLLM's ignore_eos: the router on Triton, the peers)")
     batch_size: int = _f(1, "texts per request")
     arrival_rate: float = _f(0.0, "open loop: requests per second in total, Poisson arrivals; 0: closed loop")
     think_time: float = _f(0.0, "closed loop: seconds a user waits after each answer")
@@ -91,9 +109,23 @@ class LoadTestConfig:
     saturation_cpu: float = _f(90.0, "warn when a Locust process used at least this %% of a core ...",
                                locust=False)
     saturation_fraction: float = _f(0.25, "... for at least this fraction of the run", locust=False)
+    slo_ttft_ms: float = _f(2000.0, "workload chat: goodput counts completions whose time to first token is at "
+                            "most this (ms)", locust=False)
+    slo_tpot_ms: float = _f(250.0, "workload chat: ... and whose time per output token is at most this (ms)",
+                            locust=False)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.workload not in WORKLOADS:
+            problems.append(f"unknown workload {self.workload!r}; expected one of: {', '.join(WORKLOADS)}")
+        elif self.workload == "chat":
+            if self.texts == REVIEWS_TEXTS:
+                self.texts = CHAT_TEXTS
+            if self.target == "triton" or self.protocol != "http":
+                problems.append(f"workload chat streams OpenAI chat completions over HTTP to target router or openai; "
+                                f"got target {self.target!r}, protocol {self.protocol!r}")
+        elif self.target == "openai":
+            problems.append("target openai serves workload chat only; set workload chat or target router/triton")
         if self.target not in TARGETS:
             problems.append(f"unknown target {self.target!r}; expected one of: {', '.join(TARGETS)}")
         if self.protocol not in PROTOCOLS:
@@ -110,12 +142,14 @@ class LoadTestConfig:
             problems.append(f"unknown sticky_check {self.sticky_check!r}; expected one of: {', '.join(STICKY_CHECKS)}")
         if self.shape not in SHAPES:
             problems.append(f"unknown shape {self.shape!r}; expected one of: {', '.join(SHAPES)}")
-        for name in ("users", "batch_size", "user_population", "max_in_flight", "steps", "workers"):
+        for name in ("users", "batch_size", "user_population", "max_in_flight", "steps", "workers", "max_tokens"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("spawn_rate", "arrival_rate", "think_time", "user_activity"):
+        for name in ("spawn_rate", "arrival_rate", "think_time", "user_activity", "temperature"):
             if float(getattr(self, name)) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.slo_ttft_ms <= 0 or self.slo_tpot_ms <= 0:
+            problems.append(f"slo_ttft_ms and slo_tpot_ms must be > 0, got {self.slo_ttft_ms} and {self.slo_tpot_ms}")
         if self.request_timeout <= 0:
             problems.append(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
         if not 0 <= self.feedback_fraction <= 1:
@@ -214,10 +248,24 @@ class LoadTestConfig:
 
 def _coerce(f, value: Any) -> Any:
     kind = type(f.default) if f.default is not MISSING else str
+    if kind is bool:
+        return parse_bool(value, f.name)
     try:
         return kind(value)
     except (TypeError, ValueError):
         raise LoadTestError(f"setting {f.name!r} must be a {kind.__name__}, got {value!r}") from None
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) or a bool -> a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise LoadTestError(f"setting {name!r} must be true or false, got {value!r}")
 
 
 def parse_timespan(value: str | int | float) -> float:
@@ -257,8 +305,8 @@ def add_locust_arguments(parser) -> None:
     for name, f in defaults.items():
         if not f.metadata.get("custom"):
             continue
-        kind = type(f.default)
+        kind = parse_bool if isinstance(f.default, bool) else type(f.default)
         choices = {"target": TARGETS, "protocol": PROTOCOLS, "shape": SHAPES, "sticky_check": STICKY_CHECKS,
-                   "user_texts": USER_TEXTS}.get(name)
+                   "user_texts": USER_TEXTS, "workload": WORKLOADS}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, choices=choices,
                             help=f.metadata["help"].replace("%%", "%"), include_in_web_ui=False)

@@ -4,7 +4,8 @@ Input, for a prefix ``DIR/locust`` (Locust's ``--csv DIR/locust --csv-full-histo
 
 - ``locust_stats.csv``: one row per (type, name) -- the locustfile names ``infer`` rows by variant;
 - ``locust_stats_history.csv``: the same over time (per second), for throughput and P99 over time;
-- ``locust_failures.csv``; and, when present, ``locust_stats.json`` (Locust's ``--json-file``: the full
+- ``locust_failures.csv``; ``locust_streams-*.jsonl`` for the chat workload (``loadtests.stream_report``:
+  TTFT, ITL, TPOT, e2e, tokens/s and goodput per arm); and, when present, ``locust_stats.json`` (Locust's ``--json-file``: the full
   response-time histogram per variant, for an exact CDF; without it the CDF uses the CSV percentiles);
 - from the runner, when present: ``config.json``, ``client_cpu.csv`` (the load generator's CPU),
   ``locust*.log``, ``triton_metrics.json`` and ``router_report.json`` / ``router_report.md``.
@@ -23,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests import plots
+from loadtests.chat import CHAT
 from loadtests.config import LoadTestConfig, LoadTestError
+from loadtests.stream_report import stream_markdown, stream_plots, stream_summary
 from tunestack import tracking
+from tunestack.bench.streams import SLO
 
 log = logging.getLogger(__name__)
 
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%")
 VARIANT_TYPE = "infer"
+VARIANT_TYPES = (VARIANT_TYPE, CHAT)
+"""The request types whose rows are named by variant: a prediction, a streamed completion."""
 STICKY_TYPE = "sticky"
 LOCUST_CPU_WARNINGS = ("CPU usage above", "exceeded cpu threshold")
 
@@ -54,7 +60,7 @@ class StatsRow:
 
     @property
     def is_variant(self) -> bool:
-        return self.type == VARIANT_TYPE and not self.name.startswith("(")
+        return self.type in VARIANT_TYPES and not self.name.startswith("(")
 
     def summary(self) -> dict:
         p = self.percentiles
@@ -222,6 +228,7 @@ def summarize(prefix: Path) -> dict:
         "machine_busy": cpu.get("machine", {}).get("share_saturated", 0.0) >= cfg.saturation_fraction,
         "triton": read_json(folder / "triton_metrics.json"),
         "router_report": read_json(folder / "router_report.json"),
+        "generation": stream_summary(prefix, SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms)),
     }
 
 
@@ -289,8 +296,8 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
                 f"| texts | `{cfg['texts']}`, {cfg['batch_size']} per request |", ""]
     duration = summary["duration_s"]
     out += ["## Per variant (client side, Locust)", "",
-            (f"Measured over {duration:.0f} s. " if duration else "") + "Latencies in ms as Locust records them; throughput = requests / time between the variant's first "
-            "and last request.", ""] + _variant_table(summary) + [""]
+            (f"Measured over {duration:.0f} s. " if duration else "") + "Latencies in ms as Locust records them (a streamed completion's: its end-to-end latency); "
+            "throughput = requests / time between the variant's first and last request.", ""] + _variant_table(summary) + [""]
     if summary["other_requests"]:
         out += ["Other requests:", "", "| request | count | failures | P50 ms | P99 ms |", "|---|---:|---:|---:|---:|"]
         out += [f"| {n} | {s['requests']} | {s['failures']} | {format_ms(s['p50_ms'])} | {format_ms(s['p99_ms'])} |"
@@ -306,6 +313,8 @@ def render_markdown(summary: dict, folder: Path, images: dict[str, str]) -> str:
     if summary["exceptions"]:
         out += ["Exceptions raised in the load generator itself (a bug in the locustfile, not a failed request):", ""]
         out += [f"- {e['count']}x `{e['message'][:200]}`" for e in summary["exceptions"][:5]] + [""]
+    if summary.get("generation"):
+        out += stream_markdown(summary["generation"])
     out += ["## Plots", ""] + [f"![{title}]({file})" for title, file in images.items()] + [""]
     out += ["## Triton (server side, from its metrics)", ""] + _triton_section(summary["triton"]) + [""]
     out += ["## The router's statistical report", ""] + _router_section(folder, summary["router_report"]) + [""]
@@ -326,7 +335,7 @@ def build_report(prefix: Path, out_dir: Path | None = None) -> Path:
     summary = summarize(prefix)
     rows = [r for r in read_stats(prefix) if r.is_variant]
     histograms = {e["name"]: e["response_times"] for e in (read_json(Path(f"{prefix}_stats.json")) or [])
-                  if e.get("method") == VARIANT_TYPE}
+                  if e.get("method") in VARIANT_TYPES}
     curves = {r.name: cdf_from_histogram(histograms[r.name]) if r.name in histograms else cdf_from_percentiles(r)
               for r in rows if r.requests}
     images = {}
@@ -339,6 +348,8 @@ def build_report(prefix: Path, out_dir: Path | None = None) -> Path:
     if series:
         plots.over_time(series, users, out_dir / "over_time.png", "Throughput and P99 over time, per variant")
         images["throughput and P99 over time"] = "over_time.png"
+    if summary["generation"]:
+        images |= stream_plots(prefix, out_dir)
     summary["plots"] = images
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     path = out_dir / "report.md"

@@ -1,4 +1,5 @@
-"""Locust users for the served sentiment model: real held-out reviews, one statistics row per variant.
+"""Locust users for the served models: real held-out reviews (the classifier) or held-out chat prompts streamed
+as OpenAI chat completions (the causal LM, ``--workload chat``), one statistics row per variant.
 
 Each request is a KServe v2 ``infer`` call with held-out review text(s) and a stable user id in
 ``X-User-Id`` (so the router's sticky assignment is exercised). Its row in Locust's statistics is named
@@ -16,9 +17,10 @@ them and every user id is alike. Real users differ, and the judge's statistics m
 in label mix and text length; with ``--user-activity s`` the open loop's arrivals pick the ``k``-th user id
 with weight ``k^-s`` (Zipf), so a few heavy users send much of the traffic.
 
-One user logic (``Reviews``: the texts, the version a user sticks to on Triton, its user id, the checks of an
-answer, the sticky accounting and the feedback) over two transports (``HttpTransport``, ``GrpcTransport``),
-in three user classes, picked by name on Locust's command line (``loadtests.run`` does it for you):
+One user logic per workload (``loadtests.reviews.Reviews``: the texts, the version a user sticks to on Triton,
+the checks of an answer, the sticky accounting and the feedback; ``loadtests.chat_users.Chats`` for the chat
+workload) over its transports (``HttpTransport``, ``GrpcTransport``; ``ChatTransport``), in user classes picked
+by name on Locust's command line (``loadtests.run`` does it for you):
 
 - ``ClosedLoopUser``: N users, each sends, waits for the answer (and ``--think-time``), sends again.
 - ``OpenLoopUser``: arrival generators; together they send ``--arrival-rate`` requests per second with
@@ -27,19 +29,15 @@ in three user classes, picked by name on Locust's command line (``loadtests.run`
   with ``--target triton``, to Triton's gRPC port: ``--grpc-host 127.0.0.1:8081`` (or ``--host
   grpc://127.0.0.1:8081``). Its feedback goes to the router's HTTP ``--host``, with the request id the
   gRPC answer carries (``loadtests.run`` picks it with ``--protocol grpc``).
+- ``ChatUser`` / ``ChatOpenLoopUser``: ``ClosedLoopUser`` / ``OpenLoopUser`` streaming chat completions to the
+  router's OpenAI door or any OpenAI-compatible server, each timed with vLLM's definitions (``loadtests.chat``).
 
     locust -f loadtests/locustfile.py --headless -u 10 -t 30s --host http://127.0.0.1:8080 ClosedLoopUser
 """
 
 from __future__ import annotations
 
-import json
-import random
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import gevent
 import locust.stats
@@ -48,16 +46,14 @@ from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
 from export.contract import CONTRACT
-from loadtests import measure
+from loadtests import chat, measure
+from loadtests.chat import CHAT
+from loadtests.chat_users import Chats, ChatTransport
 from loadtests.config import add_locust_arguments
-from loadtests.payloads import check_prediction, infer_body
-from loadtests.users import text_order, window_pick, zipf_weights
+from loadtests.payloads import infer_body
+from loadtests.reviews import INFER, Judge, Reply, Reviews, Workload, workload_of
+from loadtests.users import NO_VARIANT, zipf_weights
 from serving.client import text_input
-
-INFER = "infer"
-FEEDBACK = "feedback"
-NO_VARIANT = "(no variant)"
-STICKY, VARIANT_SWITCH = "sticky", "variant switch"
 
 
 @events.init_command_line_parser.add_listener
@@ -74,6 +70,7 @@ def _fresh_clock(environment, **_kwargs) -> None:
 
 
 measure.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
+chat.register(events)  # every streamed completion's chunk times -> PREFIX_streams-PID.jsonl (loadtests.chat)
 
 
 @events.test_stop.add_listener
@@ -85,158 +82,10 @@ def _let_csv_catch_up(environment, **_kwargs) -> None:
         gevent.sleep(locust.stats.CSV_STATS_INTERVAL_SEC + 0.5)
 
 
-@dataclass(frozen=True)
-class Workload:
-    """What every user of one Locust process sends, built once from the parsed options."""
-
-    texts: tuple[str, ...]
-    labels: tuple[str, ...]
-    label_set: frozenset[str]
-    path: str
-    """Inference path relative to --host (the versioned path is added per user for target triton)."""
-    target: str
-    model: str
-    versions: tuple[str, ...]
-    batch_size: int
-    feedback_path: str | None
-    feedback_fraction: float
-    sticky_check: str
-    order: tuple[int, ...] | None = None
-    """``--user-texts window``: the texts' indices sorted by label, then length; None: every user draws from all."""
-    window: int = 0
-    """Texts in each user's window."""
-
-    def pick(self, user_id: str, rng: random.Random) -> int:
-        """The index of a text for ``user_id`` to send: any text, or one of its own window's."""
-        if self.order is None:
-            return rng.randrange(len(self.texts))
-        return window_pick(self.order, self.window, user_id, rng)
-
-    @classmethod
-    def from_options(cls, opts) -> Workload:
-        path = Path(opts.texts)
-        if not path.is_file():
-            raise FileNotFoundError(f"--texts {path} does not exist; run `make export` (it writes "
-                                    "runs/NAME/merged/heldout.jsonl) or pass another JSONL file")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if isinstance(r, dict) and str(r.get("text", "")).strip()]
-        if not rows:
-            raise ValueError(f"--texts {path} holds no {{\"text\", \"label\"}} rows")
-        router = opts.target == "router"
-        name = opts.experiment if router else opts.model
-        texts, labels = tuple(str(r["text"]) for r in rows), tuple(str(r.get("label", "")) for r in rows)
-        windowed = opts.user_texts == "window"
-        return cls(
-            texts=texts,
-            labels=labels,
-            label_set=frozenset(str(r["label"]) for r in rows if r.get("label") is not None),
-            path=f"/v2/models/{name}",
-            target=opts.target,
-            model=opts.model,
-            versions=tuple(v.strip() for v in opts.versions.split(",") if v.strip()) if not router else (),
-            batch_size=opts.batch_size,
-            feedback_path=f"/v2/experiments/{opts.experiment}/feedback" if router else None,
-            feedback_fraction=opts.feedback_fraction if router else 0.0,
-            sticky_check=opts.sticky_check,
-            order=text_order(texts, labels) if windowed else None,
-            window=max(1, round(opts.user_text_window * len(texts))),
-        )
-
-
-def workload_of(environment) -> Workload:
-    """The process's Workload, read once and kept on the Locust environment its users share."""
-    workload = getattr(environment, "tunestack_workload", None)
-    if workload is None:
-        workload = environment.tunestack_workload = Workload.from_options(environment.parsed_options)
-    return workload
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a transport got back for one inference request, in the form the checks read."""
-
-    payload: dict | None
-    """The answer as KServe v2 JSON (``{"outputs": [...], "model_version": ...}``); None when it failed."""
-    problem: str | None = None
-    """Why there is no answer (HTTP status, transport error, not JSON); None when there is one."""
-    router_variant: str | None = None
-    """The arm the router names (``X-Variant``, ``parameters.variant``), if any."""
-    request_id: str | None = None
-    """The request id to send feedback for."""
-
-
 def user_id(environment, prefix: str) -> str:
     """Stable and reproducible: the n-th user of Locust process k is ``PREFIX-k-n`` in every run."""
     count = environment.tunestack_users = getattr(environment, "tunestack_users", 0) + 1
     return f"{prefix}-{max(getattr(environment.runner, 'worker_index', 0), 0)}-{count}"
-
-
-class Reviews:
-    """The one user logic, whatever the transport: which reviews to send, the Triton version a user sticks to,
-    whether an answer is a valid prediction from the variant a user had before, and when to send feedback."""
-
-    def __init__(self, environment) -> None:
-        self.environment = environment
-        self.workload = workload_of(environment)
-        self.rng = random.Random()
-        self.variant_of: dict[str, str] = {}  # user id -> the variant that served it first
-
-    def pick(self, user: str) -> list[int]:
-        """The rows of the held-out texts one request of ``user`` sends (from its own window with ``--user-texts window``)."""
-        w = self.workload
-        return [w.pick(user, self.rng) for _ in range(w.batch_size)]
-
-    def version_of(self, user: str) -> str:
-        """Target triton: the version ``user`` sticks to, as the router's users stick to an arm; "" otherwise."""
-        versions = self.workload.versions
-        return versions[int(uuid.uuid5(uuid.NAMESPACE_OID, user)) % len(versions)] if versions else ""
-
-    def variant(self, reply: Reply, version: str) -> str | None:
-        """The statistics row of an answer: the router's arm, or ``MODEL vVERSION`` on Triton."""
-        if self.workload.target == "router":
-            params = (reply.payload or {}).get("parameters") or {}
-            return reply.router_variant or params.get("variant")
-        served = (reply.payload or {}).get("model_version") or version
-        return f"{self.workload.model} v{served}" if served else None
-
-    def judge(self, user: str, reply: Reply, variant: str | None, count: int) -> str | None:
-        """None for a valid prediction of ``count`` texts, else what is wrong; a user served by another variant
-        than before is counted (``sticky`` / ``variant switch``) or, with ``--sticky-check fail``, a failure."""
-        if reply.payload is None:
-            return reply.problem
-        if variant is None:
-            return "answer names no variant (no X-Variant header, parameters.variant or model_version)"
-        problem = check_prediction(reply.payload, count, self.workload.label_set)
-        before = self.variant_of.setdefault(user, variant)
-        if problem is None and before != variant:
-            self.variant_of[user] = variant
-            switch = f"user {user} was served by {before}, now by {variant}"
-            if self.workload.sticky_check == "fail":
-                return f"sticky assignment broken: {switch}"
-            # counted: expected after a weight change (a canary ramp), a broken assignment otherwise
-            self.environment.events.request.fire(request_type=STICKY, name=VARIANT_SWITCH, response_time=0,
-                                                 response_length=0, context={}, exception=None)
-        return problem
-
-    def predict(self, user: str, transport, feedback_client) -> None:
-        """One inference request for ``user`` over ``transport``, reported under the name of the variant that
-        served it; then, for a share of the valid answers, its true labels to the router (``feedback_client``:
-        an HTTP client of the router, or None)."""
-        w = self.workload
-        picks = self.pick(user)
-        version = self.version_of(user)
-
-        def judge(reply: Reply) -> tuple[str | None, str | None]:
-            variant = self.variant(reply, version)
-            return variant, self.judge(user, reply, variant, len(picks))
-
-        request_id = transport.infer(user, [w.texts[i] for i in picks], version, judge)
-        if request_id and feedback_client is not None and w.feedback_path and self.rng.random() < w.feedback_fraction:
-            send_feedback(feedback_client, w.feedback_path, request_id, [w.labels[i] for i in picks])
-
-
-Judge = Callable[[Reply], tuple[str | None, str | None]]
-"""``Reviews.predict``'s check of a reply: (the variant's row name, the problem or None)."""
 
 
 class HttpTransport:
@@ -273,31 +122,29 @@ class HttpTransport:
         return Reply(payload, None, headers.get("X-Variant"), headers.get("X-Request-Id"))
 
 
-def send_feedback(client, path: str, request_id: str, labels: list[str]) -> None:
-    """Tell the router the true label(s) of an answered request: its report gains accuracy per arm. 202: a
-    replica whose store does not hold the answer yet keeps the feedback until it arrives."""
-    with client.post(path, json={"id": request_id, "labels": labels}, name=FEEDBACK, catch_response=True) as r:
-        r.request_meta["request_type"] = FEEDBACK
-        if r.status_code not in (200, 202):
-            r.failure(f"feedback refused: HTTP {r.status_code}: {(r.text or '')[:200]}")
-
-
 class ClosedLoopUser(FastHttpUser):
     """A user with a stable id: send a review, wait for the answer and ``--think-time`` seconds, repeat."""
 
     def __init__(self, environment) -> None:
         self.network_timeout = self.connection_timeout = environment.parsed_options.request_timeout
         super().__init__(environment)
-        self.reviews = Reviews(environment)
-        self.transport = HttpTransport(self.client, self.reviews.workload)
+        self.logic, self.transport = self.user_logic(environment)
         self.user_id = user_id(environment, "user")
+
+    def user_logic(self, environment):
+        """What this user sends and over what: (the user logic, its transport)."""
+        reviews = Reviews(environment)
+        return reviews, HttpTransport(self.client, reviews.workload)
 
     def wait_time(self) -> float:
         return self.environment.parsed_options.think_time
 
     @task
     def review(self) -> None:
-        self.reviews.predict(self.user_id, self.transport, self.client)
+        self.logic.predict(self.user_id, self.transport, self.client)
+
+    def on_stop(self) -> None:
+        getattr(self.transport, "close", lambda: None)()
 
 
 class OpenLoopUser(FastHttpUser):
@@ -309,13 +156,15 @@ class OpenLoopUser(FastHttpUser):
     counted as a failure named ``(dropped)``: the client, not the server, is then the limit.
     """
 
+    dropped_type = INFER
+    """The request type of a dropped arrival's row: the workload's."""
+
     def __init__(self, environment) -> None:
         opts = environment.parsed_options
         self.network_timeout = self.connection_timeout = opts.request_timeout
         self.concurrency = opts.max_in_flight  # connection pool of this user's client
         super().__init__(environment)
-        self.reviews = Reviews(environment)
-        self.transport = HttpTransport(self.client, self.reviews.workload)
+        self.logic, self.transport = self.user_logic(environment)
         self.pool = Pool(opts.max_in_flight)
         self.rate = opts.arrival_rate / max(1, opts.num_users or 1)
         self.population = opts.user_population
@@ -324,6 +173,8 @@ class OpenLoopUser(FastHttpUser):
         if self.rate <= 0:
             raise ValueError("OpenLoopUser needs --arrival-rate > 0 (requests per second)")
 
+    user_logic = ClosedLoopUser.user_logic
+
     def on_start(self) -> None:
         self.next_arrival = time.perf_counter()
 
@@ -331,24 +182,45 @@ class OpenLoopUser(FastHttpUser):
         """Time until the next arrival: exponential gaps on a fixed schedule, so a slow answer delays nothing.
 
         Waiting here rather than inside the task lets Locust stop or remove this user between arrivals."""
-        self.next_arrival += self.reviews.rng.expovariate(self.rate)
+        self.next_arrival += self.logic.rng.expovariate(self.rate)
         return max(0.0, self.next_arrival - time.perf_counter())
 
     @task
     def arrival(self) -> None:
         if self.pool.full():
             self.environment.events.request.fire(
-                request_type=INFER, name="(dropped)", response_time=0, response_length=0, context={},
+                request_type=self.dropped_type, name="(dropped)", response_time=0, response_length=0, context={},
                 exception=RuntimeError(f"client limit: {self.pool.size} requests already in flight"))
             return
         if self.activity is None:
-            k = self.reviews.rng.randrange(self.population)
+            k = self.logic.rng.randrange(self.population)
         else:
-            k = self.reviews.rng.choices(range(self.population), cum_weights=self.activity)[0]
-        self.pool.spawn(self.reviews.predict, f"visitor-{k}", self.transport, self.client)
+            k = self.logic.rng.choices(range(self.population), cum_weights=self.activity)[0]
+        self.pool.spawn(self.logic.predict, f"visitor-{k}", self.transport, self.client)
 
     def on_stop(self) -> None:
         self.pool.kill(block=False)
+        getattr(self.transport, "close", lambda: None)()
+
+
+def chat_logic(user, environment) -> tuple[Chats, ChatTransport]:
+    """The chat workload's logic and transport for ``user`` (one HTTP connection per request it may have open)."""
+    opts = environment.parsed_options
+    connections = opts.max_in_flight if isinstance(user, OpenLoopUser) else 1
+    return Chats(environment), ChatTransport(user.host, opts.request_timeout, connections)
+
+
+class ChatUser(ClosedLoopUser):
+    """``ClosedLoopUser`` streaming chat completions (``--workload chat``): one at a time, then ``--think-time``."""
+
+    user_logic = chat_logic
+
+
+class ChatOpenLoopUser(OpenLoopUser):
+    """``OpenLoopUser`` streaming chat completions (``--workload chat``): Poisson arrivals, each a completion."""
+
+    user_logic = chat_logic
+    dropped_type = CHAT
 
 
 def _grpc_client_module():
@@ -413,12 +285,12 @@ class GrpcUser(User):
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
-        self.reviews = Reviews(environment)
+        self.logic = Reviews(environment)
         self.user_id = user_id(environment, "grpc-user")
         address = getattr(environment.parsed_options, "grpc_host", "") or (self.host or "").split("://", 1)[-1].rstrip("/")
         self.transport = GrpcTransport(environment, address, self.user_id)
         self.http = None  # the router's HTTP endpoint, for feedback
-        if self.reviews.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
+        if self.logic.workload.feedback_fraction > 0 and (self.host or "").startswith(("http://", "https://")):
             from locust.contrib.fasthttp import FastHttpSession
 
             self.http = FastHttpSession(self.host, environment.events.request, self)
@@ -428,7 +300,7 @@ class GrpcUser(User):
 
     @task
     def review(self) -> None:
-        self.reviews.predict(self.user_id, self.transport, self.http)
+        self.logic.predict(self.user_id, self.transport, self.http)
 
     def on_stop(self) -> None:
         self.transport.close()

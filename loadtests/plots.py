@@ -1,4 +1,5 @@
-"""The load test report's PNG plots (matplotlib, Agg backend): latency CDF per variant, throughput and P99 over time."""
+"""The load test report's PNG plots (matplotlib, Agg backend): latency CDF per variant, throughput and P99 over time,
+output tokens/s over time."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def latency_cdf(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
+def latency_cdf(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                xlabel: str = "response time (ms, log scale)") -> Path:
     """``curves``: variant -> (latencies in ms, cumulative fractions in [0, 1]), drawn as steps."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, (ms, fraction) in curves.items():
@@ -20,7 +22,7 @@ def latency_cdf(curves: dict[str, tuple[list[float], list[float]]], path: Path, 
         ax.annotate(f"p{round(q * 100)}", (0, q), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
                     xytext=(2, 2), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("response time (ms, log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.01)
     ax.set_title(title)
@@ -52,6 +54,23 @@ def over_time(series: dict[str, dict[str, list[float]]], users: tuple[list[float
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tokens_over_time(series: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
+    """``series``: arm -> {"t": bin centres (s), "tokens_per_s"}."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, s in series.items():
+        ax.plot(s["t"], s["tokens_per_s"], label=name, linewidth=1.2, marker=".")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

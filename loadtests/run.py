@@ -1,6 +1,7 @@
 """Run Locust headless (one process, or a master and N workers), watch it, and write the report.
 
-``run_loadtest(cfg)`` checks that the target answers at all (``/v2/health/ready``), then, in
+``run_loadtest(cfg)`` checks that the target answers at all (``/v2/health/ready``; ``/v1/models`` for
+target openai), then, in
 ``OUT_DIR/loadtest-TIMESTAMP/``:
 
 1. ``config.json`` (the resolved settings); a scrape of Triton's ``/metrics``;
@@ -71,10 +72,17 @@ def report_folder(out_dir: Path) -> Path:
     return folder
 
 
+def user_class_of(cfg: LoadTestConfig) -> str:
+    """The locustfile's user class for ``cfg``: the workload's, closed or open loop, HTTP or gRPC."""
+    if cfg.workload == "chat":
+        return "ChatOpenLoopUser" if cfg.open_loop else "ChatUser"
+    return "GrpcUser" if cfg.protocol == "grpc" else "OpenLoopUser" if cfg.open_loop else "ClosedLoopUser"
+
+
 def locust_commands(cfg: LoadTestConfig, folder: Path) -> list[tuple[str, list[str]]]:
     """(role, argv) for each Locust process: ``local``, or ``master`` and ``worker-1..N``."""
     files = f"{LOCUSTFILE},{SHAPES}" if cfg.shape != "none" else str(LOCUSTFILE)
-    user_class = "GrpcUser" if cfg.protocol == "grpc" else "OpenLoopUser" if cfg.open_loop else "ClosedLoopUser"
+    user_class = user_class_of(cfg)
     prefix = folder / PREFIX
     main = [sys.executable, "-m", "locust", "-f", files, "--headless", *cfg.locust_args(),
             "--csv", str(prefix), "--csv-full-history", "--html", str(folder / "locust.html"),
@@ -154,11 +162,11 @@ def fetch_router_report(cfg: LoadTestConfig, folder: Path) -> None:
 
 def check_target(cfg: LoadTestConfig) -> None:
     """Fail fast, with the command that starts it, when nothing answers at the target; warn when it is not ready."""
-    url = f"{cfg.base_url}/v2/health/ready"
+    url = f"{cfg.base_url}{'/v1/models' if cfg.target == 'openai' else '/v2/health/ready'}"
     try:
         response = httpx.get(url, timeout=5, trust_env=False)
     except httpx.HTTPError as e:
-        start = "make router" if cfg.target == "router" else "make serve"
+        start = {"router": "make router", "triton": "make serve"}.get(cfg.target, "python -m serving.llm_peers")
         raise LoadTestError(f"the {cfg.target} at {cfg.base_url} does not answer ({e}); start it (`{start}`) "
                             "or pass --host URL") from None
     if response.status_code != 200:  # it answers: a drill may load a degraded target on purpose
@@ -170,7 +178,8 @@ def run_loadtest(cfg: LoadTestConfig, stop_event: threading.Event | None = None)
     """Run the load test described by ``cfg`` (until ``stop_event`` is set, if that comes first) and write its
     report; see the module docstring."""
     if not Path(cfg.texts).is_file():
-        raise LoadTestError(f"texts file {cfg.texts} does not exist; run `make export` (it writes "
+        make = "make export-llm" if cfg.workload == "chat" else "make export"
+        raise LoadTestError(f"texts file {cfg.texts} does not exist; run `{make}` (it writes "
                             "runs/NAME/merged/heldout.jsonl) or pass --texts FILE")
     check_target(cfg)
     folder = report_folder(Path(cfg.out_dir))

@@ -1,6 +1,7 @@
 """``python -m serving.llm_bench``: the generation benchmark, every option side by side in one run: a causal LM's
 streams in-process (the limit), through Triton (HTTP generate_stream, gRPC stream; iteration-level batching
-and a thread per stream), and through the peers a user would run instead (``serving.llm_peers``: transformers
+and a thread per stream), through the A/B router in front of Triton (OpenAI chat completions, streamed), and
+through the peers a user would run instead (``serving.llm_peers``: transformers
 ``generate`` + ``TextIteratorStreamer`` behind FastAPI, onnxruntime-genai at fp32/int8/int4), at 1/2/4/8
 concurrent streams.
 
@@ -10,7 +11,8 @@ concurrent streams.
 One run publishes the export's variant into a temporary repository (one model per ``--batching`` mode,
 ``export.publish_causal``), starts the real tritonserver on it, opens the same modes in-process
 (``export.scheduler`` over ``export.generate.Generator``: the code the served model runs, without Triton),
-builds the onnxruntime-genai models from the merged folder the export came from (its builder, in a child
+starts the router with an A/A experiment per model (``python -m serving router``, its OpenAI door), builds
+the onnxruntime-genai models from the merged folder the export came from (its builder, in a child
 process) and starts each peer (``python -m serving.llm_peers`` on 127.0.0.1 and a free port); all of it is
 stopped at the end. Every arm (path x batching x concurrency) runs once per phase, side by side
 (``tunestack.bench.run_phases``, mirrored order), on the same held-out prompts in the same phase, after one
@@ -53,6 +55,7 @@ from serving.llm_bench_paths import (
 from serving.llm_bench_report import (
     IN_PROCESS,
     PEER_BATCHING,
+    ROUTER,
     SERVED,
     arm_name,
     batching_gain,
@@ -70,8 +73,9 @@ from tunestack.problems import raise_problems
 
 log = logging.getLogger(__name__)
 
-TRANSPORTS = (IN_PROCESS, *SERVED)
-"""in-process: the scheduler called directly; http: Triton's generate_stream (SSE); grpc: ModelStreamInfer."""
+TRANSPORTS = (IN_PROCESS, *SERVED, ROUTER)
+"""in-process: the scheduler called directly; http: Triton's generate_stream (SSE); grpc: ModelStreamInfer;
+router: OpenAI chat completions through the A/B router (``serving.router``) in front of Triton."""
 QUICK = {"concurrency": (1, 8), "new_tokens": 4, "requests": 1, "phases": 2, "batching": ("continuous",)}
 """What ``--quick`` sets: both goals' concurrency levels, short completions, two phases, the served batching."""
 
@@ -90,7 +94,7 @@ class LLMBenchConfig(BenchOutput):
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     """Concurrent streams per arm."""
     transports: tuple[str, ...] = TRANSPORTS
-    """Paths of the project's decode loop: in-process, http, grpc."""
+    """Paths of the project's decode loop: in-process, http, grpc, router."""
     batching: tuple[str, ...] = DECODE_BATCHING
     """Decode modes of those paths: continuous (iteration-level batching) and/or none (a thread per stream)."""
     peers: tuple[str, ...] = tuple(PEERS)
@@ -188,9 +192,28 @@ def decode_loop_paths(cfg: LLMBenchConfig, stack: ExitStack, folder: Path, repor
         server = stack.enter_context(TritonServer(repository, startup_timeout=600, log_file=report / "tritonserver.log"))
         for t in served:
             for b in cfg.batching:
+                if t == ROUTER:
+                    streamers[(t, b)] = router_streamer(stack, server, folder, report, b, cfg.new_tokens)
+                    continue
                 url = server.grpc_url if t == "grpc" else server.http_address
                 streamers[(t, b)] = triton_streamer(url, t, model_name(b), cfg.new_tokens)
     return streamers
+
+
+def router_streamer(stack: ExitStack, server: TritonServer, folder: Path, report: Path, batching: str,
+                    new_tokens: int) -> StreamerFactory:
+    """The router in front of ``server`` (stopped by ``stack``), with an A/A experiment: two arms, 50/50, both
+    ``model_name(batching)`` version 1, so every stream is assigned as in production and served by the same model;
+    its OpenAI door's streamer (the experiment is the request's model)."""
+    from experiments.spec import write_experiment
+    from serving.router.process import RouterProcess
+
+    name = f"bench-{batching}"
+    experiment = write_experiment(folder / f"{name}.yaml", name, [("a", "1", 50), ("b", "1", 50)], model_name(batching),
+                                  timeout_s=300.0)  # a burst's first tokens wait for each other's prefills
+    router = stack.enter_context(RouterProcess(experiment, triton_url=server.http_url, triton_grpc_url=server.grpc_url,
+                                               log_file=report / f"router-{batching}.log"))
+    return openai_streamer(router.url, name, new_tokens)
 
 
 def peer_paths(cfg: LLMBenchConfig, stack: ExitStack, folder: Path, report: Path,
@@ -241,7 +264,7 @@ def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFac
 
 
 def run(cfg: LLMBenchConfig):
-    bench = BenchRun("llm", "Generation: in-process vs Triton vs transformers and onnxruntime-genai peers", cfg)
+    bench = BenchRun("llm", "Generation: in-process vs Triton vs the router vs transformers and onnxruntime-genai peers", cfg)
     threads = cfg.threads or serving_defaults(os.cpu_count() or 1)["intra_op_threads"]
     prompts, slo = read_prompts(cfg.onnx_dir), SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms)
     with ExitStack() as stack:

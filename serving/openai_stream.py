@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -47,6 +48,8 @@ class ChatEvent:
     """``{"prompt_tokens", "completion_tokens", "total_tokens"}`` on the usage chunk, else None."""
     received_s: float
     """``time.perf_counter()`` when the client had it."""
+    variant: str | None = None
+    """The arm of the A/B router that served it, when the chunk names one (``"tunestack": {"arm": ...}``)."""
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,48 @@ def _event(data: dict, received_s: float) -> ChatEvent:
     choices = data.get("choices") or []
     choice = choices[0] if choices else {}
     content = (choice.get("delta") or {}).get("content") or ""
-    return ChatEvent(content, choice.get("finish_reason"), data.get("usage"), received_s)
+    tag = data.get("tunestack")
+    variant = tag.get("arm") if isinstance(tag, dict) else None
+    return ChatEvent(content, choice.get("finish_reason"), data.get("usage"), received_s,
+                     variant if isinstance(variant, str) else None)
+
+
+def raise_for_answer(response: httpx.Response, path: str = CHAT_PATH) -> None:
+    """Raise for an answer other than 200: ``GenerationRejected`` for a 4xx (the sender's mistake), else
+    ``InferenceError``, with the server's message."""
+    if response.status_code != 200:
+        response.read()
+        error = GenerationRejected if 400 <= response.status_code < 500 else InferenceError
+        raise error(f"{response.status_code} from {path}: {_error_message(response.text)}")
+
+
+@contextmanager
+def open_chat(client: httpx.Client, body: dict, path: str = CHAT_PATH, headers: dict[str, str] | None = None,
+              check: bool = True) -> Iterator[tuple[httpx.Response, Iterator[ChatEvent]]]:
+    """POST ``body`` to ``path`` (with ``headers``) and give the answer's response (its headers, such as the
+    router's ``X-Variant``) and its chunks as they arrive; an answer other than 200 raises first
+    (``raise_for_answer``), or, with ``check`` False, when the chunks are read."""
+    with connect_sse(client, "POST", path, json=body, headers=dict(headers or {})) as source:
+        if check:
+            raise_for_answer(source.response, path)
+        yield source.response, _events(source, path)
+
+
+def _events(source, path: str) -> Iterator[ChatEvent]:
+    raise_for_answer(source.response, path)
+    for sse in source.iter_sse():
+        received = time.perf_counter()
+        if sse.data == DONE:
+            return
+        if sse.data:
+            yield _event(json.loads(sse.data), received)
+    raise InferenceError(f"the stream from {path} ended without data: {DONE}")
 
 
 def stream_chat(client: httpx.Client, body: dict, path: str = CHAT_PATH) -> Iterator[ChatEvent]:
     """POST ``body`` to ``path`` and yield each chunk as it arrives (see the module docstring)."""
-    with connect_sse(client, "POST", path, json=body) as source:
-        response = source.response
-        if response.status_code != 200:
-            response.read()
-            error = GenerationRejected if 400 <= response.status_code < 500 else InferenceError
-            raise error(f"{response.status_code} from {path}: {_error_message(response.text)}")
-        for sse in source.iter_sse():
-            received = time.perf_counter()
-            if sse.data == DONE:
-                return
-            if sse.data:
-                yield _event(json.loads(sse.data), received)
-    raise InferenceError(f"the stream from {path} ended without data: {DONE}")
+    with open_chat(client, body, path) as (_response, events):
+        yield from events
 
 
 def timed_chat(client: httpx.Client, body: dict, path: str = CHAT_PATH) -> tuple[StreamRecord, ChatResult]:

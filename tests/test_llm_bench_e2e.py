@@ -12,7 +12,7 @@ import pytest
 from export.decoding import SamplingParams
 from export.generate import Generator
 from serving import llm_bench
-from serving.llm_bench_report import GOALS, NO_ROUTER
+from serving.llm_bench_report import GOALS
 from serving.llm_peers import PEERS, PeerServer
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,7 @@ def test_quick_bench_runs_every_peer_with_exact_counts_and_the_goals(tiny_causal
     assert llm_bench.main(["--onnx-dir", str(tiny_causal_onnx_dir), "--quick", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     quick = llm_bench.QUICK
-    paths = ["in-process", "http", "grpc", *PEERS]
+    paths = ["in-process", "http", "grpc", "router", *PEERS]
     assert report["config"]["quick"] is True and report["config"]["new_tokens"] == quick["new_tokens"]
     assert set(report["arms"]) == {f"{p} / {'none' if p in PEERS else 'continuous'} / {c}"
                                    for p in paths for c in quick["concurrency"]}
@@ -41,18 +41,22 @@ def test_quick_bench_runs_every_peer_with_exact_counts_and_the_goals(tiny_causal
         assert row["ttft"]["n"] == completions and 0 < row["ttft"]["p50_ms"] <= row["ttft"]["p99_ms"]
         assert 0 < row["itl"]["n"] <= completions * (quick["new_tokens"] - 1)
         assert len(row["tokens_per_s_by_phase"]) == quick["phases"] and row["tokens_per_s"] > 0
-        if row["path"] in ("in-process", "http", "grpc", "ortgenai-fp32"):  # a chunk per token with text
+        if row["path"] in ("in-process", "http", "grpc", "router", "ortgenai-fp32"):  # a chunk per token with text
             assert row["itl"]["n"] == completions * (quick["new_tokens"] - 1), row["path"]
     ratios = report["ratios"]
     assert list(ratios) == [g.key for g in GOALS] and all(set(g) == GOAL_KEYS for g in ratios.values())
     for key in ("served_vs_in_process_c1", "served_vs_transformers_c8"):
-        assert set(ratios[key]["by_path"]) == {"http", "grpc"} and ratios[key]["value"] > 0
+        assert set(ratios[key]["by_path"]) == {"http", "grpc", "router"} and ratios[key]["value"] > 0
         assert ratios[key]["met"] in (True, False) and ratios[key]["note"] is None
-    assert ratios["router_ttft_p50_over_in_process_ms"]["value"] is None
-    assert ratios["router_ttft_p50_over_in_process_ms"]["note"] == NO_ROUTER
+        assert ratios[key]["value"] == min(v["value"] for v in ratios[key]["by_path"].values())  # the worst path's
+    router = ratios["router_ttft_p50_over_in_process_ms"]
+    in_process, through_router = report["arms"]["in-process / continuous / 1"], report["arms"]["router / continuous / 1"]
+    diffs = [a - b for a, b in zip(through_router["ttft_p50_ms_by_phase"], in_process["ttft_p50_ms_by_phase"], strict=True)]
+    assert router["note"] is None and router["value"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-3)
+    assert router["met"] == (router["value"] <= 5.0)
     markdown = (out / "bench.md").read_text()
     assert markdown.count("| transformers | none |") == 2 and "Goals" in markdown
-    for name in ("tritonserver.log", "transformers.log", "ortgenai-int4-build.log", "inter_token_latency_8_streams.png"):
+    for name in ("tritonserver.log", "router-continuous.log", "transformers.log", "ortgenai-int4-build.log", "inter_token_latency_8_streams.png"):
         assert (out / name).is_file(), name
 
 
@@ -62,15 +66,16 @@ def test_bench_without_peers_reports_the_batching_gain(tiny_causal_onnx_dir, tmp
                            "--requests", "2", "--phases", "2", "--peers", "", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     arms = report["arms"]
-    assert len(arms) == 3 * 2 * 2  # paths x batching modes x concurrency levels
+    assert len(arms) == 4 * 2 * 2  # paths x batching modes x concurrency levels
     for row in arms.values():
         completions = 2 * row["concurrency"] * 2  # phases x streams x requests
         assert row["tokens"] == completions * 5 and row["ttft"]["n"] == completions
         assert row["itl"]["n"] == completions * 4 and 0 < row["ttft"]["p50_ms"] <= row["ttft"]["p99_ms"]
     assert {(g["path"], g["concurrency"]) for g in report["batching_gain"]} == \
-        {(t, c) for t in ("in-process", "http", "grpc") for c in (1, 3)}
+        {(t, c) for t in ("in-process", "http", "grpc", "router") for c in (1, 3)}
     assert report["merged_dir"] is None
     assert report["ratios"]["served_vs_transformers_c8"]["value"] is None  # neither 8 streams nor the baseline
+    assert report["ratios"]["router_ttft_p50_over_in_process_ms"]["value"] is not None
 
 
 def test_the_official_openai_client_streams_from_the_baseline_peer(tiny_causal_onnx_dir, tmp_path):

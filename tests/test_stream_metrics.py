@@ -124,8 +124,10 @@ def test_the_router_goal_is_its_ttft_p50_over_in_process_per_phase():
     router = goals(rows, "continuous")["router_ttft_p50_over_in_process_ms"]
     assert router["by_path"]["router"]["value"] == pytest.approx(6.0)  # (4 + 8) / 2 ms
     assert router["value"] == pytest.approx(6.0) and router["met"] is False
-    missing = goals(rows, "continuous")["served_vs_in_process_c1"]
-    assert missing["value"] is None and "grpc / continuous / 1" in missing["note"]
+    served = goals(rows, "continuous")["served_vs_in_process_c1"]  # the router is a served path too
+    assert set(served["by_path"]) == {"router"} and served["value"] == pytest.approx(1.0) and served["met"] is True
+    missing = goals(rows_of({("in-process", "continuous", 1): [phase(5, 0.1)]}), "continuous")["served_vs_in_process_c1"]
+    assert missing["value"] is None and "router / continuous / 1" in missing["note"]
 
 
 def test_rows_carry_counts_goodput_and_the_batching_gain():

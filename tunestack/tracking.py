@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,10 +56,11 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as JSON text."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as JSON text; characters MLflow refuses in a name
+    (anything but letters, digits, ``_ - . : /`` and spaces, e.g. the parentheses of ``(dropped)``) become ``_``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
+        name = prefix + re.sub(r"[^\w\-.:/ ]", "_", str(key))
         if isinstance(value, Mapping):
             out.update(flatten(value, name + "."))
         else:

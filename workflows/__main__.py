@@ -1,6 +1,7 @@
 """``python -m workflows COMMAND ...``: what spans the stages, one entry point, declared once.
 
     python -m workflows demo --name demo --time-budget-s 180
+    python -m workflows demo-llm --time-budget-s 150
     python -m workflows compare --time-budget-s 150 --methods lora,full
     python -m workflows tune --repository model_repository --model sentiment
     python -m workflows drill ramp|fault|rollout-good|rollout-bad|rollout-slow|drift --run runs/demo
@@ -61,6 +62,8 @@ def drill(argv: list[str]) -> int:
 
 COMMANDS = Commands("python -m workflows", "What spans the stages: the demo, comparisons, tuning, drills, the peer bench.", {
     "demo": Command("workflows.demo:main", "the whole pipeline on the bundled model and data: train, export, serve, load"),
+    "demo-llm": Command("workflows.demo_llm:main", "the causal LM through the whole stack: fine-tune, export, serve "
+                        "fp32 and int8 behind the router, stream under Locust"),
     "compare": Command(compare, "every fine-tuning method on the same split and budget, trained, exported and timed"),
     "tune": Command("workflows.tune.cli:main",
                     "search serving configs on the real tritonserver; publish the winner as a new version"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,9 +65,50 @@ def _step(n: int, text: str) -> None:
     log.info("[%d/5] %s", n, text)
 
 
-def demo_folder(out_dir: Path) -> Path:
-    """``OUT_DIR/demo-YYYYmmdd-HHMMSS``: the demo's reports, server logs and ``demo.log``."""
-    return Path(out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+def demo_folder(out_dir: Path, prefix: str = "demo") -> Path:
+    """``OUT_DIR/PREFIX-YYYYmmdd-HHMMSS``: the demo's reports, server logs and ``demo.log``."""
+    return Path(out_dir) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_step(train_cfg: TrainConfig, what: str) -> dict:
+    """Step 1: train ``train_cfg`` unless its adapter exists (then reuse it); the run's ``metrics.json``."""
+    if (train_cfg.adapter_dir / names.ADAPTER_CONFIG_FILE).is_file():
+        _step(1, f"training: reusing {train_cfg.adapter_dir}")
+    else:
+        _step(1, f"training: {what}, budget {train_cfg.time_budget_s:.0f} s")
+        train(train_cfg)
+    return json.loads((train_cfg.adapter_dir / names.METRICS_FILE).read_text())
+
+
+def export_step(export_cfg: ExportConfig):
+    """Step 2: merge, ONNX, the gates, publish; the export's result and {variant: published version}."""
+    _step(2, "export: merge -> ONNX fp32 + int8 -> gates -> publish")
+    export = run_export(export_cfg)
+    if not export.passed:
+        raise RuntimeError(f"the export's gate failed; see {export.onnx_dir / 'parity.json'}")
+    return export, {variant: Path(path).name for variant, path in export.published.items()}
+
+
+def ab_experiment(folder: Path, experiment: str, versions: dict[str, str], model: str,
+                  timeout_s: float = names.ROUTER_TIMEOUT_S) -> Path:
+    """The demo's experiment file: control fp32, treatment int8, 50/50, sticky by user, the router waiting
+    ``timeout_s`` for an arm (for a stream: its first token); validated before anything starts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_experiment(folder / "experiment.yaml", experiment,
+                            [("control", versions["fp32"], 50), ("treatment", versions["int8"], 50)],
+                            model, timeout_s=timeout_s, fallback="control")
+
+
+@contextmanager
+def serving(repository: Path, model: str, experiment_file: Path, folder: Path,
+            router_args: tuple[str, ...] = ()) -> Iterator[tuple[TritonServer, RouterProcess]]:
+    """Step 3: tritonserver on ``repository`` (``model`` only) and the A/B router on ``experiment_file``, their logs
+    in ``folder``; both stopped on leaving."""
+    _step(3, f"serving: tritonserver on {repository} and the A/B router")
+    with TritonServer(repository, models=[model], log_file=folder / "tritonserver.log") as triton, \
+            RouterProcess(experiment_file, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
+                          extra_args=list(router_args), log_file=folder / "router.log") as router:
+        yield triton, router
 
 
 def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
@@ -73,35 +116,14 @@ def run_demo(cfg: DemoConfig, folder: Path | None = None) -> dict:
     started = time.monotonic()
     folder = folder or demo_folder(cfg.out_dir)
     train_cfg = TrainConfig(name=cfg.name, runs_dir=cfg.runs_dir, time_budget_s=cfg.time_budget_s)
-    if (train_cfg.adapter_dir / names.ADAPTER_CONFIG_FILE).is_file():
-        _step(1, f"training: reusing {train_cfg.adapter_dir}")
-    else:
-        _step(1, f"training: LoRA on the bundled MiniLM, budget {cfg.time_budget_s:.0f} s")
-        train(train_cfg)
-    training_metrics = json.loads((train_cfg.adapter_dir / names.METRICS_FILE).read_text())
-
-    _step(2, "export: merge -> ONNX fp32 + int8 -> parity gate -> publish")
-    export_cfg = ExportConfig(adapter=train_cfg.adapter_dir, runs_dir=cfg.runs_dir, repository=cfg.repository,
-                              model_name=cfg.model_name)
-    export = run_export(export_cfg)
-    if not export.passed:
-        raise RuntimeError(f"the parity gate failed; see {export.onnx_dir / 'parity.json'}")
-    versions = {variant: path.name for variant, path in export.published.items()}
-
-    folder.mkdir(parents=True, exist_ok=True)
-    # control fp32, treatment int8, 50/50; validated before anything starts
-    experiment_file = write_experiment(folder / "experiment.yaml", EXPERIMENT,
-                                       [("control", versions["fp32"], 50), ("treatment", versions["int8"], 50)],
-                                       cfg.model_name, fallback="control")
-
-    _step(3, f"serving: tritonserver on {cfg.repository} (versions {versions}) and the A/B router")
-    with TritonServer(cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
-            RouterProcess(experiment_file, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url,
-                          # drift monitoring on every answered text (the load is short: at the default 10 %
-                          # no arm would reach the monitor's 200 texts); a look of the judge every 2 s for the page
-                          extra_args=["--model-repository", str(cfg.repository), "--drift-sample-rate", "1",
-                                      "--look-interval-s", "2"],
-                          log_file=folder / "router.log") as router:
+    training_metrics = train_step(train_cfg, "LoRA on the bundled MiniLM")
+    export, versions = export_step(ExportConfig(adapter=train_cfg.adapter_dir, runs_dir=cfg.runs_dir,
+                                                repository=cfg.repository, model_name=cfg.model_name))
+    experiment_file = ab_experiment(folder, EXPERIMENT, versions, cfg.model_name)
+    # drift monitoring on every answered text (the load is short: at the default 10 % no arm would reach the
+    # monitor's 200 texts); a look of the judge every 2 s for the live page's bands
+    router_args = ("--model-repository", str(cfg.repository), "--drift-sample-rate", "1", "--look-interval-s", "2")
+    with serving(cfg.repository, cfg.model_name, experiment_file, folder, router_args) as (triton, router):
         _step(4, f"load: Locust, {cfg.rate:g} requests/s for {cfg.run_time}, feedback on {cfg.feedback_fraction:.0%} of answers")
         load_cfg = LoadTestConfig(
             host=router.url, target="router", experiment=EXPERIMENT, users=4, arrival_rate=cfg.rate,

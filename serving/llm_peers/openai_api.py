@@ -24,8 +24,8 @@ from export.errors import GenerationError
 from serving.openai_wire import DEFAULT_MAX_TOKENS, Answer, RequestError, sse, usage  # noqa: F401 - the peers' API
 
 FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stream",
-          "stream_options", "ignore_eos")
-"""The request fields the peers accept."""
+          "stream_options", "ignore_eos", "user")
+"""The request fields the peers accept (``user``, OpenAI's end-user id, is accepted and not used)."""
 
 
 @dataclass(frozen=True)
