@@ -3,15 +3,13 @@
 Each round decodes ``--new-tokens`` tokens past the EOS (``ignore_eos``) for ``batch`` held-out prompts
 decoded together, greedy. Per variant and batch size it reports the median over rounds of the time to the
 first tokens (the prefill), the decode time per step, and the tokens/s of the whole round (all sequences,
-prefill included) and of one sequence. Prints a table and writes JSON: figures, not a pass/fail; on a
-shared machine they move with its load.
+prefill included) and of one sequence. Prints a table and writes ``reports/bench-generate-TIMESTAMP/``
+(the bench harness's writer): figures, not a pass/fail; on a shared machine they move with its load.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +20,12 @@ from export.contract import GENERATIVE_VARIANT_FILES
 from export.decoding import SamplingParams
 from export.generate import Generator
 from tunestack import names
+from tunestack.bench import BenchOutput, BenchRun, markdown_table
 from tunestack.cli import parse_dataclass
 
 
 @dataclass
-class GenerateBenchConfig:
+class GenerateBenchConfig(BenchOutput):
     """Decode-loop speed on an exported causal LM."""
 
     onnx_dir: Path = Path("runs/llm/onnx")
@@ -41,8 +40,6 @@ class GenerateBenchConfig:
     """Timed rounds per variant and batch size (each on the next held-out prompts), after one untimed."""
     threads: int = 0
     """ONNX Runtime intra-op threads (0: its default, every core)."""
-    out: Path = Path("reports/bench-generate.json")
-    """Where the JSON goes."""
 
 
 def _round(gen: Generator, prompts: list[list[int]], new_tokens: int) -> tuple[float, float, int]:
@@ -76,33 +73,29 @@ def bench_variant(gen: Generator, prompts: list[list[int]], cfg: GenerateBenchCo
 
 def run(cfg: GenerateBenchConfig) -> dict:
     rows = [json.loads(line) for line in (cfg.onnx_dir / names.HELDOUT_FILE).read_text().splitlines() if line.strip()]
-    report = {"onnx_dir": str(cfg.onnx_dir), "new_tokens": cfg.new_tokens, "threads": cfg.threads,
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "machine": platform.platform(),
-              "variants": {}}
+    report = {"onnx_dir": str(cfg.onnx_dir), "new_tokens": cfg.new_tokens, "threads": cfg.threads, "variants": {}}
     for variant in cfg.variants:
         gen = Generator.from_folder(cfg.onnx_dir, GENERATIVE_VARIANT_FILES[variant], cfg.threads)
         prompts = [gen.encode(r["prompt"]) for r in rows]
         report["variants"][variant] = bench_variant(gen, prompts, cfg)
-    report["load_average_after"] = os.getloadavg()
     return report
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'variant':<8} {'batch':>5} {'prefill ms':>10} {'decode ms/step':>14} {'tokens/s':>9} {'tok/s/seq':>9}"]
-    for variant, rows in report["variants"].items():
-        for batch, r in rows.items():
-            lines.append(f"{variant:<8} {batch:>5} {r['prefill_ms']:>10.1f} {r['decode_ms_per_step']:>14.1f} "
-                         f"{r['tokens_per_s']:>9.1f} {r['tokens_per_s_per_sequence']:>9.1f}")
-    return "\n".join(lines)
+    """Per variant and batch size: prefill ms, decode ms per step, tokens/s in all and per sequence."""
+    return markdown_table(
+        ["variant", "batch", "prefill ms", "decode ms/step", "tokens/s", "tokens/s per sequence"],
+        [(variant, batch, f"{r['prefill_ms']:.1f}", f"{r['decode_ms_per_step']:.1f}", f"{r['tokens_per_s']:.1f}",
+          f"{r['tokens_per_s_per_sequence']:.1f}") for variant, rows in report["variants"].items()
+         for batch, r in rows.items()])
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_dataclass(GenerateBenchConfig, argv, "python -m export.generate_bench")
-    report = run(cfg)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(report, indent=2))
-    print(format_table(report))
-    print(f"\nload average before / after: {report['load_average']} / {report['load_average_after']}; written: {cfg.out}")
+    bench_run = BenchRun("generate", "The causal LM's decode loop: fp32 vs int8 by batch size", cfg)
+    report = bench_run.write(run(cfg), format_table)
+    print(format_table(report.data))
+    print(f"\nwritten: {report.folder}")
     return 0
 
 
