@@ -118,3 +118,19 @@ def test_the_decode_loop_does_not_import_torch():
     code = "import sys, export.generate, export.decoding; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_decode_loop_bench_writes_its_figures_through_the_harness(tiny_causal_onnx_dir, tmp_path):
+    from export.generate_bench import main
+
+    out = tmp_path / "bench"
+    assert main(["--onnx-dir", str(tiny_causal_onnx_dir), "--variants", "fp32", "--batch-sizes", "1,2",
+                 "--new-tokens", "4", "--rounds", "1", "--threads", "1", "--out", str(out)]) == 0
+    document = json.loads((out / "bench.json").read_text())
+    assert document["bench"] == "generate" and "load_average_at_end" in document["machine"]
+    rows = document["variants"]["fp32"]
+    assert set(rows) == {"1", "2"}
+    for batch, r in rows.items():
+        assert r["prefill_ms"] > 0 and r["decode_ms_per_step"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_s_per_sequence"] * int(batch))
+    assert "| fp32 | 2 |" in (out / "bench.md").read_text()
