@@ -19,13 +19,13 @@ with vLLM's definitions, and the per-request log the report reads.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from loadtests.measure import ProcessLog
 from serving.errors import InferenceError
 from serving.llm_client import GenerationRejected
 from serving.openai_stream import open_chat
@@ -132,34 +132,13 @@ def read_streams(prefix: str | Path) -> list[LoggedStream]:
     return sorted(rows, key=lambda r: r.sent)
 
 
-class StreamLog:
-    """Appends each streamed completion of one Locust process to a JSONL file; closed when Locust quits."""
+class StreamLog(ProcessLog):
+    """Each streamed completion of one Locust process, a JSON line: its row, when it was sent, its chunks' times."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.file = open(self.path, "w", buffering=1 << 16)  # noqa: SIM115 - closed on Locust's quitting event
+    SUFFIX, EXTENSION = STREAMS_SUFFIX, ".jsonl"
 
     def record(self, request_type, name, context=None, **_kwargs) -> None:
         completion = (context or {}).get("completion")
         if request_type != CHAT or completion is None or self.file.closed:
             return
         self.file.write(json.dumps(log_line(name, completion)) + "\n")
-
-    def close(self, **_kwargs) -> None:
-        if not self.file.closed:
-            self.file.close()
-
-
-def register(events) -> None:
-    """Hook a ``StreamLog`` into every Locust process that writes CSV (the local runner or each worker)."""
-
-    @events.init.add_listener
-    def _open(environment, **_kwargs) -> None:
-        from locust.runners import MasterRunner
-
-        prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
-        if not prefix or isinstance(environment.runner, MasterRunner):
-            return
-        log = StreamLog(Path(f"{prefix}{STREAMS_SUFFIX}{os.getpid()}.jsonl"))
-        environment.events.request.add_listener(log.record)
-        environment.events.quitting.add_listener(log.close)

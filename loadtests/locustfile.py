@@ -69,8 +69,8 @@ def _fresh_clock(environment, **_kwargs) -> None:
     gevent.get_hub().loop.update_now()
 
 
-measure.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
-chat.register(events)  # every streamed completion's chunk times -> PREFIX_streams-PID.jsonl (loadtests.chat)
+measure.LatencyLog.register(events)  # every inference request's exact time -> PREFIX_latency-PID.csv (loadtests.measure)
+chat.StreamLog.register(events)  # every streamed completion's chunk times -> PREFIX_streams-PID.jsonl (loadtests.chat)
 
 
 @events.test_stop.add_listener

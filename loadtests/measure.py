@@ -39,13 +39,49 @@ class Request:
     ok: bool
 
 
-class LatencyLog:
-    """Appends each inference request of one Locust process to a CSV file; closed when Locust quits."""
+class ProcessLog:
+    """A file one Locust process appends its requests to, one line each; closed when Locust quits.
+
+    A subclass names its file (``SUFFIX``, ``EXTENSION``), writes its header (``HEADER``) and its lines
+    (``record``, a listener of Locust's request event); ``register`` opens one per process that writes CSV."""
+
+    SUFFIX = ""
+    EXTENSION = ""
+    HEADER = ""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.file = open(self.path, "w", buffering=1 << 16)  # noqa: SIM115 - closed on Locust's quitting event
-        self.file.write("end_s,name,ms,ok\n")
+        self.file.write(self.HEADER)
+
+    def record(self, request_type, name, **kwargs) -> None:
+        raise NotImplementedError
+
+    def close(self, **_kwargs) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+    @classmethod
+    def register(cls, events) -> None:
+        """Open one log in every Locust process that writes CSV (the local runner or each worker), at
+        ``PREFIX{SUFFIX}PID{EXTENSION}``."""
+
+        @events.init.add_listener
+        def _open(environment, **_kwargs) -> None:
+            from locust.runners import MasterRunner
+
+            prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
+            if not prefix or isinstance(environment.runner, MasterRunner):
+                return
+            log = cls(Path(f"{prefix}{cls.SUFFIX}{os.getpid()}{cls.EXTENSION}"))
+            environment.events.request.add_listener(log.record)
+            environment.events.quitting.add_listener(log.close)
+
+
+class LatencyLog(ProcessLog):
+    """Each inference request of one Locust process: when it ended, its row, its time, whether it succeeded."""
+
+    SUFFIX, EXTENSION, HEADER = LATENCY_SUFFIX, ".csv", "end_s,name,ms,ok\n"
 
     def record(self, request_type, name, response_time, exception=None, start_time=None, **_kwargs) -> None:
         if request_type != INFER or self.file.closed:
@@ -53,25 +89,6 @@ class LatencyLog:
         ms = float(response_time or 0.0)
         end = (start_time + ms / 1000) if start_time else time.time()
         self.file.write(f"{end:.6f},{name.replace(',', ';')},{ms:.4f},{0 if exception else 1}\n")
-
-    def close(self, **_kwargs) -> None:
-        if not self.file.closed:
-            self.file.close()
-
-
-def register(events) -> None:
-    """Hook a ``LatencyLog`` into every Locust process that writes CSV (the local runner or each worker)."""
-
-    @events.init.add_listener
-    def _open(environment, **_kwargs) -> None:
-        from locust.runners import MasterRunner
-
-        prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
-        if not prefix or isinstance(environment.runner, MasterRunner):
-            return
-        writer = LatencyLog(Path(f"{prefix}{LATENCY_SUFFIX}{os.getpid()}.csv"))
-        environment.events.request.add_listener(writer.record)
-        environment.events.quitting.add_listener(writer.close)
 
 
 def read_latencies(prefix: str | Path) -> list[Request]:
