@@ -168,6 +168,12 @@ class ClientArgs:
         return texts
 
 
+def unreachable(url: str | None, protocol: str, error: Exception) -> int:
+    """A client command's one line when Triton cannot be reached (stderr, not a traceback); its exit code, 1."""
+    print(f"error: cannot reach Triton at {url or DEFAULT_URLS[protocol]} ({protocol}): {error}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_dataclass(ClientArgs, argv, prog="python -m serving.client", description=__doc__.split("\n\n")[0])
     texts = args.all_texts()
@@ -185,9 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - a connection refused etc.: one line, not a traceback
-        print(f"error: cannot reach Triton at {args.url or DEFAULT_URLS[args.protocol]} ({args.protocol}): {e}",
-              file=sys.stderr)
-        return 1
+        return unreachable(args.url, args.protocol, e)
     return 0
 
 

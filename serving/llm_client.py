@@ -35,7 +35,7 @@ import numpy as np
 
 from export.contract import GENERATIVE
 from export.llm_request import REJECTION_PREFIX
-from serving.client import DEFAULT_URLS, PROTOCOLS
+from serving.client import DEFAULT_URLS, PROTOCOLS, unreachable
 from serving.errors import InferenceError
 from tunestack.cli import option, parse_dataclass
 from tunestack.problems import raise_problems
@@ -259,9 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - a connection refused etc.: one line, not a traceback
-        print(f"error: cannot reach Triton at {args.url or DEFAULT_URLS[args.protocol]} ({args.protocol}): {e}",
-              file=sys.stderr)
-        return 1
+        return unreachable(args.url, args.protocol, e)
     return 0
 
 
