@@ -124,7 +124,7 @@ def test_the_input_keepers_sweep_deletes_what_is_past_retention(tmp_path):
             keeper = InputKeeper(EXP, RetainInputs(fraction=1.0, retention_s=3600), lambda rows: None,
                                  CollectorRegistry())
             sweep = asyncio.get_running_loop().create_task(keeper.expire(store))
-            for _ in range(200):  # the sweep deletes at once, then sleeps: wait for its first pass
+            for _ in range(2400):  # the sweep deletes at once, then sleeps: wait for its first pass (2-minute cap)
                 left = await store._query("SELECT request_id FROM kept_inputs WHERE experiment = ?", [EXP])
                 if len(left) == 1:
                     break
