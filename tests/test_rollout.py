@@ -4,6 +4,7 @@ its decisions, the revisions it writes (the audit log), resuming after a restart
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -234,6 +235,12 @@ def test_decide_rules():
     assert decide(pending, cfg, 100, 60).action == HOLD
     assert decide(pending, RolloutConfig(step_timeout_s=60, on_timeout="rollback"), 100, 60).action == ROLLBACK
     assert decide({**good, "accuracy": {**good["accuracy"], "verdict": "better"}}, cfg, 10, 1).action == PROMOTE
+    must_win = RolloutConfig(min_step_requests=10, step_timeout_s=60, success_metrics=("accuracy",))
+    waiting = decide(good, must_win, 10, 1)
+    assert waiting.action == WAIT and waiting.failing == ("accuracy",), "no worse is not enough: it must be better"
+    assert decide({**good, "accuracy": {**good["accuracy"], "verdict": "better"}}, must_win, 10, 1).action == PROMOTE
+    assert decide(good, must_win, 10, 60).action == HOLD, "never found better: the step times out"
+    assert decide(worse, dataclasses.replace(must_win, rollback_on_accuracy=False), 0, 0).action == ROLLBACK
     split = {"verdict": "no mismatch detected", "units_evalue": 1.2, "units_threshold": 280.0,
              "units": {"control": {"observed_share": 0.9, "expected_share": 0.9}},
              "requests": {"control": {"observed_share": 0.9, "expected_share": 0.9}}}
@@ -252,6 +259,10 @@ def test_config_errors_name_every_problem():
         RolloutConfig.from_dict({"steps": [5, 1, 120], "guardrails": ["p99"], "on_timeout": "wait", "stepz": 1})
     text = str(e.value)
     assert "unknown key(s) ['stepz']" in text
+    with pytest.raises(RolloutConfigError, match=r"success_metrics: \['label_distribution', 'acc'\] cannot be found"):
+        RolloutConfig.from_dict({"success_metrics": ["label_distribution", "acc"]})
+    assert RolloutConfig.from_dict({"success_metrics": ["accuracy"]}).watched == (
+        "error_rate", "latency_p99", "label_distribution", "accuracy")
     with pytest.raises(RolloutConfigError) as e:
         RolloutConfig.from_dict({"steps": [5, 1, 120], "guardrails": ["p99"], "on_timeout": "wait"})
     text = str(e.value)

@@ -4,6 +4,7 @@
       treatment: int8              # the arm to ramp (default: the second arm)
       steps: [1, 5, 25, 50, 100]   # treatment share in percent, in order
       guardrails: [error_rate, latency_p99, label_distribution]
+      success_metrics: []          # metrics the treatment must be found "better" on, e.g. [accuracy]
       min_step_requests: 200       # new treatment requests at a step before it may be promoted
       step_timeout_s: 600          # an undecided step then holds or rolls back (on_timeout)
       on_timeout: hold
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from experiments.judge import ALL_METRICS, JudgeConfig
+from experiments.judge.config import HIGHER_IS_BETTER
 
 GUARDRAIL_METRICS = ("error_rate", "latency_mean", "latency_p99", "label_distribution", "confidence_mean",
                      "ttft_mean", "itl_mean", "output_tokens_mean", "tokens_per_s")
@@ -48,6 +50,12 @@ class RolloutConfig:
     """Metrics that must be "equivalent within margin" or "better" to promote; any "worse" (or "different"
     label mix) rolls back. ``confidence_mean`` is off by default: "worse" has no size threshold, and an int8
     export's confidence sits a steady ~1e-4 below its fp32's, which would roll back every quantized candidate."""
+    success_metrics: tuple[str, ...] = ()
+    """Metrics the treatment must also be found "better" on (its interval wholly above no difference) before a
+    step is promoted: the point of the change, say ``accuracy`` for a retrained model. Empty: a step is promoted
+    on its guardrails alone ("no worse"). A success metric found "worse" rolls back; one never found "better"
+    leaves the step undecided until ``step_timeout_s``. The judge's "better" holds at every look at level
+    ``judge.alpha``, so promoting at the first "better" is sound."""
     rollback_on_accuracy: bool = True
     """Roll back when accuracy from feedback is "worse" (promotion never waits for feedback)."""
     min_step_requests: int = 200
@@ -80,6 +88,10 @@ class RolloutConfig:
             out.append(f"guardrails: unknown metric(s) {unknown}; expected some of {list(GUARDRAIL_METRICS)}")
         if not self.guardrails:
             out.append("guardrails is empty; expected at least one of " + ", ".join(GUARDRAIL_METRICS))
+        directed = [m for m in ALL_METRICS if HIGHER_IS_BETTER.get(m) is not None]
+        wrong = [m for m in self.success_metrics if m not in directed]
+        if wrong:
+            out.append(f"success_metrics: {wrong} cannot be found better; expected some of {directed}")
         if self.min_step_requests < 0:
             out.append(f"min_step_requests={self.min_step_requests}: expected >= 0")
         if self.step_timeout_s <= 0:
@@ -92,12 +104,15 @@ class RolloutConfig:
 
     @property
     def watched(self) -> tuple[str, ...]:
-        """Every metric whose "worse" rolls back: the guardrails, and accuracy when configured."""
-        return (*self.guardrails, "accuracy") if self.rollback_on_accuracy else self.guardrails
+        """Every metric whose "worse" rolls back: the guardrails, the success metrics, and accuracy when
+        configured."""
+        extra = ("accuracy",) if self.rollback_on_accuracy else ()
+        return tuple(dict.fromkeys((*self.guardrails, *self.success_metrics, *extra)))
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**out, "steps": list(self.steps), "guardrails": list(self.guardrails), "judge": self.judge.to_dict()}
+        return {**out, "steps": list(self.steps), "guardrails": list(self.guardrails),
+                "success_metrics": list(self.success_metrics), "judge": self.judge.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "rollout") -> RolloutConfig:
@@ -110,7 +125,7 @@ class RolloutConfig:
         problems = [f"unknown key(s) {sorted(set(data) - known)}; expected some of {sorted(known)}"] \
             if set(data) - known else []
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("steps", "guardrails"):
+        for key in ("steps", "guardrails", "success_metrics"):
             if key in values and not isinstance(values[key], list | tuple):
                 problems.append(f"{key}={values[key]!r}: expected a list")
                 values.pop(key)
@@ -121,8 +136,9 @@ class RolloutConfig:
                 values["steps"] = tuple(float(s) for s in values["steps"])
         except (ValueError, TypeError) as e:  # RolloutConfigError is a ValueError
             problems.append(str(e))
-        if "guardrails" in values:
-            values["guardrails"] = tuple(str(g) for g in values["guardrails"])
+        for key in ("guardrails", "success_metrics"):
+            if key in values:
+                values[key] = tuple(str(g) for g in values[key])
         if problems:
             raise RolloutConfigError(f"invalid {source} section: " + "; ".join(problems))
         return cls(**values)

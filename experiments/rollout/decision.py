@@ -7,8 +7,8 @@ The rules, in order (``decide``):
    they are and a person decides;
 2. **rollback** at once when any watched metric (the guardrails, and accuracy from feedback) is "worse",
    or the predicted-label mix is "different" while it is a guardrail;
-3. **promote** when every guardrail is "equivalent within margin" or "better" and the step has served at
-   least ``min_step_requests`` new treatment requests;
+3. **promote** when every guardrail is "equivalent within margin" or "better", every success metric (if
+   any) is "better", and the step has served at least ``min_step_requests`` new treatment requests;
 4. **hold** or **rollback** (``on_timeout``) when the step has been undecided for ``step_timeout_s``;
 5. otherwise **wait** and look again.
 """
@@ -77,7 +77,8 @@ def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elaps
                 and (n in cfg.guardrails or metrics[n]["verdict"] == "worse"))
     if bad:
         return Decision(ROLLBACK, evidence(metrics, bad), bad, metrics)
-    pending = tuple(n for n in cfg.guardrails if metrics.get(n, {}).get("verdict") not in GOOD)
+    pending = tuple(n for n in cfg.guardrails if metrics.get(n, {}).get("verdict") not in GOOD) \
+        + tuple(n for n in cfg.success_metrics if metrics.get(n, {}).get("verdict") != "better")
     if not pending and new_requests >= cfg.min_step_requests:
         return Decision(PROMOTE, evidence(metrics, watched), (), metrics)
     if elapsed_s >= cfg.step_timeout_s:
