@@ -39,12 +39,13 @@ from workflows.loop.dataset import production_splits
 from workflows.loop.gate import Predictor, wilson
 from workflows.loop.run import RetrainArgs, context, once
 
-ROLLOUT: dict[str, Any] = {"steps": [50, 100], "min_step_requests": 150, "step_timeout_s": 300, "on_timeout": "rollback",
-                           "poll_s": 1.0, "guardrails": ["error_rate", "latency_p99"],
+ROLLOUT: dict[str, Any] = {"steps": [50, 100], "min_step_requests": 150, "step_timeout_s": 600, "on_timeout": "rollback",
+                           "poll_s": 1.0, "guardrails": ["error_rate", "latency_p99"], "success_metrics": ["accuracy"],
                            "judge": {"margins": {"error_rate": 0.01, "latency_p99": 0.05, "accuracy": 0.03}}}
-"""The canary: half the traffic, then all of it; promoted when errors and the latency tail are equivalent,
-rolled back when either, or accuracy from feedback, is worse. The label mix is not a guardrail here: a model
-that has learnt the new words answers with a different mix than one that has not."""
+"""The canary: half the traffic, then all of it; promoted when errors and the latency tail are equivalent *and*
+the judge finds accuracy from feedback better (the point of a retrained model), rolled back when any of them is
+worse or when accuracy is not found better within ``step_timeout_s``. The label mix is not a guardrail here: a
+model that has learnt the new words answers with a different mix than one that has not."""
 
 
 def experiment_spec(cfg: DrillConfig, version: str, folder: Path, loop_overrides: dict[str, Any]) -> dict[str, Any]:

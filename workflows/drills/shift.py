@@ -2,13 +2,17 @@
 
 Production was trained on its run's training split. The shifted traffic is the run's *validation* split
 (reviews production never trained on, and not its held-out set, which stays the original task's yardstick),
-rewritten in a made-up dialect: the ``SLANG_WORDS`` words that carry the most polarity in the training split
+rewritten in a made-up slang: the ``SLANG_WORDS`` words that carry the most polarity in the training split
 (largest absolute smoothed log-odds between the labels times the square root of the count, among words seen
-at least ``MIN_COUNT`` times and in at most ``MAX_SHARE`` of the reviews) are
-each replaced, wherever they occur, by one made-up word (``slang_word``). Only reviews with at least one
-replacement are kept. Production has never seen the new words, so it loses exactly the cues it leaned on;
-feedback on the shifted traffic teaches them. The shifted reviews are split (by a fixed seed) into the traffic
-Locust sends (``traffic``) and a set never sent (``test``) on which both versions are measured afterwards.
+at least ``MIN_COUNT`` times and in at most ``MAX_SHARE`` of the reviews) are each replaced, wherever they
+occur, by one of ``SLANG_PER_SIDE`` made-up words of their side (``slang_word``): every strongly positive word
+becomes one of a few positive slang words, every strongly negative one one of a few negative ones, as slang
+that says "fire" for anything good and "mid" for anything bad. Only reviews with at least one replacement are
+kept. Production has never seen the new words, so it loses exactly the cues it leaned on; feedback on the
+shifted traffic teaches them, and a few words used often are learnt from a few hundred labelled reviews
+(150 distinct made-up words, one per polar word, are not: each is seen too rarely). The shifted reviews are
+split (by a fixed seed) into the traffic Locust sends (``traffic``) and a set never sent (``test``) on which
+both versions are measured afterwards.
 
 The poisoned variant flips the label of ``POISON_SHARE`` of the traffic's reviews (a fixed, random 30 %):
 Locust then sends those wrong labels back as feedback.
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from training.data import Example
 
 SLANG_WORDS = 150
+SLANG_PER_SIDE = 3
+"""Made-up words per polarity side: the polar words of a side take them in turn."""
 MIN_COUNT = 20
 MAX_SHARE = 0.05
 """Words in more than this share of the reviews (and, the, ...) are never replaced."""
@@ -40,9 +46,11 @@ def slang_word(i: int) -> str:
     return _SYLLABLES[i % 10] + _SYLLABLES[(i // 10) % 10] + _SYLLABLES[(i // 100) % 10] + "x"
 
 
-def polarity_words(examples: Sequence[Example], k: int = SLANG_WORDS, min_count: int = MIN_COUNT) -> list[str]:
+def polarity_words(examples: Sequence[Example], k: int = SLANG_WORDS,
+                   min_count: int = MIN_COUNT) -> list[tuple[str, bool]]:
     """The ``k`` words with the largest absolute log-odds between the two labels (add-one smoothing) times the
-    square root of their count: polar and frequent, the cues a classifier leans on most."""
+    square root of their count (polar and frequent: the cues a classifier leans on most), each with its side:
+    True when it leans to the second label (sorted labels: ``positive`` of negative/positive)."""
     labels = sorted({e.label for e in examples})
     if len(labels) != 2:
         raise ValueError(f"the shift needs two labels, found {labels}")
@@ -51,9 +59,23 @@ def polarity_words(examples: Sequence[Example], k: int = SLANG_WORDS, min_count:
         counts[e.label].update(set(_WORD.findall(e.text.lower())))
     a, b = (counts[label] for label in labels)
     na, nb = sum(e.label == labels[0] for e in examples), sum(e.label == labels[1] for e in examples)
-    scored = [(abs(math.log((a[w] + 1) / (na + 2)) - math.log((b[w] + 1) / (nb + 2))) * math.sqrt(a[w] + b[w]), w)
-              for w in set(a) | set(b) if min_count <= a[w] + b[w] <= MAX_SHARE * len(examples) and len(w) > 2]
-    return [w for _, w in sorted(scored, reverse=True)[:k]]
+    scored = []
+    for w in set(a) | set(b):
+        if min_count <= a[w] + b[w] <= MAX_SHARE * len(examples) and len(w) > 2:
+            log_odds = math.log((b[w] + 1) / (nb + 2)) - math.log((a[w] + 1) / (na + 2))
+            scored.append((abs(log_odds) * math.sqrt(a[w] + b[w]), w, log_odds > 0))
+    return [(w, side) for _, w, side in sorted(scored, reverse=True)[:k]]
+
+
+def slang(words: Sequence[tuple[str, bool]], per_side: int = SLANG_PER_SIDE) -> dict[str, str]:
+    """Each polar word -> one of ``per_side`` made-up words of its side, in turn (positive words take
+    ``slang_word(0..per_side-1)``, negative ones ``slang_word(100..)``)."""
+    taken = {True: 0, False: 0}
+    out = {}
+    for w, side in words:
+        out[w] = slang_word((0 if side else 100) + taken[side] % per_side)
+        taken[side] += 1
+    return out
 
 
 def rewrite(text: str, mapping: dict[str, str]) -> str:
@@ -74,7 +96,7 @@ class Shift:
 
 def build_shift(train: Sequence[Example], pool: Sequence[Example], poisoned: bool, seed: int = 0) -> Shift:
     """The shift (see the module docstring): polarity words from ``train``, reviews from ``pool``."""
-    mapping = {w: slang_word(i) for i, w in enumerate(polarity_words(train))}
+    mapping = slang(polarity_words(train))
     shifted = [Example(new, e.label) for e in pool if (new := rewrite(e.text, mapping)) != e.text]
     rng = random.Random(seed)
     rng.shuffle(shifted)
