@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from experiments.generation import GenerationSample
 from serving.openai_wire import DONE, Answer, RequestError, sse, usage
-from serving.router.errors import FieldError, NotFound, RouterError, UpstreamError
+from serving.router.errors import FieldError, NotFound, RouterError, UpstreamError, UpstreamTimeout
 from serving.router.http_door import Disconnected, read_body
 from serving.router.llm_upstream import GenStream, TokenEvent
 from serving.router.metrics import RequestRef
@@ -90,7 +90,7 @@ class GenerationExchange(Exchange[GenStream]):
 
     def send(self, arm: str) -> Awaitable[GenStream]:
         return self.state.llm_upstream.open(self.state.target(self.exp, arm), self.ask.upstream_body(),
-                                            self.exp.timeout_s)
+                                            self.exp.generation_timeouts)
 
     def outcome(self, answer: GenStream) -> tuple[tuple[str, ...], list[float]]:
         return (), []
@@ -126,9 +126,9 @@ def _id_headers(request_id: str, arm: str | None) -> list[tuple[bytes, bytes]]:
     return headers + ([(b"x-variant", arm.encode("latin-1"))] if arm else [])
 
 
-async def _events(stream: GenStream) -> AsyncIterator[TokenEvent]:
+async def _events(stream: GenStream, deadline: float | None) -> AsyncIterator[TokenEvent]:
     yield stream.first
-    async for event in stream.rest():
+    async for event in stream.rest(deadline):
         yield event
 
 
@@ -163,7 +163,10 @@ class Relay:
             self.started = True
             if ask.chat:
                 await self._emit(answer.chunk({"role": "assistant", "content": ""}, with_usage=with_usage))
-        async for event in _events(self.stream):
+        # a whole completion is bounded as a whole, from the request's arrival; a stream only token by token
+        deadline = None if ask.stream else (asyncio.get_running_loop().time() - (time.perf_counter() - self.ex.start)
+                                            + self.ex.exp.generation_timeouts.completion_s)
+        async for event in _events(self.stream, deadline):
             self.last = event
             self.timer.chunk(True, event.at)
             if event.text:
@@ -182,7 +185,7 @@ class Relay:
 
     async def fail(self, e: UpstreamError) -> None:
         """The arm broke off: an ``error`` event ends a stream already answering, else a 5xx answer."""
-        body = RequestError(e.status_code, str(e)).body()
+        body = RequestError(e.status_code, str(e), code="timeout" if isinstance(e, UpstreamTimeout) else None).body()
         if self.started:
             await self._emit(body)
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -258,7 +261,8 @@ async def _relay(state: RouterState, ex: GenerationExchange, relay: Relay, recei
     finally:
         state.recorder.inflight.dec()
         gone.cancel()
-        await relay.stream.aclose()
+        await relay.stream.drain()
+        relay.stream.close()
 
 
 class CompletionsEndpoint:
