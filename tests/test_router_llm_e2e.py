@@ -292,8 +292,8 @@ def test_generation_metrics_per_arm_in_prometheus(router, heldout):
 
 
 def test_quality_feedback_and_the_report_per_arm(router, heldout):
+    from experiments.generation import reference_score as rouge_l
     from experiments.judge import GENERATIVE_METRICS
-    from serving.router.admin import rouge_l
 
     client = oai(router)
     row = heldout[5]
