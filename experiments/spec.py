@@ -314,17 +314,20 @@ def load_experiment(path: str | Path, upstream: str | None = None, grpc_upstream
 
 def write_experiment(path: str | Path, name: str, arms: list[tuple[str, str, float]], model: str,
                      timeout_s: float = names.ROUTER_TIMEOUT_S, fallback: str | None = None, sticky_header: str = "X-User-Id",
-                     upstream: str | None = None, shadow_version: str | None = None) -> Path:
+                     upstream: str | None = None, shadow_version: str | None = None,
+                     generation_timeouts: GenerationTimeouts | None = None) -> Path:
     """Write a YAML experiment file, sticky by ``sticky_header``; ``arms`` are (arm name, model version,
     weight) of ``model``, the first one the control; ``upstream`` is Triton's HTTP URL (None: the default);
-    ``shadow_version`` of ``model``, if given, gets a copy of every request. The file is read back, so an
-    invalid spec raises here."""
+    ``shadow_version`` of ``model``, if given, gets a copy of every request; ``generation_timeouts``: a generative
+    experiment's waits (None: the defaults). The file is read back, so an invalid spec raises here."""
     spec: dict[str, Any] = {"name": name, "timeout_s": timeout_s, "sticky": {"header": sticky_header},
                             "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
     if upstream:
         spec["upstream"] = upstream
     if fallback:
         spec["fallback"] = fallback
+    if generation_timeouts is not None:
+        spec["generation_timeouts"] = generation_timeouts.to_dict()
     if shadow_version is not None:
         spec["shadow"] = {"name": "shadow", "model": model, "version": shadow_version, "fraction": 1.0}
     path = Path(path)
