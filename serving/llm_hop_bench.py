@@ -47,6 +47,12 @@ from tunestack.bench import BenchOutput, BenchRun, compare, format_diff, markdow
 from tunestack.cli import parse_dataclass
 from tunestack.problems import raise_problems
 
+HELP = ("The router's cost to a stream's first token: publishes --onnx-dir's variant, starts tritonserver and the "
+        "router (an A/A experiment) in front of it, and streams one --max-tokens completion at a time, alternating "
+        "request by request between Triton's generate_stream (direct) and the router's /v1/completions (and, with "
+        "--compare-tree, another checkout's router). Prints each path's TTFT p50/p99, the router's difference from "
+        "direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
+        "reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
 DIRECT, ROUTER = "direct", "router"
 EXPERIMENT = "hop-bench"
 
@@ -186,7 +192,7 @@ def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_dataclass(HopBenchConfig, argv, "python -m serving.llm_hop_bench", __doc__.split("\n\n")[0])
+    cfg = parse_dataclass(HopBenchConfig, argv, "python -m serving.llm_hop_bench", HELP)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwind: stop every server
     run = BenchRun("llm-hop", "The router's cost to the first token: direct to Triton vs through the router", cfg)
     prompts = [json.loads(line)["prompt"] for line in (Path(cfg.onnx_dir) / "heldout.jsonl").read_text().splitlines()]

@@ -18,7 +18,10 @@ arm's Triton model version; ``""``: Triton's default). ``X-Request-Id`` is the i
 **Bad input** is the sender's alone: OpenAI's error object (``{"error": {"message", "type":
 "invalid_request_error", "param", "code"}}``) with a 4xx, counted as a client error, never against an arm
 (an unknown ``model`` is a 404 with ``code: model_not_found``). An arm's failure is ``server_error`` with 503
-or 504; one that breaks a stream already answering ends it with an ``error`` event, counted against the arm.
+or 504 (``code: timeout``). The experiment's ``generation_timeouts`` bound each wait: the first token
+(``first_token_s``: a failure before it falls back), each later one (``token_s``) and a whole non-streamed
+completion (``completion_s``, which also caps the first). A failure after tokens were sent never falls back:
+it ends the stream with an ``error`` event and no ``[DONE]``, counted against the arm.
 
 **A client that goes away** (its connection closes) cancels the relay: the upstream stream is closed, so the
 model stops generating for it before its next token; the request counts as a client error (499), never
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -89,8 +93,10 @@ class GenerationExchange(Exchange[GenStream]):
         caller's)."""
 
     def send(self, arm: str) -> Awaitable[GenStream]:
-        return self.state.llm_upstream.open(self.state.target(self.exp, arm), self.ask.upstream_body(),
-                                            self.exp.generation_timeouts)
+        timeouts = self.exp.generation_timeouts
+        if not self.ask.stream and timeouts.completion_s < timeouts.first_token_s:  # the whole bounds the first
+            timeouts = dataclasses.replace(timeouts, first_token_s=timeouts.completion_s)
+        return self.state.llm_upstream.open(self.state.target(self.exp, arm), self.ask.upstream_body(), timeouts)
 
     def outcome(self, answer: GenStream) -> tuple[tuple[str, ...], list[float]]:
         return (), []
