@@ -101,3 +101,11 @@ def sample_sums(sample: GenerationSample) -> tuple[float, ...]:
 def quality_sums(score: float) -> tuple[float, ...]:
     """One quality feedback's contribution to each of ``GENERATION_FIELDS``."""
     return (0.0,) * 10 + (1.0, score, score * score)
+
+
+def reference_score(answer: str, reference: str) -> float:
+    """The quality of a generated ``answer`` against a ``reference`` text: ROUGE-L F (stemmed) in [0, 1], training's
+    scorer (``training.gen_metrics``), so a live answer is scored as the held-out ones were."""
+    from training.gen_metrics import rouge_l
+
+    return rouge_l([answer], [reference]) / 100.0

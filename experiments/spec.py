@@ -94,6 +94,27 @@ class Sticky:
 
 
 @dataclass(frozen=True)
+class GenerationTimeouts:
+    """How long the router waits on a generative arm (the OpenAI door, the gRPC stream relay). A stream is not
+    bounded as a whole: its length is the caller's ``max_tokens``; what is bounded is each wait on the arm."""
+
+    first_token_s: float = 30.0
+    """From sending the request to the arm's first token (its queue and the prompt's prefill). Past it the arm has
+    failed (504 against the arm): the fallback arm serves the request, as nothing was sent to the caller yet."""
+    token_s: float = 10.0
+    """The longest gap between two tokens once a stream has started; past it the stream ends with an error
+    event (504, counted against the arm; never a fallback, tokens were sent)."""
+    completion_s: float = 300.0
+    """A completion that is not streamed (``stream: false``): the whole generation, from the request to the last
+    token; past it a 504 against the arm."""
+
+    KEYS = ("first_token_s", "token_s", "completion_s")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+
+@dataclass(frozen=True)
 class Experiment:
     """An A/B(/n) experiment: arms with weights, sticky key, optional shadow and fallback."""
 
@@ -108,7 +129,9 @@ class Experiment:
     fallback: str | None = None
     """Optional arm name that serves a request when its own arm's upstream is down or times out."""
     timeout_s: float = names.ROUTER_TIMEOUT_S
-    """Per-request timeout to Triton, in seconds (connect + answer)."""
+    """Per-request timeout to Triton, in seconds (connect + answer), of a classifier's inference request."""
+    generation_timeouts: GenerationTimeouts = field(default_factory=GenerationTimeouts)
+    """The waits on a generative arm's stream (first token, between tokens, a whole non-streamed completion)."""
     upstream: str = DEFAULT_UPSTREAM
     """Default Triton HTTP base URL for the arms and the shadow."""
     grpc_upstream: str | None = None
@@ -183,11 +206,26 @@ class Experiment:
         }
         if self.page_token:  # only when set: specs stored before the key existed stay equal
             out["page_token"] = True
+        if self.generation_timeouts != GenerationTimeouts():  # the same: only when not the defaults
+            out["generation_timeouts"] = self.generation_timeouts.to_dict()
         return out
 
 
 def _version(v: Any) -> Any:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else ("" if v is None else v)
+
+
+def _generation_timeouts(raw: Any, problems: list[str]) -> GenerationTimeouts:
+    """The ``generation_timeouts`` section (None: the defaults); a wrong shape or key goes to ``problems``."""
+    if raw is None:
+        return GenerationTimeouts()
+    if not isinstance(raw, dict):
+        problems.append(f"generation_timeouts must be a mapping of {list(GenerationTimeouts.KEYS)}, got {raw!r}")
+        return GenerationTimeouts()
+    unknown = sorted(set(raw) - set(GenerationTimeouts.KEYS))
+    if unknown:
+        problems.append(f"generation_timeouts: unknown key(s) {unknown}; expected some of {list(GenerationTimeouts.KEYS)}")
+    return GenerationTimeouts(**{k: v for k, v in raw.items() if k in GenerationTimeouts.KEYS})
 
 
 def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
@@ -198,7 +236,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     # sections read by others: "rollout" (experiments.rollout.config), "retain_inputs" (experiments.retention, the
     # router's kept inputs), "loop" (workflows.loop.config, the retrain loop); "page_token" (the live page)
     known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store", "rollout",
-             "page_token", "retain_inputs", "loop"}
+             "page_token", "retain_inputs", "loop", "generation_timeouts"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")
@@ -243,6 +281,7 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
         problems.append(f"page_token must be true or false, got {page_token!r}")
         page_token = False
     exp = Experiment(name=data.get("name", ""), arms=tuple(arms), sticky=sticky, shadow=shadow, page_token=page_token,
+                     generation_timeouts=_generation_timeouts(data.get("generation_timeouts"), problems),
                      fallback=data.get("fallback"), timeout_s=data.get("timeout_s", names.ROUTER_TIMEOUT_S),
                      upstream=data.get("upstream", DEFAULT_UPSTREAM), grpc_upstream=data.get("grpc_upstream"),
                      store=data.get("store"))
@@ -275,17 +314,20 @@ def load_experiment(path: str | Path, upstream: str | None = None, grpc_upstream
 
 def write_experiment(path: str | Path, name: str, arms: list[tuple[str, str, float]], model: str,
                      timeout_s: float = names.ROUTER_TIMEOUT_S, fallback: str | None = None, sticky_header: str = "X-User-Id",
-                     upstream: str | None = None, shadow_version: str | None = None) -> Path:
+                     upstream: str | None = None, shadow_version: str | None = None,
+                     generation_timeouts: GenerationTimeouts | None = None) -> Path:
     """Write a YAML experiment file, sticky by ``sticky_header``; ``arms`` are (arm name, model version,
     weight) of ``model``, the first one the control; ``upstream`` is Triton's HTTP URL (None: the default);
-    ``shadow_version`` of ``model``, if given, gets a copy of every request. The file is read back, so an
-    invalid spec raises here."""
+    ``shadow_version`` of ``model``, if given, gets a copy of every request; ``generation_timeouts``: a generative
+    experiment's waits (None: the defaults). The file is read back, so an invalid spec raises here."""
     spec: dict[str, Any] = {"name": name, "timeout_s": timeout_s, "sticky": {"header": sticky_header},
                             "arms": [{"name": n, "model": model, "version": v, "weight": w} for n, v, w in arms]}
     if upstream:
         spec["upstream"] = upstream
     if fallback:
         spec["fallback"] = fallback
+    if generation_timeouts is not None:
+        spec["generation_timeouts"] = generation_timeouts.to_dict()
     if shadow_version is not None:
         spec["shadow"] = {"name": "shadow", "model": model, "version": shadow_version, "fraction": 1.0}
     path = Path(path)

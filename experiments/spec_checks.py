@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STICKY_SOURCES = ("header", "parameter")
+GENERATION_TIMEOUT_MAX_S = 3600
+"""The longest any of an experiment's ``generation_timeouts`` may be, in seconds."""
 DEFAULT_UPSTREAM = names.TRITON_URL
 TRITON_GRPC_PORT = names.TRITON_GRPC_PORT
 """Triton's default gRPC port: an upstream's gRPC address, unless given, is its HTTP host at this port."""
@@ -120,6 +122,10 @@ def validate(exp: Experiment, source: str = "experiment") -> Experiment:
     problems += _shadow_problems(exp, arm_names)
     if not is_number(exp.timeout_s) or not 0 < exp.timeout_s <= 300:
         problems.append(f"timeout_s must be a number in (0, 300] seconds, got {exp.timeout_s!r}")
+    for key, value in exp.generation_timeouts.to_dict().items():
+        if not is_number(value) or not 0 < value <= GENERATION_TIMEOUT_MAX_S:
+            problems.append(f"generation_timeouts.{key} must be a number in (0, {GENERATION_TIMEOUT_MAX_S}] seconds, "
+                            f"got {value!r}")
     problems += _address_problems(exp)
     if problems:
         raise ExperimentError(problems, source)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.errors import ExperimentError
-from experiments.spec import Sticky, experiment_from_dict, load_experiment
+from experiments.spec import GenerationTimeouts, Sticky, experiment_from_dict, load_experiment
 from serving.router.cli import parse_router_config
 from serving.router.config import RouterConfig
 from tunestack.cli import dataclass_parser
@@ -84,6 +84,27 @@ def test_every_problem_is_reported_at_once():
     for fragment in expected:
         assert fragment in text, fragment
     assert len(e.value.problems) >= len(expected)
+
+
+def test_generation_timeouts_are_validated_and_survive_the_store_round_trip():
+    arms = [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}]
+    plain = experiment_from_dict({"name": "g", "arms": arms})
+    assert plain.generation_timeouts == GenerationTimeouts() and "generation_timeouts" not in plain.to_dict()
+    custom = experiment_from_dict({"name": "g", "arms": arms, "generation_timeouts": {"first_token_s": 5, "token_s": 2}})
+    assert custom.generation_timeouts == GenerationTimeouts(first_token_s=5, token_s=2, completion_s=300.0)
+    from experiments.store.sync import spec_of
+
+    again = experiment_from_dict(spec_of(custom))  # as a store revision keeps it
+    assert again.generation_timeouts == custom.generation_timeouts
+    with pytest.raises(ExperimentError) as e:
+        experiment_from_dict({"name": "g", "arms": arms,
+                              "generation_timeouts": {"first_token_s": 0, "token_s": "ten", "idle_s": 3}})
+    assert e.value.problems == [
+        "generation_timeouts: unknown key(s) ['idle_s']; expected some of ['first_token_s', 'token_s', 'completion_s']",
+        "generation_timeouts.first_token_s must be a number in (0, 3600] seconds, got 0",
+        "generation_timeouts.token_s must be a number in (0, 3600] seconds, got 'ten'"]
+    with pytest.raises(ExperimentError, match="generation_timeouts must be a mapping"):
+        experiment_from_dict({"name": "g", "arms": arms, "generation_timeouts": 30})
 
 
 def test_missing_and_malformed_parts():

@@ -197,8 +197,8 @@ def test_the_store_keeps_generation_sums_texts_and_quality(store_url):
             await store.add_revision("gen", spec_of(experiment_from_dict(spec)), "admin", "test", "start")
             await store.write_batch(rows)
             assert await store.answer_text("gen", "r7") == "text 7"
-            arm = await store.add_quality("gen", "r7", 0.25)
-            assert arm == rows[7].arm and await store.add_quality("gen", "missing", 0.5) is None
+            found = await store.add_quality("gen", "r7", 0.25)
+            assert found == (rows[7].arm, 0.25) and await store.add_quality("gen", "missing", 0.5) is None
             from experiments.store.base import DuplicateFeedback
             with pytest.raises(DuplicateFeedback):
                 await store.add_quality("gen", "r7", 0.9)

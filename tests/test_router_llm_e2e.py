@@ -37,7 +37,7 @@ VERSIONS = {"control": "1", "treatment": "2"}
 
 
 def spec(triton: TritonServer, **extra) -> dict:
-    return {"name": EXPERIMENT, "upstream": triton.http_url, "grpc_upstream": triton.grpc_url, "timeout_s": 30.0,
+    return {"name": EXPERIMENT, "upstream": triton.http_url, "grpc_upstream": triton.grpc_url,
             "sticky": {"header": "X-User-Id"},
             "arms": [{"name": arm, "model": MODEL, "version": v, "weight": 50} for arm, v in VERSIONS.items()], **extra}
 
@@ -198,7 +198,7 @@ def test_the_shipped_generative_spec_loads():
 
     path = Path(__file__).parents[1] / "experiments/specs/verdict-llm-ab.yaml"
     exp = load_experiment(path)
-    assert [a.model for a in exp.arms] == [MODEL, MODEL] and exp.timeout_s >= 10
+    assert [a.model for a in exp.arms] == [MODEL, MODEL] and exp.generation_timeouts.first_token_s >= 10
     assert "ttft_mean" in RolloutConfig.from_dict(yaml.safe_load(path.read_text())["rollout"]).guardrails
 
 
@@ -292,8 +292,8 @@ def test_generation_metrics_per_arm_in_prometheus(router, heldout):
 
 
 def test_quality_feedback_and_the_report_per_arm(router, heldout):
+    from experiments.generation import reference_score as rouge_l
     from experiments.judge import GENERATIVE_METRICS
-    from serving.router.admin import rouge_l
 
     client = oai(router)
     row = heldout[5]

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiments.spec import write_experiment
+from experiments.spec import GenerationTimeouts, write_experiment
 from export.config import ExportConfig
 from export.contract import CONTRACT
 from export.pipeline import run_export
@@ -90,13 +90,15 @@ def export_step(export_cfg: ExportConfig):
 
 
 def ab_experiment(folder: Path, experiment: str, versions: dict[str, str], model: str,
-                  timeout_s: float = names.ROUTER_TIMEOUT_S) -> Path:
+                  timeout_s: float = names.ROUTER_TIMEOUT_S,
+                  generation_timeouts: GenerationTimeouts | None = None) -> Path:
     """The demo's experiment file: control fp32, treatment int8, 50/50, sticky by user, the router waiting
-    ``timeout_s`` for an arm (for a stream: its first token); validated before anything starts."""
+    ``timeout_s`` for a classifier's answer and ``generation_timeouts`` on a stream; validated before anything
+    starts."""
     folder.mkdir(parents=True, exist_ok=True)
     return write_experiment(folder / "experiment.yaml", experiment,
                             [("control", versions["fp32"], 50), ("treatment", versions["int8"], 50)],
-                            model, timeout_s=timeout_s, fallback="control")
+                            model, timeout_s=timeout_s, fallback="control", generation_timeouts=generation_timeouts)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from experiments.spec import GenerationTimeouts
 from export.config import ExportConfig
 from export.contract import GENERATIVE
 from loadtests.config import LoadTestConfig
@@ -69,7 +70,7 @@ class DemoLLMConfig:
     max_tokens: int = 24
     """max_tokens of each streamed completion (the task's references are 8-20 tokens)."""
     first_token_timeout_s: float = 30.0
-    """The experiment's timeout_s: how long the router waits for an arm's first token (and between tokens)."""
+    """The experiment's ``generation_timeouts.first_token_s``: how long the router waits for an arm's first token."""
     out_dir: Path = Path("reports")
     """The demo's folder is OUT_DIR/demo-llm-TIMESTAMP/ (the load-test report inside it)."""
 
@@ -89,7 +90,8 @@ def run_demo_llm(cfg: DemoLLMConfig, folder: Path | None = None) -> dict:
         adapter=train_cfg.adapter_dir, runs_dir=cfg.runs_dir, repository=cfg.repository, model_name=cfg.model_name,
         quality_examples=cfg.scored_examples, generation_parity_prompts=cfg.parity_prompts))
     seconds["export"], mark = time.monotonic() - mark, time.monotonic()
-    experiment_file = ab_experiment(folder, EXPERIMENT, versions, cfg.model_name, timeout_s=cfg.first_token_timeout_s)
+    experiment_file = ab_experiment(folder, EXPERIMENT, versions, cfg.model_name,
+                                    generation_timeouts=GenerationTimeouts(first_token_s=cfg.first_token_timeout_s))
     with serving(cfg.repository, cfg.model_name, experiment_file, folder) as (triton, router):
         seconds["serving_start"], mark = time.monotonic() - mark, time.monotonic()
         _step(4, f"load: Locust, {cfg.rate:g} streamed chat completions per second ({cfg.max_tokens} tokens at "

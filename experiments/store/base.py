@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from experiments.arm_record import ArmRecord
-from experiments.generation import GenerationTotals
+from experiments.generation import GenerationTotals, reference_score
 from experiments.judge.snapshot import Moments
 from experiments.store import feedback
 from experiments.store.batch import Statement, batch_statements
@@ -202,16 +202,21 @@ class Store(abc.ABC):
                                  [experiment, request_id])
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
-    async def add_quality(self, experiment: str, request_id: str, score: float) -> str | None:
-        """Record a quality score of a generative answer, once per request id: its arm when the answer is in
-        the store, None when it is not (yet). Raises ``DuplicateFeedback`` when the id already has a score."""
+    async def add_quality(self, experiment: str, request_id: str, score: float | None,
+                          reference: str | None = None) -> tuple[str, float] | None:
+        """Record quality feedback on a generative answer, once per request id: a ``score`` in [0, 1], or a
+        ``reference`` text its answer is scored against once the answer's text is in the store. (arm, score) when
+        it joined its answer at once, None when it is kept pending until the answer arrives (``feedback.py``).
+        Raises ``DuplicateFeedback`` when the id already has quality feedback, pending or joined."""
         locks = self._lock_statements(experiment)
-        counts = await self._run([*locks, *feedback.add_quality(experiment, request_id, score, time.time())])
-        rows = await self._query("SELECT arm FROM quality_feedback WHERE experiment = ? AND request_id = ?",
-                                 [experiment, request_id])
-        if counts[len(locks)] == 0 and rows:
+        counts = await self._run([*locks, *feedback.add_quality(experiment, request_id, score, reference, time.time())])
+        if counts[len(locks)] == 0:  # feedback.ADD_PENDING_QUALITY inserted nothing
             raise DuplicateFeedback(request_id)
-        return rows[0][0] if rows else None
+        if score is None:
+            await self.join_feedback(experiment)  # its answer's text may be in: scored and joined now
+        rows = await self._query("SELECT arm, score FROM quality_feedback WHERE experiment = ? AND request_id = ?",
+                                 [experiment, request_id])
+        return (rows[0][0], float(rows[0][1])) if rows else None
 
     async def answer_text(self, experiment: str, request_id: str) -> str | None:
         """A generative answer's text while it is kept (``feedback_pending_s``), else None."""
@@ -220,20 +225,36 @@ class Store(abc.ABC):
         return rows[0][0] if rows else None
 
     async def join_feedback(self, experiment: str) -> None:
-        """Join ``experiment``'s pending feedback to its answers that are in the store (``feedback.join``),
-        under the experiment's lock: after every batch that stores answers, and before expiring."""
-        await self._run([*self._lock_statements(experiment), *feedback.join(experiment)])
+        """Join ``experiment``'s pending feedback to its answers that are in the store (``feedback.join``,
+        ``feedback.join_quality``, the pending references scored first), under the experiment's lock: after every
+        batch that stores answers, and before expiring."""
+        scores = await self._score_references(experiment)
+        await self._run([*self._lock_statements(experiment), *feedback.join(experiment),
+                         *feedback.score(experiment, scores), *feedback.join_quality(experiment)])
+
+    async def _score_references(self, experiment: str) -> list[tuple[str, float]]:
+        """(request id, score) of each pending reference whose answer's text is in the store (scored in a
+        worker thread: ROUGE-L is Python)."""
+        rows = await self._query(feedback.UNSCORED, [experiment])
+        if not rows:
+            return []
+        return await asyncio.to_thread(lambda: [(r, reference_score(text, ref)) for r, ref, text in rows])
 
     async def expire_feedback(self, experiment: str, older_than: float) -> int:
-        """Delete the feedback still pending that arrived before ``older_than`` (Unix time), count it in the
-        report's expired feedback, and return how many this call expired. Joins what can be joined first."""
+        """Delete the feedback still pending (labels and quality) that arrived before ``older_than`` (Unix time),
+        count it in the report's expired feedback, and return how many this call expired. Joins what can be
+        joined first."""
+        scores = await self._score_references(experiment)
         counts = await self._run([*self._lock_statements(experiment), *feedback.join(experiment),
+                                  *feedback.score(experiment, scores), *feedback.join_quality(experiment),
                                   *feedback.expire(experiment, older_than)])
-        return counts[-1]
+        return counts[-1] + counts[-2]
 
     async def feedback_counts(self, experiment: str) -> dict[str, int]:
-        """``{"pending": n, "expired": n}``: feedback waiting for its answer now, and expired so far."""
-        pending = await self._query("SELECT COUNT(*) FROM pending_feedback WHERE experiment = ?", [experiment])
+        """``{"pending": n, "expired": n}``: feedback (labels and quality) waiting for its answer now, and expired
+        so far."""
+        pending = await self._query("SELECT (SELECT COUNT(*) FROM pending_feedback WHERE experiment = ?) + "
+                                    "(SELECT COUNT(*) FROM pending_quality WHERE experiment = ?)", [experiment, experiment])
         expired = await self._query("SELECT n FROM expired_feedback WHERE experiment = ?", [experiment])
         return {"pending": int(pending[0][0]), "expired": int(expired[0][0]) if expired else 0}
 

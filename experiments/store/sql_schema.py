@@ -123,6 +123,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "assigned_arm TEXT NOT NULL, period INTEGER, unit TEXT, score DOUBLE PRECISION NOT NULL, "
         "at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
     )),
+    Migration(10, "quality feedback that waits for its answer: a rating's score, or a reference text until the "
+                  "answer's text arrives to score it against", (
+        "CREATE TABLE pending_quality (experiment TEXT NOT NULL, request_id TEXT NOT NULL, score DOUBLE PRECISION, "
+        "reference TEXT, at DOUBLE PRECISION NOT NULL, PRIMARY KEY (experiment, request_id))",
+        "CREATE INDEX pending_quality_by_age ON pending_quality (experiment, at)",
+    )),
 )
 
 

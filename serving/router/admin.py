@@ -17,6 +17,9 @@ replica's writer has not flushed it) the feedback is kept: 202 ``{"id", "status"
 answer, on the answer's arm, unit and period, the moment the answer reaches the store, and expires (counted)
 if none does within ``--feedback-pending-s``. Without a store, feedback for an id this router does not
 remember is a 404. A list (``{"feedback": [...]}``) answers each item so, with 202 if any is pending.
+Quality feedback on a generated answer (``{"id", "rating": 0..1}`` or ``{"id", "reference": TEXT}``, scored by
+ROUGE-L against the answer's text) takes the same way: 200 with its arm and score, or 202 pending (a reference
+is then scored when the answer's text reaches the store), the same expiry and counters.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from starlette.routing import Route
 
 from experiments.errors import ExperimentError
 from experiments.experiment_report import build_report, render_markdown
+from experiments.generation import reference_score
 from experiments.judge import JudgeConfig, UnitTable
 from experiments.spec import Experiment
 from experiments.store import StoreUnavailable
@@ -154,36 +158,32 @@ def _feedback_item(i: int, item: object) -> tuple[str, tuple[str, ...] | Quality
     return item["id"], tuple(str(x) for x in labels)
 
 
-def rouge_l(answer: str, reference: str) -> float:
-    """ROUGE-L F of ``answer`` against ``reference``, in [0, 1] (training's scorer: ``training.gen_metrics``)."""
-    from training.gen_metrics import rouge_l as corpus_rouge_l
-
-    return corpus_rouge_l([answer], [reference]) / 100.0
-
-
 async def _one_quality(state: RouterState, request_id: str, quality: Quality) -> dict:
-    """Quality feedback on one generative answer: recorded with its arm and score. With a store, any replica's
-    answer that is in the store (not kept pending: 404 until it is)."""
+    """Quality feedback on one generative answer: recorded with its arm and score, or (with a store) pending until
+    its answer reaches the store. A reference is scored against the answer's text where this replica or the
+    store has it, else kept with the pending feedback and scored when the answer's text arrives."""
     score = quality.rating
     if quality.reference is not None:
         text = state.recorder.answer_text(request_id)
         if text is None and state.store is not None:
             text = await state.store.answer_text(request_id)
-        if text is None:
-            raise NotFound(f"no answer text kept for request {request_id!r}: not a generated answer, not stored yet, "
-                           f"or older than --feedback-pending-s ({state.config.feedback_pending_s:g} s)")
-        score = await anyio.to_thread.run_sync(rouge_l, text, quality.reference)
+        if text is not None:
+            score = await anyio.to_thread.run_sync(reference_score, text, quality.reference)
+        elif state.store is None:
+            raise NotFound(f"no answer text kept for request {request_id!r}: not a generated answer, or older than "
+                           f"--feedback-pending-s ({state.config.feedback_pending_s:g} s)")
+    if state.store is not None:
+        found = await state.store.quality(request_id, score, None if score is not None else quality.reference)
+        if found is None:
+            return {"id": request_id, "status": PENDING}
+        return {"id": request_id, "arm": found[0], "quality": found[1], "status": RECORDED}
+    assert score is not None
     try:
-        if state.store is not None:
-            arm = await state.store.quality(request_id, score)
-        else:
-            arm = state.recorder.quality(request_id, score)
+        arm = state.recorder.quality(request_id, score)
     except KeyError:
         raise Conflict(f"request {request_id!r} already has feedback") from None
     if arm is None:
-        raise NotFound(f"unknown request id {request_id!r}: no such answer in the store yet, or never served"
-                       if state.store is not None else
-                       f"unknown request id {request_id!r}: never served by this router, or too old (the last "
+        raise NotFound(f"unknown request id {request_id!r}: never served by this router, or too old (the last "
                        f"{state.config.request_log_size} are kept)")
     return {"id": request_id, "arm": arm, "quality": score, "status": RECORDED}
 

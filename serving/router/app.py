@@ -157,13 +157,20 @@ def create_app(config: RouterConfig, experiment: Experiment, admin_token: str | 
     return app
 
 
+_COMPLETIONS = {openai_door.CHAT_PATH: True, openai_door.COMPLETIONS_PATH: False}
+"""The OpenAI door's hot routes (path -> chat)."""
+
+
 class RouterApp(Starlette):
-    """Starlette, plus a direct path for ``POST /v2/models/NAME/infer``: the one hot route skips the routing
-    table and the middleware stack (tens of microseconds a request); every other request is handled
-    exactly as Starlette would."""
+    """Starlette, plus a direct path for ``POST /v2/models/NAME/infer`` and the OpenAI door's completions: the hot
+    routes skip the routing table and the middleware stack (tens of microseconds a request); every other
+    request is handled exactly as Starlette would."""
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path in _COMPLETIONS:
+            scope["app"] = self
+            return await openai_door.completions(scope, receive, send, _COMPLETIONS[path])
         if (scope["type"] != "http" or scope["method"] != "POST" or not path.startswith("/v2/models/")
                 or not path.endswith("/infer") or path.count("/") != 4):
             return await super().__call__(scope, receive, send)

@@ -27,6 +27,7 @@ from tritonclient.grpc import InferResult
 from tritonclient.grpc import service_pb2 as pb
 
 from experiments.generation import GenerationSample
+from experiments.spec import GenerationTimeouts
 from export.contract import GENERATIVE
 from export.llm_request import REJECTION_PREFIX
 from serving.router.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
@@ -103,8 +104,9 @@ async def _next(target: GrpcTarget, call, timeout_s: float) -> pb.ModelInferResp
 
 
 async def open_stream(upstream: GrpcUpstream, target: GrpcTarget, request: pb.ModelInferRequest,
-                      timeout_s: float) -> GrpcGenStream:
-    """Send ``request`` to ``target`` over a new ``ModelStreamInfer`` call; returns with the first response in."""
+                      timeouts: GenerationTimeouts) -> GrpcGenStream:
+    """Send ``request`` to ``target`` over a new ``ModelStreamInfer`` call; returns with the first response in
+    (within ``timeouts.first_token_s``; each later one must come within ``timeouts.token_s``)."""
     upstream.breaker.check(target.key)
     copy = pb.ModelInferRequest()
     copy.CopyFrom(request)
@@ -112,7 +114,7 @@ async def open_stream(upstream: GrpcUpstream, target: GrpcTarget, request: pb.Mo
     call = upstream.stub(target.address).ModelStreamInfer()
     try:
         await call.write(copy)
-        first = await _next(target, call, timeout_s)
+        first = await _next(target, call, timeouts.first_token_s)
     except UpstreamRejected:
         call.cancel()
         raise
@@ -126,7 +128,7 @@ async def open_stream(upstream: GrpcUpstream, target: GrpcTarget, request: pb.Mo
         call.cancel()
         raise
     upstream.breaker.record(target.key, ok=True)
-    return GrpcGenStream(target, call, first, timeout_s)
+    return GrpcGenStream(target, call, first, timeouts.token_s)
 
 
 class GrpcStreamExchange(GrpcExchange):
@@ -146,7 +148,7 @@ class GrpcStreamExchange(GrpcExchange):
     def send(self, arm: str) -> Awaitable[GrpcGenStream]:  # type: ignore[override]
         exp = self.exp
         where = self.target if arm == self.arm else self.state.grpc_target(exp, arm)
-        return open_stream(self.state.grpc_upstream, where, self.request, exp.timeout_s)
+        return open_stream(self.state.grpc_upstream, where, self.request, exp.generation_timeouts)
 
     def outcome(self, answer) -> tuple[tuple[str, ...], list[float]]:
         return (), []

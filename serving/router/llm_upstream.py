@@ -1,36 +1,38 @@
 """Streaming from a served causal LM: Triton's ``generate_stream`` (HTTP server-sent events), one token an event.
 
-    stream = await upstream.open(target, ask.upstream_body(), timeout_s)   # the first token is in
-    async for event in stream.rest(): ...                                   # the others as they come
-    await stream.aclose()                                                   # early: the model stops
+    stream = await upstream.open(target, ask.upstream_body(), timeouts)    # the first token is in
+    async for event in stream.rest(deadline): ...                           # the others as they come
+    stream.close()                                                          # early: the model stops
 
 ``open`` returns once the model's first response has arrived, so a failure before the first token (a
-connection refused, a 5xx, a timeout) is raised there, where the routing core can still fall back, and is
-classified as the classifier path's (``http_upstream.classify``, the same circuit breaker): Triton's 4xx, and a
-response whose error starts with the model's ``REJECTION_PREFIX``, are the caller's ``UpstreamRejected``; the
-rest are the arm's ``UpstreamError``/``UpstreamTimeout``. Each later token must come within the same
-``timeout_s``. Closing a stream early closes its connection: Triton marks the request cancelled and the model
-stops generating it before its next token (``export/triton_llm/model.py``). One ``httpx.AsyncClient`` (HTTP/1.1
-keep-alive pool) per Triton; SSE parsing by ``httpx-sse``; a stream read to its end leaves its connection in the
-pool.
+connection refused, a 5xx, no first token within ``GenerationTimeouts.first_token_s``) is raised there, where
+the routing core can still fall back, and is classified as the classifier path's (``http_upstream.classify``,
+the same circuit breaker): Triton's 4xx, and a response whose error starts with the model's
+``REJECTION_PREFIX``, are the caller's ``UpstreamRejected``; the rest are the arm's
+``UpstreamError``/``UpstreamTimeout``. After it, each token must come within ``token_s`` of the one before
+(and before ``rest``'s ``deadline``, when given: a whole non-streamed completion), else ``UpstreamTimeout``.
+Closing a stream early closes its connection: Triton marks the request cancelled and the model stops
+generating it before its next token (``export/triton_llm/model.py``). One ``StreamPool``
+(``serving.router.httpstream``: keep-alive connections, ``httptools`` parsing, one timer per wait) per
+Triton; a stream read to its end leaves its connection in the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-from httpx_sse import EventSource
+import orjson
 
+from experiments.spec import GenerationTimeouts
 from export.contract import GENERATIVE
 from export.llm_request import REJECTION_PREFIX
 from serving.router.breaker import CircuitBreaker
 from serving.router.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from serving.router.http_upstream import Target, classify, error_message
+from serving.router.httpstream import StreamAnswer, StreamPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,51 +57,60 @@ def token_event(data: dict, at: float) -> TokenEvent:
 
 
 class GenStream:
-    """An open ``generate_stream``: ``first`` (already read), then ``rest()``; ``aclose()`` ends it (see the module
-    docstring). ``rest()`` raises ``UpstreamError`` for an error the model sends, or a stream that breaks off."""
+    """An open ``generate_stream``: ``first`` (already read), then ``rest()``; ``close()`` ends it (see the module
+    docstring). ``rest()`` raises ``UpstreamError`` for an error the model sends, or a stream that breaks off,
+    and ``UpstreamTimeout`` for a token that does not come in time."""
 
-    def __init__(self, target: Target, response: httpx.Response, events: AsyncIterator, first: TokenEvent):
-        self.target, self._response, self._events, self.first = target, response, events, first
+    def __init__(self, target: Target, answer: StreamAnswer, first: TokenEvent, token_s: float):
+        self.target, self._answer, self.first, self.token_s = target, answer, first, token_s
         self.finished = first.finish_reason is not None
-        """The model's final response was read (the connection may then go back to the pool)."""
+        """The model's final response was read."""
 
-    async def rest(self) -> AsyncIterator[TokenEvent]:
-        last = self.first
-        try:
-            while last.finish_reason is None:
-                try:
-                    sse = await anext(self._events)
-                except StopAsyncIteration:
-                    raise UpstreamError(f"{self.target} ended the stream after {last.completion_tokens} tokens "
-                                        "without a final response") from None
-                event = _event(self.target, sse.data)
-                if event is not None:
-                    last = event
-                    self.finished = event.finish_reason is not None
-                    yield event
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"{self.target} sent no token for too long after {last.completion_tokens}") from None
-        except httpx.TransportError as e:
-            raise UpstreamError(f"{self.target} broke off the stream: {type(e).__name__}: {e}") from None
-
-    async def aclose(self) -> None:
-        """End the stream: after the final response, read the body's end (Triton ends it at once) so the
-        connection is kept for the next stream; before it, close the connection (the model stops)."""
-        if self.finished:
+    async def rest(self, deadline: float | None = None) -> AsyncIterator[TokenEvent]:
+        """The tokens after the first; ``deadline`` (loop time): the end of a whole completion, else none."""
+        last, loop = self.first, asyncio.get_running_loop()
+        while last.finish_reason is None:
+            wait = loop.time() + self.token_s
             try:
-                async with asyncio.timeout(1.0):
-                    async for _ in self._events:
-                        pass
-            except (TimeoutError, httpx.HTTPError, UpstreamError, UpstreamRejected):
+                data = await self._answer.next_event(wait if deadline is None else min(wait, deadline))
+            except TimeoutError:
+                whole = deadline is not None and loop.time() >= deadline
+                raise UpstreamTimeout(f"{self.target} did not finish the completion in time" if whole else
+                                      f"{self.target} sent no token for {self.token_s:g} s after "
+                                      f"{last.completion_tokens}") from None
+            except OSError as e:
+                raise UpstreamError(f"{self.target} broke off the stream after {last.completion_tokens} tokens: "
+                                    f"{type(e).__name__}: {e}") from None
+            if data is None:
+                raise UpstreamError(f"{self.target} ended the stream after {last.completion_tokens} tokens "
+                                    "without a final response")
+            event = _event(self.target, data)
+            if event is not None:
+                last = event
+                self.finished = event.finish_reason is not None
+                yield event
+
+    async def drain(self) -> None:
+        """After the final response: read the answer's end (Triton ends it at once), so ``close`` keeps the
+        connection for the next stream."""
+        if self.finished and not self._answer.complete:
+            try:
+                while await self._answer.next_event(asyncio.get_running_loop().time() + 1.0) is not None:
+                    pass
+            except (TimeoutError, OSError):
                 pass
-        await self._response.aclose()
+
+    def close(self) -> None:
+        """End the stream: an answer read to its end keeps its connection; before it, the connection is closed
+        (the model stops)."""
+        self._answer.close()
 
 
 def _event(target: Target, data: str) -> TokenEvent | None:
     at = time.perf_counter()
     if not data:
         return None
-    message = json.loads(data)
+    message = orjson.loads(data)
     if "error" in message:
         error = str(message["error"])
         if error.startswith(REJECTION_PREFIX):
@@ -109,63 +120,60 @@ def _event(target: Target, data: str) -> TokenEvent | None:
 
 
 class LlmUpstream:
-    """Pooled HTTP connections for streams, one client per Triton; use from one event loop, ``aclose()`` at
-    the end. ``breaker``: the circuit breaker every upstream of the router shares."""
+    """Pooled HTTP connections for streams, one pool per Triton; use from one event loop, ``aclose()`` at the
+    end. ``breaker``: the circuit breaker every upstream of the router shares."""
 
     def __init__(self, breaker: CircuitBreaker, max_connections: int = 64):
-        self.breaker = breaker
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self.breaker, self._max_connections = breaker, max_connections
+        self._pools: dict[str, StreamPool] = {}
 
-    def _client(self, base_url: str) -> httpx.AsyncClient:
-        client = self._clients.get(base_url)
-        if client is None:
-            client = self._clients[base_url] = httpx.AsyncClient(base_url=base_url, limits=self._limits,
-                                                                 trust_env=False)
-        return client
+    def _pool(self, base_url: str) -> StreamPool:
+        pool = self._pools.get(base_url)
+        if pool is None:
+            pool = self._pools[base_url] = StreamPool(base_url, self._max_connections)
+        return pool
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients.values()), return_exceptions=True)
-        self._clients.clear()
+        await asyncio.gather(*(p.aclose() for p in self._pools.values()), return_exceptions=True)
+        self._pools.clear()
 
-    async def open(self, target: Target, body: dict, timeout_s: float) -> GenStream:
+    async def open(self, target: Target, body: dict, timeouts: GenerationTimeouts) -> GenStream:
         """Start streaming ``body`` from ``target``; returns with the first token in (see the module docstring)."""
         self.breaker.check(target)
-        client = self._client(target.base_url)
-        request = client.build_request("POST", f"{target.path}/generate_stream", json=body,
-                                       timeout=httpx.Timeout(timeout_s))
-        response = None
+        deadline = asyncio.get_running_loop().time() + timeouts.first_token_s
+        answer = first = content = None
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await client.send(request, stream=True)
-                if response.status_code != 200:
-                    content = await response.aread()
-                else:
-                    events = EventSource(response).aiter_sse()
-                    first = None
-                    while first is None:
-                        first = _event(target, (await anext(events)).data)
-        except (TimeoutError, httpx.TimeoutException):
-            await _close(response)
+            answer = await self._pool(target.base_url).open("POST", f"{target.path}/generate_stream",
+                                                            orjson.dumps(body), deadline)
+            if answer.status != 200:
+                content = await answer.read(deadline)
+            while first is None and content is None:
+                data = await answer.next_event(deadline)
+                if data is None:
+                    raise ConnectionError("the stream ended before its first token")
+                first = _event(target, data)
+        except TimeoutError:
+            _close(answer)
             self.breaker.record(target, ok=False)
-            raise UpstreamTimeout(f"{target} sent no first token within {timeout_s:g} s") from None
-        except (httpx.TransportError, StopAsyncIteration, UpstreamError) as e:
-            await _close(response)
+            raise UpstreamTimeout(f"{target} sent no first token within {timeouts.first_token_s:g} s") from None
+        except OSError as e:
+            _close(answer)
             self.breaker.record(target, ok=False)
-            if isinstance(e, UpstreamError):
-                raise
-            raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'stream ended'}") from None
-        except BaseException:  # the caller's refusal, or a cancellation: the arm is not at fault
-            await _close(response)
+            raise UpstreamError(f"{target} is unreachable: {type(e).__name__}: {e or 'connection failed'}") from None
+        except UpstreamError:
+            _close(answer)
+            self.breaker.record(target, ok=False)
             raise
-        if response.status_code != 200:
-            await response.aclose()
-            raise classify(self.breaker, target, response.status_code,
-                           error_message(content.removeprefix(b"data:").strip()))
+        except BaseException:  # the caller's refusal, or a cancellation: the arm is not at fault
+            _close(answer)
+            raise
+        if first is None:
+            answer.close()
+            raise classify(self.breaker, target, answer.status, error_message(content.removeprefix(b"data:").strip()))
         self.breaker.record(target, ok=True)
-        return GenStream(target, response, events, first)
+        return GenStream(target, answer, first, timeouts.token_s)
 
 
-async def _close(response: httpx.Response | None) -> None:
-    if response is not None:
-        await response.aclose()
+def _close(answer: StreamAnswer | None) -> None:
+    if answer is not None:
+        answer.close()

@@ -18,7 +18,10 @@ arm's Triton model version; ``""``: Triton's default). ``X-Request-Id`` is the i
 **Bad input** is the sender's alone: OpenAI's error object (``{"error": {"message", "type":
 "invalid_request_error", "param", "code"}}``) with a 4xx, counted as a client error, never against an arm
 (an unknown ``model`` is a 404 with ``code: model_not_found``). An arm's failure is ``server_error`` with 503
-or 504; one that breaks a stream already answering ends it with an ``error`` event, counted against the arm.
+or 504 (``code: timeout``). The experiment's ``generation_timeouts`` bound each wait: the first token
+(``first_token_s``: a failure before it falls back), each later one (``token_s``) and a whole non-streamed
+completion (``completion_s``, which also caps the first). A failure after tokens were sent never falls back:
+it ends the stream with an ``error`` event and no ``[DONE]``, counted against the arm.
 
 **A client that goes away** (its connection closes) cancels the relay: the upstream stream is closed, so the
 model stops generating for it before its next token; the request counts as a client error (499), never
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -41,7 +45,7 @@ from starlette.routing import Route
 
 from experiments.generation import GenerationSample
 from serving.openai_wire import DONE, Answer, RequestError, sse, usage
-from serving.router.errors import FieldError, NotFound, RouterError, UpstreamError
+from serving.router.errors import FieldError, NotFound, RouterError, UpstreamError, UpstreamTimeout
 from serving.router.http_door import Disconnected, read_body
 from serving.router.llm_upstream import GenStream, TokenEvent
 from serving.router.metrics import RequestRef
@@ -89,8 +93,10 @@ class GenerationExchange(Exchange[GenStream]):
         caller's)."""
 
     def send(self, arm: str) -> Awaitable[GenStream]:
-        return self.state.llm_upstream.open(self.state.target(self.exp, arm), self.ask.upstream_body(),
-                                            self.exp.timeout_s)
+        timeouts = self.exp.generation_timeouts
+        if not self.ask.stream and timeouts.completion_s < timeouts.first_token_s:  # the whole bounds the first
+            timeouts = dataclasses.replace(timeouts, first_token_s=timeouts.completion_s)
+        return self.state.llm_upstream.open(self.state.target(self.exp, arm), self.ask.upstream_body(), timeouts)
 
     def outcome(self, answer: GenStream) -> tuple[tuple[str, ...], list[float]]:
         return (), []
@@ -126,9 +132,9 @@ def _id_headers(request_id: str, arm: str | None) -> list[tuple[bytes, bytes]]:
     return headers + ([(b"x-variant", arm.encode("latin-1"))] if arm else [])
 
 
-async def _events(stream: GenStream) -> AsyncIterator[TokenEvent]:
+async def _events(stream: GenStream, deadline: float | None) -> AsyncIterator[TokenEvent]:
     yield stream.first
-    async for event in stream.rest():
+    async for event in stream.rest(deadline):
         yield event
 
 
@@ -163,7 +169,10 @@ class Relay:
             self.started = True
             if ask.chat:
                 await self._emit(answer.chunk({"role": "assistant", "content": ""}, with_usage=with_usage))
-        async for event in _events(self.stream):
+        # a whole completion is bounded as a whole, from the request's arrival; a stream only token by token
+        deadline = None if ask.stream else (asyncio.get_running_loop().time() - (time.perf_counter() - self.ex.start)
+                                            + self.ex.exp.generation_timeouts.completion_s)
+        async for event in _events(self.stream, deadline):
             self.last = event
             self.timer.chunk(True, event.at)
             if event.text:
@@ -182,7 +191,7 @@ class Relay:
 
     async def fail(self, e: UpstreamError) -> None:
         """The arm broke off: an ``error`` event ends a stream already answering, else a 5xx answer."""
-        body = RequestError(e.status_code, str(e)).body()
+        body = RequestError(e.status_code, str(e), code="timeout" if isinstance(e, UpstreamTimeout) else None).body()
         if self.started:
             await self._emit(body)
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -258,7 +267,8 @@ async def _relay(state: RouterState, ex: GenerationExchange, relay: Relay, recei
     finally:
         state.recorder.inflight.dec()
         gone.cancel()
-        await relay.stream.aclose()
+        await relay.stream.drain()
+        relay.stream.close()
 
 
 class CompletionsEndpoint:

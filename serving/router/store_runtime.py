@@ -139,22 +139,26 @@ class StoreRuntime:
             recorder.count_feedback(*found)
         return found
 
-    async def quality(self, request_id: str, score: float) -> str | None:
-        """A quality score for a generative answer of any replica: its arm when the answer is in the store,
-        None when it is not (yet); an answer this replica served is flushed to the store first."""
+    async def quality(self, request_id: str, score: float | None, reference: str | None = None
+                      ) -> tuple[str, float] | None:
+        """Quality feedback on a generative answer of any replica, a ``score`` or a ``reference`` text to score its
+        answer against: (arm, score) when the answer is in the store, None when the feedback is kept pending until
+        it arrives (``Store.add_quality``); an answer this replica served is flushed to the store first."""
         assert self._state is not None and self.writer is not None
         name, recorder = self._state.experiment.name, self._state.recorder
         try:
             if recorder.lookup(request_id) is not None:
                 await self.writer.flush()
-            arm = await self.store.add_quality(name, request_id, score)
+            found = await self.store.add_quality(name, request_id, score, reference)
         except DuplicateFeedback:
             raise Conflict(f"request {request_id!r} already has feedback") from None
         except StoreUnavailable as e:
             raise StoreDown(f"the experiment store is unavailable, feedback not recorded; retry later: {e}") from None
-        if arm is not None:
-            recorder.count_quality(arm, score)
-        return arm
+        if found is None:
+            recorder.count_pending_feedback()
+        else:
+            recorder.count_quality(*found)
+        return found
 
     async def answer_text(self, request_id: str) -> str | None:
         """A generative answer's text kept in the store (any replica's), or None."""

@@ -1,0 +1,213 @@
+"""``python -m serving.llm_hop_bench``: the router's cost to a stream's first token, straight to Triton vs through it.
+
+    python -m serving.llm_hop_bench --onnx-dir runs/llm/onnx --max-tokens 4
+    python -m serving.llm_hop_bench --onnx-dir runs/llm/onnx --compare-tree /tmp/main   # before/after, one run
+
+One run publishes the export's variant into a temporary repository, starts the real tritonserver on it and the
+router in front of it with an A/A experiment (two arms on the one version, sticky at random), and streams one
+completion at a time, alternating the paths request by request (A B, B A, ...): **direct** is Triton's own
+``generate_stream`` (server-sent events), **router** the router's ``POST /v1/completions`` with ``stream: true``.
+Both are read by the same client code (one keep-alive ``httpx`` connection per path, lines as they come), and
+each request's TTFT is the time from sending it to the first event that carries text; the rest of the stream is
+read to its end before the next request. ``--compare-tree DIR`` adds a router run from another checkout
+(``git archive COMMIT | tar -x -C DIR``) as a third path, interleaved the same way: a change to the router is
+shown before and after in one run.
+
+The requests are cut into ``--phases`` blocks; a difference (``router - direct``) is the mean of the per-block
+differences of the p50 (and p99) with a t interval over the blocks (``tunestack.bench.compare``), so a machine
+whose speed drifts widens the interval instead of being read as a difference. Completions are exactly
+``--max-tokens`` tokens (``ignore_eos``), greedy, on the held-out prompts of the export. On a shared machine
+the figures are noisy: run many requests, and read the paths of one run side by side.
+
+Writes ``reports/bench-llm-hop-TIMESTAMP/`` (bench.md, bench.json, the TTFT CDFs) and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import yaml
+
+from export.config import ExportConfig
+from export.contract import GENERATIVE
+from export.publish_causal import publish_causal
+from serving.router.process import RouterProcess
+from serving.triton import TritonServer
+from tunestack.bench import BenchOutput, BenchRun, compare, format_diff, markdown_table, summarize
+from tunestack.cli import parse_dataclass
+from tunestack.problems import raise_problems
+
+HELP = ("The router's cost to a stream's first token: publishes --onnx-dir's variant, starts tritonserver and the "
+        "router (an A/A experiment) in front of it, and streams one --max-tokens completion at a time, alternating "
+        "request by request between Triton's generate_stream (direct) and the router's /v1/completions (and, with "
+        "--compare-tree, another checkout's router). Prints each path's TTFT p50/p99, the router's difference from "
+        "direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
+        "reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
+DIRECT, ROUTER = "direct", "router"
+EXPERIMENT = "hop-bench"
+
+
+@dataclass
+class HopBenchConfig(BenchOutput):
+    """The router's TTFT cost on one stream at a time (see the module docstring)."""
+
+    onnx_dir: str = "runs/llm/onnx"
+    """The causal LM's export folder (``python -m export``): its variant is published into a temporary repository."""
+    variant: str = "fp32"
+    """The variant to serve: fp32 or int8."""
+    requests: int = 400
+    """Measured requests per path."""
+    phases: int = 8
+    """Blocks the requests are cut into (>= 2); the differences' intervals have phases - 1 degrees of freedom."""
+    warmup: int = 20
+    """Warm-up requests per path (not measured)."""
+    max_tokens: int = 4
+    """Tokens per completion (generated past the EOS)."""
+    compare_tree: str | None = None
+    """Another checkout of this repository: its router runs beside this one as a third path, same Triton."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.phases < 2:
+            problems.append(f"phases must be at least 2 (the intervals are computed across phases), got {self.phases}")
+        if self.requests < 2 * self.phases:
+            problems.append(f"requests ({self.requests}) must be at least 2 x phases ({self.phases})")
+        if self.max_tokens < 1 or self.warmup < 0:
+            problems.append(f"max_tokens must be >= 1 and warmup >= 0, got {self.max_tokens} and {self.warmup}")
+        if not (Path(self.onnx_dir) / "heldout.jsonl").is_file():
+            problems.append(f"onnx_dir {self.onnx_dir} has no heldout.jsonl: not a causal LM export folder")
+        raise_problems(problems, ValueError, "hop bench config")
+
+
+class StreamClient:
+    """One path's client: a keep-alive connection and the request it sends for a prompt."""
+
+    def __init__(self, base_url: str, url_path: str, body: dict, text_key: str):
+        self.client = httpx.Client(base_url=base_url, timeout=60, trust_env=False)
+        self.url_path, self.body, self.text_key = url_path, body, text_key
+
+    def ttft_ms(self, prompt: str, field: str) -> float:
+        """Stream one completion of ``prompt`` to its end; the milliseconds to the first event carrying text."""
+        start, first = time.perf_counter(), None
+        with self.client.stream("POST", self.url_path, json={**self.body, field: prompt}) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if first is None and line.startswith("data: {") and self._text(json.loads(line[6:])):
+                    first = time.perf_counter()
+        if first is None:
+            raise RuntimeError(f"{self.client.base_url}{self.url_path} streamed no text for {prompt[:40]!r}")
+        return (first - start) * 1000
+
+    def _text(self, event: dict) -> str:
+        if "error" in event:
+            raise RuntimeError(f"{self.client.base_url}{self.url_path} failed a stream: {event['error']}")
+        return event[self.text_key] if self.text_key in event else (event.get("choices") or [{}])[0].get("text", "")
+
+
+def measure(paths: dict[str, tuple[StreamClient, str]], prompts: list[str], cfg: HopBenchConfig,
+            processes: dict[str, psutil.Process]) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+    """Warm up, then ``cfg.requests`` rounds, each one request per path in rotated order: TTFTs by path and
+    block, and each router process's CPU milliseconds per measured stream (all its threads)."""
+    names = list(paths)
+    for i in range(cfg.warmup):
+        for name in names:
+            client, field = paths[name]
+            client.ttft_ms(prompts[i % len(prompts)], field)
+    cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(cfg.requests):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            client, field = paths[name]
+            samples[name].append(client.ttft_ms(prompts[i % len(prompts)], field))
+    cpu_ms = {name: round((sum(p.cpu_times()[:2]) - cpu[name]) * 1000 / cfg.requests, 3)
+              for name, p in processes.items()}
+    bounds = np.linspace(0, cfg.requests, cfg.phases + 1).round().astype(int)
+    return {name: [np.asarray(s[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            for name, s in samples.items()}, cpu_ms
+
+
+def rows_of(blocks: dict[str, list[np.ndarray]], cpu_ms: dict[str, float]) -> list[dict]:
+    rows = []
+    for name, b in blocks.items():
+        row = {"path": name, "ttft": summarize(np.concatenate(b)), "router_cpu_ms_per_stream": cpu_ms.get(name)}
+        if name != DIRECT:
+            row["diff"] = compare(DIRECT, blocks[DIRECT], b)
+        rows.append(row)
+    return rows
+
+
+def table(document: dict) -> str:
+    out = [[r["path"], r["ttft"]["n"], f"{r['ttft']['p50_ms']:.2f}", f"{r['ttft']['p99_ms']:.2f}",
+            format_diff(r["diff"]["diff_p50_ms"]) if "diff" in r else "-",
+            format_diff(r["diff"]["diff_p99_ms"]) if "diff" in r else "-",
+            "-" if r["router_cpu_ms_per_stream"] is None else f"{r['router_cpu_ms_per_stream']:.2f}"]
+           for r in document["rows"]]
+    return (f"{document['what']}\n\n" + markdown_table(
+        ["path", "streams", "TTFT p50 ms", "TTFT p99 ms", "p50 minus direct, ms [95 % CI]",
+         "p99 minus direct, ms [95 % CI]", "router CPU ms per stream"], out, "lrrrrrr"))
+
+
+def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
+                ) -> tuple[dict[str, tuple[StreamClient, str]], dict[str, psutil.Process]]:
+    """Publish, start Triton and the router(s) (stopped by ``stack``): each path's client and prompt field, and
+    each router's process."""
+    model, repository = GENERATIVE.default_model_name, tmp / "model_repository"
+    publish_causal(Path(cfg.onnx_dir), cfg.variant, ExportConfig(task="causal-lm", repository=repository,
+                                                                model_name=model, instance_count=1))
+    server = stack.enter_context(TritonServer(repository, startup_timeout=300, log_file=run.folder / "tritonserver.log"))
+    spec = {"name": EXPERIMENT, "upstream": server.http_url, "timeout_s": 60.0, "sticky": "random",
+            "arms": [{"name": arm, "model": model, "version": "1", "weight": 50} for arm in ("a", "b")]}
+    routers = {ROUTER: None}
+    if cfg.compare_tree:
+        routers[f"{ROUTER} {Path(cfg.compare_tree).name}"] = Path(cfg.compare_tree).resolve()
+    paths = {DIRECT: (StreamClient(server.http_url, f"/v2/models/{model}/versions/1/generate_stream",
+                            {"max_tokens": cfg.max_tokens, "ignore_eos": True}, GENERATIVE.output_text),
+                      GENERATIVE.input_text)}
+    processes: dict[str, psutil.Process] = {}
+    for i, (name, root) in enumerate(routers.items()):
+        folder = tmp / f"router-{i}"  # each router its own experiment file, so its own default store
+        folder.mkdir()
+        (folder / "experiment.yaml").write_text(yaml.safe_dump(spec))
+        router = stack.enter_context(RouterProcess(folder / "experiment.yaml", log_file=run.folder / f"router-{i}.log",
+                                                   extra_args=["--log-level", "warning"],
+                                                   **({"root": root} if root else {})))
+        assert router.process is not None
+        processes[name] = psutil.Process(router.process.pid)
+        paths[name] = (StreamClient(router.url, "/v1/completions", {"model": EXPERIMENT, "max_tokens": cfg.max_tokens,
+                                                              "ignore_eos": True, "stream": True}, "text"), "prompt")
+    for client, _ in paths.values():
+        stack.callback(client.client.close)
+    return paths, processes
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_dataclass(HopBenchConfig, argv, "python -m serving.llm_hop_bench", HELP)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwind: stop every server
+    run = BenchRun("llm-hop", "The router's cost to the first token: direct to Triton vs through the router", cfg)
+    prompts = [json.loads(line)["prompt"] for line in (Path(cfg.onnx_dir) / "heldout.jsonl").read_text().splitlines()]
+    with ExitStack() as stack:
+        paths, processes = start_paths(cfg, stack, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hop-"))),
+                                       run)
+        blocks, cpu_ms = measure(paths, prompts, cfg, processes)
+    what = (f"TTFT of one stream at a time ({cfg.max_tokens} tokens, {cfg.variant}), paths alternating request by "
+            f"request; differences over {cfg.phases} blocks")
+    report = run.write({"what": what, "rows": rows_of(blocks, cpu_ms)}, table,
+                       {"ttft_cdf": {n: np.concatenate(b) for n, b in blocks.items()}})
+    print(table(report.data))
+    print(f"\nwritten: {report.folder} (bench.md, bench.json, TTFT CDF)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
