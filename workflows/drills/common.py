@@ -67,10 +67,11 @@ class DrillConfig:
     """Loop drills: the new-labels trigger (labelled kept inputs that start a cycle)."""
     loop_method: str = "lora"
     """Loop drills: the candidate's fine-tuning method (training's ``--method``), from the production model."""
-    loop_max_steps: int = 150
+    loop_max_steps: int = 250
     """Loop drills: the candidate's training steps."""
-    loop_learning_rate: float | None = None
-    """Loop drills: the candidate's learning rate (None: the method's default)."""
+    loop_learning_rate: float | None = 2e-3
+    """Loop drills: the candidate's learning rate (None: the method's default, LoRA's 1e-3, which learns the
+    slang too slowly in a few hundred steps)."""
     loop_batch_size: int = 16
     """Loop drills: the candidate's batch size."""
 

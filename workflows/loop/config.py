@@ -81,7 +81,8 @@ class LoopConfig:
     variant: str = "fp32"
     """The export variant published and canaried (fp32 or int8)."""
     train: dict[str, Any] = field(default_factory=dict)
-    """``training.config.TrainConfig`` keys for the candidate (max_steps, time_budget_s, batch_size, ...)."""
+    """``training.config.TrainConfig`` keys for the candidate (max_steps, time_budget_s, batch_size, ...); the
+    best checkpoint is chosen by validation loss unless ``early_stopping_metric`` says otherwise."""
     runs_dir: Path = Path("runs")
     """Where each cycle's run is written: RUNS_DIR/EXPERIMENT-loop-CYCLE/."""
     repository: Path = Path("model_repository")
