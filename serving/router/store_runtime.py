@@ -65,10 +65,10 @@ class StoreRuntime:
         rec, name = state.recorder, exp.name
         self.writer = BatchWriter(self.store, self.config.store_flush_interval_s,
                                   max_buffered=self.config.store_buffer,
-                                  on_drop=lambda n: rec.m_store_dropped.labels(name).inc(n),
-                                  on_store_up=lambda up: rec.m_store_up.labels(name).set(int(up)))
-        rec.m_store_up.labels(name).set(1)
-        rec.m_store_buffered.labels(name).set_function(lambda: self.writer.buffered if self.writer else 0)
+                                  on_drop=lambda n: rec.metrics.store_dropped.labels(name).inc(n),
+                                  on_store_up=lambda up: rec.metrics.store_up.labels(name).set(int(up)))
+        rec.metrics.store_up.labels(name).set(1)
+        rec.metrics.store_buffered.labels(name).set_function(lambda: self.writer.buffered if self.writer else 0)
         rec.sink = RecordSink(self.writer, lambda: state.experiment)
         if state.drift is not None:
             state.drift.sink = self.writer.put_all
