@@ -139,7 +139,7 @@ def experiment_data(path: Path, upstream: str) -> dict[str, Any]:
 
 
 def router_manifests(cfg: K8sConfig, base: str, data: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    from serving.router.state import TOKEN_ENV
+    from serving.admin_token import TOKEN_ENV
 
     name, config_name, port = f"{base}-router", f"{base}-experiment", names.ROUTER_PORT
     experiment_file = "experiment.yaml"

@@ -233,10 +233,11 @@ def experiment_from_dict(data: Any, source: str = "experiment") -> Experiment:
     if not isinstance(data, dict):
         raise ExperimentError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
     problems: list[str] = []
-    # sections read by others: "rollout" (experiments.rollout.config), "retain_inputs" (experiments.retention, the
-    # router's kept inputs), "loop" (workflows.loop.config, the retrain loop); "page_token" (the live page)
+    # sections read by others: "rollout" (experiments.rollout.config), "retain_inputs" and "look_retention"
+    # (experiments.retention, the router's store sweep), "loop" (workflows.loop.config, the retrain loop);
+    # "page_token" (the live page)
     known = {"name", "arms", "sticky", "shadow", "fallback", "timeout_s", "upstream", "grpc_upstream", "store", "rollout",
-             "page_token", "retain_inputs", "loop", "generation_timeouts"}
+             "page_token", "retain_inputs", "look_retention", "loop", "generation_timeouts"}
     unknown = sorted(set(data) - known)
     if unknown:
         problems.append(f"unknown key(s) {unknown}; expected some of {sorted(known)}")

@@ -48,7 +48,10 @@ def balanced_run(onnx_dir, dest, n: int = 1000):
 @pytest.mark.e2e
 def test_no_false_verdict_at_any_look_and_the_rollout_completes(tiny_onnx_dir, tmp_path):
     run = balanced_run(tiny_onnx_dir, tmp_path / "run")
-    cfg = DrillConfig(run=run, out_dir=tmp_path, rate=40, aa_users=300, aa_activity=0.7, aa_load_s=150, look_s=2)
+    # the load stops 5 s after the rollout completes: at 100 % the control serves nothing, so no look after it
+    # compares the arms in a new period
+    cfg = DrillConfig(run=run, out_dir=tmp_path, rate=40, aa_users=300, aa_activity=0.7, aa_load_s=150, look_s=2,
+                      after_decision_s=5.0)
     s = aa_drill(cfg)
     assert s["false_verdicts"] == [], s["false_verdicts"]
     assert (s["decision"], s["step"]) == ("complete", 3), s["reason"]

@@ -13,8 +13,8 @@ from deploy.cli import main
 from deploy.config import K8sError
 from deploy.manifest_checks import KSERVE_SCHEMA, LIVE, READY, kserve_validator, validate_manifest
 from experiments.spec import experiment_from_dict, load_experiment
+from serving.admin_token import TOKEN_ENV
 from serving.router.config import RouterConfig
-from serving.router.state import TOKEN_ENV
 from serving.triton_cli import TritonArgs
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "specs" / "sentiment-ab.yaml"

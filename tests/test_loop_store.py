@@ -1,6 +1,6 @@
 """The loop's tables on SQLite and a real PostgreSQL: the lease (one holder at a time, expiry, release), kept
 inputs joined to feedback, retention (older inputs deleted, newer kept), steps recorded once; and the router's
-input keeper (sampling, reading texts off the request path)."""
+input keeper (sampling, reading texts off the request path). The sweep that deletes them: test_store_sweep.py."""
 
 from __future__ import annotations
 
@@ -112,23 +112,3 @@ def test_retention_is_off_by_default_and_validated():
         RetainInputs.from_dict({"fraction": 0.5, "extra": 1})
     with pytest.raises(RetentionError, match=r"fraction=2.*retention_s=0"):
         RetainInputs(fraction=2, retention_s=0)
-
-
-def test_the_input_keepers_sweep_deletes_what_is_past_retention(tmp_path):
-    now = time.time()
-
-    async def run():
-        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
-            await store.write_batch([InputRow(EXP, "old", "control", ("old text",), now - 7200),
-                                     InputRow(EXP, "new", "control", ("new text",), now)])
-            keeper = InputKeeper(EXP, RetainInputs(fraction=1.0, retention_s=3600), lambda rows: None,
-                                 CollectorRegistry())
-            sweep = asyncio.get_running_loop().create_task(keeper.expire(store))
-            for _ in range(2400):  # the sweep deletes at once, then sleeps: wait for its first pass (2-minute cap)
-                left = await store._query("SELECT request_id FROM kept_inputs WHERE experiment = ?", [EXP])
-                if len(left) == 1:
-                    break
-                await asyncio.sleep(0.05)
-            sweep.cancel()
-            return [r[0] for r in left]
-    assert asyncio.run(run()) == ["new"]

@@ -1,6 +1,7 @@
 """The live page's parts without a browser: the judge's history of looks (in memory and in a real store), the
 page's document (state from the audit log, the timeline, thinning), the HTML's escaping, the router's page
-endpoints through Starlette's test client (the data is the report), and the spec's ``page_token``."""
+endpoints and the store-backed page server through Starlette's test client (the data is the report), and the
+spec's ``page_token`` on both."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from experiments.judge import judge
 from experiments.judge.looks import LookRing, look_of, thin
 from experiments.spec import experiment_from_dict
 from experiments.store import open_store
+from experiments.store.sync import spec_of
 from serving.page.data import MOST_LOOKS, experiment_state, page_data, timeline
 from serving.page.html import render, safe_json
+from serving.page.server import create_page_app
 from serving.router.app import create_app
 from serving.router.config import RouterConfig
 from serving.router.state import RouterState
@@ -152,3 +155,31 @@ def test_router_config_checks_the_look_settings():
     with pytest.raises(ExperimentError) as e:
         RouterConfig(experiment="x.yaml", look_interval_s=0.1, look_ring=1)
     assert "look_interval_s must be 0" in str(e.value) and "look_ring must be >= 2" in str(e.value)
+
+
+def test_the_store_page_server_keeps_a_page_token_experiments_data_behind_the_token(tmp_path):
+    """``python -m serving page --store`` checks ``page_token`` as the router does (``serving.admin_token``)."""
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+
+    async def fill():
+        async with open_store(url) as s:
+            for name, guarded in (("ab", True), ("open", False)):
+                exp = experiment_from_dict({**SPEC, "name": name, "page_token": guarded})
+                await s.add_revision(name, spec_of(exp), "file", "test", "start")
+    asyncio.run(fill())
+    right = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_page_app(url, "alice:s3cret")) as client:
+        assert client.get("/experiments/ab").status_code == 200  # the HTML holds no data
+        missing, wrong = client.get("/experiments/ab/data"), client.get("/experiments/ab/data",
+                                                                       headers={"Authorization": "Bearer nope"})
+        assert missing.status_code == 401 and "missing admin token" in missing.json()["error"]
+        assert wrong.status_code == 401 and wrong.json() == {"error": "wrong admin token"}
+        doc = client.get("/experiments/ab/data", headers=right)
+        assert doc.status_code == 200 and doc.json()["token_required"] is True
+        assert doc.json()["report"]["experiment"] == "ab"
+        unguarded = client.get("/experiments/open/data")
+        assert unguarded.status_code == 200 and unguarded.json()["token_required"] is False
+    with TestClient(create_page_app(url)) as client:  # started without a token: the guarded data is refused
+        refused = client.get("/experiments/ab/data", headers=right)
+        assert refused.status_code == 403 and "--admin-token-file" in refused.json()["error"]
+        assert client.get("/experiments/open/data").status_code == 200

@@ -43,7 +43,8 @@ def section(steps: list[float], guardrails: list[str], margins: dict) -> dict:
 
 
 def drill_config(run, tmp_path) -> DrillConfig:
-    return DrillConfig(run=run, out_dir=tmp_path, rate=40)
+    """The load stops 5 s after the controller's decision: nothing after it is checked but failed requests."""
+    return DrillConfig(run=run, out_dir=tmp_path, rate=40, after_decision_s=5.0)
 
 
 @pytest.mark.e2e

@@ -113,11 +113,13 @@ def test_tritonclient_through_the_router_gets_the_arms_answers(router, triton):
         assert c.post("/v2/models/sentiment-ab/infer", json=v2_body()).headers["X-Request-Id"]  # generated
 
 
-def test_70_30_split_over_2000_requests(router):
+def test_70_30_split_through_the_router_is_the_documented_assignment(router):
+    """Every user's arm is ``Assigner``'s (whose split is within 1 % of the weights over 100,000 keys:
+    test_router_assignment.py); 400 users show the router applies it."""
     exp = experiment_from_dict(spec("http://x", (70, 30)))
     expected = Assigner(exp)
     rc = httpclient.InferenceServerClient(router.address, concurrency=4)
-    users = [f"split-{i}" for i in range(2000)]
+    users = [f"split-{i}" for i in range(400)]
     try:
         pending = [(u, rc.async_infer("sentiment-ab", [text_input(httpclient, TEXTS[:1])], headers={"X-User-Id": u}))
                    for u in users]
@@ -125,7 +127,7 @@ def test_70_30_split_over_2000_requests(router):
     finally:
         rc.close()
     counts = Counter(variants.values())
-    assert abs(counts["treatment"] / len(users) - 0.30) < 0.035, counts  # 3.8 binomial SEs
+    assert abs(counts["treatment"] / len(users) - 0.30) < 0.09, counts  # 3.9 binomial SEs
     assert all(variants[u] == expected.assign(u, None) for u in users)  # exactly the documented assignment
 
 

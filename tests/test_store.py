@@ -26,7 +26,7 @@ from experiments.store import (
 from experiments.store.sql_schema import MIGRATIONS
 from experiments.store.sync import reconcile, spec_of
 from experiments.store.writer import BatchWriter
-from serving.router.state import parse_tokens
+from serving.admin_token import parse_tokens
 
 EXP = "ab"
 SPEC = {"name": EXP, "sticky": {"header": "X-User-Id"},

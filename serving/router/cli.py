@@ -22,8 +22,8 @@ import uvicorn
 from experiments.errors import ExperimentError
 from experiments.spec import load_experiment
 from experiments.store import STORE_ENV, default_store_url
+from serving.admin_token import TOKEN_ENV, read_token
 from serving.router.config import NO_STORE, RouterConfig
-from serving.router.state import TOKEN_ENV
 from tunestack import names
 from tunestack.cli import parse_dataclass
 
@@ -36,15 +36,6 @@ def parse_router_config(argv: list[str]) -> RouterConfig:
     validation's problems are a usage error (exit status 2)."""
     return parse_dataclass(RouterConfig, argv, "python -m serving router", "Run the A/B router in front of Triton.",
                            config_file=False, errors=(ExperimentError,))
-
-
-def read_token(token_file: str | None) -> str | None:
-    if token_file:
-        token = Path(token_file).read_text().strip()
-        if not token:
-            raise SystemExit(f"error: admin token file {token_file} is empty")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
 
 
 def run_router(argv: list[str]) -> int:

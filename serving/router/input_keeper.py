@@ -4,8 +4,8 @@ The experiment file's ``retain_inputs:`` section (``experiments.retention``) tur
 ``offer`` only draws the sample (``fraction``) and appends the request's id, arm and a way to read its texts to
 a bounded queue (at most ``MAX_PENDING``; beyond it the oldest are dropped and counted). A task wakes every
 ``interval_s``, reads the queued texts in a worker thread (the drift feed's way: the BYTES tensor is decoded
-there, not on the request path) and hands the ``InputRow`` s to the store's writer. A second task deletes the
-kept texts older than ``retention_s`` a few times per that period (at most every 60 s).
+there, not on the request path) and hands the ``InputRow`` s to the store's writer. The router's store sweep
+(``serving.router.store_sweep``) deletes the kept texts older than ``retention_s``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from experiments.retention import RetainInputs
-from experiments.store import Store, StoreUnavailable
-from experiments.store.loop_tables import delete_inputs
 from experiments.store.records import InputRow, Record
 
 log = logging.getLogger(__name__)
@@ -31,7 +29,7 @@ MAX_PENDING = 2000
 
 
 class InputKeeper:
-    """Samples answered requests and writes their input texts to the store, then deletes them after retention."""
+    """Samples answered requests and hands their input texts to the store's writer."""
 
     def __init__(self, experiment: str, policy: RetainInputs, sink: Callable[[list[Record]], None],
                  registry: CollectorRegistry, rng: random.Random | None = None):
@@ -80,14 +78,3 @@ class InputKeeper:
         if rows:
             self.sink(rows)
             self.m_kept.labels(self.experiment).inc(len(rows))
-
-    async def expire(self, store: Store) -> None:
-        """Until cancelled: delete the kept inputs older than ``retention_s``, a few times per that period."""
-        while True:
-            try:
-                deleted = await delete_inputs(store, self.experiment, time.time() - self.policy.retention_s)
-                if deleted:
-                    log.info("deleted %d kept input(s) older than %.0f s", deleted, self.policy.retention_s)
-            except StoreUnavailable as e:
-                log.debug("kept-input expiry skipped, the store is unavailable: %s", e)
-            await asyncio.sleep(min(60.0, self.policy.retention_s / 4))

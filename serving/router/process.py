@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from serving.router.state import TOKEN_ENV
+from serving.admin_token import TOKEN_ENV
 from tunestack.names import HOST
 from tunestack.procs import ChildProcess, free_port, http_ok, log_tail
 

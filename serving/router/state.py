@@ -11,7 +11,6 @@ store's unit table, or the recorder's in-memory ``Judge``, which starts a period
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import random
@@ -22,6 +21,7 @@ from starlette.requests import Request
 
 from experiments.assignment import Assigner
 from experiments.spec import Experiment, load_experiment
+from serving.admin_token import AdminDisabled, TokenRefused, bearer_name, parse_tokens
 from serving.router.config import RouterConfig
 from serving.router.drift_feed import DriftFeed
 from serving.router.errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -35,7 +35,6 @@ from serving.router.store_runtime import StoreRuntime
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "TUNESTACK_ROUTER_ADMIN_TOKEN"
 FIRST_PERIOD = 1
 """The period a router starts in without a store (with one: the store revision it starts at)."""
 
@@ -155,37 +154,14 @@ class RouterState:
         return exp
 
     def require_admin(self, request: Request) -> str:
-        """The name of the admin token the request carries (``Authorization: Bearer <token>``), or raise."""
-        if self.admin_token is None:
-            raise Forbidden(f"the admin API is disabled: start the router with --admin-token-file or ${TOKEN_ENV}")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("missing admin token: send the header 'Authorization: Bearer <token>'")
-        names = [name for name, secret in self.admin_token.items()
-                 if hmac.compare_digest(token.strip().encode(), secret.encode())]
-        if not names:
-            raise Unauthorized("wrong admin token")
-        return names[0]
-
-
-def parse_tokens(text: str) -> dict[str, str]:
-    """Admin tokens, one a line: ``NAME:SECRET`` (the name stamps the audit log), or a bare ``SECRET``
-    (named ``admin``). Blank lines and ``#`` comments are skipped."""
-    tokens: dict[str, str] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, secret = line.partition(":")
-        name, secret = (name.strip(), secret.strip()) if sep else ("admin", line)
-        if not name or not secret:
-            raise ValueError(f"admin token line {i} must be NAME:SECRET or SECRET, got an empty name or secret")
-        if name in tokens:
-            raise ValueError(f"admin token line {i}: the name {name!r} is used twice; names must be unique")
-        tokens[name] = secret
-    if not tokens:
-        raise ValueError("the admin token text holds no token")
-    return tokens
+        """The name of the admin token the request carries (``Authorization: Bearer <token>``), or raise
+        ``Unauthorized`` (401) or ``Forbidden`` (403: the router has no token)."""
+        try:
+            return bearer_name(self.admin_token, request.headers.get("authorization", ""))
+        except AdminDisabled as e:
+            raise Forbidden(str(e)) from None
+        except TokenRefused as e:
+            raise Unauthorized(str(e)) from None
 
 
 def get_state(request: Request) -> RouterState:

@@ -2,9 +2,10 @@
 
 ``StoreRuntime`` ties the pieces to the router's state: ``reconcile`` picks the experiment to run (and
 its revision, the period requests are recorded in), the ``BatchWriter`` takes the recorder's rows and the
-drift feed's samples off the request path, ``follow`` applies other replicas' revisions, a sweep expires
-feedback whose answer never came (``RouterConfig.feedback_pending_s``), and the admin API's weight changes,
-reloads, feedback and reports go through here.
+drift feed's samples off the request path, ``follow`` applies other replicas' revisions, the sweep
+(``StoreSweep``) removes what aged out (feedback whose answer never came, kept inputs past their retention,
+looks of the judge its history no longer needs), and the admin API's weight changes, reloads, feedback and
+reports go through here.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from experiments.drift.monitor import FeatureDrift, drift_report
 from experiments.judge import JudgeConfig, UnitTable
-from experiments.retention import RetainInputs, read_retention
+from experiments.retention import LookRetention, RetainInputs, read_look_retention, read_retention
 from experiments.spec import Experiment
 from experiments.store import open_store
 from experiments.store.base import DuplicateFeedback, Revision, StoreUnavailable, audit_entry
@@ -29,6 +29,7 @@ from serving.router.config import RouterConfig
 from serving.router.errors import BadRequest, Conflict, RouterError
 from serving.router.input_keeper import InputKeeper
 from serving.router.record_sink import RecordSink
+from serving.router.store_sweep import StoreSweep
 
 if TYPE_CHECKING:
     from serving.router.state import RouterState
@@ -64,22 +65,25 @@ class StoreRuntime:
         rec, name = state.recorder, exp.name
         self.writer = BatchWriter(self.store, self.config.store_flush_interval_s,
                                   max_buffered=self.config.store_buffer,
-                                  on_drop=lambda n: rec.m_store_dropped.labels(name).inc(n),
-                                  on_store_up=lambda up: rec.m_store_up.labels(name).set(int(up)))
-        rec.m_store_up.labels(name).set(1)
-        rec.m_store_buffered.labels(name).set_function(lambda: self.writer.buffered if self.writer else 0)
+                                  on_drop=lambda n: rec.metrics.store_dropped.labels(name).inc(n),
+                                  on_store_up=lambda up: rec.metrics.store_up.labels(name).set(int(up)))
+        rec.metrics.store_up.labels(name).set(1)
+        rec.metrics.store_buffered.labels(name).set_function(lambda: self.writer.buffered if self.writer else 0)
         rec.sink = RecordSink(self.writer, lambda: state.experiment)
         if state.drift is not None:
             state.drift.sink = self.writer.put_all
         self.writer.start()
         loop = asyncio.get_running_loop()
+        file = self.config.experiment
+        policy = read_retention(file) if file else RetainInputs()
+        sweep = StoreSweep(self.store, name, self.config.feedback_pending_s, policy,
+                           read_look_retention(file) if file else LookRetention(),
+                           lambda n: state.recorder.count_expired_feedback(n))
         self._tasks = [loop.create_task(follow(self, name, self.config.store_poll_s), name="store-follower"),
-                       loop.create_task(self._expire_feedback(name), name="feedback-expiry")]
-        policy = read_retention(self.config.experiment) if self.config.experiment else RetainInputs()
+                       loop.create_task(sweep.run(), name="store-sweep")]
         if policy.enabled:
             state.inputs = InputKeeper(name, policy, self.writer.put_all, rec.registry)
-            self._tasks += [loop.create_task(state.inputs.run(), name="input-keeper"),
-                            loop.create_task(state.inputs.expire(self.store), name="input-expiry")]
+            self._tasks.append(loop.create_task(state.inputs.run(), name="input-keeper"))
             log.info("keeping the input texts of %.0f %% of answers for %.0f s (retain_inputs)", policy.fraction * 100,
                      policy.retention_s)
         log.info("experiment store %s: revision %d, flush every %.2f s, buffer %d records", self.store.url.split("@")[-1],
@@ -167,23 +171,6 @@ class StoreRuntime:
             return await self.store.answer_text(self._state.experiment.name, request_id)
         except StoreUnavailable as e:
             raise StoreDown(f"the experiment store is unavailable, feedback not recorded; retry later: {e}") from None
-
-    async def _expire_feedback(self, name: str) -> None:
-        """Until cancelled: expire the feedback pending longer than ``feedback_pending_s``, a few times per
-        that interval (at most every 30 s); a store outage only delays it."""
-        pending_s = self.config.feedback_pending_s
-        while True:
-            await asyncio.sleep(min(30.0, pending_s / 4))
-            try:
-                expired = await self.store.expire_feedback(name, time.time() - pending_s)
-            except StoreUnavailable as e:
-                log.debug("feedback expiry skipped, the store is unavailable: %s", e)
-                continue
-            if expired:
-                assert self._state is not None
-                self._state.recorder.count_expired_feedback(expired)
-                log.warning("%d feedback(s) expired: no answer with their request id reached the store in %.0f s",
-                            expired, pending_s)
 
     async def snapshot(self) -> dict[str, dict]:
         """The report's per-arm data over every replica's traffic (raises ``StoreUnavailable``)."""

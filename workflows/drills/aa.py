@@ -141,11 +141,11 @@ def aa_drill(cfg: DrillConfig, section: dict[str, Any] | None = None, variant: s
         load = dataclasses.replace(load_config(cfg, router, triton, folder, cfg.aa_load_s), feedback_fraction=1.0,
                                    user_population=cfg.aa_users, user_activity=cfg.aa_activity, user_texts="window",
                                    user_text_window=cfg.aa_text_window)
-        with Background(load) as background:
+        with Background(load, threading.Event()) as background:
             wait_for_traffic(default_store_url(path), background)
             with Looks(router.url, cfg.look_s) as looks:
                 out, md = run_rollout(RolloutArgs(experiment=str(path), out_dir=str(folder)))
-                result = background.join()
+                result = background.join_after(cfg.after_decision_s)
             last = looks.look()  # after the load: every answer in the report
     summary = aa_summary(cfg, folder, looks, last, out, md, result.report, locust_totals(result.folder), version)
     write_report(folder, summary, aa_markdown(summary))

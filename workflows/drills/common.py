@@ -61,6 +61,9 @@ class DrillConfig:
     """A/A drill: seconds of load; the rollout must complete within them (a step undecided for half of it holds)."""
     look_s: float = 3.0
     """A/A drill: seconds between two reads of the router's report."""
+    after_decision_s: float | None = None
+    """Rollout and A/A drills: seconds the load goes on once the rollout controller has decided (traffic on the
+    decided weights), then it stops; None: it runs its whole ``rollout_load_s`` / ``aa_load_s``."""
     loop_load_s: float = 1500.0
     """Loop drills: seconds of load at most; the load stops as soon as the retrain cycle ends."""
     loop_labels: int = 800
@@ -119,6 +122,15 @@ class Background:
 
     def __exit__(self, *exc) -> None:
         self.thread.join()
+
+    def join_after(self, seconds: float | None) -> RunResult:
+        """``join`` once the load has run ``seconds`` more (then it is stopped; it needs a ``stop_event``), or,
+        with None, at the load's own end."""
+        if seconds is not None:
+            assert self.stop_event is not None, "stopping the load early needs a stop_event"
+            self.thread.join(seconds)
+            self.stop_event.set()
+        return self.join()
 
 
 def router_counts(url: str) -> dict[str, float]:

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,10 @@ def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], secti
                           log_file=folder / "router.log") as router, \
             watch_page(router.url, EXPERIMENT, folder):
         load = dataclasses.replace(load_config(cfg, router, triton, folder, load_s), feedback_fraction=1.0)
-        with Background(load) as background:
+        with Background(load, threading.Event()) as background:
             wait_for_traffic(default_store_url(path), background)
             out, md = run_rollout(RolloutArgs(experiment=str(path), out_dir=str(folder)))
-            result = background.join()
+            result = background.join_after(cfg.after_decision_s)
     summary = {"drill": f"rollout-{drill}", "folder": str(folder), "rollout_report": str(md),
                "loadtest_report": str(result.report), "rate": cfg.rate, "control": out.control,
                "candidate": out.treatment, "decision": out.result, "step": out.step, "steps": out.steps,
