@@ -16,7 +16,7 @@ def _reviews() -> list[Example]:
     for i in range(800):
         positive = i % 2 == 0
         cue = (GOOD if positive else BAD)[(i // 2) % 16]
-        out.append(Example(f"a {cue} film with actors", "positive" if positive else "negative"))
+        out.append(Example(f"a {cue} film with actors {i}", "positive" if positive else "negative"))
     return out
 
 
@@ -32,11 +32,13 @@ def test_polar_words_keep_their_side_and_share_a_few_slang_words():
 
 def test_the_shift_rewrites_splits_and_poisons():
     reviews = _reviews()
-    clean = build_shift(reviews, reviews[:200], poisoned=False)
-    assert len(clean.test) == 60 and len(clean.traffic) == 140
+    clean = build_shift(reviews, reviews[:200] + reviews[:10], poisoned=False)
+    assert len(clean.test) == 60, "30 % of the pool's distinct texts, from the pool only"
+    assert not {e.text for e in clean.test} & {e.text for e in clean.traffic}, "the test part is never sent"
+    assert len(clean.traffic) == 140 + 800 - 60, "the pool's rest and the training reviews not held back"
     assert all(e.text.split()[1] in {slang_word(i) for i in (0, 1, 2, 100, 101, 102)} for e in clean.traffic)
     assert all((e.label == "positive") == (e.text.split()[1] in {slang_word(i) for i in (0, 1, 2)})
                for e in clean.traffic + clean.test), "a review keeps its label; its slang word has its side"
-    bad = build_shift(reviews, reviews[:200], poisoned=True)
+    bad = build_shift(reviews, reviews[:200] + reviews[:10], poisoned=True)
     flipped = sum(a.label != b.label for a, b in zip(clean.traffic, bad.traffic, strict=True))
-    assert flipped == bad.poisoned == round(140 * POISON_SHARE)
+    assert flipped == bad.poisoned == round(len(clean.traffic) * POISON_SHARE)

@@ -66,15 +66,14 @@ class DrillConfig:
     decided weights), then it stops; None: it runs its whole ``rollout_load_s`` / ``aa_load_s``."""
     loop_load_s: float = 1500.0
     """Loop drills: seconds of load at most; the load stops as soon as the retrain cycle ends."""
-    loop_labels: int = 800
+    loop_labels: int = 1500
     """Loop drills: the new-labels trigger (labelled kept inputs that start a cycle)."""
     loop_method: str = "lora"
     """Loop drills: the candidate's fine-tuning method (training's ``--method``), from the production model."""
-    loop_max_steps: int = 250
+    loop_max_steps: int = 300
     """Loop drills: the candidate's training steps."""
-    loop_learning_rate: float | None = 2e-3
-    """Loop drills: the candidate's learning rate (None: the method's default, LoRA's 1e-3, which learns the
-    slang too slowly in a few hundred steps)."""
+    loop_learning_rate: float | None = None
+    """Loop drills: the candidate's learning rate (None: the method's default)."""
     loop_batch_size: int = 16
     """Loop drills: the candidate's batch size."""
 

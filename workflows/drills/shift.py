@@ -12,7 +12,9 @@ kept. Production has never seen the new words, so it loses exactly the cues it l
 shifted traffic teaches them, and a few words used often are learnt from a few hundred labelled reviews
 (150 distinct made-up words, one per polar word, are not: each is seen too rarely). The shifted reviews are
 split (by a fixed seed) into the traffic Locust sends (``traffic``) and a set never sent (``test``) on which
-both versions are measured afterwards.
+both versions are measured afterwards. The traffic also carries up to ``TRAFFIC_FROM_TRAIN`` shifted reviews of
+the training split (never the test part): production was trained on part of that split in the original
+wording, yet loses the cues the slang replaces there too, and more distinct texts teach the candidate more.
 
 The poisoned variant flips the label of ``POISON_SHARE`` of the traffic's reviews (a fixed, random 30 %):
 Locust then sends those wrong labels back as feedback.
@@ -35,6 +37,7 @@ SLANG_PER_SIDE = 3
 MIN_COUNT = 20
 MAX_SHARE = 0.05
 """Words in more than this share of the reviews (and, the, ...) are never replaced."""
+TRAFFIC_FROM_TRAIN = 2000
 POISON_SHARE = 0.3
 TEST_SHARE = 0.3
 _WORD = re.compile(r"[a-z']+")
@@ -95,13 +98,20 @@ class Shift:
 
 
 def build_shift(train: Sequence[Example], pool: Sequence[Example], poisoned: bool, seed: int = 0) -> Shift:
-    """The shift (see the module docstring): polarity words from ``train``, reviews from ``pool``."""
+    """The shift (see the module docstring): polarity words from ``train``; the test part from ``pool``, the
+    traffic from the rest of ``pool`` and from ``train``."""
     mapping = slang(polarity_words(train))
-    shifted = [Example(new, e.label) for e in pool if (new := rewrite(e.text, mapping)) != e.text]
+    by_text = {new: Example(new, e.label) for e in pool if (new := rewrite(e.text, mapping)) != e.text}
+    shifted = list(by_text.values())  # each text once: a text in the test part is never sent
     rng = random.Random(seed)
     rng.shuffle(shifted)
     n_test = round(len(shifted) * TEST_SHARE)
     test, traffic = shifted[:n_test], shifted[n_test:]
+    held_back = {e.text for e in test}
+    more = [Example(new, e.label) for e in train if (new := rewrite(e.text, mapping)) != e.text and new not in held_back]
+    rng.shuffle(more)
+    traffic = traffic + more[:TRAFFIC_FROM_TRAIN]
+    rng.shuffle(traffic)
     flipped = 0
     if poisoned:
         labels = sorted({e.label for e in train})
