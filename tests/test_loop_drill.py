@@ -47,6 +47,11 @@ def check_report(s: dict) -> None:
     for name in FIELDS[1:5]:
         a = s[name]
         assert 0 <= a["low"] <= a["value"] <= a["high"] <= 1, (name, a)
+    for name in ("accuracy_shifted_gain", "accuracy_original_gain"):
+        g = s[name]
+        assert -1 <= g["low"] <= g["value"] <= g["high"] <= 1, (name, g)
+    if not s["promoted"]:
+        assert s["accuracy_shifted_gain"]["value"] == 0 == s["accuracy_original_gain"]["value"]  # the same model
     assert s["failed_requests"] == 0 and s["requests"] > 0
     assert s["seconds_shift_to_trigger"] is not None and s["seconds_shift_to_trigger"] >= 0
     assert (Path(s["folder"]) / "loop.md").is_file()

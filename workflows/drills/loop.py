@@ -36,7 +36,7 @@ from workflows.drills.common import EXPERIMENT, Background, DrillConfig, load_co
 from workflows.drills.progressive import locust_totals, wait_for_traffic
 from workflows.drills.shift import POISON_SHARE, build_shift
 from workflows.loop.dataset import production_splits
-from workflows.loop.gate import Predictor, wilson
+from workflows.loop.gate import Predictor, paired_difference, wilson
 from workflows.loop.run import RetrainArgs, context, once
 
 ROLLOUT: dict[str, Any] = {"steps": [50, 100], "min_step_requests": 150, "step_timeout_s": 600, "on_timeout": "rollback",
@@ -89,18 +89,18 @@ async def cycle_facts(url: str, since: float) -> dict[str, Any]:
             "triggered_at": triggered, "decided_at": canary.get("decided_at"), "exposure": exposure}
 
 
-def accuracy(onnx_dir: Path, examples: list[Example]) -> dict[str, float]:
-    correct = Predictor(onnx_dir).correct(examples)
-    return dataclasses.asdict(wilson(int(correct.sum()), len(correct), 0.95))
-
-
 def measure(production: Path, candidate: Path | None, shifted: list[Example], original: list[Example]) -> dict:
     """Accuracy (Wilson 95 % intervals) before (production) and after (the candidate when promoted, else
-    production still) on the shifted test reviews and the original held-out set."""
-    after = candidate or production
-    return {"accuracy_shifted_before": accuracy(production, shifted), "accuracy_shifted_after": accuracy(after, shifted),
-            "accuracy_original_before": accuracy(production, original),
-            "accuracy_original_after": accuracy(after, original)}
+    production still) on the shifted test reviews and the original held-out set, and the paired difference on
+    each (after minus before, per text, with a normal 95 % interval)."""
+    out = {}
+    for name, examples in (("shifted", shifted), ("original", original)):
+        before = Predictor(production).correct(examples)
+        after = Predictor(candidate).correct(examples) if candidate else before
+        out[f"accuracy_{name}_before"] = dataclasses.asdict(wilson(int(before.sum()), len(before), 0.95))
+        out[f"accuracy_{name}_after"] = dataclasses.asdict(wilson(int(after.sum()), len(after), 0.95))
+        out[f"accuracy_{name}_gain"] = dataclasses.asdict(paired_difference(after, before, 0.95))
+    return out
 
 
 def loop_drill(cfg: DrillConfig, poisoned: bool = False, loop_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -154,19 +154,26 @@ def _acc(a: dict[str, float]) -> str:
     return f"{a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
 
 
+def _gain(g: dict[str, float]) -> str:
+    return f"{100 * g['value']:+.1f} points [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]"
+
+
 def loop_markdown(s: dict[str, Any]) -> str:
     users = ", ".join(f"v{v}: {e['users']} users / {e['answers']} answers" for v, e in s["users_by_version"].items())
     gate = s["steps"].get("gate", {})
     return "\n".join([
         f"# Loop drill `{s['drill']}`", "",
-        f"Shift: the validation reviews with {s['shift']['words_replaced']} polar words replaced by made-up ones "
-        f"({s['shift']['traffic']} sent, {s['shift']['test']} kept for measuring), labels flipped: "
+        f"Shift: {s['shift']['words_replaced']} polar words replaced by 3 made-up words per side "
+        f"({s['shift']['traffic']} shifted reviews sent, {s['shift']['test']} validation reviews kept for measuring), "
+        "labels flipped: "
         f"{s['shift']['labels_flipped']}. Load: {s['rate']:g} requests/s, feedback on every answer.", "",
         f"**{'promoted' if s['promoted'] else 'not promoted'}** ({s['outcome']}); trigger: {s['trigger']}", "",
         f"Why: {s['reason']}", "",
-        "| | before | after |", "|---|---|---|",
-        f"| accuracy, shifted reviews | {_acc(s['accuracy_shifted_before'])} | {_acc(s['accuracy_shifted_after'])} |",
-        f"| accuracy, original held-out | {_acc(s['accuracy_original_before'])} | {_acc(s['accuracy_original_after'])} |",
+        "| | before | after | after - before (paired, 95 %) |", "|---|---|---|---|",
+        f"| accuracy, shifted reviews | {_acc(s['accuracy_shifted_before'])} | {_acc(s['accuracy_shifted_after'])} | "
+        f"{_gain(s['accuracy_shifted_gain'])} |",
+        f"| accuracy, original held-out | {_acc(s['accuracy_original_before'])} | {_acc(s['accuracy_original_after'])} | "
+        f"{_gain(s['accuracy_original_gain'])} |",
         "", f"Seconds from the shift to the trigger: {s['seconds_shift_to_trigger']}; from the trigger to promotion: "
         f"{s['seconds_trigger_to_promotion']}.", "",
         f"Who saw each version: {users}.", "",
