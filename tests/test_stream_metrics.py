@@ -118,12 +118,19 @@ def test_goals_are_per_phase_ratios_of_the_worst_served_path():
     assert router["value"] is None and router["met"] is None and router["note"] == NO_ROUTER
 
 
-def test_the_router_goal_is_its_ttft_p50_over_in_process_per_phase():
+def test_the_router_goal_is_the_median_of_its_paired_ttft_differences():
     rows = rows_of({("in-process", "continuous", 1): [phase(5, 0.100), phase(5, 0.110)],
                     ("router", "continuous", 1): [phase(5, 0.104), phase(5, 0.118)]})
     router = goals(rows, "continuous")["router_ttft_p50_over_in_process_ms"]
-    assert router["by_path"]["router"]["value"] == pytest.approx(6.0)  # (4 + 8) / 2 ms
-    assert router["value"] == pytest.approx(6.0) and router["met"] is False
+    assert router["by_path"]["router"] == {"value": pytest.approx(6.0), "low": None, "high": None, "requests": 2}
+    assert router["value"] == pytest.approx(6.0) and router["met"] is False  # (4 + 8) / 2 ms; 2 pairs: no interval
+    # 20 requests in one phase, each pair 1..20 ms apart, whatever the prompts' own TTFTs (0.1 s or 1 s)
+    base = {"records": [record(0.0, [0.1 + 0.9 * (i % 2)]) for i in range(20)], "wall_s": 1.0}
+    slow = {"records": [record(0.0, [0.1 + 0.9 * (i % 2) + (i + 1) / 1000]) for i in range(20)], "wall_s": 1.0}
+    paired = goals(rows_of({("in-process", "continuous", 1): [base], ("router", "continuous", 1): [slow]}),
+                   "continuous")["router_ttft_p50_over_in_process_ms"]["by_path"]["router"]
+    assert paired["value"] == pytest.approx(10.5) and paired["requests"] == 20
+    assert (paired["low"], paired["high"]) == (pytest.approx(6.0), pytest.approx(15.0))  # order statistics 6 and 15
     served = goals(rows, "continuous")["served_vs_in_process_c1"]  # the router is a served path too
     assert set(served["by_path"]) == {"router"} and served["value"] == pytest.approx(1.0) and served["met"] is True
     missing = goals(rows_of({("in-process", "continuous", 1): [phase(5, 0.1)]}), "continuous")["served_vs_in_process_c1"]
