@@ -6,7 +6,9 @@
 One run publishes the export's variant into a temporary repository, starts the real tritonserver on it and the
 router in front of it with an A/A experiment (two arms on the one version, sticky at random), and streams one
 completion at a time, alternating the paths request by request (A B, B A, ...): **direct** is Triton's own
-``generate_stream`` (server-sent events), **router** the router's ``POST /v1/completions`` with ``stream: true``.
+``generate_stream`` (server-sent events), **router** the router's ``POST /v1/completions`` with ``stream: true``,
+**router chat** its ``POST /v1/chat/completions`` with the held-out row's chat messages (which the model renders
+with its template into the same prompt).
 Both are read by the same client code (one keep-alive ``httpx`` connection per path, lines as they come), and
 each request's TTFT is the time from sending it to the first event that carries text; the rest of the stream is
 read to its end before the next request. ``--compare-tree DIR`` adds a router run from another checkout
@@ -29,6 +31,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +52,12 @@ from tunestack.problems import raise_problems
 
 HELP = ("The router's cost to a stream's first token: publishes --onnx-dir's variant, starts tritonserver and the "
         "router (an A/A experiment) in front of it, and streams one --max-tokens completion at a time, alternating "
-        "request by request between Triton's generate_stream (direct) and the router's /v1/completions (and, with "
+        "request by request between Triton's generate_stream (direct), the router's /v1/completions and its "
+        "/v1/chat/completions (the row's chat, rendered by the model) (and, with "
         "--compare-tree, another checkout's router). Prints each path's TTFT p50/p99, the router's difference from "
         "direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
         "reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
-DIRECT, ROUTER = "direct", "router"
+DIRECT, ROUTER, CHAT = "direct", "router", "router chat"
 EXPERIMENT = "hop-bench"
 
 
@@ -90,47 +94,57 @@ class HopBenchConfig(BenchOutput):
 
 
 class StreamClient:
-    """One path's client: a keep-alive connection and the request it sends for a prompt."""
+    """One path's client: a keep-alive connection, and the request it sends for a held-out row."""
 
-    def __init__(self, base_url: str, url_path: str, body: dict, text_key: str):
+    def __init__(self, base_url: str, url_path: str, body: dict, fields: Callable[[dict], dict]):
         self.client = httpx.Client(base_url=base_url, timeout=60, trust_env=False)
-        self.url_path, self.body, self.text_key = url_path, body, text_key
+        self.url_path, self.body, self.fields = url_path, body, fields
 
-    def ttft_ms(self, prompt: str, field: str) -> float:
-        """Stream one completion of ``prompt`` to its end; the milliseconds to the first event carrying text."""
+    def ttft_ms(self, row: dict) -> float:
+        """Stream one completion of the held-out ``row`` to its end; the milliseconds to the first event carrying
+        text."""
         start, first = time.perf_counter(), None
-        with self.client.stream("POST", self.url_path, json={**self.body, field: prompt}) as r:
+        with self.client.stream("POST", self.url_path, json={**self.body, **self.fields(row)}) as r:
             r.raise_for_status()
             for line in r.iter_lines():
                 if first is None and line.startswith("data: {") and self._text(json.loads(line[6:])):
                     first = time.perf_counter()
         if first is None:
-            raise RuntimeError(f"{self.client.base_url}{self.url_path} streamed no text for {prompt[:40]!r}")
+            raise RuntimeError(f"{self.client.base_url}{self.url_path} streamed no text for {row['prompt'][:40]!r}")
         return (first - start) * 1000
 
     def _text(self, event: dict) -> str:
+        """The text an event carries: Triton's output field, a completion's ``text`` or a chat chunk's content."""
         if "error" in event:
             raise RuntimeError(f"{self.client.base_url}{self.url_path} failed a stream: {event['error']}")
-        return event[self.text_key] if self.text_key in event else (event.get("choices") or [{}])[0].get("text", "")
+        if GENERATIVE.output_text in event:
+            return event[GENERATIVE.output_text]
+        choice = (event.get("choices") or [{}])[0]
+        return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
 
 
-def measure(paths: dict[str, tuple[StreamClient, str]], prompts: list[str], cfg: HopBenchConfig,
+def chat_messages(row: dict) -> list[dict[str, str]]:
+    """The held-out row's chat (its ``system`` and ``user`` fields), which the model's template renders into the
+    row's ``prompt``."""
+    return [{"role": "system", "content": row["system"]}, {"role": "user", "content": row["user"]}]
+
+
+def measure(paths: dict[str, StreamClient], rows: list[dict], cfg: HopBenchConfig,
             processes: dict[str, psutil.Process]) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
     """Warm up, then ``cfg.requests`` rounds, each one request per path in rotated order: TTFTs by path and
     block, and each router process's CPU milliseconds per measured stream (all its threads)."""
     names = list(paths)
     for i in range(cfg.warmup):
         for name in names:
-            client, field = paths[name]
-            client.ttft_ms(prompts[i % len(prompts)], field)
+            paths[name].ttft_ms(rows[i % len(rows)])
     cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for i in range(cfg.requests):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
-            client, field = paths[name]
-            samples[name].append(client.ttft_ms(prompts[i % len(prompts)], field))
-    cpu_ms = {name: round((sum(p.cpu_times()[:2]) - cpu[name]) * 1000 / cfg.requests, 3)
+            samples[name].append(paths[name].ttft_ms(rows[i % len(rows)]))
+    streams = {name: cfg.requests * (2 if name == ROUTER and CHAT in paths else 1) for name in processes}
+    cpu_ms = {name: round((sum(p.cpu_times()[:2]) - cpu[name]) * 1000 / streams[name], 3)  # this router's paths
               for name, p in processes.items()}
     bounds = np.linspace(0, cfg.requests, cfg.phases + 1).round().astype(int)
     return {name: [np.asarray(s[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -159,7 +173,7 @@ def table(document: dict) -> str:
 
 
 def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
-                ) -> tuple[dict[str, tuple[StreamClient, str]], dict[str, psutil.Process]]:
+                ) -> tuple[dict[str, StreamClient], dict[str, psutil.Process]]:
     """Publish, start Triton and the router(s) (stopped by ``stack``): each path's client and prompt field, and
     each router's process."""
     model, repository = GENERATIVE.default_model_name, tmp / "model_repository"
@@ -171,9 +185,10 @@ def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
     routers = {ROUTER: None}
     if cfg.compare_tree:
         routers[f"{ROUTER} {Path(cfg.compare_tree).name}"] = Path(cfg.compare_tree).resolve()
-    paths = {DIRECT: (StreamClient(server.http_url, f"/v2/models/{model}/versions/1/generate_stream",
-                            {"max_tokens": cfg.max_tokens, "ignore_eos": True}, GENERATIVE.output_text),
-                      GENERATIVE.input_text)}
+    paths = {DIRECT: StreamClient(server.http_url, f"/v2/models/{model}/versions/1/generate_stream",
+                                  {"max_tokens": cfg.max_tokens, "ignore_eos": True},
+                                  lambda row: {GENERATIVE.input_text: row["prompt"]})}
+    body = {"model": EXPERIMENT, "max_tokens": cfg.max_tokens, "ignore_eos": True, "stream": True}
     processes: dict[str, psutil.Process] = {}
     for i, (name, root) in enumerate(routers.items()):
         folder = tmp / f"router-{i}"  # each router its own experiment file, so its own default store
@@ -184,9 +199,11 @@ def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
                                                    **({"root": root} if root else {})))
         assert router.process is not None
         processes[name] = psutil.Process(router.process.pid)
-        paths[name] = (StreamClient(router.url, "/v1/completions", {"model": EXPERIMENT, "max_tokens": cfg.max_tokens,
-                                                              "ignore_eos": True, "stream": True}, "text"), "prompt")
-    for client, _ in paths.values():
+        paths[name] = StreamClient(router.url, "/v1/completions", body, lambda row: {"prompt": row["prompt"]})
+        if root is None:
+            paths[CHAT] = StreamClient(router.url, "/v1/chat/completions", body,
+                                       lambda row: {"messages": chat_messages(row)})
+    for client in paths.values():
         stack.callback(client.client.close)
     return paths, processes
 
@@ -195,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_dataclass(HopBenchConfig, argv, "python -m serving.llm_hop_bench", HELP)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwind: stop every server
     run = BenchRun("llm-hop", "The router's cost to the first token: direct to Triton vs through the router", cfg)
-    prompts = [json.loads(line)["prompt"] for line in (Path(cfg.onnx_dir) / "heldout.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (Path(cfg.onnx_dir) / "heldout.jsonl").read_text().splitlines()]
     with ExitStack() as stack:
         paths, processes = start_paths(cfg, stack, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hop-"))),
                                        run)
-        blocks, cpu_ms = measure(paths, prompts, cfg, processes)
+        blocks, cpu_ms = measure(paths, rows, cfg, processes)
     what = (f"TTFT of one stream at a time ({cfg.max_tokens} tokens, {cfg.variant}), paths alternating request by "
             f"request; differences over {cfg.phases} blocks")
     report = run.write({"what": what, "rows": rows_of(blocks, cpu_ms)}, table,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serving.llm_hop_bench import DIRECT, ROUTER, main
+from serving.llm_hop_bench import CHAT, DIRECT, ROUTER, main
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +19,9 @@ def test_a_short_run_measures_both_paths_side_by_side(tiny_causal_onnx_dir, tmp_
                  "--max-tokens", "2", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     rows = {r["path"]: r for r in report["rows"]}
-    assert set(rows) == {DIRECT, ROUTER}
-    assert rows[DIRECT]["ttft"]["n"] == rows[ROUTER]["ttft"]["n"] == 8
+    assert set(rows) == {DIRECT, ROUTER, CHAT}
+    assert rows[DIRECT]["ttft"]["n"] == rows[ROUTER]["ttft"]["n"] == rows[CHAT]["ttft"]["n"] == 8
+    assert rows[CHAT]["diff"]["diff_p50_ms"]["vs"] == DIRECT
     diff = rows[ROUTER]["diff"]["diff_p50_ms"]
     assert diff["vs"] == DIRECT and diff["low"] <= diff["estimate"] <= diff["high"]
     assert "diff" not in rows[DIRECT] and rows[ROUTER]["router_cpu_ms_per_stream"] > 0
