@@ -49,8 +49,9 @@ def balanced_run(onnx_dir, dest, n: int = 1000):
 def test_no_false_verdict_at_any_look_and_the_rollout_completes(tiny_onnx_dir, tmp_path):
     run = balanced_run(tiny_onnx_dir, tmp_path / "run")
     # the load stops 5 s after the rollout completes: at 100 % the control serves nothing, so no look after it
-    # compares the arms in a new period
-    cfg = DrillConfig(run=run, out_dir=tmp_path, rate=40, aa_users=300, aa_activity=0.7, aa_load_s=150, look_s=2,
+    # compares the arms in a new period. Up to 240 s of load (each step may wait 120 s for its verdicts): a busy
+    # machine serves fewer than the 40 requests/s asked, and the stop after the decision keeps a quick run quick
+    cfg = DrillConfig(run=run, out_dir=tmp_path, rate=40, aa_users=300, aa_activity=0.7, aa_load_s=240, look_s=2,
                       after_decision_s=5.0)
     s = aa_drill(cfg)
     assert s["false_verdicts"] == [], s["false_verdicts"]
@@ -58,7 +59,8 @@ def test_no_false_verdict_at_any_look_and_the_rollout_completes(tiny_onnx_dir, t
     assert s["passed"] and s["failed_requests"] == 0 and s["failed_feedback"] == 0
     assert s["looks"] >= 20 and s["controller_looks"] >= 3, "the judge was read again and again during the run"
     end = s["judge_at_the_end"]
-    assert end["sample_ratio"] == "no mismatch detected" and end["users"]["treatment"] > 50
+    # the ramp reached real users: the load stops soon after 100 %, so most saw the treatment at 20 % or 50 %
+    assert end["sample_ratio"] == "no mismatch detected" and end["users"]["treatment"] > 25
     assert end["verdicts"]["label_distribution"] != "not enough evidence yet", "both labels are predicted"
     assert end["verdicts"]["accuracy"] != "not enough evidence yet", "feedback reached the judge"
     folder = tmp_path / s["folder"].split("/")[-1]
