@@ -26,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
 
-from tunestack.bench import markdown_table
+from tunestack.bench import markdown_table, median_interval
 from tunestack.bench.streams import SLO, StreamRecord, goodput, output_tokens_per_s, stream_figures
 
 IN_PROCESS = "in-process"
@@ -131,17 +130,6 @@ def _router_goal(goal: Goal, rows: dict, served: str) -> dict:
              for a, b in zip(ra, rb, strict=True)]
     median, low, high = median_interval(diffs)
     return goal.entry({ROUTER: {"value": median, "low": low, "high": high, "requests": len(diffs)}})
-
-
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """The median of ``values`` and its distribution-free interval (order statistics: the k-th smallest and
-    largest, k from the Binomial(n, 1/2) quantile; None where n is too small for one), rounded to 1e-3."""
-    d = np.sort(np.asarray(values, dtype=float))
-    n = len(d)
-    k = int(binom.ppf((1 - confidence) / 2, n, 0.5))
-    if k < 1:
-        return round(float(np.median(d)), 3), None, None
-    return round(float(np.median(d)), 3), round(float(d[k - 1]), 3), round(float(d[n - k]), 3)
 
 
 def goals(rows: dict[str, dict], served: str) -> dict[str, dict]:

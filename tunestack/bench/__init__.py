@@ -22,6 +22,7 @@ from tunestack.bench.stats import (
            blocked_quantile_diff_ci,
            compare,
            format_diff,
+           median_interval,
            ms,
            quantile,
            summarize,
@@ -36,5 +37,5 @@ from tunestack.bench.streams import (
 )
 
 __all__ = ["SLO", "BenchOutput", "BenchReport", "BenchRun", "Interval", "StreamRecord", "StreamTimer",
-           "blocked_quantile_diff_ci", "compare", "format_diff", "goodput", "markdown_table", "ms",
+           "blocked_quantile_diff_ci", "compare", "format_diff", "goodput", "markdown_table", "median_interval", "ms",
            "output_tokens_per_s", "quantile", "run_phases", "split", "stream_figures", "summarize", "time_each"]

@@ -8,7 +8,8 @@ the quantiles exact order statistics of every sample (``quantile``: ``x_(k)``, `
 bucketed or interpolated. A difference measured side by side in alternating phases is ``compare``'s
 ``{"diff_p50_ms": {"vs": BASELINE, "estimate", "low", "high"}, "diff_p99_ms": ...}``: the mean of the
 per-phase differences with a t interval over them (``blocked_quantile_diff_ci``), so drift between
-phases widens the interval instead of being read as a difference.
+phases widens the interval instead of being read as a difference. ``median_interval`` is a median with its
+distribution-free interval (paired per-request differences).
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ def summarize(samples_ms: np.ndarray | Sequence[float]) -> dict[str, float | int
         return {"n": 0, "mean_ms": None, **dict.fromkeys(QUANTILES)}
     return {"n": int(x.size), "mean_ms": round(float(x.mean()), 6),
             **{key: round(quantile(x, q), 6) for key, q in QUANTILES.items()}}
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """The median of ``values`` and its distribution-free interval (order statistics: the k-th smallest and
+    largest, k from the Binomial(n, 1/2) quantile; None where n is too small for one), rounded to 1e-3."""
+    d = np.sort(np.asarray(values, dtype=float))
+    n = len(d)
+    k = int(sps.binom.ppf((1 - confidence) / 2, n, 0.5))
+    if k < 1:
+        return round(float(np.median(d)), 3), None, None
+    return round(float(np.median(d)), 3), round(float(d[k - 1]), 3), round(float(d[n - k]), 3)
 
 
 def blocked_quantile_diff_ci(control: Sequence[np.ndarray], treatment: Sequence[np.ndarray], q: float,

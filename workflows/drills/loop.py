@@ -94,9 +94,10 @@ def measure(production: Path, candidate: Path | None, shifted: list[Example], or
     production still) on the shifted test reviews and the original held-out set, and the paired difference on
     each (after minus before, per text, with a normal 95 % interval)."""
     out = {}
+    models = (Predictor(production), Predictor(candidate) if candidate else None)  # each loaded once
     for name, examples in (("shifted", shifted), ("original", original)):
-        before = Predictor(production).correct(examples)
-        after = Predictor(candidate).correct(examples) if candidate else before
+        before = models[0].correct(examples)
+        after = models[1].correct(examples) if models[1] else before
         out[f"accuracy_{name}_before"] = dataclasses.asdict(wilson(int(before.sum()), len(before), 0.95))
         out[f"accuracy_{name}_after"] = dataclasses.asdict(wilson(int(after.sum()), len(after), 0.95))
         out[f"accuracy_{name}_gain"] = dataclasses.asdict(paired_difference(after, before, 0.95))
