@@ -20,8 +20,11 @@ warm-up completion per path. In an arm, ``c`` client threads start together and 
 completions of exactly ``--new-tokens`` tokens (past the EOS token), greedy (``serving.llm_bench_paths``).
 Per arm (``serving.llm_bench_report``, with vLLM's definitions: ``tunestack.bench.streams``): output tokens/s,
 TTFT, ITL, TPOT, e2e latency, goodput under ``--slo-ttft-ms``/``--slo-tpot-ms``; the report's ``ratios``
-are the product's goals. The clients share the machine with the servers: on a small machine they are part
-of what is measured.
+are the product's goals. After the phases, ``--ttft-rounds`` rounds stream one request at a time through the
+decode loop's paths in rotation (in-process, http, grpc, router): each round's TTFTs share their prompt and
+their few seconds, so the paired differences measure a hop's cost to the first token (the router's goal)
+where arms run as blocks cannot. The clients share the machine with the servers: on a small machine they are
+part of what is measured.
 
 Writes ``reports/bench-llm-TIMESTAMP/`` (bench.md, bench.json, latency CDFs, each server's log) and prints the
 tables.
@@ -48,6 +51,7 @@ from export.scheduler import make_scheduler
 from serving.llm_bench_paths import (
     StreamerFactory,
     in_process_streamer,
+    interleaved_ttft,
     openai_streamer,
     run_streams,
     triton_streamer,
@@ -62,6 +66,7 @@ from serving.llm_bench_report import (
     goals,
     render,
     summarize_arm,
+    ttft_differences,
 )
 from serving.llm_peers import PEERS, PeerServer
 from serving.triton import TritonServer
@@ -76,8 +81,10 @@ log = logging.getLogger(__name__)
 TRANSPORTS = (IN_PROCESS, *SERVED, ROUTER)
 """in-process: the scheduler called directly; http: Triton's generate_stream (SSE); grpc: ModelStreamInfer;
 router: OpenAI chat completions through the A/B router (``serving.router``) in front of Triton."""
-QUICK = {"concurrency": (1, 8), "new_tokens": 4, "requests": 1, "phases": 2, "batching": ("continuous",)}
-"""What ``--quick`` sets: both goals' concurrency levels, short completions, two phases, the served batching."""
+QUICK = {"concurrency": (1, 8), "new_tokens": 4, "requests": 1, "phases": 2, "batching": ("continuous",),
+         "ttft_rounds": 8}
+"""What ``--quick`` sets: both goals' concurrency levels, short completions, two phases, the served batching,
+a few interleaved TTFT rounds."""
 
 
 @dataclass
@@ -109,13 +116,16 @@ class LLMBenchConfig(BenchOutput):
     """Intra-op threads of every engine (ONNX Runtime, torch; 0: the published default for this machine)."""
     max_sequences: int = 8
     """Streams decoded at once per model (the rest wait)."""
+    ttft_rounds: int = 48
+    """After the phases: rounds of one request through every 1-stream path of the served batching, interleaved
+    (the router's TTFT goal; 0: none)."""
     slo_ttft_ms: float = 2000.0
     """Goodput: a request's time to first token at most this (ms)."""
     slo_tpot_ms: float = 250.0
     """Goodput: a request's time per output token at most this (ms)."""
     quick: bool = False
-    """Replace concurrency, new_tokens, requests, phases and batching with QUICK's (1 and 8 streams, 4 tokens,
-    1 request, 2 phases, continuous): the e2e test's setting."""
+    """Replace concurrency, new_tokens, requests, phases, batching and ttft_rounds with QUICK's (1 and 8 streams,
+    4 tokens, 1 request, 2 phases, continuous, 8 rounds): the e2e test's setting."""
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -133,6 +143,8 @@ class LLMBenchConfig(BenchOutput):
         for name in ("new_tokens", "requests", "phases", "max_sequences", "slo_ttft_ms", "slo_tpot_ms"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.ttft_rounds < 0:
+            problems.append(f"ttft_rounds must be >= 0, got {self.ttft_rounds}")
         if not self.concurrency or min(self.concurrency) < 1:
             problems.append(f"concurrency must be one or more counts >= 1, got {self.concurrency}")
         if not self.batching:
@@ -263,20 +275,35 @@ def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFac
     return run_phases(arms, cfg.phases, warmup=warmup, mirror=True), meta
 
 
+def interleaved_rounds(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFactory], prompts: list[dict],
+                       served: str) -> dict[str, list[float]]:
+    """``cfg.ttft_rounds`` rounds of one request through every path of the project's decode loop in the
+    ``served`` batching, interleaved (``interleaved_ttft``): TTFT ms by path and round; {} when there are none."""
+    paths = {path: make for (path, batching), make in streamers.items() if batching == served and path in TRANSPORTS}
+    if not cfg.ttft_rounds or len(paths) < 2:
+        return {}
+    log.info("TTFT: %d rounds of one request through %s, interleaved", cfg.ttft_rounds, ", ".join(paths))
+    return interleaved_ttft(paths, prompts, cfg.ttft_rounds)
+
+
 def run(cfg: LLMBenchConfig):
     bench = BenchRun("llm", "Generation: in-process vs Triton vs the router vs transformers and onnxruntime-genai peers", cfg)
     threads = cfg.threads or serving_defaults(os.cpu_count() or 1)["intra_op_threads"]
     prompts, slo = read_prompts(cfg.onnx_dir), SLO(ttft_ms=cfg.slo_ttft_ms, tpot_ms=cfg.slo_tpot_ms)
+    served = "continuous" if "continuous" in cfg.batching else cfg.batching[0]
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llm-bench-")))
         streamers = decode_loop_paths(cfg, stack, folder, bench.folder, threads, prompts)
         streamers |= peer_paths(cfg, stack, folder, bench.folder, threads)
         results, meta = bench_arms(cfg, streamers, prompts)
+        interleaved = interleaved_rounds(cfg, streamers, prompts, served)
     rows = {name: {"path": meta[name][0], "batching": meta[name][1], "concurrency": meta[name][2],
                    **summarize_arm(r, slo)} for name, r in results.items()}
-    served = "continuous" if "continuous" in cfg.batching else cfg.batching[0]
+    differences = ttft_differences(interleaved)
     data = {"intra_op_threads": threads, "merged_dir": str(cfg.merged_dir) if cfg.peers else None,
-            "slo": slo.limits(), "arms": rows, "batching_gain": batching_gain(rows), "ratios": goals(rows, served)}
+            "slo": slo.limits(), "arms": rows, "batching_gain": batching_gain(rows),
+            "ttft_interleaved_ms": interleaved, "ttft_differences": differences,
+            "ratios": goals(rows, served, differences)}
     top = max(cfg.concurrency)
     at_top = [name for name in results if meta[name][2] == top]
     cdfs = {f"{stem}_{top}_streams": {name: np.concatenate([getter(rec) for r in results[name] for rec in r["records"]])

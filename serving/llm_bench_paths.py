@@ -14,6 +14,9 @@ rendered from, its token ids) and returns the request's ``tunestack.bench.stream
   fails the run (it would not be the same prompt).
 
 Every completion is exactly ``new_tokens`` long: generated past the EOS token (``ignore_eos``), greedy.
+
+``run_streams`` runs an arm (its concurrent streams, one path); ``interleaved_ttft`` streams one request at a
+time through several paths in rotation, for TTFT differences that share their prompt and their minute.
 """
 
 from __future__ import annotations
@@ -129,3 +132,24 @@ def run_streams(make: StreamerFactory, prompts: list[dict], concurrency: int, re
     if errors:
         raise errors[0]
     return {"records": [r for rs in records for r in rs], "wall_s": wall}
+
+
+def interleaved_ttft(paths: dict[str, StreamerFactory], prompts: list[dict], rounds: int) -> dict[str, list[float]]:
+    """One stream at a time: each of ``rounds`` rounds streams its prompt (round ``i``: ``prompts[i % n]``) once
+    through every path, the paths' order rotated by one each round, so that no path always follows another.
+    Each path's TTFT (ms) by round: entry ``i`` of every path shares its prompt and its few seconds of the
+    machine."""
+    streams = {name: make() for name, make in paths.items()}
+    names, ttft_ms = list(streams), {name: [] for name in streams}
+    try:
+        for i in range(rounds):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                ttft = streams[name](prompts[i % len(prompts)]).ttft_s
+                if ttft is None:
+                    raise RuntimeError(f"{name} streamed no token for prompt {i % len(prompts)}")
+                ttft_ms[name].append(round(ttft * 1000, 3))
+    finally:
+        for stream in streams.values():
+            getattr(stream, "close", lambda: None)()
+    return ttft_ms

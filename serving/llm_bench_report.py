@@ -14,9 +14,15 @@ when the arms it needs were not measured:
   in-process loop's (>= 0.8);
 - ``served_vs_transformers_c8``: tokens/s served at 8 streams / the transformers baseline's (>= 2);
 - ``router_ttft_p50_over_in_process_ms``: TTFT through Triton + the router minus in-process, at 1 stream
-  (<= 5 ms): the median of the paired differences, request by request (in a phase every arm streams the same
-  prompts in the same order, so each pair shares its prompt and its prefill cost), with its distribution-free
-  95 % interval: the ``router`` arm's.
+  (<= 5 ms): the median of the paired differences from the interleaved rounds (``ttft_differences``), with its
+  distribution-free 95 % interval.
+
+The interleaved rounds (``serving.llm_bench_paths.interleaved_ttft``) stream one request at a time through the
+1-stream paths in rotation, so each pair shares its prompt (a prompt's own prefill varies far more than the
+few milliseconds a hop costs) and its few seconds of the machine (an arm's block of requests runs seconds or
+minutes after another's, and a machine whose speed drifts in between would land in a difference of blocks).
+``ttft_differences`` gives every path against in-process, and the router against Triton's HTTP path (the
+router's own hop).
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ BASELINE = "transformers"
 """The peer a user would write."""
 ROUTER = "router"
 """The router's OpenAI-compatible arm (Triton behind the router), when there is one."""
-NO_ROUTER = "no router arm: add router to --transports (the router's OpenAI door in front of Triton)"
-"""The router goal's note while there is no router arm."""
+NO_TTFT_PAIRS = ("no interleaved TTFT of the router and in-process: needs router and in-process in --transports "
+                 "and --ttft-rounds > 0")
+"""The router goal's note while the run has no such pairs."""
 PEER_BATCHING = "none"
 """The peers' batching: each request decodes alone (a thread per request)."""
 
@@ -60,7 +67,6 @@ def summarize_arm(results: Sequence[dict], slo: SLO) -> dict:
             "tokens_per_request": [min(per_request), max(per_request)],
             **{k: figures[k] for k in ("ttft", "itl", "tpot", "e2e")},
             "ttft_p50_ms_by_phase": [stream_figures(r["records"])["ttft"]["p50_ms"] for r in results],
-            "ttft_ms_by_request": [[round(rec.ttft_s * 1000, 3) for rec in r["records"]] for r in results],
             "goodput_per_s": round(float(np.mean(good)), 3),
             "good_requests": sum(slo.met(r) for r in records)}
 
@@ -120,24 +126,35 @@ def _ratio_goal(goal: Goal, rows: dict, served: str, concurrency: int, path: str
     return goal.entry(by_path, note)
 
 
-def _router_goal(goal: Goal, rows: dict, served: str) -> dict:
-    router, base = rows.get(arm_name(ROUTER, served, 1)), rows.get(arm_name(IN_PROCESS, served, 1))
-    if router is None:
-        return goal.entry({}, NO_ROUTER)
-    if base is None:
-        return goal.entry({}, f"needs {arm_name(IN_PROCESS, served, 1)}")
-    diffs = [a - b for ra, rb in zip(router["ttft_ms_by_request"], base["ttft_ms_by_request"], strict=True)
-             for a, b in zip(ra, rb, strict=True)]
-    median, low, high = median_interval(diffs)
-    return goal.entry({ROUTER: {"value": median, "low": low, "high": high, "requests": len(diffs)}})
+def ttft_differences(interleaved: dict[str, list[float]]) -> list[dict]:
+    """From the interleaved rounds' TTFTs by path: each path minus in-process, and the router minus Triton's
+    HTTP path, as the median of the per-round differences with its 95 % interval (``median_interval``)."""
+    pairs = [(path, IN_PROCESS) for path in interleaved if path != IN_PROCESS and IN_PROCESS in interleaved]
+    if ROUTER in interleaved and "http" in interleaved:
+        pairs.append((ROUTER, "http"))
+    out = []
+    for path, vs in pairs:
+        median, low, high = median_interval([a - b for a, b in zip(interleaved[path], interleaved[vs], strict=True)])
+        out.append({"path": path, "vs": vs, "median_ms": median, "low": low, "high": high,
+                    "pairs": len(interleaved[path])})
+    return out
 
 
-def goals(rows: dict[str, dict], served: str) -> dict[str, dict]:
-    """Every goal of ``GOALS`` from the rows; ``served``: the batching mode Triton serves (continuous)."""
+def _router_goal(goal: Goal, differences: list[dict]) -> dict:
+    found = [d for d in differences if d["path"] == ROUTER and d["vs"] == IN_PROCESS]
+    if not found:
+        return goal.entry({}, NO_TTFT_PAIRS)
+    d = found[0]
+    return goal.entry({ROUTER: {"value": d["median_ms"], "low": d["low"], "high": d["high"], "requests": d["pairs"]}})
+
+
+def goals(rows: dict[str, dict], served: str, differences: list[dict]) -> dict[str, dict]:
+    """Every goal of ``GOALS`` from the rows and the interleaved rounds' ``ttft_differences``; ``served``: the
+    batching mode Triton serves (continuous)."""
     first, second, third = GOALS
     return {first.key: _ratio_goal(first, rows, served, 1, IN_PROCESS, served),
             second.key: _ratio_goal(second, rows, served, 8, BASELINE, PEER_BATCHING),
-            third.key: _router_goal(third, rows, served)}
+            third.key: _router_goal(third, differences)}
 
 
 def _cell(x: float | None) -> str:
@@ -162,6 +179,12 @@ def render(document: dict) -> str:
                   markdown_table(["path", "streams", "continuous / none tokens/s", "per-phase range"],
                                  [[g["path"], g["concurrency"], g["ratio"], f"{g['low']} - {g['high']}"]
                                   for g in document["batching_gain"]], "lrrr")]
+    if document["ttft_differences"]:
+        parts += [f"TTFT at 1 stream, the paths interleaved request by request ({c['ttft_rounds']} rounds): the "
+                  "median of the paired differences [95 % interval]:",
+                  markdown_table(["path", "minus", "median ms", "95 % interval", "pairs"],
+                                 [[d["path"], d["vs"], d["median_ms"], f"[{_cell(d['low'])}, {_cell(d['high'])}]",
+                                   d["pairs"]] for d in document["ttft_differences"]], "llrrr")]
     parts += ["Goals (value: the worst served path):",
               markdown_table(["goal", "target", "value", "by path", "met"],
                              [[g["goal"], f"{g['op']} {g['target']}", "-" if g["value"] is None else g["value"],

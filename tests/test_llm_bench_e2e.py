@@ -19,7 +19,7 @@ from serving.llm_peers import PEERS, PeerServer
 pytestmark = pytest.mark.e2e
 
 ARM_KEYS = {"path", "batching", "concurrency", "tokens_per_s", "tokens_per_s_by_phase", "tokens", "requests",
-            "tokens_per_request", "ttft", "itl", "tpot", "e2e", "ttft_p50_ms_by_phase", "ttft_ms_by_request", "goodput_per_s",
+            "tokens_per_request", "ttft", "itl", "tpot", "e2e", "ttft_p50_ms_by_phase", "goodput_per_s",
             "good_requests"}
 SUMMARY_KEYS = {"n", "mean_ms", "p50_ms", "p90_ms", "p99_ms"}
 GOAL_KEYS = {"goal", "op", "target", "value", "met", "by_path", "note"}
@@ -50,14 +50,17 @@ def test_quick_bench_runs_every_peer_with_exact_counts_and_the_goals(tiny_causal
         assert set(ratios[key]["by_path"]) == {"http", "grpc", "router"} and ratios[key]["value"] > 0
         assert ratios[key]["met"] in (True, False) and ratios[key]["note"] is None
         assert ratios[key]["value"] == min(v["value"] for v in ratios[key]["by_path"].values())  # the worst path's
+    interleaved = report["ttft_interleaved_ms"]  # every decode-loop path, one request a round
+    assert set(interleaved) == {"in-process", "http", "grpc", "router"}
+    assert all(len(ms) == quick["ttft_rounds"] and min(ms) > 0 for ms in interleaved.values())
+    assert [(d["path"], d["vs"]) for d in report["ttft_differences"]] == \
+        [("http", "in-process"), ("grpc", "in-process"), ("router", "in-process"), ("router", "http")]
     router = ratios["router_ttft_p50_over_in_process_ms"]
-    in_process, through_router = report["arms"]["in-process / continuous / 1"], report["arms"]["router / continuous / 1"]
-    diffs = [a - b for ra, rb in zip(through_router["ttft_ms_by_request"], in_process["ttft_ms_by_request"], strict=True)
-             for a, b in zip(ra, rb, strict=True)]
+    diffs = [a - b for a, b in zip(interleaved["router"], interleaved["in-process"], strict=True)]
     assert router["note"] is None and router["value"] == pytest.approx(float(np.median(diffs)), abs=1e-3)
-    assert router["met"] == (router["value"] <= 5.0)
+    assert router["by_path"]["router"]["requests"] == quick["ttft_rounds"] and router["met"] == (router["value"] <= 5.0)
     markdown = (out / "bench.md").read_text()
-    assert markdown.count("| transformers | none |") == 2 and "Goals" in markdown
+    assert markdown.count("| transformers | none |") == 2 and "Goals" in markdown and "interleaved" in markdown
     for name in ("tritonserver.log", "router-continuous.log", "transformers.log", "ortgenai-int4-build.log", "inter_token_latency_8_streams.png"):
         assert (out / name).is_file(), name
 
@@ -65,7 +68,7 @@ def test_quick_bench_runs_every_peer_with_exact_counts_and_the_goals(tiny_causal
 def test_bench_without_peers_reports_the_batching_gain(tiny_causal_onnx_dir, tmp_path):
     out = tmp_path / "bench-llm"
     assert llm_bench.main(["--onnx-dir", str(tiny_causal_onnx_dir), "--concurrency", "1,3", "--new-tokens", "5",
-                           "--requests", "2", "--phases", "2", "--peers", "", "--out", str(out)]) == 0
+                           "--requests", "2", "--phases", "2", "--ttft-rounds", "6", "--peers", "", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     arms = report["arms"]
     assert len(arms) == 4 * 2 * 2  # paths x batching modes x concurrency levels
@@ -78,6 +81,7 @@ def test_bench_without_peers_reports_the_batching_gain(tiny_causal_onnx_dir, tmp
     assert report["merged_dir"] is None
     assert report["ratios"]["served_vs_transformers_c8"]["value"] is None  # neither 8 streams nor the baseline
     assert report["ratios"]["router_ttft_p50_over_in_process_ms"]["value"] is not None
+    assert all(len(ms) == 6 for ms in report["ttft_interleaved_ms"].values())
 
 
 def test_the_official_openai_client_streams_from_the_baseline_peer(tiny_causal_onnx_dir, tmp_path):

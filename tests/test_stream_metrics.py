@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from serving.llm_bench_report import GOALS, NO_ROUTER, arm_name, batching_gain, goals, summarize_arm
+from serving.llm_bench_paths import interleaved_ttft
+from serving.llm_bench_report import (
+    GOALS,
+    NO_TTFT_PAIRS,
+    arm_name,
+    batching_gain,
+    goals,
+    summarize_arm,
+    ttft_differences,
+)
 from tunestack.bench.streams import (
     SLO,
     StreamRecord,
@@ -105,7 +114,7 @@ def test_goals_are_per_phase_ratios_of_the_worst_served_path():
         ("http", "continuous", 8): [phase(30, 0.5), phase(36, 0.5)],
         ("transformers", "none", 8): [phase(10, 0.9), phase(20, 0.9)],
     })
-    result = goals(rows, "continuous")
+    result = goals(rows, "continuous", [])
     assert list(result) == [g.key for g in GOALS]
     first = result["served_vs_in_process_c1"]
     assert first["by_path"]["grpc"]["value"] == pytest.approx((0.9 + 1.0) / 2)
@@ -115,26 +124,72 @@ def test_goals_are_per_phase_ratios_of_the_worst_served_path():
     assert second["by_path"]["http"] == {"value": 2.4, "ratio": 2.4, "low": 1.8, "high": 3.0}
     assert second["value"] == pytest.approx(2.4) and second["met"] is True
     router = result["router_ttft_p50_over_in_process_ms"]
-    assert router["value"] is None and router["met"] is None and router["note"] == NO_ROUTER
+    assert router["value"] is None and router["met"] is None and router["note"] == NO_TTFT_PAIRS
 
 
-def test_the_router_goal_is_the_median_of_its_paired_ttft_differences():
+def test_the_router_goal_is_the_median_of_its_interleaved_ttft_differences():
+    # 20 rounds, the router 1..20 ms over in-process whatever the prompt's own TTFT (0.1 s or 1 s); Triton's HTTP
+    # path 2 ms over in-process in every round
+    base = [100.0 + 900 * (i % 2) for i in range(20)]
+    interleaved = {"in-process": base, "http": [b + 2 for b in base],
+                   "router": [b + (i + 1) for i, b in enumerate(base)]}
+    differences = ttft_differences(interleaved)
+    assert [(d["path"], d["vs"]) for d in differences] == [("http", "in-process"), ("router", "in-process"),
+                                                             ("router", "http")]
+    http, router, hop = differences
+    assert http["median_ms"] == pytest.approx(2.0) and http["pairs"] == 20
+    assert router["median_ms"] == pytest.approx(10.5)
+    assert (router["low"], router["high"]) == (pytest.approx(6.0), pytest.approx(15.0))  # order statistics 6 and 15
+    assert hop["median_ms"] == pytest.approx(8.5)  # the router's own hop: over Triton's HTTP path
+    goal = goals({}, "continuous", differences)["router_ttft_p50_over_in_process_ms"]
+    assert goal["by_path"]["router"] == {"value": pytest.approx(10.5), "low": pytest.approx(6.0),
+                                         "high": pytest.approx(15.0), "requests": 20}
+    assert goal["value"] == pytest.approx(10.5) and goal["met"] is False and goal["note"] is None
+    fast = ttft_differences({"in-process": base, "router": [b + 3 for b in base]})
+    assert goals({}, "continuous", fast)["router_ttft_p50_over_in_process_ms"]["met"] is True
+    without = ttft_differences({"http": base, "router": base})  # no in-process path: no goal
+    assert goals({}, "continuous", without)["router_ttft_p50_over_in_process_ms"]["note"] == NO_TTFT_PAIRS
+    two = ttft_differences({"in-process": [1.0, 2.0], "router": [5.0, 8.0]})[0]
+    assert two["median_ms"] == pytest.approx(5.0) and (two["low"], two["high"]) == (None, None)  # too few pairs
+
+
+def test_the_router_is_a_served_path_in_the_tokens_per_s_goals():
     rows = rows_of({("in-process", "continuous", 1): [phase(5, 0.100), phase(5, 0.110)],
                     ("router", "continuous", 1): [phase(5, 0.104), phase(5, 0.118)]})
-    router = goals(rows, "continuous")["router_ttft_p50_over_in_process_ms"]
-    assert router["by_path"]["router"] == {"value": pytest.approx(6.0), "low": None, "high": None, "requests": 2}
-    assert router["value"] == pytest.approx(6.0) and router["met"] is False  # (4 + 8) / 2 ms; 2 pairs: no interval
-    # 20 requests in one phase, each pair 1..20 ms apart, whatever the prompts' own TTFTs (0.1 s or 1 s)
-    base = {"records": [record(0.0, [0.1 + 0.9 * (i % 2)]) for i in range(20)], "wall_s": 1.0}
-    slow = {"records": [record(0.0, [0.1 + 0.9 * (i % 2) + (i + 1) / 1000]) for i in range(20)], "wall_s": 1.0}
-    paired = goals(rows_of({("in-process", "continuous", 1): [base], ("router", "continuous", 1): [slow]}),
-                   "continuous")["router_ttft_p50_over_in_process_ms"]["by_path"]["router"]
-    assert paired["value"] == pytest.approx(10.5) and paired["requests"] == 20
-    assert (paired["low"], paired["high"]) == (pytest.approx(6.0), pytest.approx(15.0))  # order statistics 6 and 15
-    served = goals(rows, "continuous")["served_vs_in_process_c1"]  # the router is a served path too
+    served = goals(rows, "continuous", [])["served_vs_in_process_c1"]
     assert set(served["by_path"]) == {"router"} and served["value"] == pytest.approx(1.0) and served["met"] is True
-    missing = goals(rows_of({("in-process", "continuous", 1): [phase(5, 0.1)]}), "continuous")["served_vs_in_process_c1"]
-    assert missing["value"] is None and "router / continuous / 1" in missing["note"]
+    missing = goals(rows_of({("in-process", "continuous", 1): [phase(5, 0.1)]}), "continuous", [])
+    assert missing["served_vs_in_process_c1"]["value"] is None
+    assert "router / continuous / 1" in missing["served_vs_in_process_c1"]["note"]
+
+
+def test_interleaved_rounds_rotate_the_paths_and_share_each_rounds_prompt():
+    order, closed = [], []
+
+    class Path:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, prompt):
+            order.append((self.name, prompt["k"]))
+            ttft = {"a": 0.010, "b": 0.012, "c": 0.015}[self.name] + prompt["k"] / 1000
+            return record(0.0, [ttft])
+
+        def close(self):
+            closed.append(self.name)
+
+    prompts = [{"k": k} for k in range(2)]
+    ttft = interleaved_ttft({n: (lambda n=n: Path(n)) for n in "abc"}, prompts, 4)
+    assert [name for name, _ in order] == list("abc" "bca" "cab" "abc")  # rotated by one each round
+    assert [k for _, k in order] == [0] * 3 + [1] * 3 + [0] * 3 + [1] * 3  # a round: one prompt, every path
+    assert ttft == {"a": [10.0, 11.0, 10.0, 11.0], "b": [12.0, 13.0, 12.0, 13.0], "c": [15.0, 16.0, 15.0, 16.0]}
+    assert sorted(closed) == list("abc")
+
+    def silent():
+        return lambda prompt: StreamRecord(0.0, (), 0.1, 0)
+
+    with pytest.raises(RuntimeError, match="b streamed no token for prompt 0"):
+        interleaved_ttft({"a": lambda: Path("a"), "b": silent}, prompts, 2)
 
 
 def test_rows_carry_counts_goodput_and_the_batching_gain():
