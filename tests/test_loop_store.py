@@ -1,4 +1,4 @@
-"""The loop's tables on SQLite and a real PostgreSQL: the lease (one holder at a time, expiry, release), kept
+"""The loop's tables on SQLite and a real PostgreSQL: the lease (one holder at a time, expiry, release, a cycle that loses it stops), kept
 inputs joined to feedback, retention (older inputs deleted, newer kept), steps recorded once; and the router's
 input keeper (sampling, reading texts off the request path). The sweep that deletes them: test_store_sweep.py."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 
 import pytest
@@ -112,3 +113,42 @@ def test_retention_is_off_by_default_and_validated():
         RetainInputs.from_dict({"fraction": 0.5, "extra": 1})
     with pytest.raises(RetentionError, match=r"fraction=2.*retention_s=0"):
         RetainInputs(fraction=2, retention_s=0)
+
+
+def test_a_cycle_whose_lease_is_taken_over_stops_and_records_nothing_more(store_url, monkeypatch, tmp_path):
+    from experiments.rollout.config import RolloutConfig
+    from workflows.loop.config import LoopConfig
+    from workflows.loop.cycle import Cycle, LoopContext
+    from workflows.loop.run import once
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def long_work():  # a step's work in a worker thread (training, export)
+        started.set()
+        release.wait(60)
+        finished.set()
+        return {"rows": 1}
+
+    async def dataset(self, done):
+        return await asyncio.to_thread(long_work)
+
+    monkeypatch.setattr(Cycle, "_dataset", dataset)
+    ctx = LoopContext(EXP, LoopConfig(production_run=tmp_path / "run", lease_s=0.3), RolloutConfig())
+
+    async def run():
+        async with open_store(store_url) as store:
+            loop_log = LoopLog(store, EXP)
+            look = asyncio.create_task(once(store, ctx, "manual", "a", time.time()))
+            await asyncio.to_thread(started.wait, 60)
+            await loop_log.release("a")  # a stalls past its lease and b takes the loop over
+            assert await loop_log.acquire("b", 600)
+            out = await asyncio.wait_for(look, 60)
+            release.set()
+            await asyncio.to_thread(finished.wait, 60)  # a's step finishes in its thread ...
+            await asyncio.sleep(0.1)
+            return out, await loop_log.steps(), await loop_log.holder()
+
+    out, steps, holder = asyncio.run(run())
+    assert out is None and finished.is_set()
+    assert steps == []  # ... and is never recorded: b resumes from the store
+    assert holder[0] == "b"  # a did not release b's lease

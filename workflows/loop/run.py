@@ -1,7 +1,9 @@
 """``python -m workflows retrain``: run the loop once (a trigger fired, or by hand), or keep watching.
 
 A run takes the loop's lease in the store first (``LoopLog.acquire``): two loops on one store never run two
-cycles at once; the lease is renewed while a cycle runs and expires ``lease_s`` after a crash. Holding it, the
+cycles at once; the lease is renewed while a cycle runs and expires ``lease_s`` after a crash. A holder that
+finds its lease taken over (it stalled, or lost the store, for ``lease_s``) stops its cycle at once: it writes
+nothing more to the store, and the new holder resumes the cycle from its recorded steps. Holding it, the
 run resumes the newest cycle if it has no ``end`` step yet; else it checks the triggers and starts a new cycle
 when one fires (``--trigger manual`` always starts one).
 
@@ -88,39 +90,62 @@ async def check_triggers(store: Store, ctx: LoopContext, since: float, first_loo
     return None
 
 
-async def _renew(loop_log: LoopLog, holder: str, lease_s: float) -> None:
+async def _renew(loop_log: LoopLog, holder: str, lease_s: float, cycle: asyncio.Task, lost: asyncio.Event) -> None:
+    """Renew the lease every ``lease_s / 3`` seconds; when another holder has taken it (this process stalled or
+    lost the store for ``lease_s``), set ``lost`` and cancel ``cycle``: it records nothing more."""
     while True:
         await asyncio.sleep(lease_s / 3)
         if not await loop_log.acquire(holder, lease_s):
-            log.error("the loop's lease was taken over by another holder; this cycle's next steps may race with it")
+            held = await loop_log.holder()
+            log.error("the loop's lease was taken over by %s: stopping this cycle before its next record; "
+                      "the new holder resumes it from the store", held[0] if held else "another holder")
+            lost.set()
+            cycle.cancel()
+            return
+
+
+async def _look(store: Store, ctx: LoopContext, trigger: str, first_look: float) -> dict | None:
+    """Holding the lease: resume an unfinished cycle, or start one when ``trigger`` or a configured trigger says
+    so; the cycle's ``end`` output or None."""
+    loop_log = LoopLog(store, ctx.experiment)
+    last = await loop_log.last_cycle()
+    steps = await loop_log.steps(last) if last else []
+    if steps and END not in {s.step for s in steps}:
+        log.info("resuming cycle %d (trigger: %s)", last, steps[0].trigger)
+        return await Cycle(store, ctx, last, steps[0].trigger).run()
+    since = steps[0].at if steps else 0.0
+    why = f"manual: by {ctx.who}" if trigger == "manual" else await check_triggers(store, ctx, since, first_look)
+    if why is None:
+        return None
+    log.info("cycle %d starts: %s", last + 1, why)
+    return await Cycle(store, ctx, last + 1, why).run()
 
 
 async def once(store: Store, ctx: LoopContext, trigger: str, holder: str, first_look: float) -> dict | None:
-    """One look: take the lease (None, and nothing done, when another loop holds it), resume an unfinished cycle
-    or start one when ``trigger`` (by hand) or a configured trigger says so; the cycle's ``end`` output or None."""
+    """One look: take the lease (None, and nothing done, when another loop holds it), then ``_look`` while
+    renewing it; the cycle's ``end`` output, or None (no cycle ran, or the lease was taken over mid-cycle: a
+    step running in a worker thread then finishes there, but nothing more is recorded or changed in the store)."""
     loop_log = LoopLog(store, ctx.experiment)
     if not await loop_log.acquire(holder, ctx.cfg.lease_s):
         held = await loop_log.holder()
         log.info("another loop holds the lease (%s, until %s): not starting", *(held or ("?", "?")))
         return None
-    renew = asyncio.get_running_loop().create_task(_renew(loop_log, holder, ctx.cfg.lease_s))
+    lost = asyncio.Event()
+    cycle = asyncio.create_task(_look(store, ctx, trigger, first_look))
+    renew = asyncio.create_task(_renew(loop_log, holder, ctx.cfg.lease_s, cycle, lost))
     try:
-        last = await loop_log.last_cycle()
-        steps = await loop_log.steps(last) if last else []
-        if steps and END not in {s.step for s in steps}:
-            log.info("resuming cycle %d (trigger: %s)", last, steps[0].trigger)
-            return await Cycle(store, ctx, last, steps[0].trigger).run()
-        since = steps[0].at if steps else 0.0
-        why = f"manual: by {ctx.who}" if trigger == "manual" else await check_triggers(store, ctx, since, first_look)
-        if why is None:
+        return await cycle
+    except asyncio.CancelledError:
+        if lost.is_set():
             return None
-        log.info("cycle %d starts: %s", last + 1, why)
-        return await Cycle(store, ctx, last + 1, why).run()
+        cycle.cancel()  # this look itself was cancelled
+        raise
     finally:
         renew.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renew
-        await loop_log.release(holder)
+        if not lost.is_set():
+            await loop_log.release(holder)
 
 
 async def retrain(args: RetrainArgs) -> list[dict]:
