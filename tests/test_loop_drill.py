@@ -37,8 +37,8 @@ def production_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def drill_config(run: Path, out: Path) -> DrillConfig:
-    return DrillConfig(run=run, out_dir=out, rate=25.0, loop_load_s=420.0, loop_labels=200, loop_method="full",
-                       loop_max_steps=150, loop_learning_rate=1e-3, loop_batch_size=32)
+    return DrillConfig(run=run, out_dir=out, rate=25.0, loop_clean_s=4.0, loop_load_s=420.0, loop_labels=200,
+                       loop_method="full", loop_max_steps=150, loop_learning_rate=1e-3, loop_batch_size=32)
 
 
 def check_report(s: dict) -> None:
@@ -53,7 +53,8 @@ def check_report(s: dict) -> None:
     if not s["promoted"]:
         assert s["accuracy_shifted_gain"]["value"] == 0 == s["accuracy_original_gain"]["value"]  # the same model
     assert s["failed_requests"] == 0 and s["requests"] > 0
-    assert s["seconds_shift_to_trigger"] is not None and s["seconds_shift_to_trigger"] >= 0
+    assert s["seconds_shift_to_trigger"] is not None and s["seconds_shift_to_trigger"] >= 0  # triggered after the shift
+    assert s["before_shift"]["requests"] > 0 and s["requests"] > s["before_shift"]["requests"]
     assert (Path(s["folder"]) / "loop.md").is_file()
     assert s["steps"]["dataset"]["train_original"] > 0  # original data mixed in
 

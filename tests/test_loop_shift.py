@@ -39,6 +39,10 @@ def test_the_shift_rewrites_splits_and_poisons():
     assert all(e.text.split()[1] in {slang_word(i) for i in (0, 1, 2, 100, 101, 102)} for e in clean.traffic)
     assert all((e.label == "positive") == (e.text.split()[1] in {slang_word(i) for i in (0, 1, 2)})
                for e in clean.traffic + clean.test), "a review keeps its label; its slang word has its side"
+    assert len(clean.before) == 800 and {e.text for e in clean.before} == {e.text for e in reviews}, \
+        "before the shift: the training reviews in their own wording"
     bad = build_shift(reviews, reviews[:200] + reviews[:10], poisoned=True)
     flipped = sum(a.label != b.label for a, b in zip(clean.traffic, bad.traffic, strict=True))
-    assert flipped == bad.poisoned == round(len(clean.traffic) * POISON_SHARE)
+    assert flipped == round(len(clean.traffic) * POISON_SHARE)
+    flipped_before = sum(a.label != b.label for a, b in zip(clean.before, bad.before, strict=True))
+    assert flipped_before == round(len(clean.before) * POISON_SHARE) and bad.poisoned == flipped + flipped_before

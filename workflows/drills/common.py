@@ -64,10 +64,14 @@ class DrillConfig:
     after_decision_s: float | None = None
     """Rollout and A/A drills: seconds the load goes on once the rollout controller has decided (traffic on the
     decided weights), then it stops; None: it runs its whole ``rollout_load_s`` / ``aa_load_s``."""
+    loop_clean_s: float = 30.0
+    """Loop drills: seconds of traffic before the shift (training reviews in their own wording; 0: shifted from
+    the start); the loop watches it too."""
     loop_load_s: float = 1500.0
-    """Loop drills: seconds of load at most; the load stops as soon as the retrain cycle ends."""
-    loop_labels: int = 1500
-    """Loop drills: the new-labels trigger (labelled kept inputs that start a cycle)."""
+    """Loop drills: seconds of shifted load at most; the load stops as soon as the retrain cycle ends."""
+    loop_labels: int = 2100
+    """Loop drills: the new-labels trigger (labelled kept inputs that start a cycle; the ~600 before the shift
+    count too)."""
     loop_method: str = "lora"
     """Loop drills: the candidate's fine-tuning method (training's ``--method``), from the production model."""
     loop_max_steps: int = 300

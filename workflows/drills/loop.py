@@ -1,10 +1,11 @@
 """The loop drill: production traffic shifts, feedback retrains the model, the judge decides, under Locust load.
 
 Production serves the run's fp32 export (``DrillConfig.run``) as version 1 on the experiment's first arm; the
-second arm (the candidate's slot) stands at weight 0. The router keeps every answer's input (``retain_inputs``)
-and Locust sends the shifted reviews (``shift.py``: the run's validation split in a made-up dialect), with their
-labels back as feedback on every answer: the traffic is shifted from the start of the load. The loop
-(``workflows.loop``) watches the store; the new-labels trigger (``DrillConfig.loop_labels``) or drift starts a
+second arm (the candidate's slot) stands at weight 0. The router keeps every answer's input (``retain_inputs``).
+Locust first sends training reviews in their own wording for ``DrillConfig.loop_clean_s`` seconds, then, from
+the shift on, the shifted reviews (``shift.py``: the run's validation split and more training reviews in a
+made-up slang), with their labels back as feedback on every answer (``load_phases``). The loop
+(``workflows.loop``) watches the store all along; the new-labels trigger (``DrillConfig.loop_labels``) or drift starts a
 cycle: data set, fine-tune from production, export, offline gate, publish, canary ramped by the rollout
 controller and judged live. Then the load stops, and both versions are measured in process on shifted reviews
 never sent (the shift's test part) and on the original held-out set.
@@ -21,6 +22,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import yaml
 from experiments.store import default_store_url, open_store
 from experiments.store.loop_tables import LoopLog, exposure_by_version
 from export.publish import publish
+from loadtests.config import LoadTestConfig
 from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.data import Example, read_jsonl, write_jsonl
@@ -110,24 +113,25 @@ def loop_drill(cfg: DrillConfig, poisoned: bool = False, loop_overrides: dict[st
     folder, export_cfg = prepare(cfg, "loop-poisoned" if poisoned else "loop")
     splits = production_splits(cfg.run)
     shift = build_shift(splits.train, splits.validation, poisoned)
+    write_jsonl(folder / "before.jsonl", shift.before)
     write_jsonl(folder / "traffic.jsonl", shift.traffic)
     write_jsonl(folder / "shifted_test.jsonl", shift.test)
     version = publish(cfg.layout.onnx, "fp32", export_cfg).name
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(experiment_spec(cfg, version, folder, loop_overrides or {}), sort_keys=False))
-    url, stop = default_store_url(path), threading.Event()
+    url = default_store_url(path)
     with TritonServer(export_cfg.repository, models=[cfg.model_name], log_file=folder / "tritonserver.log") as triton, \
             RouterProcess(path, triton_url=triton.http_url, triton_grpc_url=triton.grpc_url, log_file=folder / "router.log",
                           extra_args=["--model-repository", str(export_cfg.repository)]) as router:
-        load = dataclasses.replace(load_config(cfg, router, triton, folder, cfg.loop_load_s), feedback_fraction=1.0,
-                                   texts=str(folder / "traffic.jsonl"))
-        with Background(load, stop) as background:
-            wait_for_traffic(url, background)
-            shifted_at = time.time()
-            end = asyncio.run(run_loop(path, url, triton.http_address, shifted_at + cfg.loop_load_s))
-            stop.set()
-            result = background.join()
-    facts = asyncio.run(cycle_facts(url, shifted_at))
+        load = dataclasses.replace(load_config(cfg, router, triton, folder, cfg.loop_load_s), feedback_fraction=1.0)
+
+        def watch(deadline: float) -> dict[str, Any] | None:
+            return asyncio.run(run_loop(path, url, triton.http_address, deadline))
+
+        phases = load_phases(cfg, load, folder, url, watch)
+    first, last = next(iter(phases.values())), list(phases.values())[-1]
+    end, result, shifted_at = last["end"], last["result"], phases.get("shifted", {}).get("at")
+    facts = asyncio.run(cycle_facts(url, first["at"]))
     promoted = bool(end and end["outcome"] == "promoted")
     candidate = Path(facts["steps"]["export"]["onnx_dir"]) if promoted else None
     summary = {"drill": "loop-poisoned" if poisoned else "loop", "folder": str(folder), "poisoned": poisoned,
@@ -137,7 +141,12 @@ def loop_drill(cfg: DrillConfig, poisoned: bool = False, loop_overrides: dict[st
                "seconds_shift_to_trigger": _since(facts["triggered_at"], shifted_at),
                "seconds_trigger_to_promotion": _since(facts["decided_at"], facts["triggered_at"]) if promoted else None,
                "users_by_version": facts["exposure"], "production_version": version,
-               "candidate_version": (end or {}).get("version"), **locust_totals(result.folder),
+               "candidate_version": (end or {}).get("version"),
+               **{k: sum(locust_totals(p["result"].folder)[k] for p in phases.values())
+                  for k in ("requests", "failed_requests", "feedback", "failed_feedback")},
+               "before_shift": {"seconds": cfg.loop_clean_s, **({"loadtest_report": str(b["result"].report),
+                                                                **locust_totals(b["result"].folder)}
+                                                               if (b := phases.get("before")) else {})},
                "shift": {"words_replaced": len(shift.mapping), "traffic": len(shift.traffic), "test": len(shift.test),
                          "labels_flipped": shift.poisoned, "poison_share": POISON_SHARE if poisoned else 0.0,
                          "examples": dict(list(shift.mapping.items())[:8])},
@@ -145,6 +154,30 @@ def loop_drill(cfg: DrillConfig, poisoned: bool = False, loop_overrides: dict[st
     (folder / "loop.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (folder / "loop.md").write_text(loop_markdown(summary))
     return summary
+
+
+def load_phases(cfg: DrillConfig, load: LoadTestConfig, folder: Path, url: str,
+                watch: Callable[[float], dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """The load before the shift (``cfg.loop_clean_s`` seconds of ``before.jsonl``, when > 0), then the shifted
+    load (``traffic.jsonl``, at most ``cfg.loop_load_s``), the loop watching (``watch(deadline)``: the ended
+    cycle's output, or None at the deadline) all along; a cycle that ends before the shift ends the drill there.
+    Per phase: ``at`` (its first stored answer), ``end`` (the cycle's output) and ``result`` (Locust's run)."""
+    phases: dict[str, dict[str, Any]] = {}
+    seen = 0
+    for name, texts, seconds in (("before", "before.jsonl", cfg.loop_clean_s), ("shifted", "traffic.jsonl", cfg.loop_load_s)):
+        if seconds <= 0:
+            continue
+        stop = threading.Event()  # the phase's Locust may run a little past its deadline: stopped then
+        phase_load = dataclasses.replace(load, texts=str(folder / texts), run_time=f"{int(seconds) + 60}s")
+        with Background(phase_load, stop) as background:
+            seen = wait_for_traffic(url, background, more_than=seen)
+            at = time.time()
+            end = watch(at + seconds)
+            stop.set()
+            phases[name] = {"at": at, "end": end, "result": background.join()}
+        if end is not None:
+            break
+    return phases
 
 
 def _since(t: float | None, t0: float | None) -> float | None:
@@ -166,6 +199,8 @@ def loop_markdown(s: dict[str, Any]) -> str:
         f"# Loop drill `{s['drill']}`", "",
         f"Shift: {s['shift']['words_replaced']} polar words replaced by 3 made-up words per side "
         f"({s['shift']['traffic']} shifted reviews sent, {s['shift']['test']} validation reviews kept for measuring), "
+        f"after {s['before_shift']['seconds']:g} s of reviews in their own wording "
+        f"({s['before_shift'].get('requests', 0)} requests); "
         "labels flipped: "
         f"{s['shift']['labels_flipped']}. Load: {s['rate']:g} requests/s, feedback on every answer.", "",
         f"**{'promoted' if s['promoted'] else 'not promoted'}** ({s['outcome']}); trigger: {s['trigger']}", "",

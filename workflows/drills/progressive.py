@@ -112,20 +112,25 @@ def locust_totals(folder: Path) -> dict[str, int]:
             "feedback": fb_requests, "failed_feedback": fb_failures}
 
 
-def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0) -> None:
-    """Return once the router has stored its first answer (Locust is up), so no step's clock runs without load."""
+def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0, more_than: int = 0) -> int:
+    """Return once the router has stored more than ``more_than`` answers (Locust is up), so no step's clock runs
+    without load; the answers stored then."""
 
     async def answers() -> int:
         async with open_store(url) as store:
             return await store.count_answers(EXPERIMENT)
 
+    stored = [0]
+
     def answered() -> bool:
         if not background.thread.is_alive():
             raise RuntimeError(f"the load test ended before any answer reached the store {url}; "
                                "see the drill folder's router.log and the load test's logs")
-        return asyncio.run(answers()) > 0
+        stored[0] = asyncio.run(answers())
+        return stored[0] > more_than
 
     wait_for(answered, deadline_s, f"an answer in the store {url} (see the drill folder's router.log)", interval=0.5)
+    return stored[0]
 
 
 def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], section: dict[str, Any],

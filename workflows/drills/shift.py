@@ -16,8 +16,11 @@ both versions are measured afterwards. The traffic also carries up to ``TRAFFIC_
 the training split (never the test part): production was trained on part of that split in the original
 wording, yet loses the cues the slang replaces there too, and more distinct texts teach the candidate more.
 
-The poisoned variant flips the label of ``POISON_SHARE`` of the traffic's reviews (a fixed, random 30 %):
-Locust then sends those wrong labels back as feedback.
+Before the shift, Locust sends ``before``: up to ``BEFORE_SHIFT`` reviews of the training split in their own
+wording, the traffic production was built for.
+
+The poisoned variant flips the label of ``POISON_SHARE`` of the reviews of each part Locust sends (a fixed,
+random 30 %): Locust then sends those wrong labels back as feedback.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ MIN_COUNT = 20
 MAX_SHARE = 0.05
 """Words in more than this share of the reviews (and, the, ...) are never replaced."""
 TRAFFIC_FROM_TRAIN = 2000
+BEFORE_SHIFT = 2000
 POISON_SHARE = 0.3
 TEST_SHARE = 0.3
 _WORD = re.compile(r"[a-z']+")
@@ -94,7 +98,9 @@ class Shift:
     test: list[Example]
     mapping: dict[str, str]
     poisoned: int
-    """How many of the traffic's labels were flipped."""
+    """How many labels were flipped, in ``before`` and ``traffic`` together."""
+    before: list[Example]
+    """What Locust sends before the shift: training reviews in their own wording."""
 
 
 def build_shift(train: Sequence[Example], pool: Sequence[Example], poisoned: bool, seed: int = 0) -> Shift:
@@ -112,10 +118,18 @@ def build_shift(train: Sequence[Example], pool: Sequence[Example], poisoned: boo
     rng.shuffle(more)
     traffic = traffic + more[:TRAFFIC_FROM_TRAIN]
     rng.shuffle(traffic)
+    before = rng.sample(list(train), min(BEFORE_SHIFT, len(train)))
     flipped = 0
     if poisoned:
         labels = sorted({e.label for e in train})
-        flip = set(rng.sample(range(len(traffic)), round(len(traffic) * POISON_SHARE)))
-        traffic = [Example(e.text, labels[1 - labels.index(e.label)]) if i in flip else e for i, e in enumerate(traffic)]
-        flipped = len(flip)
-    return Shift(traffic, test, mapping, flipped)
+        traffic, flipped_traffic = _poison(traffic, labels, rng)
+        before, flipped_before = _poison(before, labels, rng)
+        flipped = flipped_traffic + flipped_before
+    return Shift(traffic, test, mapping, flipped, before)
+
+
+def _poison(examples: list[Example], labels: list[str], rng: random.Random) -> tuple[list[Example], int]:
+    """``examples`` with the label of ``POISON_SHARE`` of them (at random) flipped, and how many."""
+    flip = set(rng.sample(range(len(examples)), round(len(examples) * POISON_SHARE)))
+    return [Example(e.text, labels[1 - labels.index(e.label)]) if i in flip else e
+            for i, e in enumerate(examples)], len(flip)
