@@ -1,4 +1,5 @@
-"""``python -m serving.llm_hop_bench``: the router's cost to a stream's first token, straight to Triton vs through it.
+"""``python -m serving.llm_hop_bench``: the router's cost to a stream's first token and to the gaps between its
+tokens, straight to Triton vs through it.
 
     python -m serving.llm_hop_bench --onnx-dir runs/llm/onnx --max-tokens 4
     python -m serving.llm_hop_bench --onnx-dir runs/llm/onnx --compare-tree /tmp/main   # before/after, one run
@@ -10,18 +11,18 @@ completion at a time, alternating the paths request by request (A B, B A, ...): 
 **router chat** its ``POST /v1/chat/completions`` with the held-out row's chat messages (which the model renders
 with its template into the same prompt).
 Both are read by the same client code (one keep-alive ``httpx`` connection per path, lines as they come), and
-each request's TTFT is the time from sending it to the first event that carries text; the rest of the stream is
-read to its end before the next request. ``--compare-tree DIR`` adds a router run from another checkout
+each request's TTFT is the time from sending it to the first event that carries text, its ITLs the gaps
+between successive events that carry text; the stream is read to its end before the next request. ``--compare-tree DIR`` adds a router run from another checkout
 (``git archive COMMIT | tar -x -C DIR``) as a third path, interleaved the same way: a change to the router is
 shown before and after in one run.
 
-The requests are cut into ``--phases`` blocks; a difference (``router - direct``) is the mean of the per-block
-differences of the p50 (and p99) with a t interval over the blocks (``tunestack.bench.compare``), so a machine
+The requests are cut into ``--phases`` blocks; a difference (``router - direct``, of TTFT or of ITL) is the mean
+of the per-block differences of the p50 (and p99) with a t interval over the blocks (``tunestack.bench.compare``), so a machine
 whose speed drifts widens the interval instead of being read as a difference. Completions are exactly
 ``--max-tokens`` tokens (``ignore_eos``), greedy, on the held-out prompts of the export. On a shared machine
 the figures are noisy: run many requests, and read the paths of one run side by side.
 
-Writes ``reports/bench-llm-hop-TIMESTAMP/`` (bench.md, bench.json, the TTFT CDFs) and prints the table.
+Writes ``reports/bench-llm-hop-TIMESTAMP/`` (bench.md, bench.json, the TTFT and ITL CDFs) and prints the table.
 """
 
 from __future__ import annotations
@@ -50,12 +51,11 @@ from tunestack.bench import BenchOutput, BenchRun, compare, format_diff, markdow
 from tunestack.cli import parse_dataclass
 from tunestack.problems import raise_problems
 
-HELP = ("The router's cost to a stream's first token: publishes --onnx-dir's variant, starts tritonserver and the "
+HELP = ("The router's cost to a stream's first token and its inter-token gaps: publishes --onnx-dir's variant, starts tritonserver and the "
         "router (an A/A experiment) in front of it, and streams one --max-tokens completion at a time, alternating "
         "request by request between Triton's generate_stream (direct), the router's /v1/completions and its "
-        "/v1/chat/completions (the row's chat, rendered by the model) (and, with "
-        "--compare-tree, another checkout's router). Prints each path's TTFT p50/p99, the router's difference from "
-        "direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
+        "/v1/chat/completions (the row's chat, rendered by the model) (and, with --compare-tree, another "
+        "checkout's router). Prints each path's TTFT and ITL p50/p99, the router's differences from direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
         "reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
 DIRECT, ROUTER, CHAT = "direct", "router", "router chat"
 EXPERIMENT = "hop-bench"
@@ -100,18 +100,18 @@ class StreamClient:
         self.client = httpx.Client(base_url=base_url, timeout=60, trust_env=False)
         self.url_path, self.body, self.fields = url_path, body, fields
 
-    def ttft_ms(self, row: dict) -> float:
-        """Stream one completion of the held-out ``row`` to its end; the milliseconds to the first event carrying
-        text."""
-        start, first = time.perf_counter(), None
+    def stream(self, row: dict) -> tuple[float, list[float]]:
+        """Stream one completion of the held-out ``row`` to its end: the milliseconds to the first event carrying
+        text (TTFT), and the gaps between successive events carrying text (ITL)."""
+        start, times = time.perf_counter(), []
         with self.client.stream("POST", self.url_path, json={**self.body, **self.fields(row)}) as r:
             r.raise_for_status()
             for line in r.iter_lines():
-                if first is None and line.startswith("data: {") and self._text(json.loads(line[6:])):
-                    first = time.perf_counter()
-        if first is None:
+                if line.startswith("data: {") and self._text(json.loads(line[6:])):
+                    times.append(time.perf_counter())
+        if not times:
             raise RuntimeError(f"{self.client.base_url}{self.url_path} streamed no text for {row['prompt'][:40]!r}")
-        return (first - start) * 1000
+        return (times[0] - start) * 1000, (np.diff(times) * 1000).tolist()
 
     def _text(self, event: dict) -> str:
         """The text an event carries: Triton's output field, a completion's ``text`` or a chat chunk's content."""
@@ -129,47 +129,66 @@ def chat_messages(row: dict) -> list[dict[str, str]]:
     return [{"role": "system", "content": row["system"]}, {"role": "user", "content": row["user"]}]
 
 
+Blocks = dict[str, dict[str, list[np.ndarray]]]
+"""Figure (``ttft``, ``itl``) -> path -> one array of milliseconds per block."""
+
+
 def measure(paths: dict[str, StreamClient], rows: list[dict], cfg: HopBenchConfig,
-            processes: dict[str, psutil.Process]) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
-    """Warm up, then ``cfg.requests`` rounds, each one request per path in rotated order: TTFTs by path and
-    block, and each router process's CPU milliseconds per measured stream (all its threads)."""
+            processes: dict[str, psutil.Process]) -> tuple[Blocks, dict[str, float]]:
+    """Warm up, then ``cfg.requests`` rounds, each one request per path in rotated order: TTFTs and ITLs by path
+    and block, and each router process's CPU milliseconds per measured stream (all its threads)."""
     names = list(paths)
     for i in range(cfg.warmup):
         for name in names:
-            paths[name].ttft_ms(rows[i % len(rows)])
+            paths[name].stream(rows[i % len(rows)])
     cpu = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    ttft: dict[str, list[float]] = {name: [] for name in names}
+    itl: dict[str, list[list[float]]] = {name: [] for name in names}
     for i in range(cfg.requests):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(paths[name].ttft_ms(rows[i % len(rows)]))
+            first, gaps = paths[name].stream(rows[i % len(rows)])
+            ttft[name].append(first)
+            itl[name].append(gaps)
     streams = {name: cfg.requests * (2 if name == ROUTER and CHAT in paths else 1) for name in processes}
     cpu_ms = {name: round((sum(p.cpu_times()[:2]) - cpu[name]) * 1000 / streams[name], 3)  # this router's paths
               for name, p in processes.items()}
-    bounds = np.linspace(0, cfg.requests, cfg.phases + 1).round().astype(int)
-    return {name: [np.asarray(s[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            for name, s in samples.items()}, cpu_ms
+    edges = np.linspace(0, cfg.requests, cfg.phases + 1).round().astype(int)
+    blocks: Blocks = {"ttft": {}, "itl": {}}
+    for name in names:
+        blocks["ttft"][name] = [np.asarray(ttft[name][a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        blocks["itl"][name] = [np.asarray([g for gaps in itl[name][a:b] for g in gaps])
+                               for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return blocks, cpu_ms
 
 
-def rows_of(blocks: dict[str, list[np.ndarray]], cpu_ms: dict[str, float]) -> list[dict]:
+def rows_of(blocks: Blocks, cpu_ms: dict[str, float]) -> list[dict]:
     rows = []
-    for name, b in blocks.items():
-        row = {"path": name, "ttft": summarize(np.concatenate(b)), "router_cpu_ms_per_stream": cpu_ms.get(name)}
+    for name in blocks["ttft"]:
+        row = {"path": name, "ttft": summarize(np.concatenate(blocks["ttft"][name])),
+               "itl": summarize(np.concatenate(blocks["itl"][name])), "router_cpu_ms_per_stream": cpu_ms.get(name)}
         if name != DIRECT:
-            row["diff"] = compare(DIRECT, blocks[DIRECT], b)
+            row["diff"] = compare(DIRECT, blocks["ttft"][DIRECT], blocks["ttft"][name])
+            if row["itl"]["n"]:
+                row["itl_diff"] = compare(DIRECT, blocks["itl"][DIRECT], blocks["itl"][name])
         rows.append(row)
     return rows
 
 
 def table(document: dict) -> str:
+    def cell(r: dict, key: str, q: str) -> str:
+        return format_diff(r[key][q]) if key in r else "-"
+
     out = [[r["path"], r["ttft"]["n"], f"{r['ttft']['p50_ms']:.2f}", f"{r['ttft']['p99_ms']:.2f}",
-            format_diff(r["diff"]["diff_p50_ms"]) if "diff" in r else "-",
-            format_diff(r["diff"]["diff_p99_ms"]) if "diff" in r else "-",
+            cell(r, "diff", "diff_p50_ms"), cell(r, "diff", "diff_p99_ms"),
+            "-" if r["itl"]["n"] == 0 else f"{r['itl']['p50_ms']:.2f} / {r['itl']['p99_ms']:.2f}",
+            cell(r, "itl_diff", "diff_p50_ms"), cell(r, "itl_diff", "diff_p99_ms"),
             "-" if r["router_cpu_ms_per_stream"] is None else f"{r['router_cpu_ms_per_stream']:.2f}"]
            for r in document["rows"]]
     return (f"{document['what']}\n\n" + markdown_table(
-        ["path", "streams", "TTFT p50 ms", "TTFT p99 ms", "p50 minus direct, ms [95 % CI]",
-         "p99 minus direct, ms [95 % CI]", "router CPU ms per stream"], out, "lrrrrrr"))
+        ["path", "streams", "TTFT p50 ms", "TTFT p99 ms", "TTFT p50 minus direct, ms [95 % CI]",
+         "TTFT p99 minus direct", "ITL p50 / p99 ms", "ITL p50 minus direct", "ITL p99 minus direct",
+         "router CPU ms per stream"], out, "lrrrrrrrrr"))
 
 
 def start_paths(cfg: HopBenchConfig, stack: ExitStack, tmp: Path, run: BenchRun
@@ -217,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         paths, processes = start_paths(cfg, stack, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hop-"))),
                                        run)
         blocks, cpu_ms = measure(paths, rows, cfg, processes)
-    what = (f"TTFT of one stream at a time ({cfg.max_tokens} tokens, {cfg.variant}), paths alternating request by "
+    what = (f"TTFT and ITL of one stream at a time ({cfg.max_tokens} tokens, {cfg.variant}), paths alternating request by "
             f"request; differences over {cfg.phases} blocks")
     report = run.write({"what": what, "rows": rows_of(blocks, cpu_ms)}, table,
-                       {"ttft_cdf": {n: np.concatenate(b) for n, b in blocks.items()}})
+                       {f"{figure}_cdf": {n: np.concatenate(b) for n, b in by_path.items()}
+                        for figure, by_path in blocks.items()})
     print(table(report.data))
-    print(f"\nwritten: {report.folder} (bench.md, bench.json, TTFT CDF)")
+    print(f"\nwritten: {report.folder} (bench.md, bench.json, TTFT and ITL CDFs)")
     return 0
 
 
