@@ -20,10 +20,10 @@ warm-up completion per path. In an arm, ``c`` client threads start together and 
 completions of exactly ``--new-tokens`` tokens (past the EOS token), greedy (``serving.llm_bench_paths``).
 Per arm (``serving.llm_bench_report``, with vLLM's definitions: ``tunestack.bench.streams``): output tokens/s,
 TTFT, ITL, TPOT, e2e latency, goodput under ``--slo-ttft-ms``/``--slo-tpot-ms``; the report's ``ratios``
-are the product's goals. After the phases, ``--ttft-rounds`` rounds stream one request at a time through the
-decode loop's paths in rotation (in-process, http, grpc, router): each round's TTFTs share their prompt and
-their few seconds, so the paired differences measure a hop's cost to the first token (the router's goal)
-where arms run as blocks cannot. The clients share the machine with the servers: on a small machine they are
+are the product's goals. After the phases, ``--ttft-rounds`` rounds per served path stream one request at a time
+through that path and in-process in turn, on one prompt: each pair shares its prompt and its second of the
+machine, so the paired differences measure a path's cost to the first token (the router's goal) where arms
+run as blocks cannot. The clients share the machine with the servers: on a small machine they are
 part of what is measured.
 
 Writes ``reports/bench-llm-TIMESTAMP/`` (bench.md, bench.json, latency CDFs, each server's log) and prints the
@@ -117,8 +117,8 @@ class LLMBenchConfig(BenchOutput):
     max_sequences: int = 8
     """Streams decoded at once per model (the rest wait)."""
     ttft_rounds: int = 48
-    """After the phases: rounds of one request through every 1-stream path of the served batching, interleaved
-    (the router's TTFT goal; 0: none)."""
+    """After the phases: rounds per served path of the served batching, each one request through it and one
+    through in-process on the same prompt (the router's TTFT goal; 0: none)."""
     slo_ttft_ms: float = 2000.0
     """Goodput: a request's time to first token at most this (ms)."""
     slo_tpot_ms: float = 250.0
@@ -276,14 +276,18 @@ def bench_arms(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFac
 
 
 def interleaved_rounds(cfg: LLMBenchConfig, streamers: dict[tuple[str, str], StreamerFactory], prompts: list[dict],
-                       served: str) -> dict[str, list[float]]:
-    """``cfg.ttft_rounds`` rounds of one request through every path of the project's decode loop in the
-    ``served`` batching, interleaved (``interleaved_ttft``): TTFT ms by path and round; {} when there are none."""
-    paths = {path: make for (path, batching), make in streamers.items() if batching == served and path in TRANSPORTS}
-    if not cfg.ttft_rounds or len(paths) < 2:
+                       served: str) -> dict[str, dict[str, list[float]]]:
+    """``cfg.ttft_rounds`` rounds per served path of the decode loop in the ``served`` batching, each paired with
+    in-process on one prompt (``interleaved_ttft``): per path, its TTFTs and in-process's (ms); {} when there
+    are none."""
+    reference = streamers.get((IN_PROCESS, served))
+    paths = {path: make for (path, batching), make in streamers.items()
+             if batching == served and path in TRANSPORTS and path != IN_PROCESS}
+    if not cfg.ttft_rounds or reference is None or not paths:
         return {}
-    log.info("TTFT: %d rounds of one request through %s, interleaved", cfg.ttft_rounds, ", ".join(paths))
-    return interleaved_ttft(paths, prompts, cfg.ttft_rounds)
+    log.info("TTFT: %d rounds of one request through each of %s, each paired with in-process", cfg.ttft_rounds,
+             ", ".join(paths))
+    return interleaved_ttft(reference, paths, prompts, cfg.ttft_rounds)
 
 
 def run(cfg: LLMBenchConfig):

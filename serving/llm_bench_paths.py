@@ -16,7 +16,8 @@ rendered from, its token ids) and returns the request's ``tunestack.bench.stream
 Every completion is exactly ``new_tokens`` long: generated past the EOS token (``ignore_eos``), greedy.
 
 ``run_streams`` runs an arm (its concurrent streams, one path); ``interleaved_ttft`` streams one request at a
-time through several paths in rotation, for TTFT differences that share their prompt and their minute.
+time, a path and the reference (in-process) in turn on one prompt, for TTFT differences that share their prompt
+and their second of the machine.
 """
 
 from __future__ import annotations
@@ -134,22 +135,31 @@ def run_streams(make: StreamerFactory, prompts: list[dict], concurrency: int, re
     return {"records": [r for rs in records for r in rs], "wall_s": wall}
 
 
-def interleaved_ttft(paths: dict[str, StreamerFactory], prompts: list[dict], rounds: int) -> dict[str, list[float]]:
-    """One stream at a time: each of ``rounds`` rounds streams its prompt (round ``i``: ``prompts[i % n]``) once
-    through every path, the paths' order rotated by one each round, so that no path always follows another.
-    Each path's TTFT (ms) by round: entry ``i`` of every path shares its prompt and its few seconds of the
-    machine."""
-    streams = {name: make() for name, make in paths.items()}
-    names, ttft_ms = list(streams), {name: [] for name in streams}
+def interleaved_ttft(reference: StreamerFactory, paths: dict[str, StreamerFactory], prompts: list[dict],
+                     rounds: int) -> dict[str, dict[str, list[float]]]:
+    """One stream at a time, ``rounds`` rounds per path: round ``i`` streams one prompt (``prompts[i % n]``)
+    through ``reference`` and then through one path (``paths`` in turn). Each path's TTFTs (ms) and the
+    reference's in the same rounds: a pair shares its prompt and its second of the machine.
+
+    The sequence strictly alternates, reference, path, reference, path, so every request of every path follows
+    the same: one request on the other server. What came just before moves TTFT by tens of milliseconds on a
+    small machine (measured here: Triton's HTTP path read 28 ms quicker right after another Triton request,
+    and 40 ms slower after two in-process ones, where the same path in a steady alternation showed no effect of
+    which of the pair went first); a round of several Triton paths, or an order that alternates, would hand
+    that to some paths and not to others."""
+    streams = {name: make() for name, make in {"": reference, **paths}.items()}
+    names = list(paths)
+    pairs: dict[str, dict[str, list[float]]] = {name: {"ttft_ms": [], "reference_ms": []} for name in names}
     try:
-        for i in range(rounds):
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
-                ttft = streams[name](prompts[i % len(prompts)]).ttft_s
-                if ttft is None:
-                    raise RuntimeError(f"{name} streamed no token for prompt {i % len(prompts)}")
-                ttft_ms[name].append(round(ttft * 1000, 3))
+        for i in range(rounds * len(names)):
+            name, prompt = names[i % len(names)], prompts[i % len(prompts)]
+            ttft = {who: streams[who](prompt).ttft_s for who in ("", name)}
+            if None in ttft.values():
+                raise RuntimeError(f"{'the reference' if ttft[''] is None else name} streamed no token for prompt "
+                                   f"{i % len(prompts)}")
+            pairs[name]["ttft_ms"].append(round(ttft[name] * 1000, 3))
+            pairs[name]["reference_ms"].append(round(ttft[""] * 1000, 3))
     finally:
         for stream in streams.values():
             getattr(stream, "close", lambda: None)()
-    return ttft_ms
+    return pairs

@@ -17,12 +17,11 @@ when the arms it needs were not measured:
   (<= 5 ms): the median of the paired differences from the interleaved rounds (``ttft_differences``), with its
   distribution-free 95 % interval.
 
-The interleaved rounds (``serving.llm_bench_paths.interleaved_ttft``) stream one request at a time through the
-1-stream paths in rotation, so each pair shares its prompt (a prompt's own prefill varies far more than the
-few milliseconds a hop costs) and its few seconds of the machine (an arm's block of requests runs seconds or
-minutes after another's, and a machine whose speed drifts in between would land in a difference of blocks).
-``ttft_differences`` gives every path against in-process, and the router against Triton's HTTP path (the
-router's own hop).
+The interleaved rounds (``serving.llm_bench_paths.interleaved_ttft``) stream one request at a time, a path
+and in-process in turn on one prompt, so each pair shares its prompt (a prompt's own prefill varies far more
+than the few milliseconds a hop costs) and its second of the machine (an arm's block of requests runs seconds
+or minutes after another's, and a machine whose speed drifts in between would land in a difference of
+blocks). ``ttft_differences`` gives every path against in-process.
 """
 
 from __future__ import annotations
@@ -126,17 +125,14 @@ def _ratio_goal(goal: Goal, rows: dict, served: str, concurrency: int, path: str
     return goal.entry(by_path, note)
 
 
-def ttft_differences(interleaved: dict[str, list[float]]) -> list[dict]:
-    """From the interleaved rounds' TTFTs by path: each path minus in-process, and the router minus Triton's
-    HTTP path, as the median of the per-round differences with its 95 % interval (``median_interval``)."""
-    pairs = [(path, IN_PROCESS) for path in interleaved if path != IN_PROCESS and IN_PROCESS in interleaved]
-    if ROUTER in interleaved and "http" in interleaved:
-        pairs.append((ROUTER, "http"))
+def ttft_differences(interleaved: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """From the interleaved rounds (path -> its TTFTs and in-process's in the same rounds, ms): each path minus
+    in-process, as the median of the per-round differences with its 95 % interval (``median_interval``)."""
     out = []
-    for path, vs in pairs:
-        median, low, high = median_interval([a - b for a, b in zip(interleaved[path], interleaved[vs], strict=True)])
-        out.append({"path": path, "vs": vs, "median_ms": median, "low": low, "high": high,
-                    "pairs": len(interleaved[path])})
+    for path, pair in interleaved.items():
+        median, low, high = median_interval([a - b for a, b in zip(pair["ttft_ms"], pair["reference_ms"], strict=True)])
+        out.append({"path": path, "vs": IN_PROCESS, "median_ms": median, "low": low, "high": high,
+                    "pairs": len(pair["ttft_ms"])})
     return out
 
 

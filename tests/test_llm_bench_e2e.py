@@ -50,13 +50,14 @@ def test_quick_bench_runs_every_peer_with_exact_counts_and_the_goals(tiny_causal
         assert set(ratios[key]["by_path"]) == {"http", "grpc", "router"} and ratios[key]["value"] > 0
         assert ratios[key]["met"] in (True, False) and ratios[key]["note"] is None
         assert ratios[key]["value"] == min(v["value"] for v in ratios[key]["by_path"].values())  # the worst path's
-    interleaved = report["ttft_interleaved_ms"]  # every decode-loop path, one request a round
-    assert set(interleaved) == {"in-process", "http", "grpc", "router"}
-    assert all(len(ms) == quick["ttft_rounds"] and min(ms) > 0 for ms in interleaved.values())
+    interleaved = report["ttft_interleaved_ms"]  # every served path, each round paired with in-process
+    assert set(interleaved) == {"http", "grpc", "router"}
+    assert all(len(p["ttft_ms"]) == len(p["reference_ms"]) == quick["ttft_rounds"] and min(p["ttft_ms"]) > 0
+               for p in interleaved.values())
     assert [(d["path"], d["vs"]) for d in report["ttft_differences"]] == \
-        [("http", "in-process"), ("grpc", "in-process"), ("router", "in-process"), ("router", "http")]
+        [("http", "in-process"), ("grpc", "in-process"), ("router", "in-process")]
     router = ratios["router_ttft_p50_over_in_process_ms"]
-    diffs = [a - b for a, b in zip(interleaved["router"], interleaved["in-process"], strict=True)]
+    diffs = [a - b for a, b in zip(interleaved["router"]["ttft_ms"], interleaved["router"]["reference_ms"], strict=True)]
     assert router["note"] is None and router["value"] == pytest.approx(float(np.median(diffs)), abs=1e-3)
     assert router["by_path"]["router"]["requests"] == quick["ttft_rounds"] and router["met"] == (router["value"] <= 5.0)
     markdown = (out / "bench.md").read_text()
@@ -81,7 +82,7 @@ def test_bench_without_peers_reports_the_batching_gain(tiny_causal_onnx_dir, tmp
     assert report["merged_dir"] is None
     assert report["ratios"]["served_vs_transformers_c8"]["value"] is None  # neither 8 streams nor the baseline
     assert report["ratios"]["router_ttft_p50_over_in_process_ms"]["value"] is not None
-    assert all(len(ms) == 6 for ms in report["ttft_interleaved_ms"].values())
+    assert all(len(p["ttft_ms"]) == 6 for p in report["ttft_interleaved_ms"].values())
 
 
 def test_the_official_openai_client_streams_from_the_baseline_peer(tiny_causal_onnx_dir, tmp_path):

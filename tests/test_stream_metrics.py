@@ -128,28 +128,26 @@ def test_goals_are_per_phase_ratios_of_the_worst_served_path():
 
 
 def test_the_router_goal_is_the_median_of_its_interleaved_ttft_differences():
-    # 20 rounds, the router 1..20 ms over in-process whatever the prompt's own TTFT (0.1 s or 1 s); Triton's HTTP
-    # path 2 ms over in-process in every round
+    # 20 rounds per path, the router 1..20 ms over in-process whatever the prompt's own TTFT (0.1 s or 1 s);
+    # Triton's HTTP path 2 ms over in-process in every round
     base = [100.0 + 900 * (i % 2) for i in range(20)]
-    interleaved = {"in-process": base, "http": [b + 2 for b in base],
-                   "router": [b + (i + 1) for i, b in enumerate(base)]}
+    interleaved = {"http": {"ttft_ms": [b + 2 for b in base], "reference_ms": base},
+                   "router": {"ttft_ms": [b + (i + 1) for i, b in enumerate(base)], "reference_ms": base}}
     differences = ttft_differences(interleaved)
-    assert [(d["path"], d["vs"]) for d in differences] == [("http", "in-process"), ("router", "in-process"),
-                                                             ("router", "http")]
-    http, router, hop = differences
+    assert [(d["path"], d["vs"]) for d in differences] == [("http", "in-process"), ("router", "in-process")]
+    http, router = differences
     assert http["median_ms"] == pytest.approx(2.0) and http["pairs"] == 20
     assert router["median_ms"] == pytest.approx(10.5)
     assert (router["low"], router["high"]) == (pytest.approx(6.0), pytest.approx(15.0))  # order statistics 6 and 15
-    assert hop["median_ms"] == pytest.approx(8.5)  # the router's own hop: over Triton's HTTP path
     goal = goals({}, "continuous", differences)["router_ttft_p50_over_in_process_ms"]
     assert goal["by_path"]["router"] == {"value": pytest.approx(10.5), "low": pytest.approx(6.0),
                                          "high": pytest.approx(15.0), "requests": 20}
     assert goal["value"] == pytest.approx(10.5) and goal["met"] is False and goal["note"] is None
-    fast = ttft_differences({"in-process": base, "router": [b + 3 for b in base]})
+    fast = ttft_differences({"router": {"ttft_ms": [b + 3 for b in base], "reference_ms": base}})
     assert goals({}, "continuous", fast)["router_ttft_p50_over_in_process_ms"]["met"] is True
-    without = ttft_differences({"http": base, "router": base})  # no in-process path: no goal
+    without = ttft_differences({"http": interleaved["http"]})  # no router path: no goal
     assert goals({}, "continuous", without)["router_ttft_p50_over_in_process_ms"]["note"] == NO_TTFT_PAIRS
-    two = ttft_differences({"in-process": [1.0, 2.0], "router": [5.0, 8.0]})[0]
+    two = ttft_differences({"router": {"ttft_ms": [5.0, 8.0], "reference_ms": [1.0, 2.0]}})[0]
     assert two["median_ms"] == pytest.approx(5.0) and (two["low"], two["high"]) == (None, None)  # too few pairs
 
 
@@ -163,7 +161,7 @@ def test_the_router_is_a_served_path_in_the_tokens_per_s_goals():
     assert "router / continuous / 1" in missing["served_vs_in_process_c1"]["note"]
 
 
-def test_interleaved_rounds_rotate_the_paths_and_share_each_rounds_prompt():
+def test_interleaved_rounds_alternate_the_reference_with_each_path_on_one_prompt():
     order, closed = [], []
 
     class Path:
@@ -172,24 +170,25 @@ def test_interleaved_rounds_rotate_the_paths_and_share_each_rounds_prompt():
 
         def __call__(self, prompt):
             order.append((self.name, prompt["k"]))
-            ttft = {"a": 0.010, "b": 0.012, "c": 0.015}[self.name] + prompt["k"] / 1000
+            ttft = {"ref": 0.010, "a": 0.012, "b": 0.015}[self.name] + prompt["k"] / 1000
             return record(0.0, [ttft])
 
         def close(self):
             closed.append(self.name)
 
-    prompts = [{"k": k} for k in range(2)]
-    ttft = interleaved_ttft({n: (lambda n=n: Path(n)) for n in "abc"}, prompts, 4)
-    assert [name for name, _ in order] == list("abc" "bca" "cab" "abc")  # rotated by one each round
-    assert [k for _, k in order] == [0] * 3 + [1] * 3 + [0] * 3 + [1] * 3  # a round: one prompt, every path
-    assert ttft == {"a": [10.0, 11.0, 10.0, 11.0], "b": [12.0, 13.0, 12.0, 13.0], "c": [15.0, 16.0, 15.0, 16.0]}
-    assert sorted(closed) == list("abc")
+    prompts = [{"k": k} for k in range(3)]
+    pairs = interleaved_ttft(lambda: Path("ref"), {n: (lambda n=n: Path(n)) for n in "ab"}, prompts, 2)
+    # reference, path, reference, path: every request follows one on the other server; a new prompt each round
+    assert order == [("ref", 0), ("a", 0), ("ref", 1), ("b", 1), ("ref", 2), ("a", 2), ("ref", 0), ("b", 0)]
+    assert pairs == {"a": {"ttft_ms": [12.0, 14.0], "reference_ms": [10.0, 12.0]},
+                     "b": {"ttft_ms": [16.0, 15.0], "reference_ms": [11.0, 10.0]}}
+    assert sorted(closed) == ["a", "b", "ref"]
 
     def silent():
         return lambda prompt: StreamRecord(0.0, (), 0.1, 0)
 
-    with pytest.raises(RuntimeError, match="b streamed no token for prompt 0"):
-        interleaved_ttft({"a": lambda: Path("a"), "b": silent}, prompts, 2)
+    with pytest.raises(RuntimeError, match="b streamed no token for prompt 1"):
+        interleaved_ttft(lambda: Path("ref"), {"a": lambda: Path("a"), "b": silent}, prompts, 2)
 
 
 def test_rows_carry_counts_goodput_and_the_batching_gain():
