@@ -315,3 +315,32 @@ def test_export_cli_publishes_to_the_bucket_once(repo, tiny_onnx_dir, capsys):
     assert export_main(argv) == 0
     assert first.count("already published") == 0 and capsys.readouterr().out.count("already published") == 2
     assert snapshot(repo) == before
+
+
+@pytest.mark.e2e
+def test_the_retrain_loop_publishes_its_candidate_to_the_bucket_once(repo, tiny_onnx_dir, tmp_path):
+    import asyncio
+
+    from experiments.rollout.config import RolloutConfig
+    from experiments.store import open_store
+    from workflows.loop.config import LoopConfig
+    from workflows.loop.cycle import Cycle, LoopContext
+
+    uri = repo.location.uri
+    loop = LoopConfig.from_dict({"production_run": str(tiny_onnx_dir.parent), "runs_dir": str(tmp_path),
+                                 "repository": uri})
+    assert loop.repository == uri  # an S3 URI stays a string
+    spec = {"name": "loop", "arms": [{"name": "production", "model": MODEL, "version": "1", "weight": 100},
+                                     {"name": "candidate", "model": MODEL, "version": "1", "weight": 0}]}
+
+    async def go():
+        async with open_store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
+            await store.add_revision("loop", spec, "file", "test", "start")
+            cycle = Cycle(store, LoopContext("loop", loop, RolloutConfig()), 1, "manual")
+            done = {"export": {"onnx_dir": str(tiny_onnx_dir)}}
+            return await cycle._publish(done), await cycle._publish(done)
+
+    first, second = asyncio.run(go())
+    assert first == {"model": MODEL, "version": "1", "folder": f"{uri}/{MODEL}/1", "already_published": False}
+    assert second == {**first, "already_published": True}  # the same ONNX file: the version that serves it
+    assert repo.list_versions(MODEL) == [1]

@@ -85,8 +85,9 @@ class LoopConfig:
     best checkpoint is chosen by validation loss unless ``early_stopping_metric`` says otherwise."""
     runs_dir: Path = Path("runs")
     """Where each cycle's run is written: RUNS_DIR/EXPERIMENT-loop-CYCLE/."""
-    repository: Path = Path("model_repository")
-    """The model repository Triton serves; the candidate is published into it as a new version."""
+    repository: Path | str = Path("model_repository")
+    """The model repository Triton serves, a folder or s3://BUCKET/PREFIX (credentials and endpoint from the
+    environment, as ``python -m export`` reads them); the candidate is published into it as a new version."""
     lease_s: float = 900.0
     """The lease's length: another loop on the store may start once the holder has not renewed it for this long."""
     poll_s: float = 30.0
@@ -146,8 +147,8 @@ class LoopConfig:
         if problems:
             raise LoopConfigError(f"invalid {SECTION} section: " + "; ".join(problems))
         for key in ("production_run", "base_model", "runs_dir", "repository"):
-            if values.get(key) is not None:
-                values[key] = Path(values[key])
+            if values.get(key) is not None and not (key == "repository" and str(values[key]).startswith("s3://")):
+                values[key] = Path(values[key])  # an S3 URI stays a string: Path would eat a slash
         return cls(triggers=Triggers(**triggers), **values)
 
 

@@ -37,6 +37,7 @@ from experiments.store import Store
 from experiments.store.loop_tables import LoopLog, labelled_inputs
 from experiments.store.sync import spec_of
 from tunestack import tracking
+from tunestack.files import sha256
 from tunestack.layout import RunLayout
 from workflows.loop import dataset
 from workflows.loop.config import LoopConfig
@@ -183,6 +184,7 @@ class Cycle:
     async def _publish(self, done: dict) -> dict:
         from export.config import ExportConfig
         from export.contract import VARIANT_FILES
+        from export.object_store import S3Repository, is_s3_uri
         from export.pipeline import find_published
         from export.publish import publish
 
@@ -190,9 +192,16 @@ class Cycle:
         exp = await self._experiment()
         model, onnx_dir = exp.arms[1].model, Path(done["export"]["onnx_dir"])
         export_cfg = ExportConfig(repository=cfg.repository, model_name=model)
-        existing = find_published(cfg.repository / model, onnx_dir / VARIANT_FILES[cfg.variant], cfg.variant)
-        folder = existing or await asyncio.to_thread(publish, onnx_dir, cfg.variant, export_cfg)
-        return {"model": model, "version": folder.name, "folder": str(folder), "already_published": existing is not None}
+        onnx_file = onnx_dir / VARIANT_FILES[cfg.variant]
+        if is_s3_uri(cfg.repository):
+            bucket = S3Repository.from_env(str(cfg.repository))
+            existing = await asyncio.to_thread(bucket.find_published, model, sha256(onnx_file), cfg.variant)
+            where = existing or await asyncio.to_thread(bucket.publish, onnx_dir, cfg.variant, export_cfg)
+        else:
+            existing = find_published(Path(cfg.repository) / model, onnx_file, cfg.variant)
+            where = existing or await asyncio.to_thread(publish, onnx_dir, cfg.variant, export_cfg)
+        return {"model": model, "version": str(where).rstrip("/").rsplit("/", 1)[-1], "folder": str(where),
+                "already_published": existing is not None}
 
     async def _experiment(self):
         latest = await self.store.latest_revision(self.ctx.experiment)
@@ -215,9 +224,11 @@ class Cycle:
         tag = f"cycle {self.number}: canary"
         ours = [r for r in await self.store.revisions(exp.name, 1000) if r.source == SOURCE and r.why.startswith(tag)]
         if self.ctx.triton_address:
+            from export.object_store import is_s3_uri
             from serving.repository import ModelRepository
 
-            with ModelRepository(self.ctx.triton_address, self.ctx.cfg.repository) as models:
+            local = None if is_s3_uri(self.ctx.cfg.repository) else self.ctx.cfg.repository
+            with ModelRepository(self.ctx.triton_address, local) as models:
                 await asyncio.to_thread(models.load, model)
         if not ours:
             await self._point(1, version, {control: 100.0, candidate: 0.0},
