@@ -12,15 +12,16 @@ completion at a time, alternating the paths request by request (A B, B A, ...): 
 with its template into the same prompt).
 Both are read by the same client code (one keep-alive ``httpx`` connection per path, lines as they come), and
 each request's TTFT is the time from sending it to the first event that carries text, its ITLs the gaps
-between successive events that carry text; the stream is read to its end before the next request. ``--compare-tree DIR`` adds a router run from another checkout
-(``git archive COMMIT | tar -x -C DIR``) as a third path, interleaved the same way: a change to the router is
-shown before and after in one run.
+between successive events that carry text; the stream is read to its end before the next request.
+``--compare-tree DIR`` adds a router run from another checkout (``git archive COMMIT | tar -x -C DIR``) as a
+third path, interleaved the same way: a change to the router is shown before and after in one run.
 
-The requests are cut into ``--phases`` blocks; a difference (``router - direct``, of TTFT or of ITL) is the mean
-of the per-block differences of the p50 (and p99) with a t interval over the blocks (``tunestack.bench.compare``), so a machine
-whose speed drifts widens the interval instead of being read as a difference. Completions are exactly
-``--max-tokens`` tokens (``ignore_eos``), greedy, on the held-out prompts of the export. On a shared machine
-the figures are noisy: run many requests, and read the paths of one run side by side.
+The requests are cut into ``--phases`` blocks; a difference (``router - direct``, of TTFT or of ITL) is the
+mean of the per-block differences of the p50 (and p99) with a t interval over the blocks
+(``tunestack.bench.compare``), so a machine whose speed drifts widens the interval instead of being read as a
+difference. Completions are exactly ``--max-tokens`` tokens (``ignore_eos``), greedy, on the held-out prompts
+of the export. On a shared machine the figures are noisy: run many requests, and read the paths of one run
+side by side.
 
 Writes ``reports/bench-llm-hop-TIMESTAMP/`` (bench.md, bench.json, the TTFT and ITL CDFs) and prints the table.
 """
@@ -51,12 +52,13 @@ from tunestack.bench import BenchOutput, BenchRun, compare, format_diff, markdow
 from tunestack.cli import parse_dataclass
 from tunestack.problems import raise_problems
 
-HELP = ("The router's cost to a stream's first token and its inter-token gaps: publishes --onnx-dir's variant, starts tritonserver and the "
-        "router (an A/A experiment) in front of it, and streams one --max-tokens completion at a time, alternating "
-        "request by request between Triton's generate_stream (direct), the router's /v1/completions and its "
-        "/v1/chat/completions (the row's chat, rendered by the model) (and, with --compare-tree, another "
-        "checkout's router). Prints each path's TTFT and ITL p50/p99, the router's differences from direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; writes "
-        "reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
+HELP = ("The router's cost to a stream's first token and its inter-token gaps: publishes --onnx-dir's variant, "
+        "starts tritonserver and the router (an A/A experiment) in front of it, and streams one --max-tokens "
+        "completion at a time, alternating request by request between Triton's generate_stream (direct), the "
+        "router's /v1/completions and its /v1/chat/completions (the row's chat, rendered by the model) (and, with "
+        "--compare-tree, another checkout's router). Prints each path's TTFT and ITL p50/p99, the router's "
+        "differences from direct with a 95 % interval over --phases blocks, and each router's CPU ms per stream; "
+        "writes reports/bench-llm-hop-TIMESTAMP/. Figures, not pass/fail: on a shared machine run many requests.")
 DIRECT, ROUTER, CHAT = "direct", "router", "router chat"
 EXPERIMENT = "hop-bench"
 

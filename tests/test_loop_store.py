@@ -1,6 +1,7 @@
-"""The loop's tables on SQLite and a real PostgreSQL: the lease (one holder at a time, expiry, release, a cycle
-that loses it stops), kept inputs joined to feedback, retention (older inputs deleted, newer kept), steps recorded
-once; and the router's input keeper (sampling, reading texts off the request path). The sweep that deletes them: test_store_sweep.py."""
+"""The loop's tables on SQLite and a real PostgreSQL: the lease (one holder at a time, expiry, release, a
+cycle that loses it stops), kept inputs joined to feedback, retention (older inputs deleted, newer kept), steps
+recorded once; and the router's input keeper (sampling, reading texts off the request path). The sweep that
+deletes them: test_store_sweep.py."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ second arm (the candidate's slot) stands at weight 0. The router keeps every ans
 Locust first sends training reviews in their own wording for ``DrillConfig.loop_clean_s`` seconds, then, from
 the shift on, the shifted reviews (``shift.py``: the run's validation split and more training reviews in a
 made-up slang), with their labels back as feedback on every answer (``load_phases``). The loop
-(``workflows.loop``) watches the store all along; the new-labels trigger (``DrillConfig.loop_labels``) or drift starts a
-cycle: data set, fine-tune from production, export, offline gate, publish, canary ramped by the rollout
+(``workflows.loop``) watches the store all along; drift or the new-labels trigger (``DrillConfig.loop_labels``)
+starts a cycle: data set, fine-tune from production, export, offline gate, publish, canary ramped by the rollout
 controller and judged live. Then the load stops, and both versions are measured in process on shifted reviews
 never sent (the shift's test part) and on the original held-out set.
 
@@ -164,7 +164,8 @@ def load_phases(cfg: DrillConfig, load: LoadTestConfig, folder: Path, url: str,
     Per phase: ``at`` (its first stored answer), ``end`` (the cycle's output) and ``result`` (Locust's run)."""
     phases: dict[str, dict[str, Any]] = {}
     seen = 0
-    for name, texts, seconds in (("before", "before.jsonl", cfg.loop_clean_s), ("shifted", "traffic.jsonl", cfg.loop_load_s)):
+    for name, texts, seconds in (("before", "before.jsonl", cfg.loop_clean_s),
+                                 ("shifted", "traffic.jsonl", cfg.loop_load_s)):
         if seconds <= 0:
             continue
         stop = threading.Event()  # the phase's Locust may run a little past its deadline: stopped then

@@ -124,7 +124,7 @@ def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0
 
     def answered() -> bool:
         if not background.thread.is_alive():
-            raise RuntimeError(f"the load test ended before any answer reached the store {url}; "
+            raise RuntimeError(f"the load test ended before the router stored an answer of it in {url}; "
                                "see the drill folder's router.log and the load test's logs")
         stored[0] = asyncio.run(answers())
         return stored[0] > more_than
