@@ -176,8 +176,8 @@ def render(document: dict) -> str:
                                  [[g["path"], g["concurrency"], g["ratio"], f"{g['low']} - {g['high']}"]
                                   for g in document["batching_gain"]], "lrrr")]
     if document["ttft_differences"]:
-        parts += [f"TTFT at 1 stream, the paths interleaved request by request ({c['ttft_rounds']} rounds): the "
-                  "median of the paired differences [95 % interval]:",
+        parts += [f"TTFT at 1 stream, each path paired with in-process on one prompt, alternating request by request "
+                  f"({c['ttft_rounds']} rounds per path): the median of the paired differences [95 % interval]:",
                   markdown_table(["path", "minus", "median ms", "95 % interval", "pairs"],
                                  [[d["path"], d["vs"], d["median_ms"], f"[{_cell(d['low'])}, {_cell(d['high'])}]",
                                    d["pairs"]] for d in document["ttft_differences"]], "llrrr")]
