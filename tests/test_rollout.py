@@ -220,6 +220,29 @@ def test_cli_function_writes_the_report_and_the_rollout_section_is_accepted_by_t
     assert "### Sample ratio: **no mismatch detected**" in text
 
 
+def test_a_success_metric_found_better_once_carries_the_ramp_to_completion(url, monkeypatch):
+    """Scripted judge: accuracy "better" at the first look only, then "no decision yet" (as at 100 %, where the
+    control gets no new data and the interval can slip back): the ramp still completes."""
+    looks = []
+
+    async def verdicts(self, exp):
+        looks.append(len(looks))
+        verdict = "better" if len(looks) == 1 else "no decision yet"
+        metric = {"low": -1, "high": 1, "unit": "", "n_control": 9, "n_treatment": 9}
+        metrics = {n: {**metric, "verdict": "equivalent within margin"} for n in ("error_rate", "latency_p99")}
+        metrics["accuracy"] = {**metric, "verdict": verdict}
+        return {"sample_ratio": {"verdict": "no mismatch detected"}, "treatments": {"cand": {"metrics": metrics}}}
+
+    monkeypatch.setattr(RolloutController, "_verdicts", verdicts)
+    section = {**SECTION, "steps": [50, 100], "guardrails": ["error_rate", "latency_p99"],
+               "success_metrics": ["accuracy"], "step_timeout_s": 600}
+    out = rollout(url, section=section)
+    assert out.result == "complete" and out.step == 2, out.reason
+    assert out.found_better == ["accuracy"] and len(looks) >= 2
+    assert [look.metrics["accuracy"]["verdict"] for look in out.looks][-1] == "no decision yet"
+    assert out.reason.endswith("accuracy found better at an earlier look")
+
+
 def test_decide_rules():
     cfg = RolloutConfig(min_step_requests=10, step_timeout_s=60)
     good = {n: {"verdict": "equivalent within margin", "low": -1, "high": 1, "unit": "", "n_control": 9,
@@ -240,6 +263,11 @@ def test_decide_rules():
     assert waiting.action == WAIT and waiting.failing == ("accuracy",), "no worse is not enough: it must be better"
     assert decide({**good, "accuracy": {**good["accuracy"], "verdict": "better"}}, must_win, 10, 1).action == PROMOTE
     assert decide(good, must_win, 10, 60).action == HOLD, "never found better: the step times out"
+    stands = decide(good, must_win, 10, 1, found_better=frozenset({"accuracy"}))
+    assert stands.action == PROMOTE, "found better at an earlier look: a later 'no decision yet' does not undo it"
+    assert stands.reason.endswith("; accuracy found better at an earlier look")
+    assert decide(worse, must_win, 10, 1, found_better=frozenset({"accuracy"})).action == ROLLBACK, "worse still rolls back"
+    assert decide(good, must_win, 9, 1, found_better=frozenset({"accuracy"})).action == WAIT, "the step's requests"
     assert decide(worse, dataclasses.replace(must_win, rollback_on_accuracy=False), 0, 0).action == ROLLBACK
     split = {"verdict": "no mismatch detected", "units_evalue": 1.2, "units_threshold": 280.0,
              "units": {"control": {"observed_share": 0.9, "expected_share": 0.9}},

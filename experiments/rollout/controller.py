@@ -87,6 +87,9 @@ class Outcome:
     looks: list[Look] = field(default_factory=list)
     verdicts: dict[str, Any] | None = None
     """The judge's ``Verdicts.to_dict()`` at the last look."""
+    found_better: list[str] = field(default_factory=list)
+    """Success metrics the judge found "better" at some look of this process's part of the rollout: that stands
+    (``experiments.rollout.decision``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,7 +207,9 @@ class RolloutController:
         metrics, sample_ratio = out.verdicts["treatments"][out.treatment]["metrics"], out.verdicts["sample_ratio"]
         new_requests, _ = await self.store.exposure(self.name, out.treatment, since)
         now = time.time()
-        d = decide(metrics, self.cfg, new_requests, now - since, sample_ratio)
+        out.found_better += [n for n in self.cfg.success_metrics
+                             if metrics.get(n, {}).get("verdict") == "better" and n not in out.found_better]
+        d = decide(metrics, self.cfg, new_requests, now - since, sample_ratio, frozenset(out.found_better))
         out.looks.append(Look(now, step, self.steps[step - 1], d.action, metrics, sample_ratio["verdict"]))
         if d.action == WAIT:
             return None

@@ -8,7 +8,11 @@ The rules, in order (``decide``):
 2. **rollback** at once when any watched metric (the guardrails, and accuracy from feedback) is "worse",
    or the predicted-label mix is "different" while it is a guardrail;
 3. **promote** when every guardrail is "equivalent within margin" or "better", every success metric (if
-   any) is "better", and the step has served at least ``min_step_requests`` new treatment requests;
+   any) is "better" now or was at an earlier look of this rollout (``found_better``), and the step has served
+   at least ``min_step_requests`` new treatment requests. An earlier "better" stands: the judge's intervals
+   are anytime-valid, so the chance that *any* look ever reads "better" without a real gain is the false-verdict
+   rate measured for reading at every look; a later look that slips back to "no decision yet" (more data at a
+   step where the control gets none, such as 100 %) does not undo it, while a "worse" still rolls back;
 4. **hold** or **rollback** (``on_timeout``) when the step has been undecided for ``step_timeout_s``;
 5. otherwise **wait** and look again.
 """
@@ -67,9 +71,10 @@ def mismatch_evidence(sample_ratio: dict[str, Any]) -> str:
 
 
 def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elapsed_s: float,
-           sample_ratio: dict[str, Any] | None = None) -> Decision:
+           sample_ratio: dict[str, Any] | None = None, found_better: frozenset[str] = frozenset()) -> Decision:
     """The decision for a step that has served ``new_requests`` treatment requests in ``elapsed_s`` seconds, from
-    the treatment's ``metrics`` and the experiment's ``sample_ratio`` (``Verdicts.to_dict()``'s)."""
+    the treatment's ``metrics``, the experiment's ``sample_ratio`` (``Verdicts.to_dict()``'s) and the success
+    metrics found "better" at an earlier look of the rollout (``found_better``)."""
     if sample_ratio is not None and sample_ratio["verdict"] == MISMATCH:
         return Decision(HALT, mismatch_evidence(sample_ratio), ("sample_ratio",), metrics)
     watched = cfg.watched
@@ -78,9 +83,12 @@ def decide(metrics: dict[str, Any], cfg: RolloutConfig, new_requests: int, elaps
     if bad:
         return Decision(ROLLBACK, evidence(metrics, bad), bad, metrics)
     pending = tuple(n for n in cfg.guardrails if metrics.get(n, {}).get("verdict") not in GOOD) \
-        + tuple(n for n in cfg.success_metrics if metrics.get(n, {}).get("verdict") != "better")
+        + tuple(n for n in cfg.success_metrics if metrics.get(n, {}).get("verdict") != "better"
+                and n not in found_better)
     if not pending and new_requests >= cfg.min_step_requests:
-        return Decision(PROMOTE, evidence(metrics, watched), (), metrics)
+        earlier = [n for n in cfg.success_metrics if metrics.get(n, {}).get("verdict") != "better"]
+        note = "".join(f"; {n} found better at an earlier look" for n in earlier)
+        return Decision(PROMOTE, evidence(metrics, watched) + note, (), metrics)
     if elapsed_s >= cfg.step_timeout_s:
         waiting = (f"undecided after {elapsed_s:.0f} s (timeout {cfg.step_timeout_s:g} s, {new_requests} new "
                    f"treatment requests, {cfg.min_step_requests} needed): ")
