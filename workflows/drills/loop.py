@@ -36,7 +36,7 @@ from serving.router.process import RouterProcess
 from serving.triton import TritonServer
 from training.data import Example, read_jsonl, write_jsonl
 from workflows.drills.common import EXPERIMENT, Background, DrillConfig, load_config, prepare
-from workflows.drills.progressive import locust_totals, wait_for_traffic
+from workflows.drills.progressive import locust_totals, stored_answers, wait_for_traffic
 from workflows.drills.shift import POISON_SHARE, build_shift
 from workflows.loop.dataset import production_splits
 from workflows.loop.gate import Predictor, paired_difference, wilson
@@ -171,13 +171,14 @@ def load_phases(cfg: DrillConfig, load: LoadTestConfig, folder: Path, url: str,
         stop = threading.Event()  # the phase's Locust may run a little past its deadline: stopped then
         phase_load = dataclasses.replace(load, texts=str(folder / texts), run_time=f"{int(seconds) + 60}s")
         with Background(phase_load, stop) as background:
-            seen = wait_for_traffic(url, background, more_than=seen)
+            wait_for_traffic(url, background, more_than=seen)
             at = time.time()
             end = watch(at + seconds)
             stop.set()
             phases[name] = {"at": at, "end": end, "result": background.join()}
         if end is not None:
             break
+        seen = stored_answers(url)  # the next phase starts at its own first answer
     return phases
 
 

@@ -112,25 +112,27 @@ def locust_totals(folder: Path) -> dict[str, int]:
             "feedback": fb_requests, "failed_feedback": fb_failures}
 
 
-def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0, more_than: int = 0) -> int:
-    """Return once the router has stored more than ``more_than`` answers (Locust is up), so no step's clock runs
-    without load; the answers stored then."""
+def stored_answers(url: str) -> int:
+    """The drill experiment's answers in the store at ``url`` now."""
 
-    async def answers() -> int:
+    async def count() -> int:
         async with open_store(url) as store:
             return await store.count_answers(EXPERIMENT)
 
-    stored = [0]
+    return asyncio.run(count())
+
+
+def wait_for_traffic(url: str, background: Background, deadline_s: float = 120.0, more_than: int = 0) -> None:
+    """Return once the router has stored more than ``more_than`` answers (this load is up), so no step's clock
+    runs without load."""
 
     def answered() -> bool:
         if not background.thread.is_alive():
             raise RuntimeError(f"the load test ended before the router stored an answer of it in {url}; "
                                "see the drill folder's router.log and the load test's logs")
-        stored[0] = asyncio.run(answers())
-        return stored[0] > more_than
+        return stored_answers(url) > more_than
 
     wait_for(answered, deadline_s, f"an answer in the store {url} (see the drill folder's router.log)", interval=0.5)
-    return stored[0]
 
 
 def rollout_drill_run(cfg: DrillConfig, drill: str, arms: list[ArmSource], section: dict[str, Any],
